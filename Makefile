@@ -1,0 +1,41 @@
+# Ambit: see README.md. `make test` and `make demo` install what they need.
+GO        ?= go
+BIN       ?= bin
+GOFLAGS   ?=
+TEST_TIMEOUT ?= 40m
+
+.PHONY: all build generate test test-unit demo lint deps clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+build:
+	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
+
+# Regenerates the eBPF objects (the only target that needs clang).
+generate:
+	@./scripts/install-deps.sh clang
+	$(GO) generate ./redirect/...
+
+# The whole suite. As root (as in CI) the privileged end-to-end tests run in private
+# network namespaces; as another user they skip themselves.
+test: deps
+	$(GO) vet ./...
+	$(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only (no root needed).
+test-unit:
+	$(GO) test $(GOFLAGS) -count=1 -short ./...
+
+demo: deps build
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
+	$(GO) run ./tests/demo -bin $(BIN)
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

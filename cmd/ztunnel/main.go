@@ -1,0 +1,100 @@
+// Command ztunnel is Ambit's node tunnel.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ambitmesh/ambit/ztunnel"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		cfg        ztunnel.Config
+		uplinks    string
+		outbound   string
+		inbound    string
+		hboneAddr  string
+		logJSON    bool
+		logLevel   string
+		mark, mask uint
+	)
+	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
+	fs.StringVar(&cfg.NodeName, "node", os.Getenv("NODE_NAME"), "name of this node in the mesh model (env NODE_NAME)")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	fs.StringVar(&cfg.ModelPath, "model", "", "path of the YAML mesh model")
+	fs.StringVar(&cfg.CAAddr, "ca-addr", "", `built-in CA address ("unix:///path" or "host:port")`)
+	fs.StringVar(&cfg.CATokenFile, "ca-token-file", "", "file holding this node's bearer token for the CA")
+	fs.StringVar(&cfg.CARootFile, "ca-root-file", "", "PEM file with the mesh root certificate(s)")
+	fs.StringVar(&uplinks, "uplinks", "eth0", "comma-separated interfaces facing other nodes")
+	fs.StringVar(&cfg.BPFPinPath, "bpf-pin-path", "/sys/fs/bpf/ambit", "bpffs directory for pinned programs, links and maps")
+	fs.UintVar(&mark, "mark", 0x400, "packet mark for captured traffic")
+	fs.UintVar(&mask, "mark-mask", 0xf00, "mask of the mark bits ztunnel owns")
+	fs.IntVar(&cfg.RouteTable, "route-table", 133, "routing table for captured traffic")
+	fs.StringVar(&outbound, "outbound-addr", "127.0.0.1:15001", "transparent outbound listener")
+	fs.StringVar(&inbound, "inbound-addr", "127.0.0.1:15006", "transparent inbound plaintext listener")
+	fs.StringVar(&hboneAddr, "hbone-addr", "127.0.0.1:15008", "transparent inbound HBONE listener")
+	fs.StringVar(&cfg.ReadinessAddr, "readiness-addr", ":15021", `readiness endpoint ("off" disables)`)
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", `Prometheus endpoint ("off" disables)`)
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", `admin endpoint ("off" disables)`)
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long shutdown waits for connections (default 5s)")
+	fs.BoolVar(&logJSON, "log-json", false, "log as JSON")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	cfg.Mark, cfg.MarkMask = uint32(mark), uint32(mask)
+	for _, u := range strings.Split(uplinks, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.Uplinks = append(cfg.Uplinks, u)
+		}
+	}
+	for _, a := range []struct {
+		flag string
+		s    string
+		dst  *netip.AddrPort
+	}{{"outbound-addr", outbound, &cfg.OutboundAddr}, {"inbound-addr", inbound, &cfg.InboundAddr}, {"hbone-addr", hboneAddr, &cfg.HBONEAddr}} {
+		ap, err := netip.ParseAddrPort(a.s)
+		if err != nil {
+			return fmt.Errorf("-%s: %w", a.flag, err)
+		}
+		*a.dst = ap
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if logJSON {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	z, err := ztunnel.New(cfg, ztunnel.Deps{Logger: slog.New(h), Registry: reg})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return z.Run(ctx)
+}

@@ -1,0 +1,188 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Defaults for FileSourceConfig.
+const (
+	DefaultPollInterval = 2 * time.Second
+	DefaultDebounce     = 100 * time.Millisecond
+)
+
+// FileSourceConfig configures a FileSource.
+type FileSourceConfig struct {
+	Path    string
+	Options EnrollmentOptions
+	Logger  *slog.Logger // default: discard
+	// PollInterval is how often the file is re-read even without a change
+	// event: the safety net for missed events (and the only mechanism when
+	// inotify is unavailable). Default DefaultPollInterval.
+	PollInterval time.Duration
+	// Debounce is how long a burst of change events must go quiet before the
+	// file is read, so that a half-written file is not loaded. Default
+	// DefaultDebounce.
+	Debounce time.Duration
+}
+
+// FileSource keeps a Store in sync with a mesh model file.
+type FileSource struct {
+	cfg   FileSourceConfig
+	log   *slog.Logger
+	store *Store
+
+	// Owned by Run's goroutine.
+	applied []byte // content of the snapshot in the store
+	seen    []byte // last content read, good or bad
+	seenErr string // last read error, to log each failure once
+}
+
+// ErrNoPath is returned by NewFileSource when the config has no path.
+var ErrNoPath = errors.New("mesh model file path is empty")
+
+// NewFileSource checks cfg and returns a source that publishes into store.
+func NewFileSource(cfg FileSourceConfig, store *Store) (*FileSource, error) {
+	if cfg.Path == "" {
+		return nil, ErrNoPath
+	}
+	if store == nil {
+		return nil, errors.New("mesh model file source: store is nil")
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	cfg.Options = cfg.Options.WithDefaults()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &FileSource{cfg: cfg, log: log.With("path", cfg.Path), store: store}, nil
+}
+
+// Run loads the file into the store (returning the error if that first
+// load fails), then reloads it whenever it changes until ctx is done, and
+// returns nil. A bad edit is logged and the previous snapshot kept. An
+// empty (zero-byte) file is ignored after the first load, since it is most
+// likely being rewritten in place; write "{}" for an empty model.
+//
+// It watches the file's directory rather than the file, so editors that
+// write a new file and rename it over the old one, and Kubernetes ConfigMap
+// volumes that swap a "..data" symlink, are both seen. Content is compared,
+// so spurious events cost one read.
+func (f *FileSource) Run(ctx context.Context) error {
+	// Watch before the first read so that no change slips in between.
+	w := f.watch()
+	var events <-chan fsnotify.Event
+	var watchErrs <-chan error
+	if w != nil {
+		defer w.Close()
+		events, watchErrs = w.Events, w.Errors
+	}
+
+	data, err := os.ReadFile(f.cfg.Path)
+	if err != nil {
+		return fmt.Errorf("read mesh model: %w", err)
+	}
+	snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
+	if err != nil {
+		return err
+	}
+	f.publish(data, snap)
+
+	poll := time.NewTicker(f.cfg.PollInterval)
+	defer poll.Stop()
+	debounce := time.NewTimer(f.cfg.Debounce)
+	debounce.Stop()
+	defer debounce.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			debounce.Reset(f.cfg.Debounce)
+		case err, ok := <-watchErrs:
+			if !ok {
+				watchErrs = nil
+				continue
+			}
+			f.log.Warn("mesh model file watch error", "error", err)
+		case <-debounce.C:
+			f.reload()
+		case <-poll.C:
+			f.reload()
+		}
+	}
+}
+
+// watch starts watching the file's directory, or returns nil (after
+// logging) so that Run falls back to polling.
+func (f *FileSource) watch() *fsnotify.Watcher {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		f.log.Warn("mesh model file watch unavailable, polling only", "error", err)
+		return nil
+	}
+	if err := w.Add(filepath.Dir(f.cfg.Path)); err != nil {
+		f.log.Warn("mesh model file watch unavailable, polling only", "error", err)
+		w.Close()
+		return nil
+	}
+	return w
+}
+
+// reload reads the file and publishes it if its content changed and is valid.
+func (f *FileSource) reload() {
+	data, err := os.ReadFile(f.cfg.Path)
+	if err != nil {
+		if msg := err.Error(); msg != f.seenErr {
+			f.seenErr = msg
+			f.seen = nil
+			f.log.Error("mesh model reload failed, keeping previous model", "error", err)
+		}
+		return
+	}
+	f.seenErr = ""
+	if len(data) == 0 {
+		// Most likely an in-place write between truncate and write; the
+		// next event or poll sees the content. An empty model is "{}".
+		return
+	}
+	if f.seen != nil && bytes.Equal(data, f.seen) {
+		return
+	}
+	f.seen = data
+	if bytes.Equal(data, f.applied) {
+		f.log.Info("mesh model file back to the loaded content", "version", f.store.Load().Version)
+		return
+	}
+	snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
+	if err != nil {
+		f.log.Error("mesh model reload failed, keeping previous model", "error", err)
+		return
+	}
+	f.publish(data, snap)
+}
+
+func (f *FileSource) publish(data []byte, snap *Snapshot) {
+	f.applied, f.seen = data, data
+	f.store.Set(snap)
+	f.log.Info("mesh model loaded", "version", snap.Version,
+		"workloads", len(snap.Workloads), "services", len(snap.Services),
+		"namespaces", len(snap.Namespaces), "nodes", len(snap.Nodes))
+}

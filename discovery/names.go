@@ -1,0 +1,134 @@
+package discovery
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Kubernetes name and label rules, checked without regexps so that Build
+// stays cheap on large models.
+
+func isAlnumLower(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
+
+func isAlnum(c byte) bool { return isAlnumLower(c) || c >= 'A' && c <= 'Z' }
+
+// isDNS1123Label: at most 63 of [a-z0-9-], starting and ending alphanumeric.
+func isDNS1123Label(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if isAlnumLower(c) {
+			continue
+		}
+		if c == '-' && i > 0 && i < len(s)-1 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// isDNS1123Subdomain: at most 253 characters of dot-separated DNS-1123 labels.
+func isDNS1123Subdomain(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for part := range strings.SplitSeq(s, ".") {
+		if !isDNS1123Label(part) {
+			return false
+		}
+	}
+	return true
+}
+
+// isQualifiedName is a label key's name part or a non-empty label value: at
+// most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric.
+func isQualifiedName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if isAlnum(c) {
+			continue
+		}
+		if (c == '-' || c == '_' || c == '.') && i > 0 && i < len(s)-1 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+func isLabelKey(k string) bool {
+	prefix, name, found := strings.Cut(k, "/")
+	if !found {
+		return isQualifiedName(k)
+	}
+	return isDNS1123Subdomain(prefix) && isQualifiedName(name)
+}
+
+func isLabelValue(v string) bool { return v == "" || isQualifiedName(v) }
+
+const (
+	msgRequired  = "must be set"
+	msgLabel     = "%q is not a valid DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+	msgSubdomain = "%q is not a valid DNS-1123 subdomain (at most 253 characters of lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit)"
+	msgLabelKey  = "%q is not a valid label key (an optional DNS-1123 subdomain and '/', then at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
+	msgLabelVal  = "%q is not a valid label value (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
+)
+
+func checkLabelName(errs *fieldErrors, path, v string) {
+	switch {
+	case v == "":
+		errs.add(path, msgRequired)
+	case !isDNS1123Label(v):
+		errs.add(path, fmt.Sprintf(msgLabel, v))
+	}
+}
+
+func checkSubdomain(errs *fieldErrors, path, v string) {
+	switch {
+	case v == "":
+		errs.add(path, msgRequired)
+	case !isDNS1123Subdomain(v):
+		errs.add(path, fmt.Sprintf(msgSubdomain, v))
+	}
+}
+
+// labelPath names one entry of a label map, e.g. `labels["app"]`.
+func labelPath(base, key string) string { return fmt.Sprintf("%s[%q]", base, key) }
+
+func checkLabels(errs *fieldErrors, path string, labels map[string]string) {
+	for _, k := range sortedKeys(labels) {
+		v := labels[k]
+		p := labelPath(path, k)
+		if !isLabelKey(k) {
+			errs.add(p, fmt.Sprintf(msgLabelKey, k))
+		}
+		if !isLabelValue(v) {
+			errs.add(p, fmt.Sprintf(msgLabelVal, v))
+		}
+	}
+}
+
+// checkAddr validates an address and returns it in canonical form (IPv4 in
+// IPv6 unmapped), or false after recording an error.
+func checkAddr(errs *fieldErrors, path string, a netip.Addr) (netip.Addr, bool) {
+	if !a.IsValid() {
+		errs.add(path, "not a valid IP address")
+		return a, false
+	}
+	if a.Zone() != "" {
+		errs.add(path, fmt.Sprintf("%q has a zone, which is not allowed", a.String()))
+		return a, false
+	}
+	if a.IsUnspecified() {
+		errs.add(path, fmt.Sprintf("%s is the unspecified address", a))
+		return a, false
+	}
+	return a.Unmap(), true
+}

@@ -1,0 +1,410 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Request describes one CONNECT tunnel to open.
+type Request struct {
+	Addr        string         // TCP address to dial, e.g. "198.18.2.10:15008"
+	Authority   string         // :authority, "ip:port" (pod) or "vip:port" (service)
+	Src, Dst    spiffeid.ID    // pool key parts (source identity, expected destination identity)
+	Forwarded   netip.AddrPort // original client address -> `Forwarded: for="ip:port"` (omitted if !IsValid)
+	Host        string         // optional, adds host="..." to Forwarded
+	Traceparent string         // optional; if empty a valid W3C traceparent is generated
+	Baggage     string         // optional
+}
+
+// ClientConfig configures a Pool.
+type ClientConfig struct {
+	Dial              func(ctx context.Context, network, addr string) (net.Conn, error) // nil: (&net.Dialer{}).DialContext
+	TLSConfig         func(src, dst spiffeid.ID) (*tls.Config, error)                   // required
+	IdleTimeout       time.Duration                                                     // default 60s
+	PingInterval      time.Duration                                                     // default 30s; negative disables
+	PingTimeout       time.Duration                                                     // default 10s
+	MaxStreamsPerConn int                                                               // default 100
+	Logger            *slog.Logger
+}
+
+// PoolStats is a snapshot of a Pool.
+type PoolStats struct {
+	Conns   int // open HTTP/2 connections
+	Streams int // active streams over all connections
+}
+
+type poolKey struct {
+	src, dst spiffeid.ID
+	addr     string
+}
+
+type dialCall struct {
+	done chan struct{}
+	err  error
+}
+
+// Pool opens CONNECT streams over pooled HTTP/2 connections, one set of
+// connections per (Src, Dst, Addr).
+type Pool struct {
+	cfg ClientConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
+	closed  bool
+	conns   map[poolKey][]*conn
+	keyOf   map[*conn]poolKey
+	dialing map[poolKey]*dialCall
+	wg      sync.WaitGroup
+}
+
+// Conn is a client CONNECT stream: a net.Conn with CloseWrite and CloseRead.
+// LocalAddr and RemoteAddr are those of the underlying TCP connection.
+type Conn struct{ *stream }
+
+// NewPool validates cfg and returns an empty pool.
+func NewPool(cfg ClientConfig) (*Pool, error) {
+	if cfg.TLSConfig == nil {
+		return nil, errors.New("hbone: client config: TLSConfig is required")
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{}).DialContext
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 10 * time.Second
+	}
+	if cfg.MaxStreamsPerConn <= 0 {
+		cfg.MaxStreamsPerConn = 100
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Pool{
+		cfg:     cfg,
+		log:     log,
+		conns:   make(map[poolKey][]*conn),
+		keyOf:   make(map[*conn]poolKey),
+		dialing: make(map[poolKey]*dialCall),
+	}, nil
+}
+
+const maxDialAttempts = 3
+
+// Dial opens a CONNECT stream and returns it once the peer answered 200.
+// Any other status is returned as a *StatusError.
+func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
+	if req.Addr == "" {
+		return nil, fmt.Errorf("hbone: request: empty Addr")
+	}
+	if req.Authority == "" {
+		return nil, fmt.Errorf("hbone: request: empty Authority")
+	}
+	hdrs := requestHeaders(req)
+	var lastErr error
+	for attempt := 0; attempt < maxDialAttempts; attempt++ {
+		c, err := p.getConn(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		hc, err := p.roundTrip(ctx, c, hdrs)
+		if err == nil {
+			return hc, nil
+		}
+		if !errors.Is(err, errRefused) && !errors.Is(err, errGoAway) {
+			return nil, err
+		}
+		lastErr = err // not processed by the peer: safe to retry
+	}
+	return nil, fmt.Errorf("hbone: connect %s via %s: %w", req.Authority, req.Addr, lastErr)
+}
+
+func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField) (*Conn, error) {
+	c.mu.Lock()
+	c.reserved--
+	if c.closed || c.goAwaySent || c.goAwayRecv || c.nextID > maxWindow {
+		c.goAwaySent = c.goAwaySent || c.nextID > maxWindow
+		c.mu.Unlock()
+		return nil, errRefused
+	}
+	s := newStream(c, c.nextID)
+	s.respCh = make(chan struct{})
+	c.nextID += 2
+	c.streams[s.id] = s
+	// Queued under c.mu so stream ids go out in increasing order.
+	ok := c.enqueue(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs})
+	c.mu.Unlock()
+	if !ok {
+		s.connClosed(errRefused)
+		return nil, errRefused
+	}
+	select {
+	case <-s.respCh:
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+	s.mu.Lock()
+	status, err := s.status, s.respErr
+	s.mu.Unlock()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	if status != 200 {
+		s.Close()
+		return nil, &StatusError{Code: status}
+	}
+	return &Conn{s}, nil
+}
+
+func requestHeaders(req Request) []hpack.HeaderField {
+	h := make([]hpack.HeaderField, 0, 5)
+	h = append(h, hpack.HeaderField{Name: ":method", Value: "CONNECT"},
+		hpack.HeaderField{Name: ":authority", Value: req.Authority})
+	if req.Forwarded.IsValid() {
+		v := `for="` + req.Forwarded.String() + `"`
+		if req.Host != "" {
+			v += `;host="` + req.Host + `"`
+		}
+		h = append(h, hpack.HeaderField{Name: "forwarded", Value: v})
+	}
+	tp := req.Traceparent
+	if tp == "" {
+		tp = newTraceparent()
+	}
+	h = append(h, hpack.HeaderField{Name: "traceparent", Value: tp})
+	if req.Baggage != "" {
+		h = append(h, hpack.HeaderField{Name: "baggage", Value: req.Baggage})
+	}
+	return h
+}
+
+// newTraceparent returns a sampled W3C trace context with random ids.
+func newTraceparent() string {
+	var b [24]byte
+	for i := 0; i < 24; i += 8 {
+		v := rand.Uint64() | 1 // never all-zero
+		for j := 0; j < 8; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+}
+
+// getConn returns a connection with a reserved stream slot, dialing one if
+// none has room. Concurrent callers for a key share one handshake.
+func (p *Pool) getConn(ctx context.Context, req Request) (*conn, error) {
+	key := poolKey{req.Src, req.Dst, req.Addr}
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, net.ErrClosed
+		}
+		for _, c := range p.conns[key] {
+			if p.tryReserve(c) {
+				p.mu.Unlock()
+				return c, nil
+			}
+		}
+		if d := p.dialing[key]; d != nil {
+			p.mu.Unlock()
+			select {
+			case <-d.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if d.err != nil {
+				if ctx.Err() == nil && (errors.Is(d.err, context.Canceled) || errors.Is(d.err, context.DeadlineExceeded)) {
+					continue // the dialer gave up, not us
+				}
+				return nil, d.err
+			}
+			continue
+		}
+		d := &dialCall{done: make(chan struct{})}
+		p.dialing[key] = d
+		p.mu.Unlock()
+
+		c, err := p.dialConn(ctx, req)
+		p.mu.Lock()
+		delete(p.dialing, key)
+		d.err = err
+		if err == nil && p.closed {
+			err, d.err = net.ErrClosed, net.ErrClosed
+			defer c.closeWith(net.ErrClosed)
+		}
+		var got bool
+		if err == nil {
+			p.conns[key] = append(p.conns[key], c)
+			p.keyOf[c] = key
+			got = p.tryReserve(c)
+		}
+		close(d.done)
+		p.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if got {
+			return c, nil
+		}
+	}
+}
+
+func (p *Pool) tryReserve(c *conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.goAwaySent || c.goAwayRecv {
+		return false
+	}
+	limit := min(uint32(p.cfg.MaxStreamsPerConn), c.peerMaxStreams)
+	if uint32(len(c.streams)+c.reserved) >= limit {
+		return false
+	}
+	c.reserved++
+	return true
+}
+
+func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
+	tcfg, err := p.cfg.TLSConfig(req.Src, req.Dst)
+	if err != nil {
+		return nil, fmt.Errorf("hbone: tls config for %s: %w", req.Dst, err)
+	}
+	if tcfg == nil {
+		return nil, fmt.Errorf("hbone: tls config for %s: nil config", req.Dst)
+	}
+	nc, err := p.cfg.Dial(ctx, "tcp", req.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("hbone: dial %s: %w", req.Addr, err)
+	}
+	raw := &corkConn{Conn: nc}
+	tc := tls.Client(raw, hboneTLS(tcfg))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("hbone: tls handshake with %s: %w", req.Addr, err)
+	}
+	st := tc.ConnectionState()
+	if err := checkNegotiated(st); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
+	}
+	peer, certs, _ := peerIdentity(st)
+	pi := p.cfg.PingInterval
+	if pi < 0 {
+		pi = 0
+	}
+	c := newConn(tc, raw, connOptions{
+		client:       true,
+		idleTimeout:  p.cfg.IdleTimeout,
+		pingInterval: pi,
+		pingTimeout:  p.cfg.PingTimeout,
+		log:          p.log.With("addr", req.Addr),
+		peer:         peer,
+		peerCerts:    certs,
+		onState:      p.connState,
+	})
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		raw.Close()
+		return nil, net.ErrClosed
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	c.start()
+	go func() {
+		defer p.wg.Done()
+		c.run()
+	}()
+	// Wait for the server's SETTINGS so MAX_CONCURRENT_STREAMS is known.
+	select {
+	case <-c.settingsCh:
+		return c, nil
+	case <-c.closedCh:
+		return nil, fmt.Errorf("hbone: connection to %s: %w", req.Addr, c.closeErr())
+	case <-ctx.Done():
+		c.closeWith(ctx.Err())
+		return nil, ctx.Err()
+	}
+}
+
+// connState drops closed connections from the pool.
+func (p *Pool) connState(c *conn) {
+	if !c.isClosed() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key, ok := p.keyOf[c]
+	if !ok {
+		return
+	}
+	delete(p.keyOf, c)
+	list := p.conns[key]
+	for i, x := range list {
+		if x == c {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.conns, key)
+	} else {
+		p.conns[key] = list
+	}
+}
+
+// Stats reports the pool's open connections and active streams.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	conns := make([]*conn, 0, len(p.keyOf))
+	for c := range p.keyOf {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	var st PoolStats
+	for _, c := range conns {
+		c.mu.Lock()
+		if !c.closed {
+			st.Conns++
+			st.Streams += len(c.streams)
+		}
+		c.mu.Unlock()
+	}
+	return st
+}
+
+// Close closes every pooled connection and waits for their goroutines. It is
+// idempotent; Dial fails afterwards.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	conns := make([]*conn, 0, len(p.keyOf))
+	for c := range p.keyOf {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith(net.ErrClosed)
+	}
+	p.wg.Wait()
+	return nil
+}

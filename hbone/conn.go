@@ -1,0 +1,985 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Flow-control and framing parameters we advertise (see docs/hbone.md).
+const (
+	streamWindow     = 4 << 20  // SETTINGS_INITIAL_WINDOW_SIZE
+	connWindow       = 16 << 20 // connection window, raised with WINDOW_UPDATE on stream 0
+	maxFrameSize     = 256 << 10
+	maxHeaderList    = 64 << 10
+	serverMaxStreams = 1000
+	maxWriteChunk    = 256 << 10 // flow-control grant per writer hand-off
+	writeBufSize     = 16 << 10  // one full TLS record per bufio flush
+	defaultWindow    = 65535
+	maxWindow        = 1<<31 - 1
+	prefaceTimeout   = 10 * time.Second
+)
+
+type wkind uint8
+
+const (
+	wRaw wkind = iota
+	wData
+	wHeaders
+	wWindowUpdate
+	wRST
+	wPing
+	wSettings
+	wSettingsAck
+	wGoAway
+	wClose // flush what is queued, then close the connection
+)
+
+// wreq is one entry of a connection's FIFO write queue. FIFO order matters:
+// END_STREAM and RST_STREAM must follow the DATA queued before them.
+type wreq struct {
+	kind     wkind
+	end      bool // END_STREAM / PING ack / header table size present
+	notify   bool // data: signal s.wdone once copied out
+	streamID uint32
+	val      uint32
+	s        *stream
+	data     []byte
+	hdrs     []hpack.HeaderField
+	ping     [8]byte
+	settings []http2.Setting
+}
+
+// connError is a connection-level protocol error: GOAWAY with code, then close.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string {
+	return fmt.Sprintf("hbone: protocol error %v: %s", e.code, e.reason)
+}
+
+type connOptions struct {
+	client       bool
+	idleTimeout  time.Duration
+	pingInterval time.Duration // <= 0 disables
+	pingTimeout  time.Duration
+	log          *slog.Logger
+	peer         spiffeid.ID
+	peerCerts    []*x509.Certificate
+	onState      func(*conn)                                // streams changed or connection closed
+	onHeaders    func(*conn, *http2.MetaHeadersFrame) error // server: new request
+	localStreams uint32                                     // server: our MAX_CONCURRENT_STREAMS
+}
+
+// conn is one HTTP/2 connection, either side.
+type conn struct {
+	connOptions
+	raw *corkConn
+	tc  *tls.Conn
+
+	fr *http2.Framer // read side, owned by the read loop
+
+	// Owned by the write loop.
+	wfr    *http2.Framer
+	bw     *bufio.Writer
+	henc   *hpack.Encoder
+	hbuf   bytes.Buffer
+	hdrBuf [9]byte
+
+	wqMu   sync.Mutex
+	wqCond sync.Cond
+	wq     []wreq
+	wStop  bool
+	wDone  bool
+
+	peerMaxFrame atomic.Uint32
+	lastRecv     atomic.Int64
+
+	mu             sync.Mutex
+	streams        map[uint32]*stream
+	nextID         uint32 // client: next stream id
+	maxPeerID      uint32 // server: highest client stream id seen
+	reserved       int    // client: slots promised to dialers
+	peerMaxStreams uint32
+	peerInitWindow int64
+	sendWindow     int64
+	recvAvail      int64
+	recvUnacked    int64
+	goAwaySent     bool
+	goAwayRecv     bool
+	idleSince      time.Time
+	pingOut        bool
+	pingData       [8]byte
+	pingSent       time.Time
+	closed         bool
+	err            error
+	pendingErr     error
+	gotSettings    bool
+
+	settingsCh chan struct{}
+	closedCh   chan struct{}
+	kick       chan struct{}
+	writerDone chan struct{}
+	timerDone  chan struct{}
+	handlers   sync.WaitGroup
+}
+
+func newConn(tc *tls.Conn, raw *corkConn, o connOptions) *conn {
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	c := &conn{
+		connOptions:    o,
+		raw:            raw,
+		tc:             tc,
+		streams:        make(map[uint32]*stream),
+		peerMaxStreams: 100,
+		peerInitWindow: defaultWindow,
+		sendWindow:     defaultWindow,
+		recvAvail:      connWindow,
+		idleSince:      time.Now(),
+		settingsCh:     make(chan struct{}),
+		closedCh:       make(chan struct{}),
+		kick:           make(chan struct{}, 1),
+		writerDone:     make(chan struct{}),
+		timerDone:      make(chan struct{}),
+	}
+	if o.client {
+		c.nextID = 1
+	}
+	c.wqCond.L = &c.wqMu
+	c.peerMaxFrame.Store(16384)
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.fr = http2.NewFramer(nil, tc)
+	c.fr.SetMaxReadFrameSize(maxFrameSize)
+	c.fr.MaxHeaderListSize = maxHeaderList
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.bw = bufio.NewWriterSize(tc, writeBufSize)
+	c.wfr = http2.NewFramer(c.bw, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start queues the preface and settings and starts the writer and timer
+// goroutines. The caller runs readLoop.
+func (c *conn) start() {
+	if c.client {
+		c.enqueue(wreq{kind: wRaw, data: []byte(http2.ClientPreface)})
+		c.enqueue(wreq{kind: wSettings, settings: []http2.Setting{
+			{ID: http2.SettingEnablePush, Val: 0},
+			{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+			{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+			{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+		}})
+	} else {
+		c.enqueue(wreq{kind: wSettings, settings: []http2.Setting{
+			{ID: http2.SettingMaxConcurrentStreams, Val: c.localStreams},
+			{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+			{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+			{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+		}})
+	}
+	c.enqueue(wreq{kind: wWindowUpdate, streamID: 0, val: connWindow - defaultWindow})
+	go c.writeLoop()
+	go c.timerLoop()
+}
+
+// run serves the connection until it closes and all its goroutines are done.
+func (c *conn) run() {
+	c.readLoop()
+	<-c.closedCh
+	<-c.writerDone
+	<-c.timerDone
+	c.handlers.Wait()
+}
+
+// ---- write side ----
+
+func (c *conn) enqueue(r wreq) bool {
+	c.wqMu.Lock()
+	if c.wStop || c.wDone {
+		c.wqMu.Unlock()
+		return false
+	}
+	c.wq = append(c.wq, r)
+	if len(c.wq) == 1 {
+		c.wqCond.Signal()
+	}
+	c.wqMu.Unlock()
+	return true
+}
+
+// cancelData removes s's pending data request if the writer has not taken it.
+func (c *conn) cancelData(s *stream) bool {
+	c.wqMu.Lock()
+	defer c.wqMu.Unlock()
+	for i := range c.wq {
+		if c.wq[i].kind == wData && c.wq[i].notify && c.wq[i].s == s {
+			copy(c.wq[i:], c.wq[i+1:])
+			c.wq[len(c.wq)-1] = wreq{}
+			c.wq = c.wq[:len(c.wq)-1]
+			return true
+		}
+	}
+	return false
+}
+
+var errGraceful = errors.New("graceful close")
+
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	var batch []wreq
+	var werr error
+	for {
+		c.wqMu.Lock()
+		for len(c.wq) == 0 && !c.wStop {
+			c.wqCond.Wait()
+		}
+		if c.wStop {
+			rest := c.wq
+			c.wq = nil
+			c.wDone = true
+			c.wqMu.Unlock()
+			err := c.closeErr()
+			for i := range rest {
+				if rest[i].notify {
+					rest[i].s.wdone <- err
+				}
+			}
+			return
+		}
+		batch, c.wq = c.wq, batch[:0]
+		c.wqMu.Unlock()
+
+		if werr == nil {
+			c.raw.cork()
+		}
+		for i := range batch {
+			r := &batch[i]
+			if werr == nil {
+				werr = c.writeOne(r)
+				if werr != nil {
+					if werr == errGraceful {
+						c.closeWith(c.takePendingErr())
+					} else {
+						c.closeWith(fmt.Errorf("hbone: write: %w", werr))
+					}
+				}
+			}
+			if r.notify {
+				r.s.wdone <- werr
+			}
+			*r = wreq{}
+		}
+		if werr != nil {
+			continue
+		}
+		c.wqMu.Lock()
+		drained := len(c.wq) == 0
+		c.wqMu.Unlock()
+		if drained {
+			if werr = c.flush(); werr != nil {
+				c.closeWith(fmt.Errorf("hbone: write: %w", werr))
+			}
+		}
+	}
+}
+
+func (c *conn) flush() error {
+	err := c.bw.Flush()
+	if err2 := c.raw.uncork(); err == nil {
+		err = err2
+	}
+	return err
+}
+
+func (c *conn) writeOne(r *wreq) error {
+	switch r.kind {
+	case wRaw:
+		_, err := c.bw.Write(r.data)
+		return err
+	case wData:
+		return c.writeData(r.streamID, r.data, r.end)
+	case wHeaders:
+		c.hbuf.Reset()
+		for _, hf := range r.hdrs {
+			if err := c.henc.WriteField(hf); err != nil {
+				return err
+			}
+		}
+		block := c.hbuf.Bytes()
+		max := int(c.peerMaxFrame.Load())
+		n := min(len(block), max)
+		if err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
+			StreamID: r.streamID, BlockFragment: block[:n], EndStream: r.end, EndHeaders: n == len(block),
+		}); err != nil {
+			return err
+		}
+		for block = block[n:]; len(block) > 0; block = block[n:] {
+			n = min(len(block), max)
+			if err := c.wfr.WriteContinuation(r.streamID, n == len(block), block[:n]); err != nil {
+				return err
+			}
+		}
+		return nil
+	case wWindowUpdate:
+		return c.wfr.WriteWindowUpdate(r.streamID, r.val)
+	case wRST:
+		return c.wfr.WriteRSTStream(r.streamID, http2.ErrCode(r.val))
+	case wPing:
+		return c.wfr.WritePing(r.end, r.ping)
+	case wSettings:
+		return c.wfr.WriteSettings(r.settings...)
+	case wSettingsAck:
+		if r.end {
+			c.henc.SetMaxDynamicTableSizeLimit(r.val)
+		}
+		return c.wfr.WriteSettingsAck()
+	case wGoAway:
+		return c.wfr.WriteGoAway(r.streamID, http2.ErrCode(r.val), nil)
+	case wClose:
+		if err := c.flush(); err != nil {
+			return err
+		}
+		return errGraceful
+	}
+	return nil
+}
+
+// writeData frames data itself (not via Framer.WriteData) so the payload is
+// not copied into an intermediate frame buffer.
+func (c *conn) writeData(id uint32, data []byte, end bool) error {
+	max := int(c.peerMaxFrame.Load())
+	for {
+		n := min(len(data), max)
+		last := n == len(data)
+		h := c.hdrBuf[:]
+		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+		h[3] = byte(http2.FrameData)
+		h[4] = 0
+		if last && end {
+			h[4] = byte(http2.FlagDataEndStream)
+		}
+		binary.BigEndian.PutUint32(h[5:], id&0x7fffffff)
+		if _, err := c.bw.Write(h); err != nil {
+			return err
+		}
+		if _, err := c.bw.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+		if last {
+			return nil
+		}
+	}
+}
+
+// ---- lifecycle ----
+
+func (c *conn) closeErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	return errConnClosed
+}
+
+func (c *conn) takePendingErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pendingErr != nil {
+		return c.pendingErr
+	}
+	return errConnClosed
+}
+
+// closeWith closes the connection now and fails every stream with err.
+func (c *conn) closeWith(err error) {
+	if err == nil {
+		err = errConnClosed
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.err = err
+	streams := make([]*stream, 0, len(c.streams))
+	for _, s := range c.streams {
+		streams = append(streams, s)
+	}
+	clear(c.streams)
+	c.mu.Unlock()
+	close(c.closedCh)
+	c.wqMu.Lock()
+	c.wStop = true
+	c.wqCond.Broadcast()
+	c.wqMu.Unlock()
+	c.raw.Close()
+	for _, s := range streams {
+		s.connClosed(err)
+	}
+	if c.onState != nil {
+		c.onState(c)
+	}
+}
+
+// gracefulClose flushes what is queued (GOAWAY) and then closes. A peer that
+// stopped reading cannot hold us: the close is forced after a second.
+func (c *conn) gracefulClose(err error) {
+	c.mu.Lock()
+	if c.pendingErr == nil {
+		c.pendingErr = err
+	}
+	c.mu.Unlock()
+	if !c.enqueue(wreq{kind: wClose}) {
+		c.closeWith(err)
+		return
+	}
+	t := time.AfterFunc(time.Second, func() { c.closeWith(err) })
+	go func() {
+		<-c.closedCh
+		t.Stop()
+	}()
+}
+
+// goAway sends GOAWAY(NO_ERROR): no new streams, active ones finish. The
+// connection closes once the last stream is done.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	if c.closed || c.goAwaySent {
+		c.mu.Unlock()
+		return
+	}
+	c.goAwaySent = true
+	last := c.maxPeerID
+	idle := len(c.streams) == 0 && c.reserved == 0
+	c.enqueue(wreq{kind: wGoAway, streamID: last, val: uint32(http2.ErrCodeNo)})
+	c.mu.Unlock()
+	if idle {
+		c.gracefulClose(errGoAway)
+	}
+	c.notify()
+}
+
+func (c *conn) abort(code http2.ErrCode, reason string) {
+	err := connError{code, reason}
+	c.log.Debug("hbone connection error", "code", code.String(), "reason", reason)
+	c.mu.Lock()
+	last := c.maxPeerID
+	c.goAwaySent = true
+	c.mu.Unlock()
+	c.enqueue(wreq{kind: wGoAway, streamID: last, val: uint32(code)})
+	c.gracefulClose(err)
+}
+
+func (c *conn) notify() {
+	if c.onState != nil {
+		c.onState(c)
+	}
+}
+
+func (c *conn) isClosed() bool {
+	select {
+	case <-c.closedCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// ---- read side ----
+
+func (c *conn) readLoop() {
+	err := c.readFrames()
+	var ce connError
+	if errors.As(err, &ce) {
+		c.abort(ce.code, ce.reason)
+		return
+	}
+	c.closeWith(err)
+}
+
+func (c *conn) frameErr(err error) error {
+	if errors.Is(err, http2.ErrFrameTooLarge) {
+		return connError{http2.ErrCodeFrameSize, "frame too large"}
+	}
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		reason := "malformed frame"
+		if d := c.fr.ErrorDetail(); d != nil {
+			reason = d.Error()
+		}
+		return connError{http2.ErrCode(ce), reason}
+	}
+	if errors.Is(err, io.EOF) {
+		return errConnClosed
+	}
+	return fmt.Errorf("hbone: read: %w", err)
+}
+
+func (c *conn) readFrames() error {
+	if !c.client {
+		c.tc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+		var buf [len(http2.ClientPreface)]byte
+		if _, err := io.ReadFull(c.tc, buf[:]); err != nil {
+			return fmt.Errorf("hbone: read preface: %w", err)
+		}
+		if string(buf[:]) != http2.ClientPreface {
+			return connError{http2.ErrCodeProtocol, "bad connection preface"}
+		}
+	}
+	first := true
+	for {
+		fh, err := c.fr.ReadFrameHeader()
+		if err != nil {
+			return c.frameErr(err)
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		if first {
+			if fh.Type != http2.FrameSettings || fh.Flags.Has(http2.FlagSettingsAck) {
+				return connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+			}
+			first = false
+			if !c.client {
+				c.tc.SetReadDeadline(time.Time{})
+			}
+		}
+		switch {
+		case fh.Type == http2.FrameData:
+			if err := c.readData(fh); err != nil {
+				return err
+			}
+			continue
+		case fh.Type > http2.FrameContinuation:
+			// Unknown extension frames are ignored (RFC 9113 section 5.5).
+			if err := c.discard(int64(fh.Length)); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := c.fr.ReadFrameForHeader(fh)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.streamError(se.StreamID, se.Code)
+				continue
+			}
+			return c.frameErr(err)
+		}
+		if err := c.handleFrame(f); err != nil {
+			return err
+		}
+	}
+}
+
+var discardBuf = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+func (c *conn) discard(n int64) error {
+	if n == 0 {
+		return nil
+	}
+	bp := discardBuf.Get().(*[]byte)
+	defer discardBuf.Put(bp)
+	for n > 0 {
+		k := min(n, int64(len(*bp)))
+		if _, err := io.ReadFull(c.tc, (*bp)[:k]); err != nil {
+			return c.frameErr(err)
+		}
+		n -= k
+	}
+	return nil
+}
+
+// streamError resets one stream after a stream-level protocol error.
+func (c *conn) streamError(id uint32, code http2.ErrCode) {
+	c.mu.Lock()
+	s := c.streams[id]
+	if !c.client && id%2 == 1 && id > c.maxPeerID {
+		c.maxPeerID = id
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.resetLocal(code)
+		return
+	}
+	c.enqueue(wreq{kind: wRST, streamID: id, val: uint32(code)})
+}
+
+func (c *conn) handleFrame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		return c.handleSettings(f)
+	case *http2.MetaHeadersFrame:
+		if c.client {
+			return c.clientHeaders(f)
+		}
+		return c.onHeaders(c, f)
+	case *http2.WindowUpdateFrame:
+		return c.handleWindowUpdate(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			c.mu.Lock()
+			if c.pingOut && f.Data == c.pingData {
+				c.pingOut = false
+			}
+			c.mu.Unlock()
+			return nil
+		}
+		c.enqueue(wreq{kind: wPing, end: true, ping: f.Data})
+	case *http2.RSTStreamFrame:
+		c.mu.Lock()
+		s := c.streams[f.StreamID]
+		idle := c.isIdleStreamLocked(f.StreamID)
+		c.mu.Unlock()
+		if idle {
+			return connError{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+		}
+		if s != nil {
+			s.onReset(f.ErrCode)
+		}
+	case *http2.GoAwayFrame:
+		c.handleGoAway(f)
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE not enabled"}
+	}
+	return nil
+}
+
+func (c *conn) isIdleStreamLocked(id uint32) bool {
+	if c.client {
+		return id%2 == 1 && id >= c.nextID
+	}
+	return id%2 == 1 && id > c.maxPeerID
+}
+
+func (c *conn) handleSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	var table uint32
+	var hasTable bool
+	c.mu.Lock()
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame.Store(min(s.Val, maxFrameSize))
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStreams = s.Val
+		case http2.SettingHeaderTableSize:
+			table, hasTable = s.Val, true
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - c.peerInitWindow
+			c.peerInitWindow = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWindow += delta
+				if st.sendWindow > maxWindow {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+				st.wakeWriter()
+			}
+		}
+		return nil
+	})
+	first := !c.gotSettings
+	c.gotSettings = true
+	c.mu.Unlock()
+	if err != nil {
+		return c.frameErr(err)
+	}
+	c.enqueue(wreq{kind: wSettingsAck, end: hasTable, val: table})
+	if first {
+		close(c.settingsCh)
+	}
+	c.notify()
+	return nil
+}
+
+func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		c.sendWindow += inc
+		if c.sendWindow > maxWindow {
+			return connError{http2.ErrCodeFlowControl, "connection window overflow"}
+		}
+		for _, s := range c.streams {
+			s.wakeWriter()
+		}
+		return nil
+	}
+	if c.isIdleStreamLocked(f.StreamID) {
+		return connError{http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		return nil
+	}
+	s.sendWindow += inc
+	if s.sendWindow > maxWindow {
+		go s.resetLocal(http2.ErrCodeFlowControl)
+		return nil
+	}
+	s.wakeWriter()
+	return nil
+}
+
+func (c *conn) handleGoAway(f *http2.GoAwayFrame) {
+	c.mu.Lock()
+	c.goAwayRecv = true
+	var refused []*stream
+	if c.client {
+		for id, s := range c.streams {
+			if id > f.LastStreamID {
+				refused = append(refused, s)
+			}
+		}
+	}
+	c.mu.Unlock()
+	if f.ErrCode != http2.ErrCodeNo {
+		c.log.Debug("hbone goaway received", "code", f.ErrCode.String(), "debug", string(f.DebugData()))
+	}
+	for _, s := range refused {
+		s.fail(errRefused)
+	}
+	c.mu.Lock()
+	idle := len(c.streams) == 0
+	c.mu.Unlock()
+	if idle {
+		c.gracefulClose(errGoAway)
+	}
+	c.notify()
+}
+
+func (c *conn) clientHeaders(f *http2.MetaHeadersFrame) error {
+	c.mu.Lock()
+	s := c.streams[f.StreamID]
+	idle := c.isIdleStreamLocked(f.StreamID)
+	c.mu.Unlock()
+	if f.StreamID%2 == 0 || idle {
+		return connError{http2.ErrCodeProtocol, "HEADERS on a stream the client did not open"}
+	}
+	if s == nil {
+		return nil
+	}
+	s.onResponseHeaders(f)
+	return nil
+}
+
+// readData reads a DATA frame payload straight into the stream's receive
+// buffer: no intermediate frame buffer, one copy out of crypto/tls.
+func (c *conn) readData(fh http2.FrameHeader) error {
+	id := fh.StreamID
+	if id == 0 {
+		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
+	}
+	length := int64(fh.Length)
+	c.mu.Lock()
+	if length > c.recvAvail {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeFlowControl, "connection window exceeded"}
+	}
+	c.recvAvail -= length
+	s := c.streams[id]
+	idle := c.isIdleStreamLocked(id)
+	c.mu.Unlock()
+	if idle || (c.client && id%2 == 0) {
+		return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
+	}
+	var pad int64
+	dataLen := length
+	if fh.Flags.Has(http2.FlagDataPadded) {
+		var b [1]byte
+		if length < 1 {
+			return connError{http2.ErrCodeProtocol, "padded DATA without pad length"}
+		}
+		if _, err := io.ReadFull(c.tc, b[:]); err != nil {
+			return c.frameErr(err)
+		}
+		pad = int64(b[0])
+		if pad >= length {
+			return connError{http2.ErrCodeProtocol, "DATA padding exceeds payload"}
+		}
+		dataLen = length - 1 - pad
+	}
+	if s == nil {
+		// A stream we already closed or reset: ignore, but keep the window.
+		if err := c.discard(dataLen + pad); err != nil {
+			return err
+		}
+		c.creditConn(length)
+		return nil
+	}
+	keep, code := s.admit(length)
+	if !keep {
+		if err := c.discard(dataLen + pad); err != nil {
+			return err
+		}
+		c.creditConn(length)
+		if code == 0 {
+			s.creditStream(length)
+		} else {
+			s.resetLocal(code)
+		}
+		return nil
+	}
+	if err := s.fill(c.tc, dataLen); err != nil {
+		return c.frameErr(err)
+	}
+	if length > dataLen {
+		if err := c.discard(pad); err != nil {
+			return err
+		}
+		c.creditConn(length - dataLen)
+		s.creditStream(length - dataLen)
+	}
+	if fh.Flags.Has(http2.FlagDataEndStream) {
+		s.onRemoteEnd()
+	}
+	return nil
+}
+
+// creditConn returns n consumed bytes to the peer's connection window, in
+// batches of half the window.
+func (c *conn) creditConn(n int64) {
+	c.mu.Lock()
+	c.recvUnacked += n
+	var inc int64
+	if c.recvUnacked >= connWindow/2 {
+		inc = c.recvUnacked
+		c.recvAvail += inc
+		c.recvUnacked = 0
+	}
+	c.mu.Unlock()
+	if inc > 0 {
+		c.enqueue(wreq{kind: wWindowUpdate, streamID: 0, val: uint32(inc)})
+	}
+}
+
+// removeIfDone drops s from the stream table once both directions ended.
+func (c *conn) removeIfDone(s *stream) {
+	c.mu.Lock()
+	s.mu.Lock()
+	done := s.localEnd && s.remoteEnd && !s.removed
+	if done {
+		s.removed = true
+	}
+	s.mu.Unlock()
+	if !done {
+		c.mu.Unlock()
+		return
+	}
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+	}
+	n := len(c.streams)
+	if n == 0 {
+		c.idleSince = time.Now()
+	}
+	drain := n == 0 && c.reserved == 0 && (c.goAwaySent || c.goAwayRecv) && !c.closed
+	c.mu.Unlock()
+	if n == 0 {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	if drain {
+		c.gracefulClose(errGoAway)
+	}
+	c.notify()
+}
+
+// ---- keepalive and idle ----
+
+func (c *conn) timerLoop() {
+	defer close(c.timerDone)
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		next := now.Add(time.Hour)
+		var ping, idle bool
+		var pingData [8]byte
+		c.mu.Lock()
+		if c.pingInterval > 0 {
+			if c.pingOut {
+				dl := c.pingSent.Add(c.pingTimeout)
+				if !now.Before(dl) {
+					c.mu.Unlock()
+					c.log.Info("hbone peer unresponsive", "timeout", c.pingTimeout)
+					c.closeWith(errPingTimeout)
+					return
+				}
+				next = minTime(next, dl)
+			} else {
+				due := time.Unix(0, c.lastRecv.Load()).Add(c.pingInterval)
+				if !now.Before(due) {
+					ping = true
+					rand.Read(pingData[:])
+					c.pingOut, c.pingData, c.pingSent = true, pingData, now
+					next = minTime(next, now.Add(c.pingTimeout))
+				} else {
+					next = minTime(next, due)
+				}
+			}
+		}
+		if c.idleTimeout > 0 && len(c.streams) == 0 && c.reserved == 0 && !c.goAwaySent {
+			dl := c.idleSince.Add(c.idleTimeout)
+			if !now.Before(dl) {
+				idle = true
+				c.goAwaySent = true
+			} else {
+				next = minTime(next, dl)
+			}
+		}
+		c.mu.Unlock()
+		if ping {
+			c.enqueue(wreq{kind: wPing, ping: pingData})
+		}
+		if idle {
+			c.mu.Lock()
+			last := c.maxPeerID
+			c.mu.Unlock()
+			c.enqueue(wreq{kind: wGoAway, streamID: last, val: uint32(http2.ErrCodeNo)})
+			c.gracefulClose(errGoAway)
+			c.notify()
+		}
+		t.Reset(next.Sub(now))
+		select {
+		case <-t.C:
+		case <-c.kick:
+		case <-c.closedCh:
+			return
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,216 @@
+package hbone
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/nettest"
+)
+
+// makePipe builds a real client/server pair over TLS on loopback (inside the
+// test's private netns): c1 is the client *Conn, c2 the server *Stream.
+func makePipe(t *testing.T) nettest.MakePipe {
+	return func() (c1, c2 net.Conn, stop func(), err error) {
+		streams := make(chan *Stream, 1)
+		release := make(chan struct{})
+		var relOnce sync.Once
+		h := HandlerFunc(func(s *Stream) {
+			if err := s.Accept(); err != nil {
+				return
+			}
+			streams <- s
+			<-release
+		})
+		l, err := net.Listen("tcp", testAddr+":0")
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		srv, err := NewServer(ServerConfig{TLSConfig: theCA(t).serverTLS(t, idServer), Handler: h})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		served := make(chan struct{})
+		go func() { defer close(served); srv.Serve(l) }()
+		pool, err := NewPool(ClientConfig{TLSConfig: testClientTLS(t)})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		shutdown := func() {
+			relOnce.Do(func() { close(release) })
+			pool.Close()
+			srv.Close()
+			<-served
+		}
+		cc, err := pool.Dial(context.Background(), testReq(l.Addr().String()))
+		if err != nil {
+			shutdown()
+			return nil, nil, nil, err
+		}
+		sc := <-streams
+		return cc, sc, func() { cc.Close(); sc.Close(); shutdown() }, nil
+	}
+}
+
+func TestConnNettest(t *testing.T) {
+	needNet(t)
+	nettest.TestConn(t, makePipe(t))
+}
+
+func dialEcho(t *testing.T, h Handler) (*Conn, *Pool) {
+	t.Helper()
+	_, addr := startServer(t, h, nil)
+	p := newTestPool(t, nil)
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, p
+}
+
+func TestHalfCloseClientFirst(t *testing.T) {
+	got := make(chan string, 1)
+	h := HandlerFunc(func(s *Stream) {
+		s.Accept()
+		b, err := io.ReadAll(s) // ends with the client's END_STREAM
+		if err != nil {
+			t.Errorf("server read: %v", err)
+		}
+		got <- string(b)
+		if _, err := s.Write([]byte("reply after your EOF")); err != nil {
+			t.Errorf("server write after client CloseWrite: %v", err)
+		}
+		s.CloseWrite()
+	})
+	c, _ := dialEcho(t, h)
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "request" {
+		t.Fatalf("server got %q", s)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "reply after your EOF" {
+		t.Fatalf("client got %q, %v", b, err)
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("write after CloseWrite succeeded")
+	}
+}
+
+func TestHalfCloseServerFirst(t *testing.T) {
+	got := make(chan string, 1)
+	h := HandlerFunc(func(s *Stream) {
+		s.Accept()
+		s.Write([]byte("banner"))
+		if err := s.CloseWrite(); err != nil {
+			t.Errorf("server CloseWrite: %v", err)
+		}
+		b, err := io.ReadAll(s)
+		if err != nil {
+			t.Errorf("server read after its CloseWrite: %v", err)
+		}
+		got <- string(b)
+	})
+	c, _ := dialEcho(t, h)
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "banner" {
+		t.Fatalf("client got %q, %v", b, err)
+	}
+	if _, err := c.Write([]byte("still writing")); err != nil {
+		t.Fatalf("client write after server EOF: %v", err)
+	}
+	c.CloseWrite()
+	if s := <-got; s != "still writing" {
+		t.Fatalf("server got %q", s)
+	}
+}
+
+func TestCloseReadDiscards(t *testing.T) {
+	finished := make(chan struct{})
+	h := HandlerFunc(func(s *Stream) {
+		defer close(finished)
+		s.Accept()
+		// Far more than the windows: must not block after the client's CloseRead.
+		buf := make([]byte, 1<<20)
+		for i := 0; i < 32; i++ {
+			if _, err := s.Write(buf); err != nil {
+				t.Errorf("server write: %v", err)
+				return
+			}
+		}
+		s.CloseWrite()
+		io.Copy(io.Discard, s)
+	})
+	c, _ := dialEcho(t, h)
+	if err := c.CloseRead(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Fatalf("Read after CloseRead = %d, %v", n, err)
+	}
+	c.CloseWrite()
+	<-finished
+}
+
+func TestLargeTransfer(t *testing.T) {
+	const size = 64 << 20
+	c, _ := dialEcho(t, echoHandler)
+	var sent [32]byte
+	done := make(chan error, 1)
+	go func() {
+		h := sha256.New()
+		r := rand.NewChaCha8([32]byte{7})
+		buf := make([]byte, 100<<10)
+		for left := size; left > 0; {
+			n := min(left, len(buf)-rand.IntN(1000))
+			r.Read(buf[:n])
+			h.Write(buf[:n])
+			if _, err := c.Write(buf[:n]); err != nil {
+				done <- err
+				return
+			}
+			left -= n
+		}
+		copy(sent[:], h.Sum(nil))
+		done <- c.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n != size {
+		t.Fatalf("echoed %d bytes, want %d", n, size)
+	}
+	if !bytes.Equal(h.Sum(nil), sent[:]) {
+		t.Fatal("sha256 of echoed data differs")
+	}
+}
+
+func TestStreamErrorsAfterClose(t *testing.T) {
+	c, _ := dialEcho(t, echoHandler)
+	c.Close()
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}

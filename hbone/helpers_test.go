@@ -1,0 +1,89 @@
+package hbone
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+const testAuthority = "198.18.0.9:8080"
+
+// startServer runs a Server on testAddr with handler h.
+func startServer(tb testing.TB, h Handler, mod func(*ServerConfig)) (*Server, string) {
+	tb.Helper()
+	needNet(tb)
+	l, err := net.Listen("tcp", testAddr+":0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := ServerConfig{TLSConfig: theCA(tb).serverTLS(tb, idServer), Handler: h}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := NewServer(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	tb.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, net.ErrClosed) {
+			tb.Errorf("Serve returned %v, want net.ErrClosed", err)
+		}
+	})
+	return srv, l.Addr().String()
+}
+
+func newTestPool(tb testing.TB, mod func(*ClientConfig)) *Pool {
+	tb.Helper()
+	ca := theCA(tb)
+	cfg := ClientConfig{
+		TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) { return ca.clientTLS(tb, src, dst), nil },
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := NewPool(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p
+}
+
+func testReq(addr string) Request {
+	return Request{Addr: addr, Authority: testAuthority, Src: idClient, Dst: idServer}
+}
+
+// echoHandler accepts and echoes until EOF, then half-closes.
+var echoHandler = HandlerFunc(func(s *Stream) {
+	if err := s.Accept(); err != nil {
+		return
+	}
+	io.Copy(s, s)
+	s.CloseWrite()
+})
+
+// eventually polls cond until it holds (no timing assertion: the bound only
+// keeps a broken build from hanging).
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("condition never held: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func testClientTLS(tb testing.TB) func(src, dst spiffeid.ID) (*tls.Config, error) {
+	ca := theCA(tb)
+	return func(src, dst spiffeid.ID) (*tls.Config, error) { return ca.clientTLS(tb, src, dst), nil }
+}

@@ -1,0 +1,176 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/http2"
+)
+
+// Wire compatibility with golang.org/x/net/http2, an HTTP/2 implementation
+// that is not ours, in both directions over TLS 1.3 + ALPN h2.
+
+// (a) an x/net http2.Transport CONNECT client talks to our Server.
+func TestInteropXNetClientToOurServer(t *testing.T) {
+	reqs := make(chan *ConnectRequest, 1)
+	h := HandlerFunc(func(s *Stream) {
+		reqs <- s.Request()
+		if err := s.Accept(); err != nil {
+			return
+		}
+		io.Copy(s, s)
+		s.CloseWrite()
+	})
+	_, addr := startServer(t, h, nil)
+	tr := &http2.Transport{TLSClientConfig: theCA(t).clientTLS(t, idClient, idServer)}
+	defer tr.CloseIdleConnections()
+
+	pr, pw := io.Pipe()
+	req := &http.Request{
+		Method: http.MethodConnect,
+		URL:    &url.URL{Scheme: "https", Host: addr},
+		Host:   testAuthority,
+		Header: http.Header{"Baggage": {"x=1"}},
+		Body:   pr,
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	r := <-reqs
+	if r.Authority != testAuthority || r.Peer != idClient || r.Header.Get("Baggage") != "x=1" {
+		t.Fatalf("request %+v", r)
+	}
+	for _, msg := range []string{"hello", "over", "x/net"} {
+		if _, err := pw.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q: %q %v", msg, buf, err)
+		}
+	}
+	pw.Close() // END_STREAM from the x/net client
+	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %q %v", rest, err)
+	}
+}
+
+// (b) our Pool talks to an x/net http2.Server that answers CONNECT with 200
+// and echoes the body, flushing after each write.
+func TestInteropOurPoolToXNetServer(t *testing.T) {
+	needNet(t)
+	l, err := net.Listen("tcp", testAddr+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := theCA(t).serverTLS(t, idServer)
+	h2s := &http2.Server{}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect || r.Host != testAuthority || r.Header.Get("Traceparent") == "" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				if _, err := w.Write(buf[:n]); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open = append(open, nc)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tc := tls.Server(nc, scfg)
+				if err := tc.Handshake(); err != nil {
+					nc.Close()
+					return
+				}
+				h2s.ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
+			}()
+		}
+	}()
+	defer func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+
+	p := newTestPool(t, nil)
+	for i := 0; i < 3; i++ { // several streams on one pooled connection
+		c, err := p.Dial(context.Background(), testReq(l.Addr().String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := make([]byte, 1<<20+i) // bigger than x/net's default windows
+		for j := range payload {
+			payload[j] = byte(j * 7)
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Write(payload)
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			errc <- err
+		}()
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(payload) {
+			t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
+		}
+		c.Close()
+	}
+	if st := p.Stats(); st.Conns != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	req := testReq(l.Addr().String())
+	req.Authority = "198.18.7.7:1"
+	if _, err := p.Dial(context.Background(), req); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("x/net 400: %v", err)
+	}
+	p.Close()
+}

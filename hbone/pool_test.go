@@ -1,0 +1,295 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestPoolConcurrentStreams(t *testing.T) {
+	const n = 500
+	_, addr := startServer(t, echoHandler, nil)
+	p := newTestPool(t, func(c *ClientConfig) { c.MaxStreamsPerConn = 100 })
+	conns := make([]*Conn, n)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Dial(context.Background(), testReq(addr))
+			if err != nil {
+				t.Errorf("dial %d: %v", i, err)
+				return
+			}
+			conns[i] = c
+			msg := []byte{byte(i), byte(i >> 8), 1, 2, 3}
+			if _, err := c.Write(msg); err != nil {
+				t.Errorf("write %d: %v", i, err)
+				return
+			}
+			buf := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != string(msg) {
+				t.Errorf("echo %d: %q %v", i, buf, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	// All 500 open at once: 5 shared connections of 100 streams each.
+	if st := p.Stats(); st.Conns != n/100 || st.Streams != n {
+		t.Fatalf("stats with %d open streams = %+v, want 5 conns", n, st)
+	}
+	for _, c := range conns {
+		c.CloseWrite()
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	eventually(t, "streams drained", func() bool { return p.Stats().Streams == 0 })
+	// Reuse: a new stream goes over an existing connection.
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if st := p.Stats(); st.Conns != n/100 {
+		t.Fatalf("after reuse stats = %+v", st)
+	}
+}
+
+func TestPoolSequentialReuse(t *testing.T) {
+	_, addr := startServer(t, echoHandler, nil)
+	p := newTestPool(t, nil)
+	for i := 0; i < 20; i++ {
+		c, err := p.Dial(context.Background(), testReq(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("hi"))
+		c.CloseWrite()
+		io.ReadAll(c)
+		c.Close()
+	}
+	if st := p.Stats(); st.Conns != 1 {
+		t.Fatalf("stats = %+v, want 1 conn", st)
+	}
+	// A different key (destination identity) gets its own connection...
+	req := testReq(addr)
+	req.Src = idOther
+	c, err := p.Dial(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if st := p.Stats(); st.Conns != 2 {
+		t.Fatalf("stats = %+v, want 2 conns", st)
+	}
+	// ...and a wrong expected destination identity fails the handshake.
+	req.Dst = idOther
+	if _, err := p.Dial(context.Background(), req); err == nil {
+		t.Fatal("dial with wrong destination identity succeeded")
+	}
+}
+
+func TestPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
+	_, addr := startServer(t, echoHandler, func(c *ServerConfig) { c.MaxConcurrentStreams = 3 })
+	p := newTestPool(t, nil)
+	var conns []*Conn
+	for i := 0; i < 7; i++ {
+		c, err := p.Dial(context.Background(), testReq(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	if st := p.Stats(); st.Conns != 3 || st.Streams != 7 {
+		t.Fatalf("stats = %+v, want 3 conns 7 streams", st)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func TestPoolIdleTimeout(t *testing.T) {
+	_, addr := startServer(t, echoHandler, nil)
+	p := newTestPool(t, func(c *ClientConfig) { c.IdleTimeout = 50 * time.Millisecond })
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.Conns != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+	c.Close()
+	eventually(t, "idle connection closed", func() bool { return p.Stats().Conns == 0 })
+	// The pool dials again afterwards.
+	c, err = p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+// freezeProxy relays TCP and can stop forwarding in both directions, like a
+// peer that hangs without closing.
+type freezeProxy struct {
+	l      net.Listener
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func startFreezeProxy(t *testing.T, target string) *freezeProxy {
+	l, err := net.Listen("tcp", testAddr+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := &freezeProxy{l: l}
+	fp.wg.Add(1)
+	go func() {
+		defer fp.wg.Done()
+		for {
+			a, err := l.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			fp.mu.Lock()
+			fp.conns = append(fp.conns, a, b)
+			fp.mu.Unlock()
+			fp.wg.Add(2)
+			go fp.pump(a, b)
+			go fp.pump(b, a)
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		fp.mu.Lock()
+		for _, c := range fp.conns {
+			c.Close()
+		}
+		fp.mu.Unlock()
+		fp.wg.Wait()
+	})
+	return fp
+}
+
+func (fp *freezeProxy) pump(dst, src net.Conn) {
+	defer fp.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		for fp.frozen.Load() {
+			// Hold the bytes, read nothing more: the peer looks dead.
+			if _, err := dst.Write(nil); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func TestPoolDeadPeerPingTimeout(t *testing.T) {
+	_, addr := startServer(t, echoHandler, func(c *ServerConfig) { c.PingInterval = -1 })
+	fp := startFreezeProxy(t, addr)
+	p := newTestPool(t, func(c *ClientConfig) {
+		c.PingInterval = 50 * time.Millisecond
+		c.PingTimeout = 100 * time.Millisecond
+	})
+	c, err := p.Dial(context.Background(), testReq(fp.l.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	fp.frozen.Store(true)
+	// The blocked Read ends with the ping-timeout connection error.
+	_, err = c.Read(make([]byte, 1))
+	if !errors.Is(err, errPingTimeout) {
+		t.Fatalf("Read on frozen peer: %v, want ping timeout", err)
+	}
+	eventually(t, "dead connection removed", func() bool { return p.Stats().Conns == 0 })
+	fp.frozen.Store(false)
+}
+
+func TestServerShutdownGraceful(t *testing.T) {
+	srv, addr := startServer(t, echoHandler, nil)
+	p := newTestPool(t, nil)
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	// The active stream keeps working after GOAWAY.
+	eventually(t, "goaway seen", func() bool {
+		ok := false
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for cc := range p.keyOf {
+			cc.mu.Lock()
+			ok = cc.goAwayRecv
+			cc.mu.Unlock()
+		}
+		return ok
+	})
+	if _, err := c.Write([]byte("after goaway")); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "after goaway" {
+		t.Fatalf("echo after GOAWAY: %q %v", b, err)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if _, err := p.Dial(context.Background(), testReq(addr)); err == nil {
+		t.Fatal("dial after shutdown succeeded")
+	}
+}
+
+func TestPoolCloseIdempotent(t *testing.T) {
+	_, addr := startServer(t, echoHandler, nil)
+	p := newTestPool(t, nil)
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	p.Close()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read on closed pool's stream succeeded")
+	}
+	if _, err := p.Dial(context.Background(), testReq(addr)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("dial after Close: %v", err)
+	}
+}

@@ -1,0 +1,715 @@
+package hbone
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// deadline is a resettable cancellation channel for one direction of a stream.
+type deadline struct {
+	mu    sync.Mutex
+	timer *time.Timer
+	ch    chan struct{}
+}
+
+func newDeadline() deadline { return deadline{ch: make(chan struct{})} }
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.ch // the timer fired: wait until its close happened
+	}
+	d.timer = nil
+	fired := isClosed(d.ch)
+	if t.IsZero() {
+		if fired {
+			d.ch = make(chan struct{})
+		}
+		return
+	}
+	dur := time.Until(t)
+	if dur <= 0 {
+		if !fired {
+			close(d.ch)
+		}
+		return
+	}
+	if fired {
+		d.ch = make(chan struct{})
+	}
+	ch := d.ch
+	d.timer = time.AfterFunc(dur, func() { close(ch) })
+}
+
+func (d *deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ch
+}
+
+func (d *deadline) expired() bool { return isClosed(d.wait()) }
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Receive buffers: size classes that start small and grow with the flow.
+var bufClasses = [...]int{4 << 10, 32 << 10, 128 << 10}
+var bufPools [len(bufClasses)]sync.Pool
+
+func getBuf(n int) []byte {
+	for i, sz := range bufClasses {
+		if n <= sz || i == len(bufClasses)-1 {
+			if b, ok := bufPools[i].Get().(*[]byte); ok {
+				return (*b)[:0]
+			}
+			return make([]byte, 0, sz)
+		}
+	}
+	panic("unreachable")
+}
+
+func putBuf(b []byte) {
+	for i, sz := range bufClasses {
+		if cap(b) == sz {
+			b = b[:0]
+			bufPools[i].Put(&b)
+			return
+		}
+	}
+}
+
+// stream is one HTTP/2 stream carrying a CONNECT tunnel. It implements
+// net.Conn plus CloseWrite/CloseRead; Conn and Stream embed it.
+type stream struct {
+	c  *conn
+	id uint32
+
+	mu          sync.Mutex
+	chunks      [][]byte // received, unread data; the last chunk may be filling
+	roff        int
+	rlen        int
+	filling     bool
+	remoteEnd   bool  // END_STREAM or RST received (or we stopped caring)
+	rErr        error // returned by Read once the buffer is drained
+	rDone       chan struct{}
+	rWake       chan struct{}
+	recvAvail   int64
+	recvUnacked int64
+	readClosed  bool
+	localEnd    bool  // END_STREAM or RST sent
+	wErr        error // write-side failure (reset, connection closed)
+	closed      bool
+	closedCh    chan struct{}
+	removed     bool
+	canSend     bool // client: got 200; server: accepted
+
+	sendWindow int64 // guarded by c.mu
+	wWake      chan struct{}
+	wsem       chan struct{}
+	wdone      chan error
+
+	rdl, wdl deadline
+
+	// client
+	respCh  chan struct{}
+	gotResp bool
+	status  int
+	respErr error
+
+	// server
+	req      *ConnectRequest
+	answered bool
+}
+
+func newStream(c *conn, id uint32) *stream {
+	return &stream{
+		c:          c,
+		id:         id,
+		rDone:      make(chan struct{}),
+		rWake:      make(chan struct{}, 1),
+		recvAvail:  streamWindow,
+		closedCh:   make(chan struct{}),
+		sendWindow: c.peerInitWindow,
+		wWake:      make(chan struct{}, 1),
+		wsem:       make(chan struct{}, 1),
+		wdone:      make(chan error, 1),
+		rdl:        newDeadline(),
+		wdl:        newDeadline(),
+	}
+}
+
+func (s *stream) wakeWriter() {
+	select {
+	case s.wWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *stream) wakeReader() {
+	select {
+	case s.rWake <- struct{}{}:
+	default:
+	}
+}
+
+// setREndLocked ends the read direction with err (after buffered data).
+func (s *stream) setREndLocked(err error) {
+	s.remoteEnd = true
+	if s.rErr == nil {
+		s.rErr = err
+		close(s.rDone)
+	}
+}
+
+// ---- receive path (read loop) ----
+
+// admit accounts length bytes of an arriving DATA frame. keep=false means
+// discard it; code!=0 means reset the stream.
+func (s *stream) admit(length int64) (keep bool, code http2.ErrCode) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return false, 0
+	case s.remoteEnd:
+		return false, http2.ErrCodeStreamClosed
+	case length > s.recvAvail:
+		return false, http2.ErrCodeFlowControl
+	}
+	s.recvAvail -= length
+	if s.readClosed {
+		return false, 0
+	}
+	return true, 0
+}
+
+// fill reads n bytes from r into the receive buffer. The network read happens
+// without the lock into the tail chunk's spare room, which readers leave alone
+// while filling is set.
+func (s *stream) fill(r io.Reader, n int64) error {
+	for n > 0 {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			// Closed meanwhile: drop the rest.
+			if err := s.c.discard(n); err != nil {
+				return err
+			}
+			s.c.creditConn(n)
+			return nil
+		}
+		var dst []byte
+		if k := len(s.chunks); k > 0 {
+			t := s.chunks[k-1]
+			if cap(t) > len(t) {
+				dst = t[len(t):cap(t)]
+			}
+		}
+		if dst == nil {
+			b := getBuf(int(min(n, 1<<30)))
+			s.chunks = append(s.chunks, b)
+			dst = b[:cap(b)]
+		}
+		if int64(len(dst)) > n {
+			dst = dst[:n]
+		}
+		s.filling = true
+		s.mu.Unlock()
+
+		_, err := io.ReadFull(r, dst)
+
+		s.mu.Lock()
+		s.filling = false
+		if s.closed || len(s.chunks) == 0 {
+			s.mu.Unlock()
+			s.c.creditConn(int64(len(dst)))
+		} else {
+			k := len(s.chunks) - 1
+			s.chunks[k] = s.chunks[k][:len(s.chunks[k])+len(dst)]
+			s.rlen += len(dst)
+			s.mu.Unlock()
+			s.wakeReader()
+		}
+		if err != nil {
+			return err
+		}
+		n -= int64(len(dst))
+	}
+	return nil
+}
+
+// creditStream returns consumed bytes to the peer's stream window in batches
+// of half the window.
+func (s *stream) creditStream(n int64) {
+	s.mu.Lock()
+	if s.remoteEnd {
+		s.mu.Unlock()
+		return
+	}
+	s.recvUnacked += n
+	var inc int64
+	if s.recvUnacked >= streamWindow/2 {
+		inc = s.recvUnacked
+		s.recvAvail += inc
+		s.recvUnacked = 0
+	}
+	s.mu.Unlock()
+	if inc > 0 {
+		s.c.enqueue(wreq{kind: wWindowUpdate, streamID: s.id, val: uint32(inc)})
+	}
+}
+
+func (s *stream) onRemoteEnd() {
+	s.mu.Lock()
+	s.setREndLocked(io.EOF)
+	s.mu.Unlock()
+	s.wakeReader()
+	s.c.removeIfDone(s)
+}
+
+func (s *stream) onReset(code http2.ErrCode) {
+	err := resetError{uint32(code)}
+	s.mu.Lock()
+	if !s.remoteEnd {
+		s.setREndLocked(err)
+	}
+	if !s.localEnd {
+		s.localEnd = true
+		if s.wErr == nil {
+			s.wErr = err
+		}
+	}
+	if !s.gotResp && s.respCh != nil {
+		s.gotResp = true
+		if code == http2.ErrCodeRefusedStream {
+			s.respErr = errRefused
+		} else {
+			s.respErr = err
+		}
+		close(s.respCh)
+	}
+	s.mu.Unlock()
+	s.wakeReader()
+	s.wakeWriter()
+	s.c.removeIfDone(s)
+}
+
+// fail ends the stream locally with err (GOAWAY-refused streams).
+func (s *stream) fail(err error) {
+	s.mu.Lock()
+	if !s.remoteEnd {
+		s.setREndLocked(err)
+	}
+	s.localEnd = true
+	if s.wErr == nil {
+		s.wErr = err
+	}
+	if !s.gotResp && s.respCh != nil {
+		s.gotResp = true
+		s.respErr = err
+		close(s.respCh)
+	}
+	s.mu.Unlock()
+	s.wakeReader()
+	s.wakeWriter()
+	s.c.removeIfDone(s)
+}
+
+func (s *stream) connClosed(err error) {
+	s.mu.Lock()
+	if !s.remoteEnd {
+		s.setREndLocked(err)
+	}
+	s.localEnd = true
+	s.removed = true
+	if s.wErr == nil {
+		s.wErr = err
+	}
+	if !s.gotResp && s.respCh != nil {
+		s.gotResp = true
+		s.respErr = err
+		close(s.respCh)
+	}
+	s.mu.Unlock()
+	s.wakeReader()
+	s.wakeWriter()
+}
+
+// resetLocal sends RST_STREAM(code) and ends both directions.
+func (s *stream) resetLocal(code http2.ErrCode) {
+	s.mu.Lock()
+	send := !s.localEnd || !s.remoteEnd
+	s.localEnd = true
+	if s.wErr == nil {
+		s.wErr = resetError{uint32(code)}
+	}
+	if !s.remoteEnd {
+		s.setREndLocked(resetError{uint32(code)})
+	}
+	if send {
+		s.c.enqueue(wreq{kind: wRST, streamID: s.id, val: uint32(code)})
+	}
+	if !s.gotResp && s.respCh != nil {
+		s.gotResp = true
+		s.respErr = resetError{uint32(code)}
+		close(s.respCh)
+	}
+	s.mu.Unlock()
+	s.wakeReader()
+	s.wakeWriter()
+	s.c.removeIfDone(s)
+}
+
+func (s *stream) onResponseHeaders(f *http2.MetaHeadersFrame) {
+	s.mu.Lock()
+	if s.gotResp {
+		s.mu.Unlock()
+		// Trailers: only their END_STREAM matters.
+		if f.StreamEnded() {
+			s.onRemoteEnd()
+		} else {
+			s.resetLocal(http2.ErrCodeProtocol)
+		}
+		return
+	}
+	code, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil || code < 100 || code > 999 {
+		s.mu.Unlock()
+		s.resetLocal(http2.ErrCodeProtocol)
+		return
+	}
+	if code < 200 {
+		s.mu.Unlock()
+		return // informational
+	}
+	s.gotResp = true
+	s.status = code
+	s.canSend = code == http.StatusOK
+	close(s.respCh)
+	s.mu.Unlock()
+	if f.StreamEnded() {
+		s.onRemoteEnd()
+	}
+}
+
+// ---- net.Conn ----
+
+// Read reads tunnelled bytes. It returns io.EOF after the peer's END_STREAM.
+func (s *stream) Read(p []byte) (int, error) {
+	for {
+		if s.rdl.expired() {
+			return 0, os.ErrDeadlineExceeded
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		if s.rlen > 0 {
+			n := s.copyOutLocked(p)
+			s.mu.Unlock()
+			if n > 0 {
+				s.c.creditConn(int64(n))
+				s.creditStream(int64(n))
+			}
+			return n, nil
+		}
+		if s.rErr != nil {
+			err := s.rErr
+			s.mu.Unlock()
+			return 0, err
+		}
+		s.mu.Unlock()
+		if len(p) == 0 {
+			return 0, nil
+		}
+		select {
+		case <-s.rWake:
+		case <-s.rDone:
+		case <-s.closedCh:
+		case <-s.rdl.wait():
+		}
+	}
+}
+
+func (s *stream) copyOutLocked(p []byte) int {
+	n := 0
+	for n < len(p) && s.rlen > 0 {
+		c0 := s.chunks[0]
+		k := copy(p[n:], c0[s.roff:])
+		n += k
+		s.roff += k
+		s.rlen -= k
+		if s.roff < len(c0) {
+			break
+		}
+		if len(s.chunks) == 1 && s.filling {
+			break // the read loop is writing past len(c0)
+		}
+		putBuf(c0)
+		copy(s.chunks, s.chunks[1:])
+		s.chunks[len(s.chunks)-1] = nil
+		s.chunks = s.chunks[:len(s.chunks)-1]
+		s.roff = 0
+	}
+	return n
+}
+
+// dropBufferLocked discards unread data and returns how many bytes it was.
+func (s *stream) dropBufferLocked() int {
+	n := s.rlen
+	for i, b := range s.chunks {
+		if i == len(s.chunks)-1 && s.filling {
+			break // still being written into; let the GC have it
+		}
+		putBuf(b)
+	}
+	s.chunks = nil
+	s.roff, s.rlen = 0, 0
+	return n
+}
+
+func (s *stream) writeErrLocked() error {
+	switch {
+	case s.closed:
+		return net.ErrClosed
+	case s.wErr != nil:
+		return s.wErr
+	case s.localEnd:
+		return errWriteClosed
+	case !s.canSend:
+		return errNotAccepted
+	}
+	return nil
+}
+
+// Write sends p, blocking on HTTP/2 flow control.
+func (s *stream) Write(p []byte) (int, error) {
+	select {
+	case s.wsem <- struct{}{}:
+	default:
+		select {
+		case s.wsem <- struct{}{}:
+		case <-s.wdl.wait():
+			return 0, os.ErrDeadlineExceeded
+		case <-s.closedCh:
+			return 0, net.ErrClosed
+		}
+	}
+	defer func() { <-s.wsem }()
+	n := 0
+	for {
+		if s.wdl.expired() {
+			return n, os.ErrDeadlineExceeded
+		}
+		if len(p) == 0 {
+			s.mu.Lock()
+			err := s.writeErrLocked()
+			s.mu.Unlock()
+			if n > 0 {
+				err = nil
+			}
+			return n, err
+		}
+		k, err := s.reserve(len(p))
+		if err != nil {
+			return n, err
+		}
+		if err := s.send(p[:k]); err != nil {
+			return n, err
+		}
+		n += k
+		p = p[k:]
+	}
+}
+
+// reserve takes up to want bytes of send window from the stream and the
+// connection.
+func (s *stream) reserve(want int) (int, error) {
+	c := s.c
+	for {
+		c.mu.Lock()
+		s.mu.Lock()
+		err := s.writeErrLocked()
+		s.mu.Unlock()
+		if err == nil && c.closed {
+			err = c.err
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+		n := min(int64(want), s.sendWindow, c.sendWindow, maxWriteChunk)
+		if n > 0 {
+			s.sendWindow -= n
+			c.sendWindow -= n
+			c.mu.Unlock()
+			return int(n), nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-s.wWake:
+		case <-s.closedCh:
+		case <-c.closedCh:
+		case <-s.wdl.wait():
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+func (s *stream) unreserve(n int) {
+	c := s.c
+	c.mu.Lock()
+	s.sendWindow += int64(n)
+	c.sendWindow += int64(n)
+	for _, o := range c.streams {
+		o.wakeWriter()
+	}
+	c.mu.Unlock()
+}
+
+// send hands p to the connection writer and waits until it is copied out,
+// so the caller may reuse p as soon as Write returns.
+func (s *stream) send(p []byte) error {
+	s.mu.Lock()
+	if err := s.writeErrLocked(); err != nil {
+		s.mu.Unlock()
+		s.unreserve(len(p))
+		return err
+	}
+	ok := s.c.enqueue(wreq{kind: wData, s: s, notify: true, streamID: s.id, data: p})
+	s.mu.Unlock()
+	if !ok {
+		return s.c.closeErr()
+	}
+	select {
+	case err := <-s.wdone:
+		return err
+	case <-s.wdl.wait():
+		if s.c.cancelData(s) {
+			s.unreserve(len(p))
+			return os.ErrDeadlineExceeded
+		}
+		return <-s.wdone
+	}
+}
+
+// CloseWrite sends END_STREAM: the peer reads EOF, this side can still read.
+func (s *stream) CloseWrite() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	if !s.canSend {
+		s.mu.Unlock()
+		return errNotAccepted
+	}
+	if s.localEnd {
+		s.mu.Unlock()
+		return nil
+	}
+	s.localEnd = true
+	s.c.enqueue(wreq{kind: wData, streamID: s.id, end: true})
+	s.mu.Unlock()
+	s.wakeWriter()
+	s.c.removeIfDone(s)
+	return nil
+}
+
+// CloseRead discards further received data; Read returns io.EOF. The peer is
+// not told (HTTP/2 has no read-side shutdown); its data is acknowledged and
+// dropped so it never blocks on flow control.
+func (s *stream) CloseRead() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.readClosed = true
+	n := s.dropBufferLocked()
+	if s.rErr == nil {
+		s.rErr = io.EOF
+		close(s.rDone)
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.c.creditConn(int64(n))
+		s.creditStream(int64(n))
+	}
+	s.wakeReader()
+	return nil
+}
+
+// Close ends the stream like closing a TCP socket: data already written is
+// delivered followed by END_STREAM; if the peer has not finished sending, the
+// stream is then reset with CANCEL. Once both sides finished it sends nothing.
+func (s *stream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closedCh)
+	if !s.localEnd {
+		s.localEnd = true
+		if s.canSend {
+			s.c.enqueue(wreq{kind: wData, streamID: s.id, end: true})
+		}
+		if !s.remoteEnd || !s.canSend {
+			s.c.enqueue(wreq{kind: wRST, streamID: s.id, val: uint32(http2.ErrCodeCancel)})
+		}
+	} else if !s.remoteEnd {
+		s.c.enqueue(wreq{kind: wRST, streamID: s.id, val: uint32(http2.ErrCodeCancel)})
+	}
+	if !s.remoteEnd {
+		s.setREndLocked(net.ErrClosed)
+	}
+	n := s.dropBufferLocked()
+	s.mu.Unlock()
+	if n > 0 {
+		s.c.creditConn(int64(n))
+	}
+	s.wakeReader()
+	s.wakeWriter()
+	s.c.removeIfDone(s)
+	return nil
+}
+
+// LocalAddr is the local address of the underlying TCP connection.
+func (s *stream) LocalAddr() net.Addr { return s.c.raw.LocalAddr() }
+
+// RemoteAddr is the remote address of the underlying TCP connection.
+func (s *stream) RemoteAddr() net.Addr { return s.c.raw.RemoteAddr() }
+
+func (s *stream) SetDeadline(t time.Time) error {
+	s.rdl.set(t)
+	s.wdl.set(t)
+	return nil
+}
+
+func (s *stream) SetReadDeadline(t time.Time) error  { s.rdl.set(t); return nil }
+func (s *stream) SetWriteDeadline(t time.Time) error { s.wdl.set(t); return nil }
+
+// sendHeaders queues a HEADERS frame on the stream (caller holds s.mu).
+func (s *stream) sendHeadersLocked(hdrs []hpack.HeaderField, end bool) bool {
+	return s.c.enqueue(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs, end: end})
+}
+
+func errEOF() error { return io.EOF }

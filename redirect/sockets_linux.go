@@ -1,0 +1,95 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func setTransparent(reuseAddr bool) func(network, address string, rc syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			// Without IP_TRANSPARENT a socket cannot own (accept for, or send from) a
+			// non-local address.
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); serr != nil {
+				serr = fmt.Errorf("set IP_TRANSPARENT: %w", serr)
+				return
+			}
+			if reuseAddr {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+					serr = fmt.Errorf("set SO_REUSEADDR: %w", serr)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// ListenTransparent listens on the IPv4 TCP address addr (e.g. "127.0.0.1:15001") with
+// IP_TRANSPARENT and SO_REUSEADDR, so it can accept connections assigned by the capture
+// programs whatever their destination. The accepted connection's LocalAddr is the
+// original destination.
+func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: setTransparent(true)}
+	l, err := lc.Listen(ctx, "tcp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen transparent %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// DialTransparent connects to dst from the (usually non-local) source address src with an
+// ephemeral port, using IP_TRANSPARENT; the capture routes the replies back to it.
+// timeout <= 0 means no timeout besides ctx.
+func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	src, dstAddr := src.Unmap(), dst.Addr().Unmap()
+	if !src.Is4() || !dstAddr.Is4() {
+		return nil, fmt.Errorf("dial transparent %s -> %s: only IPv4 is supported", src, dst)
+	}
+	d := net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
+		Timeout:   timeout,
+		Control:   setTransparent(false),
+	}
+	target := netip.AddrPortFrom(dstAddr, dst.Port()).String()
+	c, err := d.DialContext(ctx, "tcp4", target)
+	if err != nil {
+		return nil, fmt.Errorf("dial transparent %s -> %s: %w", src, target, err)
+	}
+	return c, nil
+}
+
+// HostInterface returns the ifindex of the interface the current network namespace routes
+// podIP through: the pod's host-side veth with routed pod networking.
+func HostInterface(podIP netip.Addr) (int, error) {
+	ip := podIP.Unmap()
+	if !ip.IsValid() {
+		return 0, errors.New("host interface: invalid pod IP")
+	}
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil {
+		return 0, fmt.Errorf("host interface of %s: route lookup: %w", ip, err)
+	}
+	if len(routes) == 0 {
+		return 0, fmt.Errorf("host interface of %s: no route", ip)
+	}
+	r := routes[0]
+	if r.Type == unix.RTN_LOCAL || r.LinkIndex <= 0 {
+		return 0, fmt.Errorf("host interface of %s: address is local to the node: %w", ip, ErrNotDirect)
+	}
+	if r.Gw != nil {
+		return 0, fmt.Errorf("host interface of %s: routed via gateway %s: %w", ip, r.Gw, ErrNotDirect)
+	}
+	return r.LinkIndex, nil
+}

@@ -1,0 +1,202 @@
+// Command demo is `make demo`: two nodes with pods in network namespaces, the built-in
+// CA and a ztunnel per node, traffic between the pods, and tcpdump proof that the wire
+// between the nodes carries only TLS. Everything is torn down at the end.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ambitmesh/ambit/pcap"
+	"github.com/ambitmesh/ambit/tests/mesh"
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+func main() {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "demo: needs root (network namespaces, eBPF, tcpdump); run: sudo make demo")
+		os.Exit(1)
+	}
+	netns.EnterPrivate()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+const echoPort = 8080
+
+func run() error {
+	bin := flag.String("bin", "", "directory with ztunnel and ambit-ca (built if empty)")
+	flag.Parse()
+	if *bin != "" {
+		abs, err := filepath.Abs(*bin)
+		if err != nil {
+			return err
+		}
+		*bin = abs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	step("building two nodes with two pods each, the built-in CA and a ztunnel per node")
+	var client, server, other *netns.Pod
+	m, err := mesh.Start(ctx, mesh.Options{
+		Nodes: 2, PodsPerNode: 2, BinDir: *bin,
+		Model: func(t *netns.Topology) *mesh.Model {
+			md := mesh.DefaultModel(t)
+			client, other, server = t.Nodes[0].Pods[0], t.Nodes[0].Pods[1], t.Nodes[1].Pods[0]
+			md.Services = []mesh.Service{{Name: "echo", Namespace: "mesh", VIPs: []netip.Addr{mesh.VIP(0)},
+				Ports: []mesh.ServicePort{{Port: 80, TargetPort: echoPort}}, Selector: map[string]string{"app": server.Name}}}
+			return md
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		step("tearing everything down")
+		if err := m.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "teardown:", err)
+		}
+	}()
+	for _, n := range m.Topo.Nodes {
+		fmt.Printf("  %s  underlay %s  pods:", n.Name, n.IP)
+		for _, p := range n.Pods {
+			fmt.Printf(" %s=%s", p.Name, p.IP)
+		}
+		fmt.Println()
+	}
+	fmt.Printf("  service echo.mesh.svc.cluster.local  VIP %s:80 -> %s:%d\n", mesh.VIP(0), server.IP, echoPort)
+
+	echo, err := server.StartEcho(fmt.Sprintf("%s:%d", server.IP, echoPort))
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	local, err := other.StartEcho(fmt.Sprintf("%s:%d", other.IP, echoPort))
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+
+	step("capturing the wire between the nodes with tcpdump")
+	pcapFile := filepath.Join(m.Dir, "underlay.pcap")
+	capture, err := m.Topo.Underlay.Tcpdump(ctx, "br0", pcapFile, "tcp")
+	if err != nil {
+		return err
+	}
+	marker := []byte("AMBIT-DEMO-SECRET-MARKER")
+
+	step("sending traffic")
+	for _, tc := range []struct {
+		what string
+		to   netip.AddrPort
+		size int
+	}{
+		{"pod IP, across nodes", netip.AddrPortFrom(server.IP, echoPort), 0},
+		{"service VIP, across nodes", netip.AddrPortFrom(mesh.VIP(0), 80), 0},
+		{"pod IP, same node", netip.AddrPortFrom(other.IP, echoPort), 0},
+		{"10 MiB across nodes", netip.AddrPortFrom(server.IP, echoPort), 10 << 20},
+	} {
+		start := time.Now()
+		n, err := exchange(ctx, client, tc.to, marker, tc.size)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tc.what, err)
+		}
+		fmt.Printf("  %-28s %s -> %-20s %8d bytes echoed intact in %s\n", tc.what, client.IP, tc.to, n, time.Since(start).Round(time.Millisecond))
+	}
+	peers := echo.Peers()
+	fmt.Printf("  the server pod saw the connection coming from %s (the client pod's own address)\n", peers[len(peers)-1].Addr())
+	time.Sleep(200 * time.Millisecond)
+	if err := capture.Stop(); err != nil {
+		return err
+	}
+
+	step("what ztunnel did")
+	for _, n := range m.Topo.Nodes {
+		d, err := m.Dump(ctx, n)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %s (ready: %s)\n", n.Name, d.Ready)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		for _, c := range d.Certificates {
+			fmt.Fprintf(tw, "    certificate\t%s\texpires %s\n", c.ID, c.NotAfter.Format(time.RFC3339))
+		}
+		tw.Flush()
+	}
+	for _, n := range m.Topo.Nodes {
+		p := m.Ztunnel(n.Name)
+		if p == nil {
+			continue
+		}
+		fmt.Printf("  %s access log:\n", n.Name)
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if strings.Contains(line, "connection closed") {
+				fmt.Printf("    %s\n", trimLog(line))
+			}
+		}
+	}
+
+	step("tcpdump verdict on the wire between the nodes")
+	v, err := pcap.VerifyWire(pcapFile, marker)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  %s\n", v)
+	if !v.Encrypted() {
+		return fmt.Errorf("the wire is NOT proven encrypted")
+	}
+	fmt.Println("  VERDICT: node-to-node traffic is HBONE (mTLS 1.3 on :15008) only; the marker never appeared in clear")
+	return nil
+}
+
+func trimLog(line string) string {
+	if i := strings.Index(line, "msg="); i >= 0 {
+		return line[i:]
+	}
+	return line
+}
+
+func step(s string) { fmt.Printf("\n==> %s\n", s) }
+
+// exchange sends the marker (and size random bytes) and checks the echo.
+func exchange(ctx context.Context, from *netns.Pod, to netip.AddrPort, marker []byte, size int) (int, error) {
+	c, err := from.Dial(ctx, "tcp", to.String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	payload := append([]byte{}, marker...)
+	if size > 0 {
+		extra := make([]byte, size)
+		_, _ = rand.Read(extra)
+		payload = append(payload, extra...)
+	}
+	go func() {
+		_, _ = c.Write(payload)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return len(got), err
+	}
+	if !bytes.Equal(got, payload) {
+		return len(got), fmt.Errorf("echo mismatch: sent sha256 %x, got %x", sha256.Sum256(payload), sha256.Sum256(got))
+	}
+	return len(got), nil
+}

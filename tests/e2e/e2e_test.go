@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/pcap"
+)
+
+// The wire between nodes carries only HBONE on :15008, negotiated as TLS 1.3, and a
+// marker sent by a pod never appears in clear. This runs first, so every HBONE
+// connection it uses is set up while tcpdump watches.
+func TestWireIsEncrypted(t *testing.T) {
+	requireMesh(t)
+	marker := []byte("AMBIT-PLAINTEXT-MARKER-7f3c9e")
+	file := captureUnderlay(t, func() {
+		for _, addr := range []netip.AddrPort{podAddr(echoA), echoVIP, podAddr(echoB)} {
+			payload := bytes.Repeat(marker, 64)
+			got, err := roundTrip(context.Background(), client, addr, payload)
+			if err != nil || !bytes.Equal(got, payload) {
+				t.Fatalf("client -> %s: err %v, %d bytes back", addr, err, len(got))
+			}
+		}
+	})
+	v, err := pcap.VerifyWire(file, marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wire: %s", v)
+	if !v.Encrypted() {
+		t.Fatalf("wire is not proven encrypted: %s", v)
+	}
+}
+
+// The same check must be able to fail: plaintext between non-enrolled pods shows the marker.
+func TestWireCheckDetectsPlaintext(t *testing.T) {
+	requireMesh(t)
+	marker := []byte("AMBIT-CLEAR-MARKER-44aa")
+	file := captureUnderlay(t, func() {
+		if _, err := roundTrip(context.Background(), plainc, podAddr(plains), marker); err != nil {
+			t.Fatal(err)
+		}
+	})
+	v, err := pcap.VerifyWire(file, marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Encrypted() || !v.MarkerVisible || len(v.NotHBONE) == 0 {
+		t.Fatalf("plaintext not detected: %s", v)
+	}
+}
+
+func TestCrossNodeByPodIP(t *testing.T) {
+	requireMesh(t)
+	echoOK(t, client, podAddr(echoA))
+	if got := lastPeer(t, "echo-a"); got != client.IP {
+		t.Fatalf("echo-a saw source %s, want the client pod %s", got, client.IP)
+	}
+}
+
+func TestServiceVIPRoundRobin(t *testing.T) {
+	requireMesh(t)
+	before := map[string]int{"echo-a": len(echoSrv["echo-a"].Peers()), "echo-b": len(echoSrv["echo-b"].Peers())}
+	for i := 0; i < 6; i++ {
+		echoOK(t, client, echoVIP)
+	}
+	for name, n := range before {
+		peers := echoSrv[name].Peers()[n:]
+		if len(peers) == 0 {
+			t.Fatalf("%s got no connection through the VIP", name)
+		}
+		for _, p := range peers {
+			if p.Addr() != client.IP {
+				t.Fatalf("%s saw source %s, want the client pod %s", name, p.Addr(), client.IP)
+			}
+		}
+	}
+}
+
+func TestSameNode(t *testing.T) {
+	requireMesh(t)
+	echoOK(t, client, podAddr(local))
+	if got := lastPeer(t, "local"); got != client.IP {
+		t.Fatalf("local saw source %s, want %s", got, client.IP)
+	}
+	d, err := m.Dump(context.Background(), m.Topo.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Certificates) == 0 {
+		t.Fatalf("node1 holds no certificates: %+v", d)
+	}
+}
+
+func TestLargeTransfer(t *testing.T) {
+	requireMesh(t)
+	sha256Transfer(t, client, podAddr(echoA), 128<<20)
+}
+
+func TestConcurrentConnections(t *testing.T) {
+	requireMesh(t)
+	const n = 500
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			addr := podAddr(echoA)
+			if i%2 == 1 {
+				addr = echoVIP
+			}
+			msg := []byte(fmt.Sprintf("conn %d", i))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			got, err := roundTrip(ctx, client, addr, msg)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = fmt.Errorf("echoed %q", got)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("conn %d to %s: %w", i, addr, err)
+			}
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	var failed []string
+	for err := range errs {
+		failed = append(failed, err.Error())
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d connections failed; first: %s", len(failed), n, failed[0])
+	}
+}
+
+// A pod outside the mesh is not captured: its traffic reaches the server directly (the
+// server sees the pod's own address) and ztunnel records no connection for it.
+func TestNotEnrolledNotCaptured(t *testing.T) {
+	requireMesh(t)
+	echoOK(t, plainc, podAddr(plains))
+	if got := lastPeer(t, "plains"); got != plainc.IP {
+		t.Fatalf("plains saw %s, want plainc %s", got, plainc.IP)
+	}
+	d, err := m.Dump(context.Background(), m.Topo.Nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.Captured[plainc.IP.String()]; ok {
+		t.Fatalf("plainc is captured: %v", d.Captured)
+	}
+	if _, ok := d.Captured[client.IP.String()]; !ok {
+		t.Fatalf("client is not captured: %v", d.Captured)
+	}
+}
+
+// An enrolled pod reaches a pod outside the mesh by passthrough, from the node's address.
+func TestPassthroughToNonMesh(t *testing.T) {
+	requireMesh(t)
+	echoOK(t, client, podAddr(plains))
+	if got := lastPeer(t, "plains"); got != m.Topo.Nodes[0].IP {
+		t.Fatalf("plains saw %s, want node1's address %s (passthrough)", got, m.Topo.Nodes[0].IP)
+	}
+}
+
+// A pod outside the mesh reaching an enrolled pod goes through the inbound plaintext
+// listener and keeps its source address.
+func TestInboundPlaintext(t *testing.T) {
+	requireMesh(t)
+	echoOK(t, plainc, podAddr(echoA))
+	if got := lastPeer(t, "echo-a"); got != plainc.IP {
+		t.Fatalf("echo-a saw %s, want plainc %s", got, plainc.IP)
+	}
+	d, err := m.Dump(context.Background(), m.Topo.Nodes[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = d
+	metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(metrics, `direction="inbound_plaintext"`) {
+		t.Fatalf("no inbound_plaintext connection in node2 metrics")
+	}
+}
+
+// Enrollment follows the model live: opting the client pod out stops its capture (its
+// traffic to a non-mesh pod then arrives with its own address, not the node's), opting
+// it back in restores it. No pod is restarted.
+func TestLiveEnrollment(t *testing.T) {
+	requireMesh(t)
+	w := m.Model.Workload("client")
+	w.Labels["istio.io/dataplane-mode"] = "none"
+	if err := m.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	waitCaptured(t, client.IP, false)
+	echoOK(t, client, podAddr(plains))
+	if got := lastPeer(t, "plains"); got != client.IP {
+		t.Fatalf("after opt-out plains saw %s, want the client pod %s (not captured)", got, client.IP)
+	}
+
+	delete(w.Labels, "istio.io/dataplane-mode")
+	if err := m.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	waitCaptured(t, client.IP, true)
+	echoOK(t, client, podAddr(plains))
+	if got := lastPeer(t, "plains"); got != m.Topo.Nodes[0].IP {
+		t.Fatalf("after opt-in plains saw %s, want node1 %s (passthrough via ztunnel)", got, m.Topo.Nodes[0].IP)
+	}
+	echoOK(t, client, podAddr(echoA))
+}
+
+func waitCaptured(t *testing.T, ip netip.Addr, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		d, err := m.Dump(context.Background(), m.Topo.Nodes[0])
+		if err == nil {
+			if _, ok := d.Captured[ip.String()]; ok == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("capture of %s did not become %v (last dump err %v)", ip, want, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/tests/mesh"
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+// roundTrip sends payload from a pod, half-closes, and returns what came back.
+func roundTrip(ctx context.Context, from *netns.Pod, addr netip.AddrPort, payload []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, rerr := io.ReadAll(c)
+	if err := <-werr; err != nil {
+		return got, fmt.Errorf("write: %w", err)
+	}
+	return got, rerr
+}
+
+// echoOK checks a round trip through the mesh returns exactly what was sent.
+func echoOK(t *testing.T, from *netns.Pod, addr netip.AddrPort) {
+	t.Helper()
+	msg := []byte(fmt.Sprintf("hello from %s to %s", from.Name, addr))
+	got, err := roundTrip(context.Background(), from, addr, msg)
+	if err != nil {
+		t.Fatalf("%s -> %s: %v", from.Name, addr, err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("%s -> %s: echoed %q, want %q", from.Name, addr, got, msg)
+	}
+}
+
+func podAddr(p *netns.Pod) netip.AddrPort { return netip.AddrPortFrom(p.IP, echoPort) }
+
+// lastPeer is the source address the named echo server saw last.
+func lastPeer(t *testing.T, name string) netip.Addr {
+	t.Helper()
+	peers := echoSrv[name].Peers()
+	if len(peers) == 0 {
+		t.Fatalf("echo server %s saw no connection", name)
+	}
+	return peers[len(peers)-1].Addr()
+}
+
+// captureUnderlay records the wire between nodes for the duration of fn.
+func captureUnderlay(t *testing.T, fn func()) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "underlay.pcap")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := m.Topo.Underlay.Tcpdump(ctx, "br0", file, "tcp")
+	if err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	fn()
+	if err := c.Stop(); err != nil {
+		t.Fatalf("stop tcpdump: %v", err)
+	}
+	return file
+}
+
+// sha256Transfer streams n random bytes through the mesh to an echo server and checks
+// that what returns hashes the same.
+func sha256Transfer(t *testing.T, from *netns.Pod, addr netip.AddrPort, n int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
+	sent := sha256.New()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.TeeReader(io.LimitReader(rand.Reader, n), sent))
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got := sha256.New()
+	rn, err := io.Copy(got, c)
+	if err != nil {
+		t.Fatalf("read after %d bytes: %v", rn, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if rn != n {
+		t.Fatalf("received %d bytes, sent %d", rn, n)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		t.Fatalf("checksum mismatch after %d bytes", n)
+	}
+}
+
+// dialFails asserts that a connection from the pod cannot be made or carries nothing.
+func dialFails(t *testing.T, from *netns.Pod, addr netip.AddrPort) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	got, err := roundTrip(ctx, from, addr, []byte("must not arrive"))
+	if err == nil && len(got) > 0 {
+		t.Fatalf("%s -> %s: connection carried data %q; want failure", from.Name, addr, got)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+var _ = mesh.TrustDomain

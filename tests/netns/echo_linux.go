@@ -1,0 +1,105 @@
+package netns
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+)
+
+// EchoServer is a TCP echo server in a namespace that records the peers it saw.
+type EchoServer struct {
+	Addr netip.AddrPort
+
+	l     net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	peers []netip.AddrPort
+	conns map[net.Conn]struct{}
+	done  bool
+}
+
+// ServeEcho listens on addr (e.g. "198.18.1.10:7000" or ":0") in ns and echoes every
+// connection until the client half-closes, then half-closes too. It stops in tb.Cleanup.
+func (ns *NS) ServeEcho(tb testing.TB, addr string) *EchoServer {
+	tb.Helper()
+	e, err := ns.StartEcho(addr)
+	if err != nil {
+		tb.Fatalf("serve echo: %v", err)
+	}
+	tb.Cleanup(e.Close)
+	return e
+}
+
+// StartEcho is ServeEcho without testing.TB; call Close when done.
+func (ns *NS) StartEcho(addr string) (*EchoServer, error) {
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	e := &EchoServer{l: l, conns: map[net.Conn]struct{}{}}
+	e.Addr = l.Addr().(*net.TCPAddr).AddrPort()
+	e.Addr = netip.AddrPortFrom(e.Addr.Addr().Unmap(), e.Addr.Port())
+	e.wg.Add(1)
+	go e.accept()
+	return e, nil
+}
+
+func (e *EchoServer) accept() {
+	defer e.wg.Done()
+	for {
+		c, err := e.l.Accept()
+		if err != nil {
+			return
+		}
+		ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		e.mu.Lock()
+		if e.done {
+			e.mu.Unlock()
+			c.Close()
+			return
+		}
+		e.peers = append(e.peers, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		e.conns[c] = struct{}{}
+		e.wg.Add(1)
+		e.mu.Unlock()
+		go e.serve(c)
+	}
+}
+
+func (e *EchoServer) serve(c net.Conn) {
+	defer e.wg.Done()
+	defer func() {
+		e.mu.Lock()
+		delete(e.conns, c)
+		e.mu.Unlock()
+		c.Close()
+	}()
+	_, err := io.Copy(c, c)
+	if err == nil || errors.Is(err, io.EOF) {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+}
+
+// Peers returns the remote addresses of all accepted connections, in accept order.
+func (e *EchoServer) Peers() []netip.AddrPort {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]netip.AddrPort(nil), e.peers...)
+}
+
+// Close stops accepting, closes open connections and waits for the goroutines.
+func (e *EchoServer) Close() {
+	e.mu.Lock()
+	e.done = true
+	for c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.l.Close()
+	e.wg.Wait()
+}

@@ -1,0 +1,46 @@
+package ztunnel
+
+// Log messages are constant; details go in keyed attributes.
+const (
+	msgStarted        = "ztunnel started"
+	msgDraining       = "draining connections"
+	msgAcceptError    = "accept error"
+	msgConnection     = "connection closed"
+	msgRefused        = "connection refused"
+	msgEnrolled       = "pod enrolled"
+	msgUnenrolled     = "pod unenrolled"
+	msgEnrollError    = "enrollment error"
+	msgHTTPError      = "http server error"
+	msgUntrustedFwd   = "untrusted forwarded address ignored"
+	msgModelUpdated   = "mesh model applied"
+	msgCertificateErr = "certificate error"
+)
+
+// Log keys.
+const (
+	keyNode        = "node"
+	keyError       = "error"
+	keyOutbound    = "outbound"
+	keyInbound     = "inbound"
+	keyHBONE       = "hbone"
+	keyDirection   = "direction"
+	keySrc         = "src.addr"
+	keyDst         = "dst.addr"
+	keySrcIdentity = "src.identity"
+	keyDstIdentity = "dst.identity"
+	keySrcWorkload = "src.workload"
+	keyDstWorkload = "dst.workload"
+	keyDstService  = "dst.service"
+	keyDstHBONE    = "dst.hbone_addr"
+	keyBytesSent   = "bytes_sent"
+	keyBytesRecv   = "bytes_recv"
+	keyDuration    = "duration"
+	keyReason      = "reason"
+	keyPod         = "pod"
+	keyIP          = "ip"
+	keyIfindex     = "ifindex"
+	keyWorkloads   = "workloads"
+	keyVersion     = "version"
+	keyIdentity    = "identity"
+	keyAddr        = "addr"
+)

@@ -1,0 +1,96 @@
+package ztunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// bufSize is the copy buffer per direction. Buffers are pooled and held only while a
+// direction is actively copying, so idle connections cost no buffer memory beyond the
+// one blocked in Read.
+const bufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+type closeWriter interface{ CloseWrite() error }
+
+// counter counts bytes as they are copied so the admin view and metrics see live figures.
+type counter struct{ n atomic.Int64 }
+
+// pump copies a->b and b->a until both directions end. When one direction reaches EOF
+// the write side of the other connection is half-closed, so protocols that rely on
+// half-close (request, then EOF, then response) keep working end to end. An error in
+// either direction aborts both. Both connections are closed on return.
+func pump(a, b net.Conn, aToB, bToA *counter) error {
+	errc := make(chan error, 2)
+	go func() { errc <- copyHalf(b, a, aToB) }()
+	go func() { errc <- copyHalf(a, b, bToA) }()
+	var first error
+	for i := 0; i < 2; i++ {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			// Unblock the other direction promptly.
+			now := time.Now()
+			_ = a.SetDeadline(now)
+			_ = b.SetDeadline(now)
+		}
+	}
+	_ = a.Close()
+	_ = b.Close()
+	return first
+}
+
+// copyHalf copies src to dst, then half-closes dst. Between two TCP sockets the
+// kernel's splice path is used (no user-space buffer at all).
+func copyHalf(dst, src net.Conn, c *counter) error {
+	var err error
+	dt, dok := dst.(*net.TCPConn)
+	st, sok := src.(*net.TCPConn)
+	if dok && sok {
+		var n int64
+		n, err = dt.ReadFrom(st)
+		c.n.Add(n)
+	} else {
+		err = copyBuf(dst, src, c)
+	}
+	if err != nil {
+		return err
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		if cerr := cw.CloseWrite(); cerr != nil && !isClosedErr(cerr) {
+			return cerr
+		}
+		return nil
+	}
+	return dst.Close()
+}
+
+func copyBuf(dst io.Writer, src io.Reader, c *counter) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			c.n.Add(int64(n))
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return nil
+			}
+			return rerr
+		}
+	}
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}

@@ -1,0 +1,382 @@
+// Package ztunnel is the node tunnel: it accepts traffic captured from the node's
+// enrolled pods, carries it to other nodes over HBONE with the pods' own identities,
+// accepts HBONE and plaintext traffic for local pods, and delivers it with the
+// client's address preserved.
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/hbone"
+	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/identity/ca"
+)
+
+// Capture is the packet-capture layer (redirect.Capture in production).
+type Capture interface {
+	EnrollPod(ip netip.Addr, hostIfindex int) error
+	UnenrollPod(ip netip.Addr) error
+	Pods() map[netip.Addr]int
+	Attached() bool
+	Close() error
+}
+
+// Deps are ztunnel's collaborators. Nil fields are built from Config.
+type Deps struct {
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+
+	// Store holds the mesh model. If nil, a YAML file source for Config.ModelPath feeds one.
+	Store *discovery.Store
+	// Identity provides certificates. If nil, a Manager backed by the built-in CA is used.
+	Identity identity.Source
+	// NewCapture attaches the eBPF capture. If nil, redirect.New is used.
+	NewCapture func(cfg Config, log *slog.Logger) (Capture, error)
+	// HostInterface finds the host-side interface of a pod.
+	HostInterface func(podIP netip.Addr) (int, error)
+
+	// Listen opens a transparent listener; DialTransparent dials with a non-local source
+	// address; Dial is a plain dialer for HBONE peers and passthrough.
+	Listen          func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
+	DialTransparent func(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error)
+	Dial            func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Ztunnel is one node tunnel.
+type Ztunnel struct {
+	cfg Config
+	td  spiffeid.TrustDomain
+	log *slog.Logger
+	reg *prometheus.Registry
+	m   *metrics
+
+	store      *discovery.Store
+	fileSource *discovery.FileSource
+	ident      identity.Source
+	manager    *identity.Manager // set when ztunnel owns the identity source
+
+	newCapture    func(cfg Config, log *slog.Logger) (Capture, error)
+	hostInterface func(netip.Addr) (int, error)
+	listen        func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
+	dialT         func(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error)
+	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	pool   *hbone.Pool
+	server *hbone.Server
+	conns  *connTable
+
+	captureMu sync.Mutex
+	capture   Capture
+
+	listenersUp atomic.Bool
+	closeOnce   sync.Once
+	rr          sync.Map // service key -> *atomic.Uint64, round-robin cursors
+}
+
+// New validates cfg and builds a ztunnel; nothing touches the network until Run.
+func New(cfg Config, deps Deps) (*Ztunnel, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	td, _ := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	z := &Ztunnel{
+		cfg:           cfg,
+		td:            td,
+		log:           deps.Logger,
+		reg:           deps.Registry,
+		store:         deps.Store,
+		ident:         deps.Identity,
+		newCapture:    deps.NewCapture,
+		hostInterface: deps.HostInterface,
+		listen:        deps.Listen,
+		dialT:         deps.DialTransparent,
+		dial:          deps.Dial,
+		conns:         newConnTable(),
+	}
+	if z.log == nil {
+		z.log = slog.New(slog.DiscardHandler)
+	}
+	z.log = z.log.With(keyNode, cfg.NodeName)
+	if z.reg == nil {
+		z.reg = prometheus.NewRegistry()
+	}
+	z.m = newMetrics(z.reg)
+	if z.dial == nil {
+		d := &net.Dialer{Timeout: cfg.ConnectTimeout}
+		z.dial = d.DialContext
+	}
+	if err := z.platformDefaults(); err != nil {
+		return nil, err
+	}
+	if z.store == nil {
+		z.store = discovery.NewStore()
+		fs, err := discovery.NewFileSource(discovery.FileSourceConfig{
+			Path:    cfg.ModelPath,
+			Options: cfg.Enrollment,
+			Logger:  z.log,
+		}, z.store)
+		if err != nil {
+			return nil, fmt.Errorf("model source: %w", err)
+		}
+		z.fileSource = fs
+	}
+	if z.ident == nil {
+		mgr, err := newCAManager(cfg, td, z.log)
+		if err != nil {
+			return nil, err
+		}
+		z.manager = mgr
+		z.ident = mgr
+	}
+	pool, err := hbone.NewPool(hbone.ClientConfig{
+		Dial: z.dial,
+		TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientTLSConfig(z.ident, src, dst), nil
+		},
+		Logger: z.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hbone pool: %w", err)
+	}
+	z.pool = pool
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		TLSConfig: identity.ServerTLSConfig(z.ident, td, z.pickServerIdentity),
+		Handler:   hbone.HandlerFunc(z.serveHBONE),
+		Logger:    z.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hbone server: %w", err)
+	}
+	z.server = srv
+	return z, nil
+}
+
+func newCAManager(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*identity.Manager, error) {
+	if cfg.CAAddr == "" {
+		return nil, fmt.Errorf("%w: a CA address is required when no identity source is given", ErrConfig)
+	}
+	roots, err := loadRoots(cfg.CARootFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := ca.NewClient(ca.ClientConfig{Addr: cfg.CAAddr, TokenFile: cfg.CATokenFile, Roots: roots})
+	if err != nil {
+		return nil, fmt.Errorf("ca client: %w", err)
+	}
+	mgr, err := identity.NewManager(identity.ManagerConfig{Issuer: client, TrustDomain: td, Roots: roots, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("certificate manager: %w", err)
+	}
+	return mgr, nil
+}
+
+func loadRoots(path string) ([]*x509.Certificate, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: a CA root file is required", ErrConfig)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read CA root file: %w", err)
+	}
+	var roots []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("CA root file %s: %w", path, err)
+		}
+		roots = append(roots, c)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("CA root file %s: no PEM certificates", path)
+	}
+	return roots, nil
+}
+
+// Run runs ztunnel until ctx ends, then drains and returns.
+func (z *Ztunnel) Run(ctx context.Context) error {
+	defer z.Close()
+	g, ctx := errgroup.WithContext(ctx)
+
+	if z.fileSource != nil {
+		g.Go(func() error { return z.fileSource.Run(ctx) })
+	}
+	if z.manager != nil {
+		g.Go(func() error { return z.manager.Run(ctx) })
+	}
+
+	// Know the model before capturing anything: a bad model must stop ztunnel before it
+	// takes over any pod's traffic.
+	if err := z.waitSynced(ctx); err != nil {
+		if gerr := g.Wait(); gerr != nil {
+			return gerr
+		}
+		return err
+	}
+
+	capture, err := z.newCapture(z.cfg, z.log)
+	if err != nil {
+		return fmt.Errorf("attach capture: %w", err)
+	}
+	z.captureMu.Lock()
+	z.capture = capture
+	z.captureMu.Unlock()
+
+	lnOut, err := z.listen(ctx, z.cfg.OutboundAddr)
+	if err != nil {
+		return fmt.Errorf("listen outbound %s: %w", z.cfg.OutboundAddr, err)
+	}
+	lnIn, err := z.listen(ctx, z.cfg.InboundAddr)
+	if err != nil {
+		lnOut.Close()
+		return fmt.Errorf("listen inbound %s: %w", z.cfg.InboundAddr, err)
+	}
+	lnHBONE, err := z.listen(ctx, z.cfg.HBONEAddr)
+	if err != nil {
+		lnOut.Close()
+		lnIn.Close()
+		return fmt.Errorf("listen hbone %s: %w", z.cfg.HBONEAddr, err)
+	}
+	z.listenersUp.Store(true)
+
+	httpSrvs, err := z.startHTTP(g)
+	if err != nil {
+		lnOut.Close()
+		lnIn.Close()
+		lnHBONE.Close()
+		return err
+	}
+
+	g.Go(func() error { return z.acceptLoop(ctx, lnOut, z.handleOutbound) })
+	g.Go(func() error { return z.acceptLoop(ctx, lnIn, z.handleInboundPlain) })
+	g.Go(func() error {
+		err := z.server.Serve(lnHBONE)
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error { return z.reconcileLoop(ctx) })
+
+	z.log.Info(msgStarted,
+		keyOutbound, z.cfg.OutboundAddr.String(),
+		keyInbound, z.cfg.InboundAddr.String(),
+		keyHBONE, z.cfg.HBONEAddr.String())
+
+	<-ctx.Done()
+	z.log.Info(msgDraining)
+	z.listenersUp.Store(false)
+	lnOut.Close()
+	lnIn.Close()
+	drainCtx, cancel := context.WithTimeout(context.Background(), z.cfg.DrainTimeout)
+	defer cancel()
+	_ = z.server.Shutdown(drainCtx) // also closes lnHBONE
+	z.conns.drain(drainCtx)
+	for _, s := range httpSrvs {
+		_ = s.Close()
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (z *Ztunnel) waitSynced(ctx context.Context) error {
+	ch, cancel := z.store.Watch()
+	defer cancel()
+	for !z.store.Synced() {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("load mesh model: %w", context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
+func (z *Ztunnel) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Temporary resource exhaustion (EMFILE): back off instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			z.log.Warn(msgAcceptError, keyError, err)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
+		delay = 0
+		go handle(ctx, c)
+	}
+}
+
+// Ready reports readiness: model synced, capture attached, listeners up and
+// certificates held for every local enrolled workload.
+func (z *Ztunnel) Ready() error {
+	if !z.store.Synced() {
+		return errors.New("mesh model not synced")
+	}
+	z.captureMu.Lock()
+	c := z.capture
+	z.captureMu.Unlock()
+	if c == nil || !c.Attached() {
+		return errors.New("capture not attached")
+	}
+	if !z.listenersUp.Load() {
+		return errors.New("listeners not up")
+	}
+	if !z.ident.Ready() {
+		return errors.New("certificates not loaded")
+	}
+	return nil
+}
+
+// Close releases everything; capture stays attached (pinned) so pods fail closed.
+func (z *Ztunnel) Close() error {
+	z.closeOnce.Do(func() {
+		z.pool.Close()
+		z.server.Close()
+		z.captureMu.Lock()
+		if z.capture != nil {
+			z.capture.Close()
+		}
+		z.captureMu.Unlock()
+		if z.manager != nil {
+			z.manager.Close()
+		}
+	})
+	return nil
+}

@@ -1,0 +1,45 @@
+package ztunnel
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/ambitmesh/ambit/redirect"
+)
+
+// platformDefaults wires the Linux capture and socket implementations.
+func (z *Ztunnel) platformDefaults() error {
+	if z.newCapture == nil {
+		z.newCapture = func(cfg Config, log *slog.Logger) (Capture, error) {
+			c, err := redirect.New(redirect.Config{
+				PinPath:      cfg.BPFPinPath,
+				Mark:         cfg.Mark,
+				MarkMask:     cfg.MarkMask,
+				RouteTable:   cfg.RouteTable,
+				OutboundPort: cfg.OutboundAddr.Port(),
+				InboundPort:  cfg.InboundAddr.Port(),
+				HBONEPort:    cfg.HBONEAddr.Port(),
+				Uplinks:      cfg.Uplinks,
+				Logger:       log,
+			})
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		}
+	}
+	if z.hostInterface == nil {
+		z.hostInterface = redirect.HostInterface
+	}
+	if z.listen == nil {
+		z.listen = func(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
+			return redirect.ListenTransparent(ctx, addr.String())
+		}
+	}
+	if z.dialT == nil {
+		z.dialT = redirect.DialTransparent
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package ztunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambitmesh/ambit/discovery"
+)
+
+func TestConfigValidate(t *testing.T) {
+	base := Config{NodeName: "node1", ModelPath: "/m.yaml"}
+	tests := []struct {
+		name    string
+		mutate  func(*Config)
+		wantErr string
+	}{
+		{"defaults ok", func(*Config) {}, ""},
+		{"no node", func(c *Config) { c.NodeName = "" }, "node name"},
+		{"no model", func(c *Config) { c.ModelPath = "" }, "model path"},
+		{"bad trust domain", func(c *Config) { c.TrustDomain = "Bad Domain" }, "trust domain"},
+		{"mark outside mask", func(c *Config) { c.Mark, c.MarkMask = 0x1400, 0xf00 }, "outside mask"},
+		{"wildcard listener", func(c *Config) { c.OutboundAddr = netip.MustParseAddrPort("0.0.0.0:15001") }, "loopback"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base
+			tt.mutate(&c)
+			err := c.WithDefaults().Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrConfig) {
+				t.Fatalf("error %v, want one mentioning %q wrapping ErrConfig", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func testSnapshot(t *testing.T) *discovery.Snapshot {
+	t.Helper()
+	ambient := map[string]string{"istio.io/dataplane-mode": "ambient"}
+	ip := netip.MustParseAddr
+	snap, err := discovery.Build(discovery.Input{
+		Namespaces: []*discovery.Namespace{{Name: "mesh", Labels: ambient}, {Name: "plain"}},
+		Nodes: []*discovery.Node{
+			{Name: "node1", Addresses: []netip.Addr{ip("198.18.0.1")}},
+			{Name: "node2", Addresses: []netip.Addr{ip("198.18.0.2")}},
+		},
+		Workloads: []*discovery.Workload{
+			{Name: "client", Namespace: "mesh", ServiceAccount: "client", Node: "node1", IPs: []netip.Addr{ip("198.18.1.10")}},
+			{Name: "echo-a", Namespace: "mesh", ServiceAccount: "echo", Node: "node2", IPs: []netip.Addr{ip("198.18.2.10")}, Labels: map[string]string{"app": "echo"}},
+			{Name: "echo-b", Namespace: "mesh", ServiceAccount: "echo", Node: "node2", IPs: []netip.Addr{ip("198.18.2.11")}, Labels: map[string]string{"app": "echo"}},
+			{Name: "plain", Namespace: "plain", Node: "node2", IPs: []netip.Addr{ip("198.18.2.12")}},
+		},
+		Services: []*discovery.Service{{
+			Name: "echo", Namespace: "mesh", VIPs: []netip.Addr{ip("198.19.0.10")},
+			Ports: []discovery.ServicePort{{Port: 80, TargetPort: 8080}}, Selector: map[string]string{"app": "echo"},
+		}, {
+			Name: "empty", Namespace: "mesh", VIPs: []netip.Addr{ip("198.19.0.11")},
+			Ports: []discovery.ServicePort{{Port: 80, TargetPort: 8080}}, Selector: map[string]string{"app": "nothing"},
+		}},
+	}, discovery.EnrollmentOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+func TestResolve(t *testing.T) {
+	snap := testSnapshot(t)
+	store := discovery.NewStore()
+	store.Set(snap)
+	z := &Ztunnel{cfg: Config{NodeName: "node1"}.WithDefaults(), store: store}
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		name     string
+		dst      string
+		target   string
+		mesh     bool
+		workload string
+		service  bool
+		err      error
+	}{
+		{"pod ip in mesh", "198.18.2.10:8080", "198.18.2.10:8080", true, "echo-a", false, nil},
+		{"pod ip outside mesh", "198.18.2.12:9000", "198.18.2.12:9000", false, "plain", false, nil},
+		{"unknown destination", "198.18.9.9:443", "198.18.9.9:443", false, "", false, nil},
+		{"service vip", "198.19.0.10:80", "", true, "", true, nil},
+		{"service unknown port", "198.19.0.10:81", "", false, "", false, errUnknownPort},
+		{"service without endpoints", "198.19.0.11:80", "", false, "", false, errNoEndpoint},
+		{"own node address is passthrough", "198.18.0.1:22", "198.18.0.1:22", false, "", false, nil},
+		{"loopback", "127.0.0.1:15001", "", false, "", false, errLoop},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := z.resolve(snap, ap(tt.dst))
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.target != "" && r.target.String() != tt.target {
+				t.Errorf("target %s, want %s", r.target, tt.target)
+			}
+			if r.mesh != tt.mesh {
+				t.Errorf("mesh %v, want %v", r.mesh, tt.mesh)
+			}
+			if tt.workload != "" && (r.dstW == nil || r.dstW.Name != tt.workload) {
+				t.Errorf("workload %v, want %s", r.dstW, tt.workload)
+			}
+			if tt.service != (r.svc != nil) {
+				t.Errorf("service %v, want %v", r.svc, tt.service)
+			}
+		})
+	}
+}
+
+func TestResolveServiceRoundRobin(t *testing.T) {
+	snap := testSnapshot(t)
+	store := discovery.NewStore()
+	store.Set(snap)
+	z := &Ztunnel{cfg: Config{NodeName: "node1"}.WithDefaults(), store: store}
+	seen := map[string]int{}
+	for i := 0; i < 10; i++ {
+		r, err := z.resolve(snap, netip.MustParseAddrPort("198.19.0.10:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.target.Port() != 8080 {
+			t.Fatalf("target port %d, want the target port 8080", r.target.Port())
+		}
+		seen[r.dstW.Name]++
+	}
+	if seen["echo-a"] != 5 || seen["echo-b"] != 5 {
+		t.Fatalf("round robin spread %v, want 5/5", seen)
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); acc <- c }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// pipeConn hides the TCP type so the buffered path is exercised too.
+type pipeConn struct{ net.Conn }
+
+func (p pipeConn) CloseWrite() error { return p.Conn.(*net.TCPConn).CloseWrite() }
+
+func TestPumpHalfClose(t *testing.T) {
+	for _, wrap := range []struct {
+		name string
+		f    func(net.Conn) net.Conn
+	}{{"splice", func(c net.Conn) net.Conn { return c }}, {"buffered", func(c net.Conn) net.Conn { return pipeConn{c} }}} {
+		t.Run(wrap.name, func(t *testing.T) {
+			client, down := tcpPair(t)
+			up, server := tcpPair(t)
+			var sent, recv counter
+			done := make(chan error, 1)
+			go func() { done <- pump(wrap.f(down), wrap.f(up), &sent, &recv) }()
+
+			req := bytes.Repeat([]byte("q"), 100000)
+			if _, err := client.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			client.CloseWrite()
+			got, err := io.ReadAll(server) // EOF arrives only through the half-close
+			if err != nil || !bytes.Equal(got, req) {
+				t.Fatalf("server read %d bytes, err %v", len(got), err)
+			}
+			// The server can still answer after the client half-closed.
+			resp := []byte("answer after half-close")
+			if _, err := server.Write(resp); err != nil {
+				t.Fatal(err)
+			}
+			server.CloseWrite()
+			got, err = io.ReadAll(client)
+			if err != nil || !bytes.Equal(got, resp) {
+				t.Fatalf("client read %q, err %v", got, err)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("pump: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("pump did not finish after both halves closed")
+			}
+			if sent.n.Load() != int64(len(req)) || recv.n.Load() != int64(len(resp)) {
+				t.Fatalf("counted %d/%d bytes, want %d/%d", sent.n.Load(), recv.n.Load(), len(req), len(resp))
+			}
+		})
+	}
+}
+
+func TestPumpAbortOnReset(t *testing.T) {
+	client, down := tcpPair(t)
+	up, server := tcpPair(t)
+	var sent, recv counter
+	done := make(chan error, 1)
+	go func() { done <- pump(down, up, &sent, &recv) }()
+	// An abortive close on one side must tear down the other promptly.
+	server.SetLinger(0)
+	server.Close()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(client); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("client was not closed after the server reset")
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pump did not finish after a reset")
+	}
+}
