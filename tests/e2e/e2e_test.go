@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -236,4 +237,79 @@ func waitCaptured(t *testing.T, ip netip.Addr, want bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// A model change that does not concern a connection leaves it alone.
+func TestModelChangeKeepsConnections(t *testing.T) {
+	requireMesh(t)
+	c, err := client.Dial(context.Background(), "tcp", podAddr(echoA).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ping := func(msg string) {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("write %q: %v", msg, err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("read back %q: %q, %v", msg, buf, err)
+		}
+	}
+	ping("before")
+	before := make(map[string]uint64)
+	for _, n := range m.Topo.Nodes[:2] {
+		d, err := m.Dump(context.Background(), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[n.Name] = d.ModelVersion
+	}
+	w := m.Model.Workload("local")
+	w.Labels["version"] = "v2"
+	if err := m.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { delete(w.Labels, "version"); _ = m.Apply() })
+	for _, n := range m.Topo.Nodes[:2] {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			d, err := m.Dump(context.Background(), n)
+			if err == nil && d.ModelVersion > before[n.Name] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not apply the model change", n.Name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	ping("after the model changed")
+}
+
+// SIGTERM drains: ztunnel exits cleanly within its drain timeout, and the node fails
+// closed until it is back.
+func TestGracefulStop(t *testing.T) {
+	requireMesh(t)
+	node1 := m.Topo.Nodes[0]
+	p := m.Ztunnel(node1.Name)
+	if p == nil {
+		t.Fatal("no ztunnel on node1")
+	}
+	if err := m.StopZtunnel(node1); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("ztunnel exit code %d after SIGTERM, want 0\n%s", code, p.Output())
+	}
+	if !strings.Contains(p.Output(), "draining connections") {
+		t.Fatalf("no drain logged:\n%s", p.Output())
+	}
+	dialFails(t, client, podAddr(echoA))
+	if err := m.StartZtunnel(context.Background(), node1); err != nil {
+		t.Fatal(err)
+	}
+	echoOK(t, client, podAddr(echoA))
 }
