@@ -29,7 +29,8 @@ type Config struct {
 	// TrustDomain of the mesh, e.g. "cluster.local".
 	TrustDomain string
 
-	// ModelPath is the YAML mesh model (local mode).
+	// ModelPath is the YAML mesh model (local mode); unused when another model source
+	// (Kubernetes) is supplied.
 	ModelPath  string
 	Enrollment discovery.EnrollmentOptions
 
@@ -120,8 +121,6 @@ func (c Config) Validate() error {
 	switch {
 	case c.NodeName == "":
 		return fmt.Errorf("%w: node name is required", ErrConfig)
-	case c.ModelPath == "":
-		return fmt.Errorf("%w: model path is required", ErrConfig)
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: trust domain %q: %v", ErrConfig, c.TrustDomain, err)

@@ -43,8 +43,10 @@ type Deps struct {
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
 
-	// Store holds the mesh model. If nil, a YAML file source for Config.ModelPath feeds one.
-	Store *discovery.Store
+	// Store holds the mesh model and ModelSource feeds it (a Kubernetes source, say). If
+	// both are nil, a YAML file source for Config.ModelPath is used.
+	Store       *discovery.Store
+	ModelSource Runner
 	// Identity provides certificates. If nil, a Manager backed by the built-in CA is used.
 	Identity identity.Source
 	// NewCapture attaches the eBPF capture. If nil, redirect.New is used.
@@ -59,6 +61,11 @@ type Deps struct {
 	Dial            func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// Runner is a component that runs until its context ends.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
 // Ztunnel is one node tunnel.
 type Ztunnel struct {
 	cfg Config
@@ -67,8 +74,8 @@ type Ztunnel struct {
 	reg *prometheus.Registry
 	m   *metrics
 
-	store      *discovery.Store
-	fileSource *discovery.FileSource
+	store       *discovery.Store
+	modelSource Runner
 	ident      identity.Source
 	manager    *identity.Manager // set when ztunnel owns the identity source
 
@@ -103,6 +110,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		log:           deps.Logger,
 		reg:           deps.Registry,
 		store:         deps.Store,
+		modelSource:   deps.ModelSource,
 		ident:         deps.Identity,
 		newCapture:    deps.NewCapture,
 		hostInterface: deps.HostInterface,
@@ -127,6 +135,9 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		return nil, err
 	}
 	if z.store == nil {
+		if cfg.ModelPath == "" {
+			return nil, fmt.Errorf("%w: model path is required without another model source", ErrConfig)
+		}
 		z.store = discovery.NewStore()
 		fs, err := discovery.NewFileSource(discovery.FileSourceConfig{
 			Path:    cfg.ModelPath,
@@ -136,7 +147,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		if err != nil {
 			return nil, fmt.Errorf("model source: %w", err)
 		}
-		z.fileSource = fs
+		z.modelSource = fs
 	}
 	if z.ident == nil {
 		mgr, err := newCAManager(cfg, td, z.log)
@@ -223,8 +234,8 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 	defer z.Close()
 	g, ctx := errgroup.WithContext(ctx)
 
-	if z.fileSource != nil {
-		g.Go(func() error { return z.fileSource.Run(ctx) })
+	if z.modelSource != nil {
+		g.Go(func() error { return z.modelSource.Run(ctx) })
 	}
 	if z.manager != nil {
 		g.Go(func() error { return z.manager.Run(ctx) })

@@ -23,7 +23,6 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"defaults ok", func(*Config) {}, ""},
 		{"no node", func(c *Config) { c.NodeName = "" }, "node name"},
-		{"no model", func(c *Config) { c.ModelPath = "" }, "model path"},
 		{"bad trust domain", func(c *Config) { c.TrustDomain = "Bad Domain" }, "trust domain"},
 		{"mark outside mask", func(c *Config) { c.Mark, c.MarkMask = 0x1400, 0xf00 }, "outside mask"},
 		{"wildcard listener", func(c *Config) { c.OutboundAddr = netip.MustParseAddrPort("0.0.0.0:15001") }, "loopback"},

@@ -152,6 +152,13 @@ func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node, err := s.cfg.Authenticator.Authenticate(r)
+	if err != nil && !errors.Is(err, ErrUnauthenticated) {
+		// The authenticator could not decide (e.g. the API server is unreachable): the
+		// node should retry, not treat its credentials as bad.
+		s.log.Error("ca authentication unavailable", "remote", r.RemoteAddr, "error", err)
+		writeError(w, http.StatusServiceUnavailable, "authentication unavailable")
+		return
+	}
 	if err != nil {
 		s.log.Warn("ca request unauthenticated", "remote", r.RemoteAddr, "error", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="ambit-ca"`)
