@@ -4,7 +4,7 @@ BIN       ?= bin
 GOFLAGS   ?=
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build generate test test-unit demo lint deps clean
+.PHONY: all build generate test test-unit demo lint deps clean bench bench-smoke
 
 all: build
 
@@ -32,6 +32,21 @@ test-unit:
 demo: deps build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
 	$(GO) run ./tests/demo -bin $(BIN)
+
+# Ambit against direct TCP, socat, ghostunnel, stunnel and Istio's Go HBONE in the same run
+# (root, ~13 min). Results: $(BIN)/bench.{json,svg,md}; see docs/performance.md.
+bench: build
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
+	@./scripts/install-deps.sh bench
+	@./tests/tools/build.sh
+	$(GO) run ./tests/bench -bin $(BIN) -json $(BIN)/bench.json -svg $(BIN)/bench.svg -md $(BIN)/bench.md
+
+# One short repetition per path, so CI keeps the harness working (< 2 min once peers are built).
+bench-smoke: build
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench-smoke needs root: run it with sudo" >&2; exit 1; fi
+	@./scripts/install-deps.sh bench
+	@./tests/tools/build.sh
+	$(GO) run ./tests/bench -bin $(BIN) -smoke -json $(BIN)/bench-smoke.json
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

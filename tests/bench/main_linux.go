@@ -1,0 +1,196 @@
+// Command bench is `make bench`: it measures Ambit's data path (enrolled pods, a ztunnel on
+// each node) against baselines on the same netns topology in the same run: direct TCP, a
+// socat pair, ghostunnel, stunnel and Istio's Go HBONE package, with iperf3 throughput,
+// fortio latency, a connection-rate loop and idle-connection memory. See
+// docs/performance.md.
+//
+//	go run ./tests/bench [-smoke] [-json out.json] [-svg out.svg]   (as root)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+func main() {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces, eBPF); run: sudo make bench")
+		os.Exit(1)
+	}
+	netns.EnterPrivate()
+	code, err := run(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// config is the run as the flags shape it.
+type config struct {
+	Smoke                         bool
+	Reps                          int
+	Stream, Lat200, Lat1000, Conn time.Duration
+	IdleConns                     int
+	Paths                         []string
+	Bin, Tools                    string
+	JSON, SVG, Markdown, FromJSON string
+	ZtunnelArgs                   []string
+}
+
+// allPaths in the order they are reported.
+var allPaths = []string{"direct", "socat", "ghostunnel", "stunnel", "istio-hbone", "ambit"}
+
+func parseFlags(args []string) (config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var c config
+	var paths, ztArgs string
+	fs.BoolVar(&c.Smoke, "smoke", false, "one short repetition per path (CI)")
+	fs.IntVar(&c.Reps, "reps", 0, "repetitions (default 3, smoke 1)")
+	fs.StringVar(&paths, "paths", strings.Join(allPaths, ","), "comma-separated paths to measure")
+	fs.IntVar(&c.IdleConns, "idle-conns", 0, "idle connections held for the memory figure (default 10000, smoke 200)")
+	fs.StringVar(&c.Bin, "bin", "", "directory with ztunnel and ambit-ca (built if empty)")
+	cache := os.Getenv("AMBIT_TOOLS_CACHE")
+	if cache == "" {
+		cache = "/var/cache/ambit-tools"
+	}
+	fs.StringVar(&c.Tools, "tools", filepath.Join(cache, "v1"), "directory with fortio, ghostunnel and istio-hbone (tests/tools/build.sh)")
+	fs.StringVar(&c.JSON, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&c.SVG, "svg", "", "write bar charts as SVG to this file")
+	fs.StringVar(&c.Markdown, "md", "", "write the result tables as Markdown to this file")
+	fs.StringVar(&c.FromJSON, "from-json", "", "measure nothing: render the report in this JSON file again")
+	fs.StringVar(&ztArgs, "ztunnel-args", "", "extra ztunnel arguments, space-separated (e.g. -log-level=warn)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.Smoke {
+		c.Stream, c.Lat200, c.Lat1000, c.Conn = 2*time.Second, 2*time.Second, 2*time.Second, time.Second
+		if c.Reps == 0 {
+			c.Reps = 1
+		}
+		if c.IdleConns == 0 {
+			c.IdleConns = 200
+		}
+	} else {
+		c.Stream, c.Lat200, c.Lat1000, c.Conn = 6*time.Second, 10*time.Second, 6*time.Second, 4*time.Second
+		if c.Reps == 0 {
+			c.Reps = 3
+		}
+		if c.IdleConns == 0 {
+			c.IdleConns = 10000
+		}
+	}
+	if c.Reps < 1 {
+		return c, fmt.Errorf("-reps %d: want at least 1", c.Reps)
+	}
+	if c.IdleConns < 1 {
+		return c, fmt.Errorf("-idle-conns %d: want at least 1", c.IdleConns)
+	}
+	for _, p := range strings.Split(paths, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !contains(allPaths, p) {
+			return c, fmt.Errorf("-paths: unknown path %q (known: %s)", p, strings.Join(allPaths, ", "))
+		}
+		c.Paths = append(c.Paths, p)
+	}
+	if len(c.Paths) == 0 {
+		return c, errors.New("-paths: no path selected")
+	}
+	// Keep the report order whatever the flag order.
+	var ordered []string
+	for _, p := range allPaths {
+		if contains(c.Paths, p) {
+			ordered = append(ordered, p)
+		}
+	}
+	c.Paths = ordered
+	c.ZtunnelArgs = strings.Fields(ztArgs)
+	for _, d := range []*string{&c.Bin, &c.Tools} {
+		if *d != "" {
+			abs, err := filepath.Abs(*d)
+			if err != nil {
+				return c, err
+			}
+			*d = abs
+		}
+	}
+	return c, nil
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// run returns the exit code: 1 when a path could not be measured.
+func run(args []string) (int, error) {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, nil
+		}
+		return 2, err
+	}
+	var rep *Report
+	if cfg.FromJSON != "" {
+		if rep, err = ReadReport(cfg.FromJSON); err != nil {
+			return 1, err
+		}
+	} else {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		b, err := newBench(cfg)
+		if err != nil {
+			return 1, err
+		}
+		defer b.Close()
+		if rep, err = b.Run(ctx); err != nil {
+			return 1, err
+		}
+	}
+	rep.WriteTable(os.Stdout)
+	if cfg.JSON != "" {
+		if err := rep.WriteJSON(cfg.JSON); err != nil {
+			return 1, err
+		}
+		fmt.Printf("\nJSON written to %s\n", cfg.JSON)
+	}
+	if cfg.SVG != "" {
+		if err := rep.WriteSVG(cfg.SVG); err != nil {
+			return 1, err
+		}
+		fmt.Printf("SVG written to %s\n", cfg.SVG)
+	}
+	if cfg.Markdown != "" {
+		if err := rep.WriteMarkdown(cfg.Markdown); err != nil {
+			return 1, err
+		}
+		fmt.Printf("Markdown written to %s\n", cfg.Markdown)
+	}
+	if n := rep.failures(); n > 0 {
+		return 1, fmt.Errorf("%d measurement(s) failed or a path could not be set up (see above)", n)
+	}
+	return 0, nil
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on every Linux ABI Go
+// supports).
+const clockTicks = 100
+
+// procTimes is utime+stime, and cutime+cstime (reaped children), in seconds.
+func procTimes(pid int) (self, children float64, ppid int, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	// The command name may hold spaces and parentheses: fields start after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, 0, fmt.Errorf("parse /proc/%d/stat: no ')'", pid)
+	}
+	fs := strings.Fields(string(b[i+1:]))
+	// fs[0] is field 3 (state): ppid is field 4, utime..cstime fields 14..17.
+	if len(fs) < 15 {
+		return 0, 0, 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fs))
+	}
+	num := func(k int) float64 {
+		v, _ := strconv.ParseFloat(fs[k-3], 64)
+		return v
+	}
+	return (num(14) + num(15)) / clockTicks, (num(16) + num(17)) / clockTicks, int(num(4)), nil
+}
+
+// cpuSeconds is the CPU time of pid (every thread). With children it adds the CPU of
+// reaped children and of the live ones (socat forks one per connection).
+func cpuSeconds(pid int, children bool) (float64, error) {
+	self, reaped, _, err := procTimes(pid)
+	if err != nil {
+		return 0, err
+	}
+	if !children {
+		return self, nil
+	}
+	total := self + reaped
+	for _, c := range childPIDs(pid) {
+		s, r, _, err := procTimes(c)
+		if err == nil {
+			total += s + r
+		}
+	}
+	return total, nil
+}
+
+// childPIDs lists the live children of pid.
+func childPIDs(pid int) []int {
+	var out []int
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil
+	}
+	for _, t := range ents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// rssKiB is the resident set of pid (VmRSS).
+func rssKiB(pid int) (float64, error) {
+	fh, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			fs := strings.Fields(v)
+			if len(fs) == 0 {
+				break
+			}
+			return strconv.ParseFloat(fs[0], 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// loadavg is /proc/loadavg's three figures.
+func loadavg() [3]float64 {
+	var l [3]float64
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return l
+	}
+	fs := strings.Fields(string(b))
+	for i := 0; i < 3 && i < len(fs); i++ {
+		l[i], _ = strconv.ParseFloat(fs[i], 64)
+	}
+	return l
+}

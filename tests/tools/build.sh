@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds the Go test tools, each from its own scratch module here (so none of them enters
+# Ambit's go.mod), once, into a versioned cache outside the repository:
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/<name>                  benchmark peers
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/kube-apiserver
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/etcd        (v3.7.3)
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/helm-v3.22.0/helm
+# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [kube] [helm]
+#   (no argument: the three benchmark peers; kube costs ~20 CPU-minutes cold, so ask for it).
+# A tool already in the cache is skipped; concurrent runs serialise on a lock per tool, so
+# parallel test packages may all call this. Bump v1 (or the versions) when a version changes.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1"
+mkdir -p "$cache"
+
+kube_version=1.37.2   # must match kube/apiserver/go.mod (k8s.io/kubernetes v1.37.2)
+helm_version=v3.22.0  # must match helm/go.mod (helm.sh/helm/v3 v3.22.0)
+
+# build <module dir> <package> <output> [go build flags...]
+# -mod=mod: the scratch modules resolve their own dependencies (ghostunnel's vendor tree is
+# not used); GOWORK=off keeps any workspace of the checkout out of it. Every tool uses
+# -trimpath so they share one Go build cache.
+build() {
+  local dir="$1" pkg="$2" out="$3"
+  shift 3
+  if [[ -x "$out" ]]; then
+    return
+  fi
+  mkdir -p "$(dirname "$out")"
+  exec 9>"$out.lock"
+  flock 9
+  if [[ ! -x "$out" ]]; then # another run may have built it while we waited
+    echo "building $pkg into $out"
+    local start=$SECONDS
+    (cd "$dir" && GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath "$@" -o "$out.tmp.$$" "$pkg")
+    mv -f "$out.tmp.$$" "$out"
+    echo "built $out in $((SECONDS - start))s"
+  fi
+  exec 9>&-
+}
+
+(($# > 0)) || set -- fortio ghostunnel istio-hbone
+for name in "$@"; do
+  case "$name" in
+    fortio) build "$here/fortio" fortio.org/fortio "$cache/fortio" ;;                    # v1.66.0, see fortio/go.mod
+    ghostunnel) build "$here/ghostunnel" github.com/ghostunnel/ghostunnel "$cache/ghostunnel" ;; # v1.8.4, see ghostunnel/go.mod
+    istio-hbone) build "$here/istio-hbone" . "$cache/istio-hbone" ;;                     # tiny main over istio.io/istio/pkg/hbone
+    kube)
+      # Without the version stamps the server reports v0.0.0-master.
+      v=k8s.io/component-base/version
+      build "$here/kube/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$cache/kube-$kube_version/kube-apiserver" \
+        -ldflags "-s -w -X $v.gitVersion=v$kube_version -X $v.gitMajor=${kube_version%%.*} -X $v.gitMinor=$(cut -d. -f2 <<<"$kube_version") -X $v.gitTreeState=clean"
+      build "$here/kube/etcd" go.etcd.io/etcd/server/v3 "$cache/kube-$kube_version/etcd" -ldflags "-s -w"
+      ;;
+    helm)
+      build "$here/helm" helm.sh/helm/v3/cmd/helm "$cache/helm-$helm_version/helm" \
+        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+      ;;
+    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, kube or helm)" >&2; exit 2 ;;
+  esac
+done
