@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +30,11 @@ func (z *Ztunnel) startHTTP(g *errgroup.Group) ([]*http.Server, error) {
 	admin := http.NewServeMux()
 	admin.HandleFunc("/config_dump", z.serveConfigDump)
 	admin.HandleFunc("/healthz/ready", ready.ServeHTTP)
+	// Profiling on the admin port only (localhost by default).
+	admin.HandleFunc("/debug/pprof/", pprof.Index)
+	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 
 	var srvs []*http.Server
 	for _, s := range []struct {

@@ -10,12 +10,18 @@ import (
 	"time"
 )
 
-// bufSize is the copy buffer per direction. Buffers are pooled and held only while a
-// direction is actively copying, so idle connections cost no buffer memory beyond the
-// one blocked in Read.
-const bufSize = 32 << 10
+// Copy buffers come in two sizes. A connection starts with a small buffer, so idle and
+// chatty connections stay cheap; a read that fills it marks a bulk flow, which switches to
+// a large buffer (fewer syscalls and larger HBONE frames) until reads get small again.
+const (
+	smallBuf = 16 << 10
+	largeBuf = 256 << 10
+)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -71,10 +77,16 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 }
 
 func copyBuf(dst io.Writer, src io.Reader, c *counter) error {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	bp, large := smallPool.Get().(*[]byte), false
+	defer func() {
+		if large {
+			largePool.Put(bp)
+		} else {
+			smallPool.Put(bp)
+		}
+	}()
 	for {
+		buf := *bp
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -87,6 +99,14 @@ func copyBuf(dst io.Writer, src io.Reader, c *counter) error {
 				return nil
 			}
 			return rerr
+		}
+		switch {
+		case !large && n == len(buf):
+			smallPool.Put(bp)
+			bp, large = largePool.Get().(*[]byte), true
+		case large && n < smallBuf:
+			largePool.Put(bp)
+			bp, large = smallPool.Get().(*[]byte), false
 		}
 	}
 }
