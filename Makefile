@@ -4,12 +4,17 @@ BIN       ?= bin
 GOFLAGS   ?=
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build generate test test-unit demo lint deps clean bench bench-smoke
+.PHONY: all build generate test test-unit demo lint deps tools clean bench bench-smoke
 
 all: build
 
 deps:
 	@./scripts/install-deps.sh
+
+# kube-apiserver, etcd and helm for the Kubernetes tests, built once from the Go module
+# proxy into ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1 (~20 CPU-minutes cold, then cached).
+tools:
+	@./tests/tools/build.sh kube helm
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...
@@ -21,7 +26,7 @@ generate:
 
 # The whole suite. As root (as in CI) the privileged end-to-end tests run in private
 # network namespaces; as another user they skip themselves.
-test: deps
+test: deps tools
 	$(GO) vet ./...
 	$(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) ./...
 

@@ -75,6 +75,7 @@ type ConfigDump struct {
 	Captured     map[string]int         `json:"capturedPods"`
 	Connections  []ConnInfo             `json:"connections"`
 	Pool         map[string]interface{} `json:"hbonePool"`
+	Problems     any                    `json:"modelProblems,omitempty"`
 }
 
 type dumpWorkload struct {
@@ -142,6 +143,9 @@ func (z *Ztunnel) Dump() ConfigDump {
 		}
 	}
 	z.captureMu.Unlock()
+	if z.problems != nil {
+		d.Problems = z.problems()
+	}
 	st := z.pool.Stats()
 	d.Pool = map[string]interface{}{"connections": st.Conns, "streams": st.Streams}
 	return d

@@ -47,6 +47,9 @@ type Deps struct {
 	// both are nil, a YAML file source for Config.ModelPath is used.
 	Store       *discovery.Store
 	ModelSource Runner
+	// ModelProblems, if set, reports objects the model source could not use, for the
+	// admin view (an event-style status per bad object).
+	ModelProblems func() any
 	// Identity provides certificates. If nil, a Manager backed by the built-in CA is used.
 	Identity identity.Source
 	// NewCapture attaches the eBPF capture. If nil, redirect.New is used.
@@ -76,8 +79,9 @@ type Ztunnel struct {
 
 	store       *discovery.Store
 	modelSource Runner
-	ident      identity.Source
-	manager    *identity.Manager // set when ztunnel owns the identity source
+	problems    func() any
+	ident       identity.Source
+	manager     *identity.Manager // set when ztunnel owns the identity source
 
 	newCapture    func(cfg Config, log *slog.Logger) (Capture, error)
 	hostInterface func(netip.Addr) (int, error)
@@ -111,6 +115,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		reg:           deps.Registry,
 		store:         deps.Store,
 		modelSource:   deps.ModelSource,
+		problems:      deps.ModelProblems,
 		ident:         deps.Identity,
 		newCapture:    deps.NewCapture,
 		hostInterface: deps.HostInterface,

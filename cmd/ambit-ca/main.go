@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
+	"github.com/ambitmesh/ambit/identity/kubeauth"
 )
 
 type config struct {
@@ -29,6 +31,14 @@ type config struct {
 	tokens      string
 	model       string
 	leafTTL     time.Duration
+
+	kube          bool
+	kubeconfig    string
+	audience      string
+	ztunnelSAs    string
+	rootConfigMap string
+	logLevel      string
+	logJSON       bool
 }
 
 func main() {
@@ -39,9 +49,25 @@ func main() {
 	flag.StringVar(&cfg.tokens, "tokens", "", `node token file, lines "<node> <token>" (mode 0600)`)
 	flag.StringVar(&cfg.model, "model", "", "mesh model YAML file; a node may obtain only identities of workloads scheduled on it")
 	flag.DurationVar(&cfg.leafTTL, "leaf-ttl", 24*time.Hour, "workload certificate lifetime")
+	flag.BoolVar(&cfg.kube, "kube", false, "Kubernetes mode: authenticate nodes with TokenReview and authorize from the pods scheduled on them")
+	flag.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig file (Kubernetes mode; default in-cluster)")
+	flag.StringVar(&cfg.audience, "token-audience", "ambit-ca", "audience of the ztunnel service-account tokens (Kubernetes mode)")
+	flag.StringVar(&cfg.ztunnelSAs, "ztunnel-service-account", "ambit-system/ambit-ztunnel", "comma-separated namespace/name of the service accounts ztunnel runs as (Kubernetes mode)")
+	flag.StringVar(&cfg.rootConfigMap, "root-configmap", "", "namespace/name of a ConfigMap to publish root.pem into (Kubernetes mode)")
+	flag.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.BoolVar(&cfg.logJSON, "log-json", false, "log as JSON")
 	flag.Parse()
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "ambit-ca: -log-level:", err)
+		os.Exit(2)
+	}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	if cfg.logJSON {
+		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(h)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -51,11 +77,16 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	if cfg.tokens == "" {
-		return errors.New("-tokens is required")
+	if cfg.kubeconfig != "" {
+		cfg.kube = true
 	}
-	if cfg.model == "" {
-		return errors.New("-model is required (it decides which node may hold which identity)")
+	if !cfg.kube {
+		if cfg.tokens == "" {
+			return errors.New("-tokens is required (or -kube)")
+		}
+		if cfg.model == "" {
+			return errors.New("-model is required (it decides which node may hold which identity), or -kube")
+		}
 	}
 	td, err := spiffeid.TrustDomainFromString(cfg.trustDomain)
 	if err != nil {
@@ -65,15 +96,42 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	tokens, err := ca.LoadTokenFile(cfg.tokens)
-	if err != nil {
-		return err
+	var (
+		authn ca.Authenticator
+		authz ca.Authorizer
+	)
+	if cfg.kube {
+		client, err := kubeClient(cfg.kubeconfig)
+		if err != nil {
+			return err
+		}
+		tr, err := kubeauth.New(kubeauth.Config{Client: client, Audience: cfg.audience, ServiceAccounts: splitList(cfg.ztunnelSAs)})
+		if err != nil {
+			return err
+		}
+		pods, err := newPodAuthorizer(client)
+		if err != nil {
+			return err
+		}
+		go pods.Run(ctx)
+		if cfg.rootConfigMap != "" {
+			if err := publishRoot(ctx, client, cfg.rootConfigMap, filepath.Join(cfg.stateDir, ca.RootFile), log); err != nil {
+				return err
+			}
+		}
+		authn, authz = tr, pods
+	} else {
+		tokens, err := ca.LoadTokenFile(cfg.tokens)
+		if err != nil {
+			return err
+		}
+		model, err := newModelAuthorizer(cfg.model, log)
+		if err != nil {
+			return err
+		}
+		authn, authz = tokens, model
 	}
-	authz, err := newModelAuthorizer(cfg.model, log)
-	if err != nil {
-		return err
-	}
-	srv, err := ca.NewServer(ca.ServerConfig{CA: authority, Authenticator: tokens, Authorizer: authz, Logger: log})
+	srv, err := ca.NewServer(ca.ServerConfig{CA: authority, Authenticator: authn, Authorizer: authz, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -91,6 +149,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	case err := <-done:
 		return err
 	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func listen(addr string) (net.Listener, error) {

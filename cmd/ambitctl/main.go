@@ -14,8 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/ambitmesh/ambit/redirect"
 	"github.com/ambitmesh/ambit/pcap"
+	"github.com/ambitmesh/ambit/redirect"
 	"github.com/ambitmesh/ambit/ztunnel"
 )
 

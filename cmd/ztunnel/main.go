@@ -25,6 +25,14 @@ func main() {
 	}
 }
 
+func splitLabel(flagName, s string) (key, value string, err error) {
+	key, value, ok := strings.Cut(s, "=")
+	if !ok || key == "" || value == "" {
+		return "", "", fmt.Errorf("-%s %q: want key=value", flagName, s)
+	}
+	return key, value, nil
+}
+
 func run() error {
 	var (
 		cfg        ztunnel.Config
@@ -35,11 +43,19 @@ func run() error {
 		logJSON    bool
 		logLevel   string
 		mark, mask uint
+		kubeMode   bool
+		kubeconfig string
+		nsLabel    string
+		podLabel   string
 	)
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	fs.StringVar(&cfg.NodeName, "node", os.Getenv("NODE_NAME"), "name of this node in the mesh model (env NODE_NAME)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
-	fs.StringVar(&cfg.ModelPath, "model", "", "path of the YAML mesh model")
+	fs.StringVar(&cfg.ModelPath, "model", "", "path of the YAML mesh model (local mode)")
+	fs.BoolVar(&kubeMode, "kube", false, "read the mesh model from Kubernetes (in-cluster config unless -kubeconfig)")
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (implies -kube)")
+	fs.StringVar(&nsLabel, "enroll-namespace-label", "istio.io/dataplane-mode=ambient", "namespace label key=value that enrolls a namespace's pods")
+	fs.StringVar(&podLabel, "opt-out-pod-label", "istio.io/dataplane-mode=none", "pod label key=value that opts a pod out")
 	fs.StringVar(&cfg.CAAddr, "ca-addr", "", `built-in CA address ("unix:///path" or "host:port")`)
 	fs.StringVar(&cfg.CATokenFile, "ca-token-file", "", "file holding this node's bearer token for the CA")
 	fs.StringVar(&cfg.CARootFile, "ca-root-file", "", "PEM file with the mesh root certificate(s)")
@@ -78,6 +94,14 @@ func run() error {
 		*a.dst = ap
 	}
 
+	var err error
+	if cfg.Enrollment.NamespaceLabel, cfg.Enrollment.EnrollValue, err = splitLabel("enroll-namespace-label", nsLabel); err != nil {
+		return err
+	}
+	if cfg.Enrollment.PodLabel, cfg.Enrollment.OptOutValue, err = splitLabel("opt-out-pod-label", podLabel); err != nil {
+		return err
+	}
+
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
@@ -90,7 +114,16 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	z, err := ztunnel.New(cfg, ztunnel.Deps{Logger: slog.New(h), Registry: reg})
+	log := slog.New(h)
+	deps := ztunnel.Deps{Logger: log, Registry: reg}
+	if kubeMode || kubeconfig != "" {
+		if err := kubeModel(&deps, kubeconfig, cfg.Enrollment, log); err != nil {
+			return err
+		}
+	} else if cfg.ModelPath == "" {
+		return fmt.Errorf("-model or -kube is required")
+	}
+	z, err := ztunnel.New(cfg, deps)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/netns"
 	"github.com/ambitmesh/ambit/ztunnel"
 )
@@ -38,6 +39,10 @@ type Options struct {
 	Model func(*netns.Topology) *Model
 	// ExtraArgs are appended to every ztunnel command line.
 	ExtraArgs []string
+	// Kube runs the mesh on Kubernetes: a real kube-apiserver + etcd in the underlay, RBAC
+	// from the Helm chart, the CA and ztunnels in Kubernetes mode. Model is unused; tests
+	// create namespaces, pods and services through Mesh.Kube.
+	Kube bool
 }
 
 // Mesh is a running mesh.
@@ -46,6 +51,8 @@ type Mesh struct {
 	Dir   string
 	Bin   string
 	Model *Model
+	// Kube is the cluster in Kubernetes mode.
+	Kube *kubetest.Cluster
 
 	opts    Options
 	bpffs   string
@@ -140,16 +147,22 @@ func Start(ctx context.Context, opts Options) (_ *Mesh, err error) {
 		m.bpffs = ""
 		return nil, fmt.Errorf("mount bpffs: %w", err)
 	}
-	if opts.Model != nil {
-		m.Model = opts.Model(topo)
+	if opts.Kube {
+		if err := m.startKube(ctx); err != nil {
+			return nil, err
+		}
 	} else {
-		m.Model = DefaultModel(topo)
-	}
-	if err := m.Apply(); err != nil {
-		return nil, err
-	}
-	if err := m.writeTokens(); err != nil {
-		return nil, err
+		if opts.Model != nil {
+			m.Model = opts.Model(topo)
+		} else {
+			m.Model = DefaultModel(topo)
+		}
+		if err := m.Apply(); err != nil {
+			return nil, err
+		}
+		if err := m.writeTokens(); err != nil {
+			return nil, err
+		}
 	}
 	if err := m.startCA(ctx); err != nil {
 		return nil, err
@@ -211,13 +224,22 @@ func (m *Mesh) writeTokens() error {
 }
 
 func (m *Mesh) startCA(ctx context.Context) error {
-	cmd := exec.Command(filepath.Join(m.Bin, "ambit-ca"),
+	args := []string{
 		"-state-dir", filepath.Join(m.Dir, "ca"),
 		"-trust-domain", TrustDomain,
-		"-listen", "unix://"+m.CASocket(),
+		"-listen", "unix://" + m.CASocket(),
+	}
+	cmd := exec.Command(filepath.Join(m.Bin, "ambit-ca"), append(args,
 		"-tokens", filepath.Join(m.Dir, "tokens"),
-		"-model", m.ModelPath(),
-	)
+		"-model", m.ModelPath())...)
+	if m.Kube != nil {
+		// The CA reaches the API server from the underlay, as a control-plane pod would.
+		cmd = m.Topo.Underlay.Command(context.Background(), filepath.Join(m.Bin, "ambit-ca"), append(args,
+			"-kubeconfig", filepath.Join(m.Dir, "ca.kubeconfig"),
+			"-token-audience", CAAudience,
+			"-ztunnel-service-account", SystemNamespace+"/"+ZtunnelSA,
+			"-root-configmap", SystemNamespace+"/"+RootConfigMap)...)
+	}
 	p, err := m.Topo.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("start ambit-ca: %w", err)
@@ -232,10 +254,13 @@ func (m *Mesh) startCA(ctx context.Context) error {
 
 // ZtunnelArgs is the command line of a node's ztunnel.
 func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
+	model := []string{"-model", m.ModelPath()}
+	if m.Kube != nil {
+		model = []string{"-kubeconfig", filepath.Join(m.Dir, "ztunnel.kubeconfig")}
+	}
 	args := []string{
 		"-node", n.Name,
 		"-trust-domain", TrustDomain,
-		"-model", m.ModelPath(),
 		"-ca-addr", "unix://" + m.CASocket(),
 		"-ca-token-file", m.TokenFile(n.Name),
 		"-ca-root-file", m.CARoot(),
@@ -243,6 +268,7 @@ func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
 		"-bpf-pin-path", filepath.Join(m.bpffs, n.Name),
 		"-drain-timeout", "1s",
 	}
+	args = append(args, model...)
 	return append(args, m.opts.ExtraArgs...)
 }
 
@@ -363,6 +389,11 @@ func (m *Mesh) Close() error {
 		}
 		if m.ca != nil {
 			_ = m.ca.Stop()
+		}
+		if m.Kube != nil {
+			if err := m.Kube.Close(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := m.Topo.Close(); err != nil {
 			errs = append(errs, err)

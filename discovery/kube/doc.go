@@ -1,0 +1,31 @@
+// Package kube is the Kubernetes source of Ambit's mesh model: client-go
+// informers on Namespaces, Pods, Services and discovery.k8s.io/v1
+// EndpointSlices, mapped to a discovery.Input and published into a
+// discovery.Store through discovery.Build after every (debounced) change.
+//
+// Mapping decisions:
+//   - Pods become workloads unless they use the host network (they share the
+//     node's IP), have finished (phase Succeeded or Failed) or have no IP yet
+//     (recorded as a Problem). Pods being deleted are kept until they are
+//     gone: they still serve during their grace period.
+//   - Services become services with VIPs from spec.clusterIPs ("None" and
+//     ExternalName services give none; ExternalName services are left out)
+//     and their TCP ports only (ztunnel carries TCP; a UDP port sharing a
+//     number with a TCP one would otherwise clash).
+//   - Endpoints come from the EndpointSlices labelled
+//     kubernetes.io/service-name: the ready endpoints, or, when none is
+//     ready, the serving ones (terminating but still serving), as kube-proxy
+//     does. An endpoint names its workload only when the target pod is in
+//     the model and owns the address.
+//   - A named target port is resolved from the slices, whose ports carry the
+//     service port's name and the number it resolved to. When endpoints
+//     disagree the number with the most endpoints wins (lowest on a tie) and
+//     a Problem is recorded; when no slice resolves it, TargetPort stays 0,
+//     which ztunnel treats as "same as the service port", and a Problem is
+//     recorded if the service has endpoints.
+//   - discovery.Build rejects a whole input on conflicts that are transient
+//     in Kubernetes (a reused pod IP, a recreated service). The source leaves
+//     out each object Build names, records a Problem, and builds again, a
+//     bounded number of times. Pods are ordered so that on an IP conflict a
+//     pod not being deleted wins, then the newest.
+package kube

@@ -1,0 +1,309 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Defaults for Config.
+const (
+	DefaultClusterDomain = discovery.DefaultDomainSuffix
+	DefaultDebounce      = 100 * time.Millisecond
+)
+
+// Config configures a Source.
+type Config struct {
+	Client kubernetes.Interface
+	// Options are the enrollment labels (unset fields take
+	// EnrollmentOptions.WithDefaults).
+	Options discovery.EnrollmentOptions
+	// ClusterDomain makes service hostnames <name>.<ns>.svc.<domain>.
+	// Default DefaultClusterDomain.
+	ClusterDomain string
+	Logger        *slog.Logger // default: discard
+	// Debounce is the longest a change waits before it is published; the
+	// changes within that window make one snapshot. Default DefaultDebounce.
+	Debounce time.Duration
+	// ResyncPeriod is the informers' resync period; 0 (the default) for none.
+	// Resyncs do not rebuild the model.
+	ResyncPeriod time.Duration
+}
+
+// Source keeps a discovery.Store in sync with the Kubernetes API.
+type Source struct {
+	cfg   Config
+	log   *slog.Logger
+	store *discovery.Store
+
+	factory   informers.SharedInformerFactory
+	nsList    corelisters.NamespaceLister
+	podList   corelisters.PodLister
+	svcList   corelisters.ServiceLister
+	sliceList discoverylisters.EndpointSliceLister
+
+	changed chan struct{} // capacity 1: a change is pending
+	running atomic.Bool
+	synced  atomic.Bool
+
+	mu       sync.Mutex
+	problems map[Problem]time.Time // key (Since zero) -> first seen
+
+	// Owned by Run's goroutine.
+	published *discovery.Input
+	lastErr   string
+}
+
+// ErrRunTwice is returned by a second call to Run.
+var ErrRunTwice = errors.New("kube source: Run called more than once")
+
+// New checks cfg and sets up the informers; Run starts them.
+func New(cfg Config, store *discovery.Store) (*Source, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("kube source: client is nil")
+	}
+	if store == nil {
+		return nil, errors.New("kube source: store is nil")
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = DefaultClusterDomain
+	}
+	cfg.ClusterDomain = strings.TrimSuffix(cfg.ClusterDomain, ".")
+	if errs := validation.IsDNS1123Subdomain(cfg.ClusterDomain); len(errs) > 0 {
+		return nil, fmt.Errorf("kube source: cluster domain %q: %s", cfg.ClusterDomain, strings.Join(errs, "; "))
+	}
+	cfg.Options = cfg.Options.WithDefaults()
+	if err := checkOptions(cfg.Options); err != nil {
+		return nil, err
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.ResyncPeriod < 0 {
+		cfg.ResyncPeriod = 0
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Source{
+		cfg:      cfg,
+		log:      log,
+		store:    store,
+		changed:  make(chan struct{}, 1),
+		problems: make(map[Problem]time.Time),
+	}
+	s.factory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.ResyncPeriod, informers.WithTransform(transform))
+	core := s.factory.Core().V1()
+	ns, pods, svcs := core.Namespaces(), core.Pods(), core.Services()
+	sls := s.factory.Discovery().V1().EndpointSlices()
+	s.nsList, s.podList, s.svcList, s.sliceList = ns.Lister(), pods.Lister(), svcs.Lister(), sls.Lister()
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { s.notify() },
+		UpdateFunc: func(oldObj, newObj any) {
+			if sameVersion(oldObj, newObj) {
+				return // a resync, not a change
+			}
+			s.notify()
+		},
+		DeleteFunc: func(any) { s.notify() },
+	}
+	for name, inf := range map[string]cache.SharedIndexInformer{
+		"namespaces": ns.Informer(), "pods": pods.Informer(), "services": svcs.Informer(), "endpointslices": sls.Informer(),
+	} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return nil, fmt.Errorf("kube source: watch %s: %w", name, err)
+		}
+	}
+	return s, nil
+}
+
+func checkOptions(o discovery.EnrollmentOptions) error {
+	var errs []string
+	for _, k := range []string{o.NamespaceLabel, o.PodLabel} {
+		for _, e := range validation.IsQualifiedName(k) {
+			errs = append(errs, fmt.Sprintf("label key %q: %s", k, e))
+		}
+	}
+	for _, v := range []string{o.EnrollValue, o.OptOutValue} {
+		for _, e := range validation.IsValidLabelValue(v) {
+			errs = append(errs, fmt.Sprintf("label value %q: %s", v, e))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kube source: enrollment options: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func sameVersion(a, b any) bool {
+	type versioned interface{ GetResourceVersion() string }
+	av, ok1 := a.(versioned)
+	bv, ok2 := b.(versioned)
+	// Fake clients leave resourceVersion empty: treat that as a change.
+	return ok1 && ok2 && av.GetResourceVersion() != "" && av.GetResourceVersion() == bv.GetResourceVersion()
+}
+
+func (s *Source) notify() {
+	select {
+	case s.changed <- struct{}{}:
+	default: // already pending
+	}
+}
+
+// Run starts the informers, waits for their caches to sync, publishes the
+// first snapshot (Synced turns true), then publishes a new one after each
+// burst of changes, until ctx is done; it returns nil then. A change waits at
+// most Config.Debounce, so constant churn still yields regular snapshots. A
+// rebuild that gives the same model is not published. client-go retries
+// lists and watches on its own, so API server outages only delay updates;
+// the last model stays in the store meanwhile.
+func (s *Source) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return ErrRunTwice
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer s.factory.Shutdown() // waits for the informers' goroutines, after cancel
+	defer cancel()
+	s.factory.Start(ctx.Done())
+	for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() == nil {
+				return fmt.Errorf("kube source: sync %v cache", typ)
+			}
+			return nil
+		}
+	}
+	s.log.Info("kube caches synced")
+	// The events of the initial lists are in the snapshot about to be built.
+	select {
+	case <-s.changed:
+	default:
+	}
+	s.rebuild()
+
+	timer := time.NewTimer(s.cfg.Debounce)
+	timer.Stop()
+	defer timer.Stop()
+	pending := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.changed:
+			if !pending {
+				pending = true
+				timer.Reset(s.cfg.Debounce)
+			}
+		case <-timer.C:
+			pending = false
+			s.rebuild()
+		}
+	}
+}
+
+// Synced reports whether the caches synced and the first snapshot from them
+// was published.
+func (s *Source) Synced() bool { return s.synced.Load() }
+
+// Problems returns the current problems, sorted by kind, namespace, name.
+func (s *Source) Problems() []Problem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Problem, 0, len(s.problems))
+	for p, since := range s.problems {
+		p.Since = since
+		out = append(out, p)
+	}
+	slices.SortFunc(out, compareProblems)
+	return out
+}
+
+// list reads the informer caches.
+func (s *Source) list() (objects, error) {
+	var o objects
+	var err error
+	if o.namespaces, err = s.nsList.List(labels.Everything()); err != nil {
+		return o, fmt.Errorf("list namespaces: %w", err)
+	}
+	if o.pods, err = s.podList.List(labels.Everything()); err != nil {
+		return o, fmt.Errorf("list pods: %w", err)
+	}
+	if o.services, err = s.svcList.List(labels.Everything()); err != nil {
+		return o, fmt.Errorf("list services: %w", err)
+	}
+	if o.slices, err = s.sliceList.List(labels.Everything()); err != nil {
+		return o, fmt.Errorf("list endpointslices: %w", err)
+	}
+	return o, nil
+}
+
+// rebuild builds and publishes the model from the caches. On failure the
+// previous snapshot stays and the error is logged once until it changes.
+func (s *Source) rebuild() {
+	objs, err := s.list()
+	var res buildResult
+	if err == nil {
+		res, err = build(objs, s.cfg.Options, s.cfg.ClusterDomain)
+	}
+	if err != nil {
+		if msg := err.Error(); msg != s.lastErr {
+			s.lastErr = msg
+			s.log.Error("build mesh model from kube; keeping the previous one", "err", err)
+		}
+		return
+	}
+	s.lastErr = ""
+	s.setProblems(res.problems, time.Now())
+	if s.published != nil && reflect.DeepEqual(*s.published, res.in) {
+		return
+	}
+	s.published = &res.in
+	s.store.Set(res.snap)
+	if !s.synced.Swap(true) {
+		s.log.Info("mesh model from kube published", "workloads", len(res.snap.Workloads), "services", len(res.snap.Services), "namespaces", len(res.snap.Namespaces))
+	}
+}
+
+// setProblems replaces the problem set, keeping first-seen times and logging
+// only what appeared or went away, so that a rebuild never repeats a line.
+func (s *Source) setProblems(probs []Problem, now time.Time) {
+	next := make(map[Problem]time.Time, len(probs))
+	s.mu.Lock()
+	for _, p := range probs {
+		k := p.key()
+		since, ok := s.problems[k]
+		if !ok {
+			since = now
+			level := slog.LevelWarn
+			if k.Reason == ReasonNoPodIP {
+				level = slog.LevelDebug // normal while a pod starts
+			}
+			s.log.Log(context.Background(), level, "kube object problem", "kind", k.Kind, "namespace", k.Namespace, "name", k.Name, "reason", k.Reason)
+		}
+		next[k] = since
+	}
+	for k := range s.problems {
+		if _, ok := next[k]; !ok {
+			s.log.Debug("kube object problem resolved", "kind", k.Kind, "namespace", k.Namespace, "name", k.Name, "reason", k.Reason)
+		}
+	}
+	s.problems = next
+	s.mu.Unlock()
+}

@@ -1,0 +1,59 @@
+package kube
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// transform trims objects before the informers cache them: the source reads
+// no annotations and no managedFields, and of a pod only a handful of
+// fields, so at 10k pods most of each object would be dead weight. It
+// returns a new pod and edits the other kinds in place (they are freshly
+// decoded and not yet shared); it is idempotent, as client-go requires.
+func transform(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return trimPod(o), nil
+	case *corev1.Service:
+		trimMeta(&o.ObjectMeta)
+	case *discoveryv1.EndpointSlice:
+		trimMeta(&o.ObjectMeta)
+	case *corev1.Namespace:
+		trimMeta(&o.ObjectMeta)
+	}
+	return obj, nil
+}
+
+func trimMeta(m *metav1.ObjectMeta) {
+	m.ManagedFields = nil
+	m.Annotations = nil // includes kubectl's last-applied-configuration
+	m.OwnerReferences = nil
+	m.Finalizers = nil
+}
+
+// trimPod keeps what mapObjects reads.
+func trimPod(p *corev1.Pod) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              p.Name,
+			Namespace:         p.Namespace,
+			UID:               p.UID,
+			ResourceVersion:   p.ResourceVersion,
+			Labels:            p.Labels,
+			CreationTimestamp: p.CreationTimestamp,
+			DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{
+			NodeName:           p.Spec.NodeName,
+			ServiceAccountName: p.Spec.ServiceAccountName,
+			HostNetwork:        p.Spec.HostNetwork,
+		},
+		Status: corev1.PodStatus{
+			Phase:  p.Status.Phase,
+			PodIP:  p.Status.PodIP,
+			PodIPs: p.Status.PodIPs,
+		},
+	}
+}

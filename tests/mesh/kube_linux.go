@@ -1,0 +1,179 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+
+	kubetest "github.com/ambitmesh/ambit/tests/kube"
+)
+
+// In Kubernetes mode the API server runs in the underlay namespace at ControlPlaneIP, where
+// every node reaches it over its uplink (tcpdump filters must leave this host out).
+var ControlPlaneIP = netip.MustParseAddr("198.18.0.254")
+
+// Namespace, service accounts and audience as the Helm chart installs them.
+const (
+	SystemNamespace  = "ambit-system"
+	ZtunnelSA        = "ambit-ztunnel"
+	CASA             = "ambit-ca"
+	CAAudience       = "ambit-ca"
+	RootConfigMap    = "ambit-ca-root"
+	ztunnelPodPrefix = "ztunnel-"
+)
+
+// rbacKinds are the chart objects a test cluster needs: the identities and permissions
+// the real install gives ztunnel and the CA (workloads run as processes, not pods).
+var rbacKinds = map[string]schema.GroupVersionResource{
+	"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
+	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+}
+
+func (m *Mesh) startKube(ctx context.Context) error {
+	bins, err := kubetest.EnsureBinaries(ctx)
+	if err != nil {
+		return err
+	}
+	ul := m.Topo.Underlay
+	if out, err := ul.Command(ctx, "ip", "addr", "add", ControlPlaneIP.String()+"/24", "dev", "br0").CombinedOutput(); err != nil {
+		return fmt.Errorf("add control-plane address: %w: %s", err, out)
+	}
+	c, err := kubetest.Start(ctx, kubetest.Options{
+		Dir: filepath.Join(m.Dir, "kube"), BindAddress: ControlPlaneIP,
+		Command: ul.Command, Dial: ul.DialContext, Binaries: bins,
+	})
+	if err != nil {
+		return err
+	}
+	m.Kube = c
+	if err := m.applyChartRBAC(ctx, bins.Helm); err != nil {
+		return err
+	}
+	client := c.Client()
+	// ztunnel's credentials: an API token for its service account, and per node a CA token
+	// bound to a pod on that node, as the DaemonSet's projected token would be.
+	apiToken, err := c.ServiceAccountToken(ctx, SystemNamespace, ZtunnelSA, "", 0)
+	if err != nil {
+		return err
+	}
+	if err := c.WriteKubeconfig(filepath.Join(m.Dir, "ztunnel.kubeconfig"), apiToken); err != nil {
+		return err
+	}
+	caToken, err := c.ServiceAccountToken(ctx, SystemNamespace, CASA, "", 0)
+	if err != nil {
+		return err
+	}
+	if err := c.WriteKubeconfig(filepath.Join(m.Dir, "ca.kubeconfig"), caToken); err != nil {
+		return err
+	}
+	for _, n := range m.Topo.Nodes {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: ztunnelPodPrefix + n.Name, Namespace: SystemNamespace},
+			Spec: corev1.PodSpec{NodeName: n.Name, ServiceAccountName: ZtunnelSA, HostNetwork: true,
+				Containers: []corev1.Container{{Name: "ztunnel", Image: "ambit/ztunnel"}}},
+		}
+		if _, err := client.CoreV1().Pods(SystemNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %s: %w", pod.Name, err)
+		}
+		tok, err := m.CAToken(ctx, n.Name)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(m.TokenFile(n.Name), []byte(tok), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CAToken mints the node's CA credential: a token of ztunnel's service account for the CA
+// audience, bound to the node's ztunnel pod.
+func (m *Mesh) CAToken(ctx context.Context, node string) (string, error) {
+	client := m.Kube.Client()
+	pod, err := client.CoreV1().Pods(SystemNamespace).Get(ctx, ztunnelPodPrefix+node, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	tr, err := client.CoreV1().ServiceAccounts(SystemNamespace).CreateToken(ctx, ZtunnelSA, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{
+			Audiences:      []string{CAAudience},
+			BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("ca token for %s: %w", node, err)
+	}
+	return tr.Status.Token, nil
+}
+
+// applyChartRBAC renders install/helm/ambit and creates its service accounts and RBAC.
+func (m *Mesh) applyChartRBAC(ctx context.Context, helm string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, helm, "template", "ambit", filepath.Join(root, "install", "helm", "ambit"),
+		"--namespace", SystemNamespace).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("helm template: %w: %s", err, ee.Stderr)
+		}
+		return fmt.Errorf("helm template: %w", err)
+	}
+	if _, err := m.Kube.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(m.Kube.AdminConfig)
+	if err != nil {
+		return err
+	}
+	dec := k8syaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	applied := 0
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return fmt.Errorf("decode rendered chart: %w", err)
+		}
+		gvr, ok := rbacKinds[obj.GetKind()]
+		if !ok {
+			continue
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+		if obj.GetNamespace() != "" || obj.GetKind() == "ServiceAccount" || obj.GetKind() == "Role" || obj.GetKind() == "RoleBinding" {
+			if obj.GetNamespace() == "" {
+				obj.SetNamespace(SystemNamespace)
+			}
+			ri = dyn.Resource(gvr).Namespace(obj.GetNamespace())
+		}
+		if _, err := ri.Create(ctx, &obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %s %s: %w", obj.GetKind(), obj.GetName(), err)
+		}
+		applied++
+	}
+	if applied == 0 {
+		return errors.New("the rendered chart has no RBAC objects")
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+// RoundTrip sends payload from a pod, half-closes, and returns what came back.
+func RoundTrip(ctx context.Context, from *netns.Pod, addr netip.AddrPort, payload []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, rerr := io.ReadAll(c)
+	if err := <-werr; err != nil {
+		return got, fmt.Errorf("write: %w", err)
+	}
+	return got, rerr
+}
+
+// Echo checks that a round trip returns exactly what was sent.
+func Echo(ctx context.Context, from *netns.Pod, addr netip.AddrPort) error {
+	msg := []byte(fmt.Sprintf("hello from %s to %s", from.Name, addr))
+	got, err := RoundTrip(ctx, from, addr, msg)
+	if err != nil {
+		return fmt.Errorf("%s -> %s: %w", from.Name, addr, err)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("%s -> %s: echoed %q, want %q", from.Name, addr, got, msg)
+	}
+	return nil
+}
+
+// WaitCaptured waits until the node's ztunnel reports ip as captured (or not).
+func (m *Mesh) WaitCaptured(ctx context.Context, n *netns.Node, ip netip.Addr, want bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var last error
+	for {
+		d, err := m.Dump(ctx, n)
+		if err == nil {
+			if _, ok := d.Captured[ip.String()]; ok == want {
+				return nil
+			}
+			last = fmt.Errorf("captured pods: %v", d.Captured)
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("capture of %s on %s did not become %v: %v", ip, n.Name, want, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
