@@ -261,3 +261,29 @@ func TestCANodeScopedKube(t *testing.T) {
 		t.Fatalf("the refusal was not logged")
 	}
 }
+
+// Removing the namespace label unenrolls its pods live: the same traffic is plaintext again.
+func TestNamespaceUnlabel(t *testing.T) {
+	requireMesh(t)
+	labelNamespace(t, nil)
+	for _, p := range []*netns.Pod{client, server} {
+		waitCaptured(t, p, false)
+	}
+	marker := []byte("AMBIT-KUBE-UNLABELLED-5e2a")
+	file := captureWire(t, func() {
+		got, err := mesh.RoundTrip(context.Background(), client, podAddr(server), marker)
+		if err != nil || !bytes.Equal(got, marker) {
+			t.Fatalf("client -> server: %v", err)
+		}
+	})
+	v, err := pcap.VerifyWire(file, marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.MarkerVisible || v.Encrypted() {
+		t.Fatalf("after removing the label the traffic should be plain again: %s", v)
+	}
+	if got := lastPeer(t, "server"); got != client.IP {
+		t.Fatalf("server saw %s, want %s", got, client.IP)
+	}
+}
