@@ -4,7 +4,7 @@ BIN       ?= bin
 GOFLAGS   ?=
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build generate test test-unit demo lint deps tools clean bench bench-smoke
+.PHONY: all build generate test test-unit demo lint deps tools clean bench bench-smoke bench-kube
 
 all: build
 
@@ -52,6 +52,12 @@ bench-smoke: build
 	@./scripts/install-deps.sh bench
 	@./tests/tools/build.sh
 	$(GO) run ./tests/bench -bin $(BIN) -smoke -json $(BIN)/bench-smoke.json
+
+# Kubernetes scale budget: 10,000 pods and 1,000 services in a real API server; ztunnel's
+# time to sync and memory (root, ~2 min once the API server is built).
+bench-kube: build tools
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench-kube needs root: run it with sudo" >&2; exit 1; fi
+	$(GO) run ./tests/kubescale -bin $(BIN)
 
 lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -4,8 +4,10 @@ import (
 	"context"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,5 +242,28 @@ func TestClusterInUnderlay(t *testing.T) {
 	}
 	if _, err := direct.CoreV1().Namespaces().Get(ctx, "demo", metav1.GetOptions{}); err == nil {
 		t.Fatal("reached the apiserver without the node's dialer")
+	}
+}
+
+// TestStartFailure: an apiserver that cannot start yields an error carrying its output, and
+// leaves no etcd behind.
+func TestStartFailure(t *testing.T) {
+	netns.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	c, err := kubetest.Start(ctx, kubetest.Options{Dir: dir, ExtraAPIServerArgs: []string{"--no-such-flag"}})
+	if err == nil {
+		c.Close()
+		t.Fatal("Start with an unknown apiserver flag succeeded")
+	}
+	for _, want := range []string{"kube-apiserver exited", "no-such-flag"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	// A caller-provided Dir is kept (with the logs).
+	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver.log")); err != nil {
+		t.Errorf("apiserver log in Dir: %v", err)
 	}
 }
