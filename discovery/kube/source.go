@@ -196,12 +196,19 @@ func (s *Source) Run(ctx context.Context) error {
 	case <-s.changed:
 	default:
 	}
-	s.rebuild()
-
 	timer := time.NewTimer(s.cfg.Debounce)
 	timer.Stop()
 	defer timer.Stop()
 	pending := false
+	// A failed build is retried even without a new change, so that a model
+	// Build keeps refusing cannot leave the source unsynced for good.
+	retry := func() {
+		if !s.rebuild() {
+			pending = true
+			timer.Reset(max(s.cfg.Debounce, retryAfterFailure))
+		}
+	}
+	retry()
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,13 +220,14 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 		case <-timer.C:
 			pending = false
-			s.rebuild()
+			retry()
 		}
 	}
 }
 
 // Synced reports whether the caches synced and the first snapshot from them
-// was published.
+// was published (just after the store's first Set, so Store.Synced may turn
+// true a moment earlier).
 func (s *Source) Synced() bool { return s.synced.Load() }
 
 // Problems returns the current problems, sorted by kind, namespace, name.
@@ -254,9 +262,13 @@ func (s *Source) list() (objects, error) {
 	return o, nil
 }
 
-// rebuild builds and publishes the model from the caches. On failure the
-// previous snapshot stays and the error is logged once until it changes.
-func (s *Source) rebuild() {
+// retryAfterFailure is how soon a failed build is tried again.
+const retryAfterFailure = 5 * time.Second
+
+// rebuild builds and publishes the model from the caches, reporting whether
+// it succeeded. On failure the previous snapshot stays and the error is
+// logged once until it changes.
+func (s *Source) rebuild() bool {
 	objs, err := s.list()
 	var res buildResult
 	if err == nil {
@@ -267,18 +279,19 @@ func (s *Source) rebuild() {
 			s.lastErr = msg
 			s.log.Error("build mesh model from kube; keeping the previous one", "err", err)
 		}
-		return
+		return false
 	}
 	s.lastErr = ""
 	s.setProblems(res.problems, time.Now())
 	if s.published != nil && reflect.DeepEqual(*s.published, res.in) {
-		return
+		return true
 	}
 	s.published = &res.in
 	s.store.Set(res.snap)
 	if !s.synced.Swap(true) {
 		s.log.Info("mesh model from kube published", "workloads", len(res.snap.Workloads), "services", len(res.snap.Services), "namespaces", len(res.snap.Namespaces))
 	}
+	return true
 }
 
 // setProblems replaces the problem set, keeping first-seen times and logging

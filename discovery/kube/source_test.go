@@ -94,6 +94,17 @@ func waitProblem(tb testing.TB, src *Source, store *discovery.Store, kind, name,
 	return found
 }
 
+func waitSynced(tb testing.TB, src *Source) {
+	tb.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !src.Synced() {
+		if time.Now().After(deadline) {
+			tb.Fatal("the store has the model but Synced stays false")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func enrolled(s *discovery.Snapshot, uid string) (bool, bool) {
 	w := s.WorkloadByUID(uid)
 	if w == nil {
@@ -115,9 +126,7 @@ func TestSourceModel(t *testing.T) {
 	)
 	src, store := runSource(t, client, Config{ClusterDomain: "example.test."})
 	snap := waitModel(t, store, "synced", func(*discovery.Snapshot) bool { return true })
-	if !src.Synced() {
-		t.Error("store has a snapshot but Synced is false")
-	}
+	waitSynced(t, src) // turns true right after the first Set
 	if len(snap.Workloads) != 2 || snap.WorkloadByIP(addrs("198.18.0.1")[0]) == nil || snap.WorkloadByIP(addrs("198.18.0.2")[0]) == nil {
 		t.Errorf("workloads %+v", snap.Workloads)
 	}
@@ -323,9 +332,7 @@ func TestSourceSynced(t *testing.T) {
 	}
 	failing.Store(false)
 	waitModel(t, store, "synced after recovery", func(s *discovery.Snapshot) bool { return len(s.Workloads) == 1 })
-	if !src.Synced() {
-		t.Error("Synced false after publishing")
-	}
+	waitSynced(t, src)
 }
 
 // TestSourceDebounce: a burst of changes within the debounce window becomes

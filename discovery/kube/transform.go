@@ -9,22 +9,29 @@ import (
 // transform trims objects before the informers cache them: the source reads
 // no annotations and no managedFields, and of a pod only a handful of
 // fields, so at 10k pods most of each object would be dead weight. It
-// returns a new pod and edits the other kinds in place (they are freshly
-// decoded and not yet shared); it is idempotent, as client-go requires.
+// returns trimmed shallow copies rather than editing objects a client (a
+// fake one, say) may still hold; it is idempotent, as client-go requires.
 func transform(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
 		return trimPod(o), nil
 	case *corev1.Service:
-		trimMeta(&o.ObjectMeta)
+		c := *o
+		trimMeta(&c.ObjectMeta)
+		return &c, nil
 	case *discoveryv1.EndpointSlice:
-		trimMeta(&o.ObjectMeta)
+		c := *o
+		trimMeta(&c.ObjectMeta)
+		return &c, nil
 	case *corev1.Namespace:
-		trimMeta(&o.ObjectMeta)
+		c := *o
+		trimMeta(&c.ObjectMeta)
+		return &c, nil
 	}
 	return obj, nil
 }
 
+// trimMeta drops what no mapping reads from a copied ObjectMeta.
 func trimMeta(m *metav1.ObjectMeta) {
 	m.ManagedFields = nil
 	m.Annotations = nil // includes kubectl's last-applied-configuration
