@@ -91,6 +91,7 @@ func run(nPods, nSvcs, nNodes int, bin string) error {
 	}
 	time.Sleep(2 * time.Second) // let the first GC cycles settle
 	rssCold := rss(m.Ztunnel(node.Name).Pid())
+	heap := heapInUse(ctx, m, node)
 
 	fmt.Printf("\nScale budget: %d pods on %d nodes, %d services (load average %s)\n", nPods, nNodes, nSvcs, loadavg())
 	fmt.Printf("| measure | value |\n|---|---|\n")
@@ -98,7 +99,8 @@ func run(nPods, nSvcs, nNodes int, bin string) error {
 	fmt.Printf("| ztunnel RSS, empty cluster | %.1f MiB |\n", mib(rssEmpty))
 	fmt.Printf("| ztunnel RSS after following the creation live | %.1f MiB |\n", mib(rssLive))
 	fmt.Printf("| ztunnel RSS after a cold sync | %.1f MiB |\n", mib(rssCold))
-	fmt.Printf("| per pod (cold, over empty) | %.1f KiB |\n", float64(rssCold-rssEmpty)/1024/float64(nPods))
+	fmt.Printf("| per pod (cold RSS over empty) | %.1f KiB |\n", float64(rssCold-rssEmpty)/1024/float64(nPods))
+	fmt.Printf("| Go heap in use after a cold sync | %.1f MiB |\n", mib(heap))
 	return nil
 }
 
@@ -220,6 +222,22 @@ func rss(pid int) int64 {
 			f := strings.Fields(v)
 			kb, _ := strconv.ParseInt(f[0], 10, 64)
 			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// heapInUse reads go_memstats_heap_inuse_bytes from ztunnel's metrics: live heap, without
+// the garbage and free pages RSS also counts.
+func heapInUse(ctx context.Context, m *mesh.Mesh, n *netns.Node) int64 {
+	text, err := m.Metrics(ctx, n)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int64(f)
 		}
 	}
 	return 0
