@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -20,41 +19,14 @@ import (
 
 // roundTrip sends payload from a pod, half-closes, and returns what came back.
 func roundTrip(ctx context.Context, from *netns.Pod, addr netip.AddrPort, payload []byte) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	c, err := from.Dial(ctx, "tcp", addr.String())
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, rerr := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return got, fmt.Errorf("write: %w", err)
-	}
-	return got, rerr
+	return mesh.RoundTrip(ctx, from, addr, payload)
 }
 
 // echoOK checks a round trip through the mesh returns exactly what was sent.
 func echoOK(t *testing.T, from *netns.Pod, addr netip.AddrPort) {
 	t.Helper()
-	msg := []byte(fmt.Sprintf("hello from %s to %s", from.Name, addr))
-	got, err := roundTrip(context.Background(), from, addr, msg)
-	if err != nil {
-		t.Fatalf("%s -> %s: %v", from.Name, addr, err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("%s -> %s: echoed %q, want %q", from.Name, addr, got, msg)
+	if err := mesh.Echo(context.Background(), from, addr); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -140,4 +112,3 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-var _ = mesh.TrustDomain
