@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -31,45 +30,32 @@ var (
 const echoPort = 8080
 
 func TestMain(tm *testing.M) {
-	netns.EnterPrivate()
-	if os.Geteuid() != 0 {
-		os.Exit(tm.Run())
-	}
-	code, err := run(tm)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e setup:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
-
-func run(tm *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var err error
-	m, err = mesh.Start(ctx, mesh.Options{
+	os.Exit(mesh.TestMain(tm, mesh.Options{
 		Nodes: 3, PodsPerNode: 3,
 		Ztunnels: []string{"node1", "node2"},
 		Model:    model,
-	})
-	if err != nil {
-		return 0, err
+	}, setup))
+}
+
+func setup(_ context.Context, mm *mesh.Mesh) (func(), error) {
+	m = mm
+	var servers []*netns.EchoServer
+	cleanup := func() {
+		for _, e := range servers {
+			e.Close()
+		}
 	}
-	defer m.Close()
 	for name, p := range map[string]*netns.Pod{"client": client, "local": local, "plainc": plainc,
 		"echo-a": echoA, "echo-b": echoB, "plains": plains} {
 		e, err := p.StartEcho(fmt.Sprintf("%s:%d", p.IP, echoPort))
 		if err != nil {
-			return 0, fmt.Errorf("echo in %s: %w", name, err)
+			cleanup()
+			return nil, fmt.Errorf("echo in %s: %w", name, err)
 		}
 		echoSrv[name] = e
-		defer e.Close()
+		servers = append(servers, e)
 	}
-	code := tm.Run()
-	if code != 0 || os.Getenv("AMBIT_E2E_LOGS") != "" {
-		fmt.Fprintln(os.Stderr, m.Logs())
-	}
-	return code, nil
+	return cleanup, nil
 }
 
 // model names the pods and lays out the shared mesh.

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -17,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
 )
@@ -40,58 +38,32 @@ const (
 )
 
 func TestMain(tm *testing.M) {
-	if os.Geteuid() == 0 && !netns.InPrivate() {
-		// Build (or find) the API server before losing the module proxy.
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-		if _, err := kubetest.EnsureBinaries(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "kube binaries:", err)
-			os.Exit(1)
-		}
-		cancel()
-	}
-	netns.EnterPrivate()
-	if os.Geteuid() != 0 {
-		os.Exit(tm.Run())
-	}
-	code, err := run(tm)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "kube e2e setup:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
+	os.Exit(mesh.TestMain(tm, mesh.Options{Nodes: 2, PodsPerNode: 2, Kube: true}, setup))
 }
 
-func run(tm *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var err error
-	m, err = mesh.Start(ctx, mesh.Options{Nodes: 2, PodsPerNode: 2, Kube: true})
-	if err != nil {
-		if m != nil {
-			fmt.Fprintln(os.Stderr, m.Logs())
-		}
-		return 0, err
-	}
-	defer m.Close()
+func setup(ctx context.Context, mm *mesh.Mesh) (func(), error) {
+	m = mm
 	kc = m.Kube.Client()
 	client, server, server2 = m.Topo.Nodes[0].Pods[0], m.Topo.Nodes[1].Pods[0], m.Topo.Nodes[1].Pods[1]
 	if err := createApps(ctx); err != nil {
-		return 0, err
+		return nil, err
+	}
+	var servers []*netns.EchoServer
+	cleanup := func() {
+		for _, e := range servers {
+			e.Close()
+		}
 	}
 	for name, p := range map[string]*netns.Pod{"server": server, "server2": server2, "client": client} {
 		e, err := p.StartEcho(fmt.Sprintf("%s:%d", p.IP, echoPort))
 		if err != nil {
-			return 0, err
+			cleanup()
+			return nil, err
 		}
 		echoSrv[name] = e
-		defer e.Close()
+		servers = append(servers, e)
 	}
-	code := tm.Run()
-	if code != 0 || os.Getenv("AMBIT_E2E_LOGS") != "" {
-		fmt.Fprintln(os.Stderr, m.Logs())
-		fmt.Fprintln(os.Stderr, m.Kube.Logs())
-	}
-	return code, nil
+	return cleanup, nil
 }
 
 // createApps creates the namespace, pods (with the netns pods' addresses as their status,
