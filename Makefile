@@ -11,10 +11,10 @@ all: build
 deps:
 	@./scripts/install-deps.sh
 
-# kube-apiserver, etcd and helm for the Kubernetes tests, built once from the Go module
+# kube-apiserver, etcd, helm and SPIRE for the tests on real components, built once from the Go module
 # proxy into ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1 (~20 CPU-minutes cold, then cached).
 tools:
-	@./tests/tools/build.sh kube helm
+	@./tests/tools/build.sh kube helm spire
 
 build:
 	$(GO) build $(GOFLAGS) -o $(BIN)/ ./cmd/...

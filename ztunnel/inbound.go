@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -61,8 +62,18 @@ func (z *Ztunnel) serveHBONE(s *hbone.Stream) {
 		return
 	}
 	ci.DstWorkload = dstW.Namespace + "/" + dstW.Name
-	if dstID, err := identity.WorkloadID(z.td, dstW.Namespace, dstW.ServiceAccount); err == nil {
-		ci.DstIdentity = dstID.String()
+	dstID, err := identity.WorkloadID(z.td, dstW.Namespace, dstW.ServiceAccount)
+	if err != nil {
+		z.reject(s, ci, hbone.StatusFor(hbone.ErrBadRequest), err)
+		return
+	}
+	ci.DstIdentity = dstID.String()
+	// A pooled HBONE connection was authenticated once, at its handshake. Each new stream
+	// also needs the destination identity to still be held: a revoked identity (say, its
+	// SPIRE entry was deleted) must not keep accepting connections over old tunnels.
+	if err := z.identityHeld(dstID); err != nil {
+		z.reject(s, ci, hbone.StatusFor(hbone.ErrUpstream), err)
+		return
 	}
 	if !hasIP(dstW, req.Target.Addr()) {
 		z.reject(s, ci, hbone.StatusFor(hbone.ErrBadRequest), fmt.Errorf("%s for %s: %w", req.Target, local.Addr(), errAuthorityMatch))
@@ -133,6 +144,17 @@ func (z *Ztunnel) handleInboundPlain(ctx context.Context, c net.Conn) {
 		return
 	}
 	z.proxy(c, up, ci)
+}
+
+// identityHeld reports whether a currently valid certificate for id is held (without
+// waiting for one to be fetched).
+func (z *Ztunnel) identityHeld(id spiffeid.ID) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := z.ident.Certificate(ctx, id); err != nil {
+		return fmt.Errorf("identity %s: %w", id, err)
+	}
+	return nil
 }
 
 func hasIP(w *discovery.Workload, ip netip.Addr) bool {

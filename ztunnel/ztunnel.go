@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -81,7 +82,6 @@ type Ztunnel struct {
 	modelSource Runner
 	problems    func() any
 	ident       identity.Source
-	manager     *identity.Manager // set when ztunnel owns the identity source
 
 	newCapture    func(cfg Config, log *slog.Logger) (Capture, error)
 	hostInterface func(netip.Addr) (int, error)
@@ -159,7 +159,6 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		if err != nil {
 			return nil, err
 		}
-		z.manager = mgr
 		z.ident = mgr
 	}
 	pool, err := hbone.NewPool(hbone.ClientConfig{
@@ -242,8 +241,9 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 	if z.modelSource != nil {
 		g.Go(func() error { return z.modelSource.Run(ctx) })
 	}
-	if z.manager != nil {
-		g.Go(func() error { return z.manager.Run(ctx) })
+	if r, ok := z.ident.(Runner); ok {
+		// The built-in CA manager and the SPIRE source keep their certificates fresh.
+		g.Go(func() error { return r.Run(ctx) })
 	}
 
 	// Know the model before capturing anything: a bad model must stop ztunnel before it
@@ -374,6 +374,11 @@ func (z *Ztunnel) Ready() error {
 	if !z.listenersUp.Load() {
 		return errors.New("listeners not up")
 	}
+	if st, ok := z.ident.(interface{ Status() string }); ok {
+		if s := st.Status(); s != "" {
+			return fmt.Errorf("identity source degraded: %s", s)
+		}
+	}
 	if !z.ident.Ready() {
 		return errors.New("certificates not loaded")
 	}
@@ -390,8 +395,8 @@ func (z *Ztunnel) Close() error {
 			z.capture.Close()
 		}
 		z.captureMu.Unlock()
-		if z.manager != nil {
-			z.manager.Close()
+		if c, ok := z.ident.(io.Closer); ok {
+			c.Close()
 		}
 	})
 	return nil

@@ -47,6 +47,8 @@ func run() error {
 		kubeconfig string
 		nsLabel    string
 		podLabel   string
+		identSrc   string
+		spireCfg   spireFlags
 	)
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	fs.StringVar(&cfg.NodeName, "node", os.Getenv("NODE_NAME"), "name of this node in the mesh model (env NODE_NAME)")
@@ -56,6 +58,10 @@ func run() error {
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (implies -kube)")
 	fs.StringVar(&nsLabel, "enroll-namespace-label", "istio.io/dataplane-mode=ambient", "namespace label key=value that enrolls a namespace's pods")
 	fs.StringVar(&podLabel, "opt-out-pod-label", "istio.io/dataplane-mode=none", "pod label key=value that opts a pod out")
+	fs.StringVar(&identSrc, "identity", "ca", `identity source: "ca" (the built-in CA) or "spire" (a SPIRE agent)`)
+	fs.StringVar(&spireCfg.workloadSocket, "spire-workload-socket", "unix:///run/spire/agent/public/api.sock", "SPIRE agent Workload API socket (ztunnel's own SVID and bundles)")
+	fs.StringVar(&spireCfg.adminSocket, "spire-admin-socket", "unix:///run/spire/agent/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
+	fs.StringVar(&spireCfg.selectors, "spire-selectors", "k8s:ns:{ns},k8s:sa:{sa}", "comma-separated selector templates for a workload identity ({ns}, {sa} are replaced)")
 	fs.StringVar(&cfg.CAAddr, "ca-addr", "", `built-in CA address ("unix:///path" or "host:port")`)
 	fs.StringVar(&cfg.CATokenFile, "ca-token-file", "", "file holding this node's bearer token for the CA")
 	fs.StringVar(&cfg.CARootFile, "ca-root-file", "", "PEM file with the mesh root certificate(s)")
@@ -122,6 +128,17 @@ func run() error {
 		}
 	} else if cfg.ModelPath == "" {
 		return fmt.Errorf("-model or -kube is required")
+	}
+	switch identSrc {
+	case "ca":
+	case "spire":
+		src, err := spireSource(cfg.TrustDomain, spireCfg, log)
+		if err != nil {
+			return err
+		}
+		deps.Identity = src
+	default:
+		return fmt.Errorf(`-identity %q: want "ca" or "spire"`, identSrc)
 	}
 	z, err := ztunnel.New(cfg, deps)
 	if err != nil {

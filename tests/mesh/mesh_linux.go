@@ -25,6 +25,7 @@ import (
 
 	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/netns"
+	spiretest "github.com/ambitmesh/ambit/tests/spire"
 	"github.com/ambitmesh/ambit/ztunnel"
 )
 
@@ -43,6 +44,9 @@ type Options struct {
 	// from the Helm chart, the CA and ztunnels in Kubernetes mode. Model is unused; tests
 	// create namespaces, pods and services through Mesh.Kube.
 	Kube bool
+	// SPIRE, if set, takes identities from a real SPIRE server and per-node agents instead
+	// of the built-in CA.
+	SPIRE *SPIREOptions
 }
 
 // Mesh is a running mesh.
@@ -53,6 +57,11 @@ type Mesh struct {
 	Model *Model
 	// Kube is the cluster in Kubernetes mode.
 	Kube *kubetest.Cluster
+	// Spire, Agents (by node) and Entries (by "<ns>/<sa>@<node>") in SPIRE mode.
+	Spire    *spiretest.Server
+	Agents   map[string]*spiretest.Agent
+	Entries  map[string]string
+	spireDir string
 
 	opts    Options
 	bpffs   string
@@ -164,7 +173,11 @@ func Start(ctx context.Context, opts Options) (_ *Mesh, err error) {
 			return nil, err
 		}
 	}
-	if err := m.startCA(ctx); err != nil {
+	if opts.SPIRE != nil {
+		if err := m.startSPIRE(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := m.startCA(ctx); err != nil {
 		return nil, err
 	}
 	for _, n := range topo.Nodes {
@@ -258,17 +271,23 @@ func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
 	if m.Kube != nil {
 		model = []string{"-kubeconfig", filepath.Join(m.Dir, "ztunnel.kubeconfig")}
 	}
-	args := []string{
-		"-node", n.Name,
-		"-trust-domain", TrustDomain,
+	identity := []string{
 		"-ca-addr", "unix://" + m.CASocket(),
 		"-ca-token-file", m.TokenFile(n.Name),
 		"-ca-root-file", m.CARoot(),
+	}
+	if m.Spire != nil {
+		identity = m.spireArgs(n.Name)
+	}
+	args := []string{
+		"-node", n.Name,
+		"-trust-domain", TrustDomain,
 		"-uplinks", n.Uplink,
 		"-bpf-pin-path", filepath.Join(m.bpffs, n.Name),
 		"-drain-timeout", "1s",
 	}
 	args = append(args, model...)
+	args = append(args, identity...)
 	return append(args, m.opts.ExtraArgs...)
 }
 
@@ -389,6 +408,9 @@ func (m *Mesh) Close() error {
 		}
 		if m.ca != nil {
 			_ = m.ca.Stop()
+		}
+		if err := m.closeSPIRE(); err != nil {
+			errs = append(errs, err)
 		}
 		if m.Kube != nil {
 			if err := m.Kube.Close(); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/netns"
+	spiretest "github.com/ambitmesh/ambit/tests/spire"
 )
 
 // TestMain runs a test package that shares one mesh: as root it enters a private network
@@ -23,6 +24,15 @@ func TestMain(tm *testing.M, opts Options, setup func(context.Context, *Mesh) (c
 		cancel()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kube binaries:", err)
+			return 1
+		}
+	}
+	if opts.SPIRE != nil && os.Geteuid() == 0 && !netns.InPrivate() {
+		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+		_, err := spiretest.EnsureBinaries(ctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "spire binaries:", err)
 			return 1
 		}
 	}
@@ -53,6 +63,9 @@ func TestMain(tm *testing.M, opts Options, setup func(context.Context, *Mesh) (c
 		fmt.Fprintln(os.Stderr, m.Logs())
 		if m.Kube != nil {
 			fmt.Fprintln(os.Stderr, m.Kube.Logs())
+		}
+		if m.Spire != nil {
+			fmt.Fprintln(os.Stderr, m.Spire.Logs())
 		}
 	}
 	return code

@@ -5,8 +5,10 @@
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/kube-apiserver
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/etcd        (v3.7.3)
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/helm-v3.22.0/helm
-# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [kube] [helm]
-#   (no argument: the three benchmark peers; kube costs ~20 CPU-minutes cold, so ask for it).
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/spire-1.13.3/{spire-server,spire-agent}
+# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [kube] [helm] [spire]
+#   (no argument: the three benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
+#   so ask for them).
 # A tool already in the cache is skipped; concurrent runs serialise on a lock per tool, so
 # parallel test packages may all call this. Bump v1 (or the versions) when a version changes.
 set -euo pipefail
@@ -17,6 +19,7 @@ mkdir -p "$cache"
 
 kube_version=1.37.2   # must match kube/apiserver/go.mod (k8s.io/kubernetes v1.37.2)
 helm_version=v3.22.0  # must match helm/go.mod (helm.sh/helm/v3 v3.22.0)
+spire_version=1.13.3  # must match spire/go.mod (github.com/spiffe/spire v1.13.3)
 
 # build <module dir> <package> <output> [go build flags...]
 # -mod=mod: the scratch modules resolve their own dependencies (ghostunnel's vendor tree is
@@ -58,6 +61,12 @@ for name in "$@"; do
       build "$here/helm" helm.sh/helm/v3/cmd/helm "$cache/helm-$helm_version/helm" \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
       ;;
-    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, kube or helm)" >&2; exit 2 ;;
+    spire)
+      # cgo is required (the server's sqlite datastore; gcc is present). SPIRE's version comes
+      # from its own source (pkg/common/version), so no -X stamps are needed.
+      build "$here/spire" github.com/spiffe/spire/cmd/spire-server "$cache/spire-$spire_version/spire-server" -ldflags "-s -w"
+      build "$here/spire" github.com/spiffe/spire/cmd/spire-agent "$cache/spire-$spire_version/spire-agent" -ldflags "-s -w"
+      ;;
+    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, kube, helm or spire)" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,118 @@
+package spire
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/tests/netns"
+	spiretest "github.com/ambitmesh/ambit/tests/spire"
+)
+
+// TestRealSPIRE runs the Source against a real spire-server and spire-agent:
+// the tunnel's own SVID from the Workload API, a pod SVID of its node from
+// the Delegated Identity API, a pod of another node never issued, and an
+// entry deletion revoking the identity.
+func TestRealSPIRE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real SPIRE processes")
+	}
+	netns.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	srv, err := spiretest.StartServer(ctx, spiretest.Options{})
+	if err != nil {
+		t.Fatalf("start spire server: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("spire logs:\n%s", srv.Logs())
+		}
+		if err := srv.Close(); err != nil {
+			t.Errorf("close spire server: %v", err)
+		}
+	})
+	tdom := spiffeid.RequireTrustDomainFromString(srv.TrustDomain)
+	tunnel, err := srv.RegisterTunnel(ctx, "node1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := spiffeid.RequireFromPath(tdom, "/ns/foo/sa/bar")
+	podEntry, err := srv.CreateEntry(ctx, pod.String(), srv.NodeID("node1"), []string{"k8s:ns:foo", "k8s:sa:bar"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parented to node2: node1's agent must never hand it out.
+	foreign := spiffeid.RequireFromPath(tdom, "/ns/foo/sa/elsewhere")
+	if _, err := srv.CreateEntry(ctx, foreign.String(), srv.NodeID("node2"), []string{"k8s:ns:foo", "k8s:sa:elsewhere"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	agent, err := srv.StartAgent(ctx, "node1", []string{tunnel})
+	if err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+
+	const grace = 2 * time.Second
+	s, err := New(Config{
+		WorkloadSocket: agent.WorkloadAddr(),
+		AdminSocket:    agent.AdminAddr(),
+		TrustDomain:    tdom,
+		Logger:         slog.New(slog.NewTextHandler(t.Output(), nil)),
+		MinBackoff:     100 * time.Millisecond,
+		MaxBackoff:     time.Second,
+		RevokeGrace:    grace,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetWanted([]spiffeid.ID{pod, foreign})
+	runSource(t, s)
+
+	certCtx, certCancel := context.WithTimeout(ctx, time.Minute)
+	c, err := s.Certificate(certCtx, pod)
+	certCancel()
+	if err != nil {
+		t.Fatalf("pod SVID: %v (status %q)", err, s.Status())
+	}
+	roots, err := srv.Bundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The chain verifies to the server's bundle and to the one the Source serves.
+	for name, b := range map[string]x509bundle.Source{"server bundle": x509bundle.FromX509Authorities(tdom, roots), "source bundle": s} {
+		if got, _, err := x509svid.ParseAndVerify(c.Certificate, b); err != nil || got != pod {
+			t.Errorf("pod SVID against the %s: %v %v", name, got, err)
+		}
+	}
+	eventuallyWithin(t, time.Minute, "own SVID", func() bool {
+		own, err := s.Certificate(ctx, spiffeid.RequireFromString(tunnel))
+		return err == nil && own.Leaf.URIs[0].String() == tunnel
+	})
+	eventuallyWithin(t, time.Minute, "foreign identity not issued", func() bool {
+		return errors.Is(certErr(s, foreign), identity.ErrNotAuthorized)
+	})
+	if st := s.Status(); !strings.Contains(st, "1 wanted identities not issued") {
+		t.Errorf("Status %q, want the foreign identity reported", st)
+	}
+	s.SetWanted([]spiffeid.ID{pod})
+	eventuallyWithin(t, time.Minute, "ready", s.Ready)
+
+	if err := srv.DeleteEntry(ctx, podEntry); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, time.Minute, "deleted entry revoked", func() bool {
+		return errors.Is(certErr(s, pod), identity.ErrNotAuthorized)
+	})
+	if st := stateOf(s, pod); st != StateRevoked {
+		t.Errorf("state after deletion %q, want %q", st, StateRevoked)
+	}
+}
