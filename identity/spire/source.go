@@ -480,7 +480,12 @@ func (s *Source) Status() string {
 			pending++
 		}
 	}
-	if !downSince.IsZero() {
+	switch {
+	case downSince.IsZero():
+	case isNotIssued(errors.Unwrap(downErr)):
+		why = append(why, fmt.Sprintf("agent refuses the tunnel since %s (own identity not issued yet, or not an authorized delegate: %v), retrying",
+			downSince.UTC().Format(time.RFC3339), downErr))
+	default:
 		why = append(why, fmt.Sprintf("agent unreachable since %s (%v), reconnecting",
 			downSince.UTC().Format(time.RFC3339), downErr))
 	}

@@ -287,7 +287,9 @@ func TestAgentOutage(t *testing.T) {
 	}
 	handshake(t, s, a)
 
+	f.mu.Lock()
 	f.firstEmpty = true // a restarted agent often answers empty first
+	f.mu.Unlock()
 	f.start(t)
 	waitReady(t, s)
 	if got := serial(t, s, a); got.Cmp(a1.leaf.SerialNumber) != 0 {
