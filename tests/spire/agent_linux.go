@@ -161,7 +161,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.proc = p
 	if err := a.waitSockets(ctx, p); err != nil {
 		_ = p.stop(syscall.SIGKILL)
-		return fmt.Errorf("start agent %s: %w", a.Node, err)
+		return fmt.Errorf("start agent %s: %w\nagent log:\n%s", a.Node, err, tail([]byte(a.tail.String()), 4<<10))
 	}
 	// Attestation completes, and is stored, before the agent opens its sockets.
 	svid, err := a.cachedSVID()

@@ -58,10 +58,14 @@ type Options struct {
 	// TrustDomain is a bare name; default DefaultTrustDomain.
 	TrustDomain string
 	// SVIDTTL is the server's default_x509_svid_ttl (e.g. 30s for rotation tests); default
-	// SPIRE's (1h).
+	// SPIRE's (1h). SPIRE backdates NotBefore by 10 s and the agent renews an SVID at half its
+	// NotBefore-NotAfter lifetime, so an SVID is renewed (SVIDTTL-10s)/2 after issue: 10 s for
+	// 30s, and on every 1 s sync for 10s or less.
 	SVIDTTL time.Duration
-	// CATTL is the server's ca_ttl; short values exercise CA rotation (SPIRE prepares the next
-	// CA at half its lifetime and activates it at five sixths). Default DefaultCATTL.
+	// CATTL is the server's ca_ttl; short values exercise CA rotation. SPIRE prepares the
+	// next CA at half its lifetime (the bundle then has two roots), signs with it from five
+	// sixths on, and keeps expired roots in the bundle for a while (measured with 90s: second
+	// root at ~50 s, new issuer at ~80 s, a third root at ~100 s). Default DefaultCATTL.
 	CATTL time.Duration
 	// LogLevel of the server and the agents; default INFO.
 	LogLevel string

@@ -62,10 +62,11 @@ for name in "$@"; do
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
       ;;
     spire)
-      # cgo is required (the server's sqlite datastore; gcc is present). SPIRE's version comes
-      # from its own source (pkg/common/version), so no -X stamps are needed.
-      build "$here/spire" github.com/spiffe/spire/cmd/spire-server "$cache/spire-$spire_version/spire-server" -ldflags "-s -w"
-      build "$here/spire" github.com/spiffe/spire/cmd/spire-agent "$cache/spire-$spire_version/spire-agent" -ldflags "-s -w"
+      # cgo is required (the server's sqlite datastore; gcc is present). Without the tag stamp,
+      # set as upstream's Makefile does, the binaries report 1.13.3-dev-unk.
+      v="-s -w -X github.com/spiffe/spire/pkg/common/version.gittag=$spire_version"
+      build "$here/spire" github.com/spiffe/spire/cmd/spire-server "$cache/spire-$spire_version/spire-server" -ldflags "$v"
+      build "$here/spire" github.com/spiffe/spire/cmd/spire-agent "$cache/spire-$spire_version/spire-agent" -ldflags "$v"
       ;;
     *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, kube, helm or spire)" >&2; exit 2 ;;
   esac
