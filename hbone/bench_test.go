@@ -64,3 +64,29 @@ func BenchmarkDialPooled(b *testing.B) {
 		c.Close()
 	}
 }
+
+// BenchmarkDialEarlyPooled: as BenchmarkDialPooled with DialEarly.
+func BenchmarkDialEarlyPooled(b *testing.B) {
+	_, addr := startServer(b, echoHandler, nil)
+	p := newTestPool(b, nil)
+	req := testReq(addr)
+	one := []byte{1}
+	warm, err := p.Dial(context.Background(), req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer warm.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := p.DialEarly(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Write(one)
+		if _, err := io.ReadFull(c, one); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -111,6 +112,22 @@ const maxDialAttempts = 3
 // Dial opens a CONNECT stream and returns it once the peer answered 200.
 // Any other status is returned as a *StatusError.
 func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
+	return p.dial(ctx, req, false)
+}
+
+// DialEarly opens a CONNECT stream like Dial but returns as soon as the request
+// is queued, without waiting for the answer: data written meanwhile follows the
+// HEADERS at once (HTTP/2 allows it; the server holds it until its handler
+// accepts), which saves a round trip per connection. A refusal or any status
+// other than 200 is then returned by Read and Write (a *StatusError, matching
+// ErrDenied etc.), and so is an answer that does not arrive before ctx ends.
+// Errors reaching the peer (dial, TLS) are returned by DialEarly itself. Unlike
+// Dial, a stream the server did not process (GOAWAY race) is not retried.
+func (p *Pool) DialEarly(ctx context.Context, req Request) (*Conn, error) {
+	return p.dial(ctx, req, true)
+}
+
+func (p *Pool) dial(ctx context.Context, req Request, early bool) (*Conn, error) {
 	if req.Addr == "" {
 		return nil, fmt.Errorf("hbone: request: empty Addr")
 	}
@@ -124,7 +141,7 @@ func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		hc, err := p.roundTrip(ctx, c, hdrs)
+		hc, err := p.roundTrip(ctx, c, hdrs, early)
 		if err == nil {
 			return hc, nil
 		}
@@ -136,7 +153,7 @@ func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
 	return nil, fmt.Errorf("hbone: connect %s via %s: %w", req.Authority, req.Addr, lastErr)
 }
 
-func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField) (*Conn, error) {
+func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField, early bool) (*Conn, error) {
 	c.mu.Lock()
 	c.reserved--
 	if c.closed || c.goAwaySent || c.goAwayRecv || c.nextID > maxWindow {
@@ -146,14 +163,39 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField)
 	}
 	s := newStream(c, c.nextID)
 	s.respCh = make(chan struct{})
+	s.early = early
+	s.canSend = early
 	c.nextID += 2
 	c.streams[s.id] = s
-	// Queued under c.mu so stream ids go out in increasing order.
-	ok := c.enqueue(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs})
+	// Queued under c.mu so stream ids go out in increasing order, written by
+	// this goroutine unless someone else is writing.
+	ok := c.push(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs})
 	c.mu.Unlock()
 	if !ok {
 		s.connClosed(errRefused)
 		return nil, errRefused
+	}
+	c.writeNow()
+	if early {
+		// An answer that does not come in time resets the stream; once it came,
+		// ctx no longer matters.
+		stop := context.AfterFunc(ctx, func() {
+			s.mu.Lock()
+			pending := !s.gotResp
+			s.mu.Unlock()
+			if pending {
+				s.resetLocal(http2.ErrCodeCancel)
+			}
+		})
+		s.mu.Lock()
+		if s.gotResp {
+			s.mu.Unlock()
+			stop()
+		} else {
+			s.stopWait = stop
+			s.mu.Unlock()
+		}
+		return &Conn{s}, nil
 	}
 	select {
 	case <-s.respCh:

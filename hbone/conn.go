@@ -102,11 +102,18 @@ type conn struct {
 	hbuf   bytes.Buffer
 	hdrBuf [9]byte
 
-	wqMu   sync.Mutex
-	wqCond sync.Cond
-	wq     []wreq
-	wStop  bool
-	wDone  bool
+	wqMu    sync.Mutex
+	wqCond  sync.Cond
+	wq      []wreq
+	wStop   bool
+	wDone   bool
+	writing bool // guarded by wqMu: someone holds the writing role
+
+	// Owned by the writing role.
+	batch []wreq
+	werr  error // sticky write error
+	dirty bool  // written since the last flush
+	wrote bool  // inline writer: its batch is written
 
 	peerMaxFrame atomic.Uint32
 	lastRecv     atomic.Int64
@@ -210,7 +217,15 @@ func (c *conn) run() {
 }
 
 // ---- write side ----
+//
+// Frames go through one FIFO queue. Whoever holds the writing role drains it:
+// either the connection's writer goroutine or, to save two goroutine hand-offs
+// per write, a goroutine that wants its own frames out now (a stream's Write,
+// the client's HEADERS, the server's 200) and finds nobody writing. Goroutines
+// that must never block on the socket (the read loop, Close) only queue and wake
+// the writer goroutine.
 
+// enqueue queues r and wakes the writer goroutine unless someone is writing.
 func (c *conn) enqueue(r wreq) bool {
 	c.wqMu.Lock()
 	if c.wStop || c.wDone {
@@ -218,11 +233,55 @@ func (c *conn) enqueue(r wreq) bool {
 		return false
 	}
 	c.wq = append(c.wq, r)
-	if len(c.wq) == 1 {
+	if !c.writing {
 		c.wqCond.Signal()
 	}
 	c.wqMu.Unlock()
 	return true
+}
+
+// push queues r without waking anyone; the caller then calls writeNow once it
+// holds no lock the read loop needs.
+func (c *conn) push(r wreq) bool {
+	c.wqMu.Lock()
+	defer c.wqMu.Unlock()
+	if c.wStop || c.wDone {
+		return false
+	}
+	c.wq = append(c.wq, r)
+	return true
+}
+
+// writeNow writes what is queued in this goroutine unless someone else is
+// writing (who then writes it).
+func (c *conn) writeNow() {
+	c.wqMu.Lock()
+	if c.writing || len(c.wq) == 0 || c.wStop || c.wDone {
+		c.wqMu.Unlock()
+		return
+	}
+	c.writing = true
+	c.wqMu.Unlock()
+	c.drain(true)
+}
+
+// pushData queues a stream's data. inline reports that the caller got the
+// writing role and must call drain(true); otherwise it waits on s.wdone.
+func (c *conn) pushData(r wreq) (ok, inline bool) {
+	c.wqMu.Lock()
+	defer c.wqMu.Unlock()
+	if c.wStop || c.wDone {
+		return false, false
+	}
+	if c.writing {
+		r.notify = true
+		c.wq = append(c.wq, r)
+		return true, false
+	}
+	r.notify = false
+	c.wq = append(c.wq, r)
+	c.writing = true
+	return true, true
 }
 
 // cancelData removes s's pending data request if the writer has not taken it.
@@ -244,60 +303,112 @@ var errGraceful = errors.New("graceful close")
 
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
-	var batch []wreq
-	var werr error
 	for {
 		c.wqMu.Lock()
-		for len(c.wq) == 0 && !c.wStop {
+		for (len(c.wq) == 0 || c.writing) && !c.wStop {
 			c.wqCond.Wait()
 		}
 		if c.wStop {
-			rest := c.wq
-			c.wq = nil
-			c.wDone = true
-			c.wqMu.Unlock()
-			err := c.closeErr()
-			for i := range rest {
-				if rest[i].notify {
-					rest[i].s.wdone <- err
-				}
+			if c.writing {
+				// An inline writer holds the queue; it fails the rest.
+				c.wqMu.Unlock()
+				return
 			}
+			c.failQueueLocked()
 			return
 		}
-		batch, c.wq = c.wq, batch[:0]
+		c.writing = true
 		c.wqMu.Unlock()
+		c.drain(false)
+	}
+}
 
-		if werr == nil {
-			c.raw.cork()
+// failQueueLocked (wqMu held, nobody writing) ends the queue after the
+// connection closed: waiting writers get the connection's error.
+func (c *conn) failQueueLocked() {
+	rest := c.wq
+	c.wq = nil
+	c.wDone = true
+	c.wqMu.Unlock()
+	err := c.closeErr()
+	for i := range rest {
+		if rest[i].notify {
+			rest[i].s.wdone <- err
 		}
-		for i := range batch {
-			r := &batch[i]
-			if werr == nil {
-				werr = c.writeOne(r)
-				if werr != nil {
-					if werr == errGraceful {
-						c.closeWith(c.takePendingErr())
-					} else {
-						c.closeWith(fmt.Errorf("hbone: write: %w", werr))
-					}
+	}
+}
+
+// drain writes the queue while holding the writing role and releases it. The
+// writer goroutine drains until the queue is empty; an inline writer writes one
+// batch (its own frames are in it) and leaves the rest to the writer goroutine
+// so a busy connection cannot hold its Write forever. Everything written is
+// flushed when the queue is found empty. It returns the connection's sticky
+// write error.
+func (c *conn) drain(inline bool) error {
+	c.wrote = false
+	for {
+		c.wqMu.Lock()
+		if c.wStop {
+			c.writing = false
+			c.failQueueLocked()
+			return c.closeErr()
+		}
+		if len(c.wq) == 0 {
+			if c.dirty && c.werr == nil {
+				c.wqMu.Unlock()
+				c.dirty = false
+				if err := c.flush(); err != nil {
+					c.werr = err
+					c.closeWith(fmt.Errorf("hbone: write: %w", err))
+				}
+				continue // frames queued meanwhile were not signalled
+			}
+			c.writing = false
+			err := c.werr
+			c.wqMu.Unlock()
+			return err
+		}
+		if inline && c.wrote {
+			// Our batch is out; hand the rest to the writer goroutine.
+			c.wrote = false
+			c.writing = false
+			c.wqCond.Signal()
+			err := c.werr
+			c.wqMu.Unlock()
+			return err
+		}
+		batch := c.wq
+		c.wq = c.batch[:0]
+		c.wqMu.Unlock()
+		c.writeBatch(batch)
+		c.batch = batch[:0]
+		c.wrote = inline
+	}
+}
+
+// writeBatch writes a batch of queued requests into the corked TLS connection
+// (writing role held).
+func (c *conn) writeBatch(batch []wreq) {
+	if c.werr == nil {
+		c.raw.cork()
+		c.dirty = true
+	}
+	for i := range batch {
+		r := &batch[i]
+		if c.werr == nil {
+			c.werr = c.writeOne(r)
+			if c.werr != nil {
+				if c.werr == errGraceful {
+					c.closeWith(c.takePendingErr())
+				} else {
+					c.closeWith(fmt.Errorf("hbone: write: %w", c.werr))
 				}
 			}
-			if r.notify {
-				r.s.wdone <- werr
-			}
-			*r = wreq{}
 		}
-		if werr != nil {
-			continue
+		if r.notify {
+			r.s.wdone <- c.werr
 		}
-		c.wqMu.Lock()
-		drained := len(c.wq) == 0
-		c.wqMu.Unlock()
-		if drained {
-			if werr = c.flush(); werr != nil {
-				c.closeWith(fmt.Errorf("hbone: write: %w", werr))
-			}
-		}
+		*r = wreq{}
 	}
 }
 

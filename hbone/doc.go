@@ -4,12 +4,17 @@
 //
 // The HTTP/2 connection handling is our own, built on the Framer and HPACK of
 // golang.org/x/net/http2: large flow-control windows with batched
-// WINDOW_UPDATEs, real half-close in both directions, one writer per
+// WINDOW_UPDATEs, real half-close in both directions, one write queue per
 // connection that coalesces frames into as few TLS records and syscalls as
-// possible, keepalive PINGs and graceful GOAWAY.
+// possible (drained by the goroutine that wants its frames out when nobody else
+// is writing, else by the connection's writer goroutine), keepalive PINGs and
+// graceful GOAWAY. Streams implement io.WriterTo, so io.Copy from a stream
+// writes straight out of its receive buffer.
 //
 // Client side: a Pool dials CONNECT streams (*Conn) over connections pooled
-// by (source identity, destination identity, address). Server side: a Server
+// by (source identity, destination identity, address); Dial waits for the
+// answer, DialEarly lets data follow the request at once and reports a refusal
+// on Read/Write (one round trip less per connection). Server side: a Server
 // hands each validated CONNECT request to a Handler as a *Stream, which the
 // handler answers with Accept or Reject. The wire protocol is specified in
 // docs/hbone.md.

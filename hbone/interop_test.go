@@ -135,8 +135,12 @@ func TestInteropOurPoolToXNetServer(t *testing.T) {
 	}()
 
 	p := newTestPool(t, nil)
-	for i := 0; i < 3; i++ { // several streams on one pooled connection
-		c, err := p.Dial(context.Background(), testReq(l.Addr().String()))
+	for i := 0; i < 4; i++ { // several streams on one pooled connection
+		dial := p.Dial
+		if i%2 == 1 {
+			dial = p.DialEarly // data before x/net's 200
+		}
+		c, err := dial(context.Background(), testReq(l.Addr().String()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,5 +176,13 @@ func TestInteropOurPoolToXNetServer(t *testing.T) {
 	if _, err := p.Dial(context.Background(), req); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("x/net 400: %v", err)
 	}
+	c, err := p.DialEarly(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("x/net 400 after DialEarly: %v", err)
+	}
+	c.Close()
 	p.Close()
 }

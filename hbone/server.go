@@ -80,11 +80,12 @@ func (s *Stream) Accept() error {
 	}
 	st.answered = true
 	st.canSend = true
-	ok := st.sendHeadersLocked(status200, false)
+	ok := st.pushHeadersLocked(status200, false)
 	st.mu.Unlock()
 	if !ok {
 		return st.c.closeErr() // takes c.mu: never while holding st.mu
 	}
+	st.c.writeNow() // the handler's goroutine writes the 200 itself: no hand-off
 	return nil
 }
 

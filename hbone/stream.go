@@ -111,6 +111,7 @@ type stream struct {
 	recvAvail   int64
 	recvUnacked int64
 	readClosed  bool
+	writingOut  bool  // WriteTo is writing from chunks[0] without the lock
 	localEnd    bool  // END_STREAM or RST sent
 	wErr        error // write-side failure (reset, connection closed)
 	closed      bool
@@ -126,10 +127,12 @@ type stream struct {
 	rdl, wdl deadline
 
 	// client
-	respCh  chan struct{}
-	gotResp bool
-	status  int
-	respErr error
+	respCh   chan struct{}
+	gotResp  bool
+	status   int
+	respErr  error
+	early    bool        // DialEarly: sending before the answer; errors surface in Read/Write
+	stopWait func() bool // early: stops the wait for the answer
 
 	// server
 	req      *ConnectRequest
@@ -401,10 +404,29 @@ func (s *stream) onResponseHeaders(f *http2.MetaHeadersFrame) {
 	s.status = code
 	s.canSend = code == http.StatusOK
 	close(s.respCh)
+	stop := s.stopWait
+	s.stopWait = nil
+	if s.early && code != http.StatusOK {
+		// Read and Write report the refusal, as Dial would have.
+		err := &StatusError{Code: code}
+		if s.wErr == nil {
+			s.wErr = err
+		}
+		if !s.remoteEnd {
+			s.setREndLocked(err)
+		} else if s.rErr == io.EOF {
+			s.rErr = err
+		}
+	}
 	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if f.StreamEnded() {
 		s.onRemoteEnd()
 	}
+	s.wakeReader()
+	s.wakeWriter()
 }
 
 // ---- net.Conn ----
@@ -470,12 +492,87 @@ func (s *stream) copyOutLocked(p []byte) int {
 	return n
 }
 
+// WriteTo writes received data to w straight from the receive buffer (one
+// copy less than Read into a caller's buffer) until the peer ends its side;
+// io.Copy uses it. Received bytes are returned to the peer's windows once w
+// took them.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if s.rdl.expired() {
+			return total, os.ErrDeadlineExceeded
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return total, net.ErrClosed
+		}
+		if s.rlen > 0 {
+			c0 := s.chunks[0]
+			p := c0[s.roff:]
+			s.writingOut = true
+			s.mu.Unlock()
+			n, werr := w.Write(p)
+			s.mu.Lock()
+			s.writingOut = false
+			if len(s.chunks) > 0 && &s.chunks[0][:1][0] == &c0[:1][0] {
+				s.consumeLocked(n)
+				s.mu.Unlock()
+				if n > 0 {
+					s.c.creditConn(int64(n))
+					s.creditStream(int64(n))
+				}
+			} else {
+				s.mu.Unlock() // dropped meanwhile (Close, CloseRead): already credited
+			}
+			total += int64(n)
+			if werr != nil {
+				return total, werr
+			}
+			continue
+		}
+		if s.rErr != nil {
+			err := s.rErr
+			s.mu.Unlock()
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.rWake:
+		case <-s.rDone:
+		case <-s.closedCh:
+		case <-s.rdl.wait():
+		}
+	}
+}
+
+// consumeLocked drops n bytes from the head of the receive buffer.
+func (s *stream) consumeLocked(n int) {
+	s.roff += n
+	s.rlen -= n
+	c0 := s.chunks[0]
+	if s.roff < len(c0) || (len(s.chunks) == 1 && s.filling) {
+		return
+	}
+	putBuf(c0)
+	copy(s.chunks, s.chunks[1:])
+	s.chunks[len(s.chunks)-1] = nil
+	s.chunks = s.chunks[:len(s.chunks)-1]
+	s.roff = 0
+}
+
 // dropBufferLocked discards unread data and returns how many bytes it was.
 func (s *stream) dropBufferLocked() int {
 	n := s.rlen
 	for i, b := range s.chunks {
 		if i == len(s.chunks)-1 && s.filling {
 			break // still being written into; let the GC have it
+		}
+		if i == 0 && s.writingOut {
+			continue // WriteTo is writing from it; let the GC have it
 		}
 		putBuf(b)
 	}
@@ -592,10 +689,13 @@ func (s *stream) send(p []byte) error {
 		s.unreserve(len(p))
 		return err
 	}
-	ok := s.c.enqueue(wreq{kind: wData, s: s, notify: true, streamID: s.id, data: p})
+	ok, inline := s.c.pushData(wreq{kind: wData, s: s, streamID: s.id, data: p})
 	s.mu.Unlock()
 	if !ok {
 		return s.c.closeErr()
+	}
+	if inline {
+		return s.c.drain(true)
 	}
 	select {
 	case err := <-s.wdone:
@@ -625,8 +725,9 @@ func (s *stream) CloseWrite() error {
 		return nil
 	}
 	s.localEnd = true
-	s.c.enqueue(wreq{kind: wData, streamID: s.id, end: true})
+	s.c.push(wreq{kind: wData, streamID: s.id, end: true})
 	s.mu.Unlock()
+	s.c.writeNow() // the caller sends END_STREAM itself: no hand-off
 	s.wakeWriter()
 	s.c.removeIfDone(s)
 	return nil
@@ -710,6 +811,12 @@ func (s *stream) SetWriteDeadline(t time.Time) error { s.wdl.set(t); return nil 
 // sendHeaders queues a HEADERS frame on the stream (caller holds s.mu).
 func (s *stream) sendHeadersLocked(hdrs []hpack.HeaderField, end bool) bool {
 	return s.c.enqueue(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs, end: end})
+}
+
+// pushHeadersLocked queues a HEADERS frame without waking the writer (caller
+// holds s.mu and calls c.writeNow after releasing it).
+func (s *stream) pushHeadersLocked(hdrs []hpack.HeaderField, end bool) bool {
+	return s.c.push(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs, end: end})
 }
 
 func errEOF() error { return io.EOF }

@@ -31,14 +31,20 @@ type counter struct{ n atomic.Int64 }
 // pump copies a->b and b->a until both directions end. When one direction reaches EOF
 // the write side of the other connection is half-closed, so protocols that rely on
 // half-close (request, then EOF, then response) keep working end to end. An error in
-// either direction aborts both. Both connections are closed on return.
+// either direction aborts both. Both connections are closed on return. One direction runs
+// in the calling goroutine: one goroutine start and one wake-up less per connection.
 func pump(a, b net.Conn, aToB, bToA *counter) error {
-	errc := make(chan error, 2)
-	go func() { errc <- copyHalf(b, a, aToB) }()
-	go func() { errc <- copyHalf(a, b, bToA) }()
-	var first error
-	for i := 0; i < 2; i++ {
-		if err := <-errc; err != nil && first == nil {
+	var (
+		mu    sync.Mutex
+		first error
+	)
+	fail := func(err error) {
+		if err == nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
 			first = err
 			// Unblock the other direction promptly.
 			now := time.Now()
@@ -46,6 +52,13 @@ func pump(a, b net.Conn, aToB, bToA *counter) error {
 			_ = b.SetDeadline(now)
 		}
 	}
+	done := make(chan struct{})
+	go func() {
+		fail(copyHalf(a, b, bToA))
+		close(done)
+	}()
+	fail(copyHalf(b, a, aToB))
+	<-done
 	_ = a.Close()
 	_ = b.Close()
 	return first
@@ -57,11 +70,16 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	var err error
 	dt, dok := dst.(*net.TCPConn)
 	st, sok := src.(*net.TCPConn)
-	if dok && sok {
+	wt, wok := src.(io.WriterTo)
+	switch {
+	case dok && sok:
 		var n int64
 		n, err = dt.ReadFrom(st)
 		c.n.Add(n)
-	} else {
+	case wok && !sok:
+		// An HBONE stream writes its receive buffer out directly: no copy buffer.
+		_, err = wt.WriteTo(countingWriter{dst, c})
+	default:
 		err = copyBuf(dst, src, c)
 	}
 	if err != nil {
@@ -74,6 +92,18 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 		return nil
 	}
 	return dst.Close()
+}
+
+// countingWriter counts what reaches w, live.
+type countingWriter struct {
+	w io.Writer
+	c *counter
+}
+
+func (cw countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.c.n.Add(int64(n))
+	return n, err
 }
 
 func copyBuf(dst io.Writer, src io.Reader, c *counter) error {

@@ -242,7 +242,7 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 			for i := range b.paths {
 				p := b.paths[(i+rep)%len(b.paths)]
 				progress("rep %d/%d %-16s %s", rep+1, b.cfg.Reps, t.name, p.name)
-				b.record(ctx, p, t.name, rep, t.fn)
+				b.record(ctx, p, t.name, rep, b.profiled(p, t.name, rep, t.fn))
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -257,6 +257,44 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 	b.env.Seconds = time.Since(b.start).Seconds()
 	sums := summarise(b.cfg.Paths, b.runs, b.notes)
 	return &Report{Env: b.env, Summary: sums, Targets: targets(sums), Runs: b.runs}, nil
+}
+
+// profiled wraps fn so that, with -profile, CPU profiles of both ztunnels are taken while
+// Ambit runs the single-stream and connection-rate tests.
+func (b *bench) profiled(p *benchPath, test string, rep int, fn func(context.Context, *benchPath) Run) func(context.Context, *benchPath) Run {
+	var d time.Duration
+	switch test {
+	case TestStream1:
+		d = b.cfg.Stream
+	case TestConnRate:
+		d = b.cfg.Conn
+	}
+	if b.cfg.Profile == "" || p.name != "ambit" || d == 0 || b.fab.profile == nil {
+		return fn
+	}
+	return func(ctx context.Context, p *benchPath) Run {
+		if err := os.MkdirAll(b.cfg.Profile, 0o755); err != nil {
+			progress("  profile: %v", err)
+			return fn(ctx, p)
+		}
+		nodes := b.fab.topo.Nodes[:2]
+		ext := ".pprof"
+		if os.Getenv("AMBIT_BENCH_TRACE") != "" {
+			ext = ".trace" // an execution trace instead of a CPU profile
+		}
+		errc := make(chan error, len(nodes))
+		for _, n := range nodes {
+			file := filepath.Join(b.cfg.Profile, fmt.Sprintf("ztunnel-%s-%s-rep%d%s", n.Name, test, rep+1, ext))
+			go func() { errc <- b.fab.profile(ctx, n, d, file) }()
+		}
+		r := fn(ctx, p)
+		for range nodes {
+			if err := <-errc; err != nil {
+				progress("  profile: %v", err)
+			}
+		}
+		return r
+	}
 }
 
 // record runs one measurement and keeps it, with the load average at its start.

@@ -5,9 +5,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
+	"github.com/ambitmesh/ambit/ztunnel"
 )
 
 // startFabric starts the whole mesh (CA and a ztunnel per node) with pod0 of each node
@@ -43,6 +49,7 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 				}
 				return sumMetric(text, "istio_tcp_connections_opened_total"), nil
 			}
+			f.profile = profileZtunnel
 			f.podRoles()
 			return f, nil
 		}
@@ -54,4 +61,40 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 		return f, nil
 	}
 	return bareFabric()
+}
+
+// profileZtunnel fetches a CPU profile of the node's ztunnel from its admin port
+// (net/http/pprof) over d and writes it to file.
+func profileZtunnel(ctx context.Context, node *netns.Node, d time.Duration, file string) error {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	kind := "profile"
+	if filepath.Ext(file) == ".trace" {
+		kind = "trace" // an execution trace: go tool trace -pprof=sched shows scheduling delays
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/%s?seconds=%d", ztunnel.PortAdmin, kind, secs)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	c := &http.Client{
+		Timeout:   d + 30*time.Second,
+		Transport: &http.Transport{DialContext: node.NS.DialContext, DisableKeepAlives: true},
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("cpu profile of %s: %w", node.Name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("cpu profile of %s: %s", node.Name, resp.Status)
+	}
+	out, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		out.Close()
+		return fmt.Errorf("cpu profile of %s: %w", node.Name, err)
+	}
+	return out.Close()
 }

@@ -47,6 +47,7 @@ type config struct {
 	Paths                         []string
 	Bin, Tools                    string
 	JSON, SVG, Markdown, FromJSON string
+	Profile                       string // directory for ztunnel CPU profiles
 	ZtunnelArgs                   []string
 }
 
@@ -71,6 +72,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.SVG, "svg", "", "write bar charts as SVG to this file")
 	fs.StringVar(&c.Markdown, "md", "", "write the result tables as Markdown to this file")
 	fs.StringVar(&c.FromJSON, "from-json", "", "measure nothing: render the report in this JSON file again")
+	fs.StringVar(&c.Profile, "profile", "", "save CPU profiles of both ztunnels during Ambit's single-stream and connection-rate runs to this directory")
 	fs.StringVar(&ztArgs, "ztunnel-args", "", "extra ztunnel arguments, space-separated (e.g. -log-level=warn)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -123,7 +125,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	c.Paths = ordered
 	c.ZtunnelArgs = strings.Fields(ztArgs)
-	for _, d := range []*string{&c.Bin, &c.Tools} {
+	for _, d := range []*string{&c.Bin, &c.Tools, &c.Profile} {
 		if *d != "" {
 			abs, err := filepath.Abs(*d)
 			if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ambitmesh/ambit/tests/netns"
 )
@@ -174,8 +175,10 @@ type fabric struct {
 	meshClient, meshServer   *netns.Pod // namespace "mesh": enrolled
 	ztunnelPID               func(node string) int
 	connsOpened              func(context.Context) (float64, error) // node1 ztunnel's counter
-	ambitErr                 error                                  // why Ambit is not available
-	close                    func() error
+	// profile saves a CPU profile of node's ztunnel over d to file (nil without the mesh).
+	profile  func(ctx context.Context, node *netns.Node, d time.Duration, file string) error
+	ambitErr error // why Ambit is not available
+	close    func() error
 }
 
 // podRoles names the pods: on each node pod0 is enrolled and pod1 is plain.
