@@ -257,8 +257,13 @@ func TestCANodeScopedKube(t *testing.T) {
 	if err := issue("node1", "server"); !errors.Is(err, identity.ErrNotAuthorized) {
 		t.Fatalf("node1 asking for node2's identity: %v, want ErrNotAuthorized", err)
 	}
-	if !bytes.Contains([]byte(m.Logs()), []byte("ca identity refused")) {
-		t.Fatalf("the refusal was not logged")
+	// The CA's output reaches us through a pipe: give it a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for !bytes.Contains([]byte(m.Logs()), []byte("ca identity refused")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refusal was not logged")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
