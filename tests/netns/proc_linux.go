@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -48,13 +49,28 @@ func (t *Topology) Start(cmd *exec.Cmd) (*Proc, error) {
 		// A grandchild holding the output pipe must not block Wait forever.
 		cmd.WaitDelay = 2 * time.Second
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+	// A test binary that dies (a panic skips every cleanup) must not leave its processes
+	// running: they get SIGKILL when the thread that forked them exits. That thread is
+	// locked for exactly the life of the process (fork and wait happen on it).
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		p.waitErr = cmd.Wait()
 		close(p.done)
 	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
 	t.mu.Lock()
 	closed := t.closed
 	if !closed {
