@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -23,6 +24,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
 // ServiceCIDR is the cluster's service IP range (--service-cluster-ip-range), outside the
@@ -73,13 +76,13 @@ type Cluster struct {
 	etcdPort  int
 	apiLog    io.Writer
 	etcdLog   io.Writer
-	apiTail   *tailBuffer
-	etcdTail  *tailBuffer
+	apiTail   *tooling.TailBuffer
+	etcdTail  *tooling.TailBuffer
 	logFiles  []*os.File
 
 	mu        sync.Mutex
-	apiserver *proc
-	etcd      *proc
+	apiserver *tooling.Proc
+	etcd      *tooling.Proc
 	closed    bool
 }
 
@@ -120,8 +123,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		URL:      "https://" + netip.AddrPortFrom(opts.BindAddress, opts.Port).String(),
 		Dir:      opts.Dir,
 		opts:     opts,
-		apiTail:  &tailBuffer{max: 64 << 10},
-		etcdTail: &tailBuffer{max: 64 << 10},
+		apiTail:  &tooling.TailBuffer{Max: 64 << 10},
+		etcdTail: &tooling.TailBuffer{Max: 64 << 10},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if c.Dir == "" {
@@ -173,7 +176,7 @@ func (c *Cluster) prepare() error {
 	}
 	for _, l := range []struct {
 		name string
-		tail *tailBuffer
+		tail *tooling.TailBuffer
 		w    *io.Writer
 	}{{"kube-apiserver.log", c.apiTail, &c.apiLog}, {"etcd.log", c.etcdTail, &c.etcdLog}} {
 		f, err := os.OpenFile(filepath.Join(c.Dir, l.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -226,7 +229,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 			"--unsafe-no-fsync", // test data; fsync would dominate start-up and writes
 			"--log-level=warn",
 		}
-		p, err := startProc("etcd", c.opts.Command(c.ctx, c.opts.Binaries.Etcd, args...), c.etcdLog)
+		p, err := tooling.Start("etcd", c.opts.Command(c.ctx, c.opts.Binaries.Etcd, args...), c.etcdLog)
 		if err != nil {
 			return err
 		}
@@ -236,13 +239,13 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		// etcd's loopback may be in another namespace than Dial reaches; /proc/<pid>/net
 		// shows the sockets of the process's own namespace.
 		lastErr = waitFor(ctx, p, func(context.Context) error {
-			return listening(p.cmd.Process.Pid, ports[0])
+			return listening(p.Cmd.Process.Pid, ports[0])
 		})
 		if lastErr == nil {
 			c.etcdPort = ports[0]
 			return nil
 		}
-		_ = p.stop()
+		_ = p.Stop(syscall.SIGTERM, stopGrace)
 		if ctx.Err() != nil || !strings.Contains(c.etcdTail.String(), "address already in use") {
 			break
 		}
@@ -287,11 +290,11 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 		c.mu.Unlock()
 		return errors.New("start kube-apiserver: cluster closed")
 	}
-	if c.apiserver != nil && !c.apiserver.exited() {
+	if c.apiserver != nil && !c.apiserver.Exited() {
 		c.mu.Unlock()
 		return errors.New("start kube-apiserver: already running")
 	}
-	p, err := startProc("kube-apiserver", c.opts.Command(c.ctx, c.opts.Binaries.APIServer, c.apiServerArgs()...), c.apiLog)
+	p, err := tooling.Start("kube-apiserver", c.opts.Command(c.ctx, c.opts.Binaries.APIServer, c.apiServerArgs()...), c.apiLog)
 	if err != nil {
 		c.mu.Unlock()
 		return err
@@ -324,7 +327,7 @@ func (c *Cluster) StopAPIServer() error {
 	if p == nil {
 		return nil
 	}
-	return p.stop()
+	return p.Stop(syscall.SIGTERM, stopGrace)
 }
 
 // RestartAPIServer stops the apiserver and starts it again on the same address and etcd.
@@ -347,10 +350,10 @@ func (c *Cluster) Close() error {
 	c.mu.Unlock()
 	var errs []error
 	if api != nil {
-		errs = append(errs, api.stop())
+		errs = append(errs, api.Stop(syscall.SIGTERM, stopGrace))
 	}
 	if etcd != nil {
-		errs = append(errs, etcd.stop())
+		errs = append(errs, etcd.Stop(syscall.SIGTERM, stopGrace))
 	}
 	c.cancel()
 	for _, f := range c.logFiles {
@@ -454,7 +457,7 @@ func (c *Cluster) Logs() string {
 	var b strings.Builder
 	for _, l := range []struct {
 		name string
-		tail *tailBuffer
+		tail *tooling.TailBuffer
 	}{{"kube-apiserver", c.apiTail}, {"etcd", c.etcdTail}} {
 		s := l.tail.String()
 		if s == "" {
@@ -478,7 +481,7 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 }
 
 // waitFor polls check until it returns nil, p exits, or ctx ends.
-func waitFor(ctx context.Context, p *proc, check func(context.Context) error) error {
+func waitFor(ctx context.Context, p *tooling.Proc, check func(context.Context) error) error {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	var last error
@@ -490,8 +493,8 @@ func waitFor(ctx context.Context, p *proc, check func(context.Context) error) er
 			return nil
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited: %v (last check: %v)", p.name, p.err, last)
+		case <-p.Done():
+			return fmt.Errorf("%w (last check: %v)", p.ExitError(), last)
 		case <-ctx.Done():
 			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
 		case <-t.C:
@@ -540,3 +543,6 @@ func freeLoopbackPorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// stopGrace is how long a TERMed server gets before SIGKILL.
+const stopGrace = 20 * time.Second

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
 // Agent is a spire-agent for one node: join_token node attestor, disk key manager (so a
@@ -34,12 +36,12 @@ type Agent struct {
 	delegates []string
 	dataDir   string
 	config    string
-	tail      *tailBuffer
+	tail      *tooling.TailBuffer
 	log       io.Writer
 
 	mu    sync.Mutex
 	token string
-	proc  *proc
+	proc  *tooling.Proc
 }
 
 // WorkloadAddr is the Workload API address for go-spiffe's workloadapi.WithAddr.
@@ -88,7 +90,7 @@ func (s *Server) StartAgent(ctx context.Context, node string, delegates []string
 		delegates:      append([]string(nil), delegates...),
 		dataDir:        filepath.Join(dir, "data"),
 		config:         filepath.Join(dir, "agent.conf"),
-		tail:           &tailBuffer{max: 64 << 10},
+		tail:           &tooling.TailBuffer{Max: 64 << 10},
 	}
 	for _, p := range []string{a.WorkloadSocket, a.AdminSocket} {
 		if err := checkSocketPath(p); err != nil {
@@ -128,7 +130,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	defer cancel()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.proc != nil && !a.proc.exited() {
+	if a.proc != nil && !a.proc.Exited() {
 		return fmt.Errorf("start agent %s: already running", a.Node)
 	}
 	a.server.mu.Lock()
@@ -154,19 +156,19 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}
 	s := a.server
-	p, err := startProc("spire-agent "+a.Node, s.opts.Command(s.ctx, s.opts.Binaries.Agent, "run", "-config", a.config), a.log)
+	p, err := tooling.Start("spire-agent "+a.Node, s.opts.Command(s.ctx, s.opts.Binaries.Agent, "run", "-config", a.config), a.log)
 	if err != nil {
 		return err
 	}
 	a.proc = p
 	if err := a.waitSockets(ctx, p); err != nil {
-		_ = p.stop(syscall.SIGKILL)
-		return fmt.Errorf("start agent %s: %w\nagent log:\n%s", a.Node, err, tail([]byte(a.tail.String()), 4<<10))
+		_ = p.Stop(syscall.SIGKILL, stopGrace)
+		return fmt.Errorf("start agent %s: %w\nagent log:\n%s", a.Node, err, lastBytes(a.tail.String(), 4<<10))
 	}
 	// Attestation completes, and is stored, before the agent opens its sockets.
 	svid, err := a.cachedSVID()
 	if err != nil {
-		_ = p.stop(syscall.SIGKILL)
+		_ = p.Stop(syscall.SIGKILL, stopGrace)
 		return fmt.Errorf("start agent %s: %w", a.Node, err)
 	}
 	a.SPIFFEID = svid.URIs[0].String()
@@ -203,7 +205,7 @@ func (a *Agent) agentConfig() string {
 	return b.String()
 }
 
-func (a *Agent) waitSockets(ctx context.Context, p *proc) error {
+func (a *Agent) waitSockets(ctx context.Context, p *tooling.Proc) error {
 	for {
 		ready := true
 		for _, path := range []string{a.WorkloadSocket, a.AdminSocket} {
@@ -214,13 +216,13 @@ func (a *Agent) waitSockets(ctx context.Context, p *proc) error {
 		if ready {
 			return nil
 		}
-		if p.exited() {
-			return p.exitError()
+		if p.Exited() {
+			return p.ExitError()
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for the agent's sockets: %w", ctx.Err())
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -269,12 +271,12 @@ func (a *Agent) signal(sig syscall.Signal) error {
 	if p == nil {
 		return nil
 	}
-	return p.stop(sig)
+	return p.Stop(sig, stopGrace)
 }
 
 // Running reports whether the agent process is alive.
 func (a *Agent) Running() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.proc != nil && !a.proc.exited()
+	return a.proc != nil && !a.proc.Exited()
 }

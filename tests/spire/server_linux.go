@@ -27,6 +27,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthv1 "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
 // TunnelPath is the SPIFFE ID path of the node tunnel (ztunnel) that RegisterTunnel
@@ -91,11 +93,11 @@ type Server struct {
 	cancel    context.CancelFunc
 	removeDir bool
 	conn      *grpc.ClientConn
-	tail      *tailBuffer
+	tail      *tooling.TailBuffer
 	logFiles  []*os.File
 
 	mu     sync.Mutex
-	proc   *proc
+	proc   *tooling.Proc
 	agents []*Agent
 	closed bool
 }
@@ -139,7 +141,7 @@ func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
 		TrustDomain: td.Name(),
 		opts:        opts,
 		td:          td,
-		tail:        &tailBuffer{max: 64 << 10},
+		tail:        &tooling.TailBuffer{Max: 64 << 10},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.Dir == "" {
@@ -191,7 +193,7 @@ func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create server API client: %w", err)
 	}
-	p, err := startProc("spire-server", opts.Command(s.ctx, opts.Binaries.Server, "run", "-config", config), w)
+	p, err := tooling.Start("spire-server", opts.Command(s.ctx, opts.Binaries.Server, "run", "-config", config), w)
 	if err != nil {
 		return nil, err
 	}
@@ -227,12 +229,12 @@ func (s *Server) serverConfig(dir string, port int) string {
 	return b.String()
 }
 
-func (s *Server) waitHealthy(ctx context.Context, p *proc) error {
+func (s *Server) waitHealthy(ctx context.Context, p *tooling.Proc) error {
 	health := healthv1.NewHealthClient(s.conn)
 	var last error
 	for {
-		if p.exited() {
-			return p.exitError()
+		if p.Exited() {
+			return p.ExitError()
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		resp, err := health.Check(cctx, &healthv1.HealthCheckRequest{})
@@ -248,14 +250,14 @@ func (s *Server) waitHealthy(ctx context.Context, p *proc) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for spire-server to be healthy: %w (last: %v)", ctx.Err(), last)
-		case <-p.done:
+		case <-p.Done():
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
 // logWriter opens (appending) a log file under Dir and returns it teed with tail.
-func (s *Server) logWriter(path string, tail *tailBuffer) (io.Writer, error) {
+func (s *Server) logWriter(path string, tail *tooling.TailBuffer) (io.Writer, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open log %s: %w", path, err)
@@ -285,7 +287,7 @@ func (s *Server) Close() error {
 		}
 	}
 	if p != nil {
-		if err := p.stop(syscall.SIGTERM); err != nil {
+		if err := p.Stop(syscall.SIGTERM, stopGrace); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -502,4 +504,15 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, startTimeout)
+}
+
+// stopGrace is how long a TERMed process gets before SIGKILL.
+const stopGrace = 10 * time.Second
+
+// lastBytes is the end of s, at most n bytes, for failure messages.
+func lastBytes(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
