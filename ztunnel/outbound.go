@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync/atomic"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
@@ -235,7 +232,3 @@ func (z *Ztunnel) logAttrs(ci *connInfo) []any {
 	}
 	return attrs
 }
-
-func portString(p uint16) string { return strconv.Itoa(int(p)) }
-
-var _ = spiffeid.ID{}

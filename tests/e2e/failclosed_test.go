@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,4 +109,3 @@ func TestBadModelRejected(t *testing.T) {
 	}
 }
 
-var _ net.Conn
