@@ -60,6 +60,13 @@ func TestRealSPIRECARotation(t *testing.T) {
 	s.SetWanted([]spiffeid.ID{pod})
 	runSource(t, s)
 
+	// Like ztunnel's readiness: own SVID, bundle and the pod SVID, before any handshake.
+	for !s.Ready() {
+		if ctx.Err() != nil {
+			t.Fatalf("source not ready: %s", s.Status())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	first, err := s.Certificate(ctx, pod)
 	if err != nil {
 		t.Fatalf("pod SVID: %v", err)
