@@ -111,9 +111,12 @@ type stream struct {
 	recvAvail   int64
 	recvUnacked int64
 	readClosed  bool
-	writingOut  bool  // WriteTo is writing from chunks[0] without the lock
-	localEnd    bool  // END_STREAM or RST sent
-	wErr        error // write-side failure (reset, connection closed)
+	writingOut  bool      // WriteTo or the read loop is writing from chunks[0] without the lock
+	sink        TryWriter // WriteTo's destination while it runs, when it takes non-blocking writes
+	parked      bool      // WriteTo waits for data: the read loop may deliver to sink itself
+	delivered   int64     // bytes the read loop wrote to sink, for WriteTo's count
+	localEnd    bool      // END_STREAM or RST sent
+	wErr        error     // write-side failure (reset, connection closed)
 	closed      bool
 	closedCh    chan struct{}
 	removed     bool
@@ -245,8 +248,16 @@ func (s *stream) fill(r io.Reader, n int64) error {
 			k := len(s.chunks) - 1
 			s.chunks[k] = s.chunks[k][:len(s.chunks[k])+len(dst)]
 			s.rlen += len(dst)
+			direct := s.sink != nil && s.parked && !s.writingOut
+			if direct {
+				s.writingOut = true
+			}
 			s.mu.Unlock()
-			s.wakeReader()
+			if direct {
+				s.deliver()
+			} else {
+				s.wakeReader()
+			}
 		}
 		if err != nil {
 			return err
@@ -254,6 +265,51 @@ func (s *stream) fill(r io.Reader, n int64) error {
 		n -= int64(len(dst))
 	}
 	return nil
+}
+
+// deliver writes buffered data to the parked WriteTo's destination from the read loop,
+// without blocking, and wakes WriteTo only for what the destination did not take. The
+// caller has claimed writingOut.
+func (s *stream) deliver() {
+	for {
+		s.mu.Lock()
+		if s.closed || s.rlen == 0 || !s.parked {
+			s.writingOut = false
+			wake := !s.parked
+			s.mu.Unlock()
+			if wake {
+				s.wakeReader()
+			}
+			return
+		}
+		c0 := s.chunks[0]
+		p := c0[s.roff:]
+		tw := s.sink
+		s.mu.Unlock()
+
+		n, err := tw.TryWrite(p)
+
+		s.mu.Lock()
+		if len(s.chunks) > 0 && &s.chunks[0][:1][0] == &c0[:1][0] {
+			s.consumeLocked(n)
+		} else {
+			n = 0 // dropped meanwhile (Close, CloseRead): already credited
+		}
+		s.delivered += int64(n)
+		more := err == nil && n == len(p)
+		if !more {
+			s.writingOut = false
+		}
+		s.mu.Unlock()
+		if n > 0 {
+			s.c.creditConn(int64(n))
+			s.creditStream(int64(n))
+		}
+		if !more {
+			s.wakeReader() // WriteTo writes the rest, or meets the error itself
+			return
+		}
+	}
 }
 
 // creditStream returns consumed bytes to the peer's stream window in batches
@@ -496,16 +552,36 @@ func (s *stream) copyOutLocked(p []byte) int {
 // copy less than Read into a caller's buffer) until the peer ends its side;
 // io.Copy uses it. Received bytes are returned to the peer's windows once w
 // took them.
-func (s *stream) WriteTo(w io.Writer) (int64, error) {
-	var total int64
+func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
+	s.mu.Lock()
+	s.sink = NonBlocking(w)
+	s.delivered = 0
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.sink, s.parked = nil, false
+		total += s.delivered
+		s.mu.Unlock()
+	}()
 	for {
 		if s.rdl.expired() {
 			return total, os.ErrDeadlineExceeded
 		}
 		s.mu.Lock()
+		s.parked = false
 		if s.closed {
 			s.mu.Unlock()
 			return total, net.ErrClosed
+		}
+		if s.writingOut {
+			// The read loop is delivering to w; it wakes us when it stops.
+			s.mu.Unlock()
+			select {
+			case <-s.rWake:
+			case <-s.closedCh:
+			case <-s.rdl.wait():
+			}
+			continue
 		}
 		if s.rlen > 0 {
 			c0 := s.chunks[0]
@@ -539,6 +615,7 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			return total, err
 		}
+		s.parked = s.sink != nil
 		s.mu.Unlock()
 		select {
 		case <-s.rWake:

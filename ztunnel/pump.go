@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ambitmesh/ambit/hbone"
 )
 
 // Copy buffers come in two sizes. A connection starts with a small buffer, so idle and
@@ -77,8 +79,13 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 		n, err = dt.ReadFrom(st)
 		c.n.Add(n)
 	case wok && !sok:
-		// An HBONE stream writes its receive buffer out directly: no copy buffer.
-		_, err = wt.WriteTo(countingWriter{dst, c})
+		// An HBONE stream writes its receive buffer out directly: no copy buffer. When
+		// dst is a socket, the connection's read loop may write to it directly.
+		var w io.Writer = countingWriter{dst, c}
+		if tw := hbone.NonBlocking(dst); tw != nil {
+			w = countingTryWriter{countingWriter{dst, c}, tw}
+		}
+		_, err = wt.WriteTo(w)
 	default:
 		err = copyBuf(dst, src, c)
 	}
@@ -102,6 +109,18 @@ type countingWriter struct {
 
 func (cw countingWriter) Write(p []byte) (int, error) {
 	n, err := cw.w.Write(p)
+	cw.c.n.Add(int64(n))
+	return n, err
+}
+
+// countingTryWriter is a countingWriter that also takes non-blocking writes.
+type countingTryWriter struct {
+	countingWriter
+	tw hbone.TryWriter
+}
+
+func (cw countingTryWriter) TryWrite(p []byte) (int, error) {
+	n, err := cw.tw.TryWrite(p)
 	cw.c.n.Add(int64(n))
 	return n, err
 }

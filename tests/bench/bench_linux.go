@@ -214,9 +214,11 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 		return nil, errors.New("no path could be set up")
 	}
 
-	progress("memory: %d idle connections per path", b.cfg.IdleConns)
+	if contains(b.cfg.Tests, TestIdle) {
+		progress("memory: %d idle connections per path", b.cfg.IdleConns)
+	}
 	for _, p := range b.paths {
-		if len(p.ends) == 0 {
+		if len(p.ends) == 0 || !contains(b.cfg.Tests, TestIdle) {
 			continue
 		}
 		if p.noMem != "" {
@@ -237,6 +239,9 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 	}
 	for rep := 0; rep < b.cfg.Reps; rep++ {
 		for _, t := range tests {
+			if !contains(b.cfg.Tests, t.name) {
+				continue
+			}
 			// Interleaved: every path runs each test before the next test, in an order
 			// rotated per repetition so no path always follows the same one.
 			for i := range b.paths {

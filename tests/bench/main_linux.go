@@ -47,20 +47,25 @@ type config struct {
 	Paths                         []string
 	Bin, Tools                    string
 	JSON, SVG, Markdown, FromJSON string
-	Profile                       string // directory for ztunnel CPU profiles
+	Profile                       string   // directory for ztunnel CPU profiles
+	Tests                         []string // tests to run, in allTests order
 	ZtunnelArgs                   []string
 }
 
 // allPaths in the order they are reported.
 var allPaths = []string{"direct", "socat", "ghostunnel", "stunnel", "istio-hbone", "ambit"}
 
+// allTests in the order each repetition runs them (the idle-connection test runs once, first).
+var allTests = []string{TestIdle, TestStream1, TestStream8, TestLat200, TestLat1000, TestConnRate}
+
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var c config
-	var paths, ztArgs string
+	var paths, tests, ztArgs string
 	fs.BoolVar(&c.Smoke, "smoke", false, "one short repetition per path (CI)")
 	fs.IntVar(&c.Reps, "reps", 0, "repetitions (default 3, smoke 1)")
 	fs.StringVar(&paths, "paths", strings.Join(allPaths, ","), "comma-separated paths to measure")
+	fs.StringVar(&tests, "tests", strings.Join(allTests, ","), "comma-separated tests to run (A/B comparisons of one figure)")
 	fs.IntVar(&c.IdleConns, "idle-conns", 0, "idle connections held for the memory figure (default 10000, smoke 200)")
 	fs.StringVar(&c.Bin, "bin", "", "directory with ztunnel and ambit-ca (built if empty)")
 	cache := os.Getenv("AMBIT_TOOLS_CACHE")
@@ -124,6 +129,23 @@ func parseFlags(args []string) (config, error) {
 		}
 	}
 	c.Paths = ordered
+	for _, t := range strings.Split(tests, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if !contains(allTests, t) {
+			return c, fmt.Errorf("-tests: unknown test %q (known: %s)", t, strings.Join(allTests, ", "))
+		}
+	}
+	for _, t := range allTests {
+		if contains(strings.Split(strings.ReplaceAll(tests, " ", ""), ","), t) {
+			c.Tests = append(c.Tests, t)
+		}
+	}
+	if len(c.Tests) == 0 {
+		return c, errors.New("-tests: no test selected")
+	}
 	c.ZtunnelArgs = strings.Fields(ztArgs)
 	for _, d := range []*string{&c.Bin, &c.Tools, &c.Profile} {
 		if *d != "" {
