@@ -11,10 +11,12 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ambitmesh/ambit/internal/logbuf"
 	"github.com/ambitmesh/ambit/ztunnel"
 )
 
@@ -42,6 +44,7 @@ func run() error {
 		hboneAddr  string
 		logJSON    bool
 		logLevel   string
+		logFlush   time.Duration
 		mark, mask uint
 		kubeMode   bool
 		kubeconfig string
@@ -79,6 +82,7 @@ func run() error {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long shutdown waits for connections (default 5s)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&logFlush, "log-flush-interval", 100*time.Millisecond, "how long log lines may wait to be written in batches (0: write each line at once)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -112,10 +116,17 @@ func run() error {
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
+	if logFlush < 0 {
+		return fmt.Errorf("-log-flush-interval %v: want >= 0", logFlush)
+	}
+	// One access-log line per connection: batched, they cost one write per flush
+	// instead of one per connection.
+	logOut := logbuf.New(os.Stderr, logFlush, 64<<10)
+	defer logOut.Close()
 	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	var h slog.Handler = slog.NewTextHandler(logOut, opts)
 	if logJSON {
-		h = slog.NewJSONHandler(os.Stderr, opts)
+		h = slog.NewJSONHandler(logOut, opts)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

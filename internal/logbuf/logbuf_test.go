@@ -1,0 +1,112 @@
+package logbuf
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// countingBuffer records each write it is given.
+type countingBuffer struct {
+	mu     sync.Mutex
+	b      bytes.Buffer
+	writes int
+}
+
+func (c *countingBuffer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes++
+	return c.b.Write(p)
+}
+
+func (c *countingBuffer) snapshot() (string, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String(), c.writes
+}
+
+func TestWriterBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		interval   time.Duration
+		size       int
+		lines      int
+		wantWrites int // after the lines, before any time passes
+	}{
+		{name: "unbuffered", interval: 0, size: 1024, lines: 10, wantWrites: 10},
+		{name: "held until the interval", interval: 100 * time.Millisecond, size: 1 << 20, lines: 10, wantWrites: 0},
+		{name: "size threshold", interval: time.Hour, size: 50, lines: 10, wantWrites: 2}, // 13-byte lines: flushes after lines 4 and 8
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				out := &countingBuffer{}
+				w := New(out, tc.interval, tc.size)
+				var want strings.Builder
+				for i := range tc.lines {
+					line := fmt.Sprintf("line %03d....\n", i)
+					want.WriteString(line)
+					if _, err := w.Write([]byte(line)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, n := out.snapshot(); n != tc.wantWrites {
+					t.Fatalf("%d writes before the interval, want %d", n, tc.wantWrites)
+				}
+				if tc.interval > 0 && tc.interval < time.Hour {
+					time.Sleep(tc.interval)
+					synctest.Wait()
+					if got, n := out.snapshot(); got != want.String() || n != 1 {
+						t.Fatalf("after the interval: %d writes, output %q", n, got)
+					}
+				}
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if got, _ := out.snapshot(); got != want.String() {
+					t.Fatalf("after Close: output %q, want %q", got, want.String())
+				}
+				// After Close writes go straight through.
+				_, before := out.snapshot()
+				w.Write([]byte("late\n"))
+				if got, n := out.snapshot(); n != before+1 || !strings.HasSuffix(got, "late\n") {
+					t.Fatalf("write after Close not passed through: %d writes", n-before)
+				}
+				if err := w.Close(); err != nil {
+					t.Fatalf("second Close: %v", err)
+				}
+			})
+		})
+	}
+}
+
+func TestWriterConcurrentLinesStayWhole(t *testing.T) {
+	out := &countingBuffer{}
+	w := New(out, time.Millisecond, 4096)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				fmt.Fprintf(w, "goroutine=%d line=%d end\n", g, i)
+			}
+		}()
+	}
+	wg.Wait()
+	w.Close()
+	got, _ := out.snapshot()
+	lines := strings.Split(strings.TrimSuffix(got, "\n"), "\n")
+	if len(lines) != 8*500 {
+		t.Fatalf("%d lines, want %d", len(lines), 8*500)
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "goroutine=") || !strings.HasSuffix(l, " end") {
+			t.Fatalf("torn line %q", l)
+		}
+	}
+}
