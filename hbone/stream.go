@@ -551,7 +551,9 @@ func (s *stream) copyOutLocked(p []byte) int {
 // WriteTo writes received data to w straight from the receive buffer (one
 // copy less than Read into a caller's buffer) until the peer ends its side;
 // io.Copy uses it. Received bytes are returned to the peer's windows once w
-// took them.
+// took them. When w is a socket (see NonBlocking), the connection's read loop
+// writes arriving data to it directly while WriteTo waits, so nothing else may
+// write to w until WriteTo returns.
 func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
 	s.mu.Lock()
 	s.sink = NonBlocking(w)
