@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/hbone"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -235,5 +236,63 @@ func TestPumpAbortOnReset(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("pump did not finish after a reset")
+	}
+}
+
+// tryWriterToConn stands in for an HBONE stream: its WriteTo hands data to the
+// destination's non-blocking writer first, as the stream's read loop does.
+type tryWriterToConn struct{ net.Conn }
+
+func (c tryWriterToConn) WriteTo(w io.Writer) (int64, error) {
+	tw := hbone.NonBlocking(w)
+	if tw == nil {
+		return 0, errors.New("destination takes no non-blocking writes")
+	}
+	var total int64
+	buf := make([]byte, 7000)
+	for {
+		n, err := c.Conn.Read(buf)
+		if n > 0 {
+			k, werr := tw.TryWrite(buf[:n])
+			if werr == nil && k < n {
+				_, werr = w.Write(buf[k:n])
+			}
+			if werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// TestPumpCountsDirectWrites: bytes a stream writes through the pump's non-blocking
+// writer reach the pod socket and are counted.
+func TestPumpCountsDirectWrites(t *testing.T) {
+	client, down := tcpPair(t)
+	up, server := tcpPair(t)
+	var sent, recv counter
+	done := make(chan error, 1)
+	go func() { done <- pump(down, tryWriterToConn{up}, &sent, &recv) }()
+	resp := bytes.Repeat([]byte("r"), 300000)
+	go func() {
+		server.Write(resp)
+		server.CloseWrite()
+	}()
+	got, err := io.ReadAll(client)
+	if err != nil || !bytes.Equal(got, resp) {
+		t.Fatalf("client read %d bytes, err %v", len(got), err)
+	}
+	client.CloseWrite()
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+	if recv.n.Load() != int64(len(resp)) {
+		t.Fatalf("counted %d bytes, want %d", recv.n.Load(), len(resp))
 	}
 }
