@@ -101,8 +101,9 @@ type Run struct {
 	Seconds Num     `json:"seconds"`
 	Error   string  `json:"error,omitempty"`
 
-	Bytes Num `json:"bytes,omitempty"`
-	Gbps  Num `json:"gbit_per_s,omitempty"`
+	Bytes      Num `json:"bytes,omitempty"`
+	Gbps       Num `json:"gbit_per_s,omitempty"`
+	MachineCPU Num `json:"machine_cpu_s,omitempty"` // all CPUs busy, whole machine (iperf3 runs)
 
 	QPS  Num `json:"qps,omitempty"`
 	P50  Num `json:"p50_ms,omitempty"`
@@ -137,6 +138,7 @@ type Summary struct {
 	Stream1VsGhost  Num    `json:"stream1_vs_ghostunnel"`
 	Stream1CPUPerGB [2]Num `json:"stream1_cpu_s_per_gb"`
 	Stream1CPUBoth  Num    `json:"stream1_cpu_s_per_gb_both"`
+	Stream1Machine  Num    `json:"stream1_machine_cpu_s_per_gb"` // every process and the kernel
 
 	Stream8Gbps     Num    `json:"stream8_gbit_per_s"`
 	Stream8VsDirect Num    `json:"stream8_vs_direct"`
@@ -223,6 +225,7 @@ func reduce(path string, runs []Run) Summary {
 		s.Stream8CPUPerGB[e] = perGB(s8, e)
 	}
 	s.Stream1CPUBoth, s.Stream8CPUBoth = bothPerGB(s1), bothPerGB(s8)
+	s.Stream1Machine = med(s1, func(r Run) Num { return div(r.MachineCPU, r.Bytes/1e9) })
 
 	lat := func(rs []Run) Latency {
 		l := Latency{

@@ -77,6 +77,35 @@ func childPIDs(pid int) []int {
 	return out
 }
 
+// machineBusySeconds is the CPU time all CPUs spent on anything but idling (user,
+// system, interrupts, softirq, steal) since boot, from /proc/stat. Its change over a
+// measurement covers the benchmark peers and the kernel work a tunnel causes outside
+// its own process (the pods' TCP stacks, capture programs, routing).
+func machineBusySeconds() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	fs := strings.Fields(string(line))
+	if len(fs) < 9 || fs[0] != "cpu" {
+		return 0, fmt.Errorf("parse /proc/stat: unexpected first line %q", line)
+	}
+	var busy float64
+	// user nice system idle iowait irq softirq steal: skip idle (4) and iowait (5).
+	for i, f := range fs[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/stat: %w", err)
+		}
+		busy += v
+	}
+	return busy / clockTicks, nil
+}
+
 // rssKiB is the resident set of pid (VmRSS).
 func rssKiB(pid int) (float64, error) {
 	fh, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

@@ -35,9 +35,14 @@ func (b *bench) iperf(ctx context.Context, p *benchPath, n int) Run {
 	cmd := p.client.Command(ctx, b.tools.iperf3, "-c", p.iperf.Addr().String(), "-p", fmt.Sprint(p.iperf.Port()),
 		"-t", fmt.Sprint(secs), "-P", fmt.Sprint(n), "-J", "--connect-timeout", "5000")
 	before, t0 := p.cpu(), time.Now()
+	mBefore, merr := machineBusySeconds()
 	out, err := cmd.Output()
+	mAfter, merr2 := machineBusySeconds()
 	time.Sleep(settle)
-	r := Run{CPU: cpuDelta(before, p.cpu()), Seconds: Num(time.Since(t0).Seconds())}
+	r := Run{CPU: cpuDelta(before, p.cpu()), Seconds: Num(time.Since(t0).Seconds()), MachineCPU: NA}
+	if merr == nil && merr2 == nil {
+		r.MachineCPU = Num(mAfter - mBefore)
+	}
 	var res iperfResult
 	if jerr := json.Unmarshal(out, &res); jerr != nil {
 		r.Error = fmt.Sprintf("iperf3: %v; %v: %s", err, jerr, firstLines(out))
