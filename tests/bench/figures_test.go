@@ -155,3 +155,29 @@ istio_tcp_connections_closed_total 7
 		t.Fatalf("unlabelled sum = %v, want 2", got)
 	}
 }
+
+func TestBusyNeedsSustainedLoad(t *testing.T) {
+	runs := func(loads ...float64) []Run {
+		rs := []Run{{Test: TestIdle, Load1: 50}} // ignored: the idle test makes its own load
+		for _, l := range loads {
+			rs = append(rs, Run{Test: TestStream1, Load1: l})
+		}
+		return rs
+	}
+	for _, tc := range []struct {
+		name  string
+		loads []float64
+		busy  bool
+	}{
+		{"quiet", []float64{1, 2, 3, 2}, false},
+		{"one spike", []float64{20, 2, 2, 2, 2}, false},
+		{"a quarter", []float64{9, 2, 2, 2}, false},
+		{"sustained", []float64{9, 9, 2, 2}, true},
+	} {
+		r := &Report{Env: Env{CPUs: 2}, Runs: runs(tc.loads...)}
+		if got := r.busy(); got != tc.busy {
+			n, of := r.loaded()
+			t.Errorf("%s: busy = %v (%d of %d loaded), want %v", tc.name, got, n, of, tc.busy)
+		}
+	}
+}
