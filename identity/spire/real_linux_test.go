@@ -87,6 +87,12 @@ func TestRealSPIRE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// SVIDs and bundles come from separate subscriptions: the bundle may arrive a moment
+	// after the first SVID.
+	eventuallyWithin(t, time.Minute, "source bundle", func() bool {
+		_, err := s.GetX509BundleForTrustDomain(tdom)
+		return err == nil
+	})
 	// The chain verifies to the server's bundle and to the one the Source serves.
 	for name, b := range map[string]x509bundle.Source{"server bundle": x509bundle.FromX509Authorities(tdom, roots), "source bundle": s} {
 		if got, _, err := x509svid.ParseAndVerify(c.Certificate, b); err != nil || got != pod {
