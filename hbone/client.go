@@ -37,7 +37,14 @@ type ClientConfig struct {
 	PingInterval      time.Duration                                                     // default 30s; negative disables
 	PingTimeout       time.Duration                                                     // default 10s
 	MaxStreamsPerConn int                                                               // default 100
-	Logger            *slog.Logger
+	// ConnsPerDest is how many connections a (Src, Dst, Addr) may spread its concurrent
+	// streams over (default 4). A new stream goes to the connection with the fewest
+	// streams; when every connection already carries one and fewer than ConnsPerDest
+	// exist, another is opened for it. Streams of one connection share its TLS writer
+	// and read loop, so parallel flows between the same two workloads would otherwise
+	// be held to one core per end.
+	ConnsPerDest int
+	Logger       *slog.Logger
 }
 
 // PoolStats is a snapshot of a Pool.
@@ -93,6 +100,9 @@ func NewPool(cfg ClientConfig) (*Pool, error) {
 	}
 	if cfg.MaxStreamsPerConn <= 0 {
 		cfg.MaxStreamsPerConn = 100
+	}
+	if cfg.ConnsPerDest <= 0 {
+		cfg.ConnsPerDest = 4
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -261,11 +271,15 @@ func (p *Pool) getConn(ctx context.Context, req Request) (*conn, error) {
 			p.mu.Unlock()
 			return nil, net.ErrClosed
 		}
-		for _, c := range p.conns[key] {
-			if p.tryReserve(c) {
+		best, load := p.leastLoaded(key)
+		spread := best != nil && load > 0 && len(p.conns[key]) < p.cfg.ConnsPerDest && p.dialing[key] == nil
+		if best != nil && !spread {
+			if p.tryReserve(best) {
 				p.mu.Unlock()
-				return c, nil
+				return best, nil
 			}
+			p.mu.Unlock()
+			continue // closed meanwhile
 		}
 		if d := p.dialing[key]; d != nil {
 			p.mu.Unlock()
@@ -289,6 +303,18 @@ func (p *Pool) getConn(ctx context.Context, req Request) (*conn, error) {
 		c, err := p.dialConn(ctx, req)
 		p.mu.Lock()
 		delete(p.dialing, key)
+		if err != nil && spread && ctx.Err() == nil {
+			// An extra connection is an optimisation: fall back to a working one.
+			p.log.Debug("hbone spread dial failed", "addr", req.Addr, "error", err)
+			d.err = err
+			close(d.done)
+			if p.tryReserve(best) {
+				p.mu.Unlock()
+				return best, nil
+			}
+			p.mu.Unlock()
+			continue
+		}
 		d.err = err
 		if err == nil && p.closed {
 			err, d.err = net.ErrClosed, net.ErrClosed
@@ -309,6 +335,25 @@ func (p *Pool) getConn(ctx context.Context, req Request) (*conn, error) {
 			return c, nil
 		}
 	}
+}
+
+// leastLoaded returns the usable connection of key with the fewest streams (p.mu held).
+func (p *Pool) leastLoaded(key poolKey) (*conn, int) {
+	var (
+		best  *conn
+		least int
+	)
+	for _, c := range p.conns[key] {
+		c.mu.Lock()
+		n := len(c.streams) + c.reserved
+		ok := !c.closed && !c.goAwaySent && !c.goAwayRecv &&
+			uint32(n) < min(uint32(p.cfg.MaxStreamsPerConn), c.peerMaxStreams)
+		c.mu.Unlock()
+		if ok && (best == nil || n < least) {
+			best, least = c, n
+		}
+	}
+	return best, least
 }
 
 func (p *Pool) tryReserve(c *conn) bool {

@@ -101,7 +101,8 @@ func TestPoolSequentialReuse(t *testing.T) {
 
 func TestPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
 	_, addr := startServer(t, echoHandler, func(c *ServerConfig) { c.MaxConcurrentStreams = 3 })
-	p := newTestPool(t, nil)
+	// No spreading: full connections alone decide when another one opens.
+	p := newTestPool(t, func(c *ClientConfig) { c.ConnsPerDest = 1 })
 	var conns []*Conn
 	for i := 0; i < 7; i++ {
 		c, err := p.Dial(context.Background(), testReq(addr))
@@ -291,5 +292,75 @@ func TestPoolCloseIdempotent(t *testing.T) {
 	}
 	if _, err := p.Dial(context.Background(), testReq(addr)); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("dial after Close: %v", err)
+	}
+}
+
+// TestPoolSpreadsConcurrentStreams: concurrent streams to one destination spread over up
+// to ConnsPerDest connections, then share the least loaded; a failed extra dial falls back
+// to a working connection instead of failing the stream.
+func TestPoolSpreadsConcurrentStreams(t *testing.T) {
+	_, addr := startServer(t, echoHandler, nil)
+	var failDials atomic.Bool
+	p := newTestPool(t, func(c *ClientConfig) {
+		c.ConnsPerDest = 3
+		c.Dial = func(ctx context.Context, network, a string) (net.Conn, error) {
+			if failDials.Load() {
+				return nil, errors.New("dial refused by the test")
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, a)
+		}
+	})
+	open := func() *Conn {
+		t.Helper()
+		c, err := p.Dial(context.Background(), testReq(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Sequential streams reuse one connection.
+	for range 3 {
+		c := open()
+		c.Close()
+		eventually(t, "stream gone", func() bool { return p.Stats().Streams == 0 })
+	}
+	if st := p.Stats(); st.Conns != 1 {
+		t.Fatalf("after sequential streams: %+v, want 1 connection", st)
+	}
+	var held []*Conn
+	for range 3 {
+		held = append(held, open())
+	}
+	if st := p.Stats(); st.Conns != 3 || st.Streams != 3 {
+		t.Fatalf("3 concurrent streams: %+v, want 3 connections", st)
+	}
+	held = append(held, open(), open(), open())
+	if st := p.Stats(); st.Conns != 3 || st.Streams != 6 {
+		t.Fatalf("6 concurrent streams: %+v, want them on 3 connections", st)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	eventually(t, "streams gone", func() bool { return p.Stats().Streams == 0 })
+
+	// A fresh destination whose extra dials fail: the streams share the one connection.
+	_, addr2 := startServer(t, echoHandler, nil)
+	c1, err := p.Dial(context.Background(), testReq(addr2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	failDials.Store(true)
+	c2, err := p.Dial(context.Background(), testReq(addr2))
+	if err != nil {
+		t.Fatalf("stream failed although a connection could carry it: %v", err)
+	}
+	defer c2.Close()
+	if _, err := c2.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c2, b); err != nil || b[0] != 'x' {
+		t.Fatalf("echo over the shared connection: %q %v", b, err)
 	}
 }
