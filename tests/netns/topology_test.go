@@ -293,18 +293,33 @@ func TestDoDoesNotLeakNamespace(t *testing.T) {
 		}
 	}
 	// Every thread of the process is still in the private namespace (the main thread too:
-	// it is reserved for the main goroutine, see init).
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, task := range tasks {
-		var st unix.Stat_t
-		if err := unix.Stat("/proc/self/task/"+task.Name()+"/ns/net", &st); err != nil {
-			continue // thread exited meanwhile
+	// it is reserved for the main goroutine, see init). Do's thread ends with its goroutine,
+	// which may be a moment after Do returned, so a straggler gets time to exit; one that
+	// never does is a leak.
+	foreign := func() []string {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
 		}
-		if st.Ino != mine {
-			t.Errorf("thread %s is in netns %d, not the process's %d", task.Name(), st.Ino, mine)
+		var out []string
+		for _, task := range tasks {
+			var st unix.Stat_t
+			if err := unix.Stat("/proc/self/task/"+task.Name()+"/ns/net", &st); err != nil {
+				continue // thread exited meanwhile
+			}
+			if st.Ino != mine {
+				out = append(out, fmt.Sprintf("thread %s in netns %d", task.Name(), st.Ino))
+			}
+		}
+		return out
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left := foreign()
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("threads left outside the process's netns %d: %v", mine, left)
 		}
 	}
 	wantErr := errors.New("boom")
