@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"testing"
@@ -166,37 +165,18 @@ func TestCloseReadDiscards(t *testing.T) {
 func TestLargeTransfer(t *testing.T) {
 	const size = 64 << 20
 	c, _ := dialEcho(t, echoHandler)
-	var sent [32]byte
-	done := make(chan error, 1)
-	go func() {
-		h := sha256.New()
-		r := rand.NewChaCha8([32]byte{7})
-		buf := make([]byte, 100<<10)
-		for left := size; left > 0; {
-			n := min(left, len(buf)-rand.IntN(1000))
-			r.Read(buf[:n])
-			h.Write(buf[:n])
-			if _, err := c.Write(buf[:n]); err != nil {
-				done <- err
-				return
-			}
-			left -= n
-		}
-		copy(sent[:], h.Sum(nil))
-		done <- c.CloseWrite()
-	}()
+	sent := make(chan []byte, 1)
+	go func() { sent <- sendRandom(t, c, size, 7) }()
 	h := sha256.New()
 	n, err := io.Copy(h, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	want := <-sent
 	if n != size {
 		t.Fatalf("echoed %d bytes, want %d", n, size)
 	}
-	if !bytes.Equal(h.Sum(nil), sent[:]) {
+	if !bytes.Equal(h.Sum(nil), want) {
 		t.Fatal("sha256 of echoed data differs")
 	}
 }

@@ -84,9 +84,10 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	case wok && !sok:
 		// An HBONE stream writes its receive buffer out directly: no copy buffer. When
 		// dst is a socket, the connection's read loop may write to it directly.
-		var w io.Writer = countingWriter{dst, c}
+		cw := countingWriter{dst, c}
+		var w io.Writer = cw
 		if tw := hbone.NonBlocking(dst); tw != nil {
-			w = countingTryWriter{countingWriter{dst, c}, tw}
+			w = countingTryWriter{cw, tw}
 		}
 		_, err = wt.WriteTo(w)
 	default:

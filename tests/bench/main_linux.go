@@ -108,43 +108,12 @@ func parseFlags(args []string) (config, error) {
 	if c.IdleConns < 1 {
 		return c, fmt.Errorf("-idle-conns %d: want at least 1", c.IdleConns)
 	}
-	for _, p := range strings.Split(paths, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if !contains(allPaths, p) {
-			return c, fmt.Errorf("-paths: unknown path %q (known: %s)", p, strings.Join(allPaths, ", "))
-		}
-		c.Paths = append(c.Paths, p)
+	var err error
+	if c.Paths, err = selectKnown("paths", "path", paths, allPaths); err != nil {
+		return c, err
 	}
-	if len(c.Paths) == 0 {
-		return c, errors.New("-paths: no path selected")
-	}
-	// Keep the report order whatever the flag order.
-	var ordered []string
-	for _, p := range allPaths {
-		if contains(c.Paths, p) {
-			ordered = append(ordered, p)
-		}
-	}
-	c.Paths = ordered
-	for _, t := range strings.Split(tests, ",") {
-		t = strings.TrimSpace(t)
-		if t == "" {
-			continue
-		}
-		if !contains(allTests, t) {
-			return c, fmt.Errorf("-tests: unknown test %q (known: %s)", t, strings.Join(allTests, ", "))
-		}
-	}
-	for _, t := range allTests {
-		if contains(strings.Split(strings.ReplaceAll(tests, " ", ""), ","), t) {
-			c.Tests = append(c.Tests, t)
-		}
-	}
-	if len(c.Tests) == 0 {
-		return c, errors.New("-tests: no test selected")
+	if c.Tests, err = selectKnown("tests", "test", tests, allTests); err != nil {
+		return c, err
 	}
 	c.ZtunnelArgs = strings.Fields(ztArgs)
 	for _, d := range []*string{&c.Bin, &c.Tools, &c.Profile} {
@@ -157,6 +126,32 @@ func parseFlags(args []string) (config, error) {
 		}
 	}
 	return c, nil
+}
+
+// selectKnown parses a comma-separated flag value into the named members of known, in
+// known's order (the report's order whatever the flag order).
+func selectKnown(flagName, what, value string, known []string) ([]string, error) {
+	var picked []string
+	for _, v := range strings.Split(value, ",") {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if !contains(known, v) {
+			return nil, fmt.Errorf("-%s: unknown %s %q (known: %s)", flagName, what, v, strings.Join(known, ", "))
+		}
+		picked = append(picked, v)
+	}
+	var ordered []string
+	for _, k := range known {
+		if contains(picked, k) {
+			ordered = append(ordered, k)
+		}
+	}
+	if len(ordered) == 0 {
+		return nil, fmt.Errorf("-%s: no %s selected", flagName, what)
+	}
+	return ordered, nil
 }
 
 func contains(ss []string, s string) bool {

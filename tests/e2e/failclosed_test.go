@@ -108,4 +108,3 @@ func TestBadModelRejected(t *testing.T) {
 		t.Errorf("ztunnel created pins before validating its model")
 	}
 }
-
