@@ -382,15 +382,20 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", req.Addr, err)
 	}
-	raw := &corkConn{Conn: nc}
-	tc := tls.Client(raw, hboneTLS(tcfg))
+	hc := newHandshakeConn(nc)
+	tc := tls.Client(hc, hc.keyLog(hboneTLS(tcfg)))
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
+		nc.Close()
 		return nil, fmt.Errorf("hbone: tls handshake with %s: %w", req.Addr, err)
 	}
 	st := tc.ConnectionState()
 	if err := checkNegotiated(st); err != nil {
-		raw.Close()
+		nc.Close()
+		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
+	}
+	rl, err := establish(hc, st, true)
+	if err != nil {
+		nc.Close()
 		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
 	}
 	peer, certs, _ := peerIdentity(st)
@@ -398,7 +403,7 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if pi < 0 {
 		pi = 0
 	}
-	c := newConn(tc, raw, connOptions{
+	c := newConn(nc, rl, connOptions{
 		client:       true,
 		idleTimeout:  p.cfg.IdleTimeout,
 		pingInterval: pi,
@@ -411,7 +416,7 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		raw.Close()
+		nc.Close()
 		return nil, net.ErrClosed
 	}
 	p.wg.Add(1)

@@ -1,16 +1,15 @@
 package hbone
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +27,6 @@ const (
 	maxHeaderList    = 64 << 10
 	serverMaxStreams = 1000
 	maxWriteChunk    = 256 << 10 // flow-control grant per writer hand-off
-	writeBufSize     = 16 << 10  // one full TLS record per bufio flush
 	defaultWindow    = 65535
 	maxWindow        = 1<<31 - 1
 	prefaceTimeout   = 10 * time.Second
@@ -90,14 +88,13 @@ type connOptions struct {
 // conn is one HTTP/2 connection, either side.
 type conn struct {
 	connOptions
-	raw *corkConn
-	tc  *tls.Conn
+	nc net.Conn // the TCP connection
+	rl *records // its TLS records
 
 	fr *http2.Framer // read side, owned by the read loop
 
 	// Owned by the write loop.
 	wfr    *http2.Framer
-	bw     *bufio.Writer
 	henc   *hpack.Encoder
 	hbuf   bytes.Buffer
 	hdrBuf [9]byte
@@ -147,14 +144,14 @@ type conn struct {
 	handlers   sync.WaitGroup
 }
 
-func newConn(tc *tls.Conn, raw *corkConn, o connOptions) *conn {
+func newConn(nc net.Conn, rl *records, o connOptions) *conn {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	c := &conn{
 		connOptions:    o,
-		raw:            raw,
-		tc:             tc,
+		nc:             nc,
+		rl:             rl,
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: 100,
 		peerInitWindow: defaultWindow,
@@ -173,12 +170,13 @@ func newConn(tc *tls.Conn, raw *corkConn, o connOptions) *conn {
 	c.wqCond.L = &c.wqMu
 	c.peerMaxFrame.Store(16384)
 	c.lastRecv.Store(time.Now().UnixNano())
-	c.fr = http2.NewFramer(nil, tc)
+	c.fr = http2.NewFramer(nil, rl)
 	c.fr.SetMaxReadFrameSize(maxFrameSize)
 	c.fr.MaxHeaderListSize = maxHeaderList
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.bw = bufio.NewWriterSize(tc, writeBufSize)
-	c.wfr = http2.NewFramer(c.bw, nil)
+	c.wfr = http2.NewFramer(rl, nil)
+	// A KeyUpdate answer waits in the record layer for the writer's next flush.
+	rl.pending = func() { c.enqueue(wreq{kind: wRaw}) }
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -390,7 +388,6 @@ func (c *conn) drain(inline bool) error {
 // (writing role held).
 func (c *conn) writeBatch(batch []wreq) {
 	if c.werr == nil {
-		c.raw.cork()
 		c.dirty = true
 	}
 	for i := range batch {
@@ -413,17 +410,13 @@ func (c *conn) writeBatch(batch []wreq) {
 }
 
 func (c *conn) flush() error {
-	err := c.bw.Flush()
-	if err2 := c.raw.uncork(); err == nil {
-		err = err2
-	}
-	return err
+	return c.rl.Flush()
 }
 
 func (c *conn) writeOne(r *wreq) error {
 	switch r.kind {
 	case wRaw:
-		_, err := c.bw.Write(r.data)
+		_, err := c.rl.Write(r.data)
 		return err
 	case wData:
 		return c.writeData(r.streamID, r.data, r.end)
@@ -488,10 +481,10 @@ func (c *conn) writeData(id uint32, data []byte, end bool) error {
 			h[4] = byte(http2.FlagDataEndStream)
 		}
 		binary.BigEndian.PutUint32(h[5:], id&0x7fffffff)
-		if _, err := c.bw.Write(h); err != nil {
+		if _, err := c.rl.Write(h); err != nil {
 			return err
 		}
-		if _, err := c.bw.Write(data[:n]); err != nil {
+		if _, err := c.rl.Write(data[:n]); err != nil {
 			return err
 		}
 		data = data[n:]
@@ -544,7 +537,7 @@ func (c *conn) closeWith(err error) {
 	c.wStop = true
 	c.wqCond.Broadcast()
 	c.wqMu.Unlock()
-	c.raw.Close()
+	c.nc.Close()
 	for _, s := range streams {
 		s.connClosed(err)
 	}
@@ -649,9 +642,9 @@ func (c *conn) frameErr(err error) error {
 
 func (c *conn) readFrames() error {
 	if !c.client {
-		c.tc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+		c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 		var buf [len(http2.ClientPreface)]byte
-		if _, err := io.ReadFull(c.tc, buf[:]); err != nil {
+		if _, err := io.ReadFull(c.rl, buf[:]); err != nil {
 			return fmt.Errorf("hbone: read preface: %w", err)
 		}
 		if string(buf[:]) != http2.ClientPreface {
@@ -671,7 +664,7 @@ func (c *conn) readFrames() error {
 			}
 			first = false
 			if !c.client {
-				c.tc.SetReadDeadline(time.Time{})
+				c.nc.SetReadDeadline(time.Time{})
 			}
 		}
 		switch {
@@ -712,7 +705,7 @@ func (c *conn) discard(n int64) error {
 	defer discardBuf.Put(bp)
 	for n > 0 {
 		k := min(n, int64(len(*bp)))
-		if _, err := io.ReadFull(c.tc, (*bp)[:k]); err != nil {
+		if _, err := io.ReadFull(c.rl, (*bp)[:k]); err != nil {
 			return c.frameErr(err)
 		}
 		n -= k
@@ -926,7 +919,7 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 		if length < 1 {
 			return connError{http2.ErrCodeProtocol, "padded DATA without pad length"}
 		}
-		if _, err := io.ReadFull(c.tc, b[:]); err != nil {
+		if _, err := io.ReadFull(c.rl, b[:]); err != nil {
 			return c.frameErr(err)
 		}
 		pad = int64(b[0])
@@ -956,7 +949,7 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 		}
 		return nil
 	}
-	if err := s.fill(c.tc, dataLen); err != nil {
+	if err := s.fill(c.rl, dataLen); err != nil {
 		return c.frameErr(err)
 	}
 	if length > dataLen {

@@ -11,31 +11,43 @@ import (
 
 const alpnH2 = "h2"
 
-// hboneTLS returns a copy of cfg pinned to what HBONE requires: TLS 1.3 and
-// ALPN h2. Large records are always used: the tunnel carries bulk data.
+// hboneTLS returns a copy of cfg pinned to what HBONE requires: TLS 1.3 and ALPN h2.
+// Session tickets are off: HBONE connections are not resumed, and a ticket crypto/tls
+// sent after the handshake would use record sequence numbers the record layer (which
+// takes over once the handshake is done, see record.go) does not know about. On the
+// server side every handshake gets its own copy of the configuration whose key log
+// feeds that connection's record layer.
 func hboneTLS(cfg *tls.Config) *tls.Config {
-	c := cfg.Clone()
-	c.MinVersion = tls.VersionTLS13
-	if c.MaxVersion != 0 && c.MaxVersion < tls.VersionTLS13 {
-		c.MaxVersion = tls.VersionTLS13
-	}
-	c.NextProtos = []string{alpnH2}
-	c.DynamicRecordSizingDisabled = true
-	if get := cfg.GetConfigForClient; get != nil {
-		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			inner, err := get(hello)
-			if err != nil || inner == nil {
-				return inner, err
-			}
-			out := inner.Clone()
-			out.MinVersion = tls.VersionTLS13
-			if out.MaxVersion != 0 && out.MaxVersion < tls.VersionTLS13 {
-				out.MaxVersion = tls.VersionTLS13
-			}
-			out.NextProtos = []string{alpnH2}
-			out.DynamicRecordSizingDisabled = true
-			return out, nil
+	pin := func(c *tls.Config) *tls.Config {
+		c.MinVersion = tls.VersionTLS13
+		if c.MaxVersion != 0 && c.MaxVersion < tls.VersionTLS13 {
+			c.MaxVersion = tls.VersionTLS13
 		}
+		c.NextProtos = []string{alpnH2}
+		c.SessionTicketsDisabled = true
+		c.ClientSessionCache = nil
+		return c
+	}
+	c := pin(cfg.Clone())
+	base := c.Clone()
+	base.GetConfigForClient = nil
+	get := cfg.GetConfigForClient
+	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		out := base
+		if get != nil {
+			inner, err := get(hello)
+			if err != nil {
+				return nil, err
+			}
+			if inner != nil {
+				out = inner
+			}
+		}
+		out = pin(out.Clone())
+		if hc, ok := hello.Conn.(*handshakeConn); ok {
+			hc.keyLog(out)
+		}
+		return out, nil
 	}
 	return c
 }
