@@ -70,6 +70,7 @@ func TestRender(t *testing.T) {
 				"metrics-addr":           ":15020",
 				"readiness-addr":         ":15021",
 				"drain-timeout":          "20s",
+				"hbone-conns-per-peer":   "4",
 				"log-level":              "info",
 				"log-json":               "true",
 			},
@@ -107,6 +108,7 @@ func TestRender(t *testing.T) {
 			"--set", "ztunnel.priorityClassName=mesh-critical",
 			"--set", "ztunnel.tolerations[0].key=dedicated,ztunnel.tolerations[0].operator=Equal,ztunnel.tolerations[0].value=mesh,ztunnel.tolerations[0].effect=NoSchedule",
 			"--set", "ztunnel.terminationGracePeriodSeconds=60,ztunnel.drainTimeoutSeconds=45",
+			"--set", "ztunnel.hboneConnsPerPeer=2",
 			"--set", "logging.level=debug,logging.json=false",
 			"--set", "enrollment.namespaceLabel.key=mesh.example/enabled,enrollment.namespaceLabel.value=yes",
 			// --set would make "true" a boolean, which the schema refuses.
@@ -131,6 +133,7 @@ func TestRender(t *testing.T) {
 				"metrics-addr":           ":15020",
 				"readiness-addr":         ":15021",
 				"drain-timeout":          "45s",
+				"hbone-conns-per-peer":   "2",
 				"log-level":              "debug",
 				"log-json":               "false",
 			},

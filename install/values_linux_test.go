@@ -18,6 +18,8 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"mark zero", "ztunnel.mark=0", []string{"mark"}},
 		{"kernel main table", "ztunnel.routeTable=254", []string{"ztunnel.routeTable 254 is one of the kernel's own tables"}},
 		{"negative table", "ztunnel.routeTable=-1", []string{"routeTable"}},
+		{"no hbone connection", "ztunnel.hboneConnsPerPeer=0", []string{"hboneConnsPerPeer"}},
+		{"too many hbone connections", "ztunnel.hboneConnsPerPeer=65", []string{"hboneConnsPerPeer"}},
 		{"unknown value", "ztunnel.marc=1024", []string{"marc"}},
 		{"log level", "logging.level=verbose", []string{"level"}},
 		{"pull policy", "image.pullPolicy=Sometimes", []string{"pullPolicy"}},

@@ -62,7 +62,14 @@ type Config struct {
 	// ReconcileInterval re-checks enrollment even without model changes (pod interfaces may
 	// appear after the model names the pod).
 	ReconcileInterval time.Duration
+	// HBONEConnsPerPeer is how many HBONE connections concurrent streams between one pair
+	// of identities to one peer may spread over (each connection's TLS is one core's
+	// work at each end).
+	HBONEConnsPerPeer int
 }
+
+// maxConnsPerPeer bounds HBONEConnsPerPeer: more connections than cores buys nothing.
+const maxConnsPerPeer = 64
 
 // ErrConfig marks invalid configuration.
 var ErrConfig = errors.New("invalid configuration")
@@ -113,6 +120,9 @@ func (c Config) WithDefaults() Config {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 5 * time.Second
 	}
+	if c.HBONEConnsPerPeer == 0 {
+		c.HBONEConnsPerPeer = 4
+	}
 	return c
 }
 
@@ -121,6 +131,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.NodeName == "":
 		return fmt.Errorf("%w: node name is required", ErrConfig)
+	case c.HBONEConnsPerPeer < 0 || c.HBONEConnsPerPeer > maxConnsPerPeer:
+		return fmt.Errorf("%w: hbone connections per peer %d: want 1 to %d", ErrConfig, c.HBONEConnsPerPeer, maxConnsPerPeer)
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: trust domain %q: %v", ErrConfig, c.TrustDomain, err)

@@ -166,7 +166,8 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) {
 			return identity.ClientTLSConfig(z.ident, src, dst), nil
 		},
-		Logger: z.log,
+		ConnsPerDest: cfg.HBONEConnsPerPeer,
+		Logger:       z.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)

@@ -27,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad trust domain", func(c *Config) { c.TrustDomain = "Bad Domain" }, "trust domain"},
 		{"mark outside mask", func(c *Config) { c.Mark, c.MarkMask = 0x1400, 0xf00 }, "outside mask"},
 		{"wildcard listener", func(c *Config) { c.OutboundAddr = netip.MustParseAddrPort("0.0.0.0:15001") }, "loopback"},
+		{"negative hbone connections", func(c *Config) { c.HBONEConnsPerPeer = -1 }, "hbone connections per peer"},
+		{"too many hbone connections", func(c *Config) { c.HBONEConnsPerPeer = 65 }, "want 1 to 64"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
