@@ -458,7 +458,7 @@ func (c *conn) writeOne(r *wreq) error {
 	case wGoAway:
 		return c.wfr.WriteGoAway(r.streamID, http2.ErrCode(r.val), nil)
 	case wClose:
-		if err := c.flush(); err != nil {
+		if err := c.rl.CloseNotify(); err != nil {
 			return err
 		}
 		return errGraceful

@@ -565,6 +565,23 @@ func (rl *records) Flush() error {
 	return rl.flushLocked()
 }
 
+// CloseNotify sends close_notify after everything written so far: the peer reads a
+// clean end of the connection rather than a truncation.
+func (rl *records) CloseNotify() error {
+	rl.wmu.Lock()
+	defer rl.wmu.Unlock()
+	if rl.werr != nil {
+		return rl.werr
+	}
+	if rl.open >= 0 {
+		rl.sealLocked(recordApplication)
+	}
+	rl.openRecordLocked()
+	*rl.out = append(*rl.out, 1, 0) // warning, close_notify
+	rl.sealLocked(recordAlert)
+	return rl.flushLocked()
+}
+
 func (rl *records) openRecordLocked() {
 	if rl.out == nil {
 		rl.out = outPool.Get().(*[]byte)

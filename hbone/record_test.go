@@ -185,7 +185,13 @@ func TestRecordsInteropCryptoTLS(t *testing.T) {
 			if tc.oursClient && rl.tickets == 0 {
 				t.Error("the peer server sent no session ticket to skip")
 			}
-			// close_notify ends our reads cleanly.
+			// close_notify ends reads cleanly, both ways.
+			if err := rl.CloseNotify(); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := peer.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+				t.Fatalf("peer after our close_notify: Read = %d, %v; want 0, EOF", n, err)
+			}
 			peer.Close()
 			if n, err := rl.Read(make([]byte, 10)); n != 0 || err != io.EOF {
 				t.Fatalf("after close_notify: Read = %d, %v; want 0, EOF", n, err)
