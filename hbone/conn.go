@@ -21,8 +21,12 @@ import (
 
 // Flow-control and framing parameters we advertise (see docs/hbone.md).
 const (
-	streamWindow     = 4 << 20  // SETTINGS_INITIAL_WINDOW_SIZE
-	connWindow       = 16 << 20 // connection window, raised with WINDOW_UPDATE on stream 0
+	streamWindow = 8 << 20  // SETTINGS_INITIAL_WINDOW_SIZE
+	connWindow   = 32 << 20 // connection window, raised with WINDOW_UPDATE on stream 0
+	// creditDivisor: consumed bytes are returned once a quarter of a window has been
+	// consumed, so a bulk sender keeps three quarters of its window in hand while
+	// the WINDOW_UPDATE travels (returning at half measurably stalled single streams).
+	creditDivisor    = 4
 	maxFrameSize     = 256 << 10
 	maxHeaderList    = 64 << 10
 	serverMaxStreams = 1000
@@ -966,12 +970,12 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 }
 
 // creditConn returns n consumed bytes to the peer's connection window, in
-// batches of half the window.
+// batches of a quarter of the window.
 func (c *conn) creditConn(n int64) {
 	c.mu.Lock()
 	c.recvUnacked += n
 	var inc int64
-	if c.recvUnacked >= connWindow/2 {
+	if c.recvUnacked >= connWindow/creditDivisor {
 		inc = c.recvUnacked
 		c.recvAvail += inc
 		c.recvUnacked = 0

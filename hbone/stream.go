@@ -313,7 +313,7 @@ func (s *stream) deliver() {
 }
 
 // creditStream returns consumed bytes to the peer's stream window in batches
-// of half the window.
+// of a quarter of the window.
 func (s *stream) creditStream(n int64) {
 	s.mu.Lock()
 	if s.remoteEnd {
@@ -322,7 +322,7 @@ func (s *stream) creditStream(n int64) {
 	}
 	s.recvUnacked += n
 	var inc int64
-	if s.recvUnacked >= streamWindow/2 {
+	if s.recvUnacked >= streamWindow/creditDivisor {
 		inc = s.recvUnacked
 		s.recvAvail += inc
 		s.recvUnacked = 0
