@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -20,10 +22,15 @@ var inNetns bool
 
 func TestMain(m *testing.M) {
 	if os.Getenv(netnsEnv) == "1" {
-		for _, args := range [][]string{
+		// Fuzz workers are started by the process already set up in the namespace.
+		setup := [][]string{
 			{"link", "set", "lo", "up"},
 			{"addr", "add", testAddr + "/32", "dev", "lo"},
-		} {
+		}
+		if slices.ContainsFunc(os.Args, func(a string) bool { return strings.HasPrefix(a, "-test.fuzzworker") }) {
+			setup = nil
+		}
+		for _, args := range setup {
 			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "netns setup: ip %v: %v: %s\n", args, err, out)
 				os.Exit(1)

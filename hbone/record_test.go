@@ -380,11 +380,19 @@ func TestRecordsPostHandshakeMessages(t *testing.T) {
 	}
 }
 
+// FuzzRecordsRead feeds the reader one authentic record of any content type and content
+// (so post-handshake message parsing, alerts and padding are reached), then raw bytes.
 func FuzzRecordsRead(f *testing.F) {
 	secret := bytes.Repeat([]byte{7}, 32)
-	f.Add(sealedStream(f, secret, [2][]byte{{recordApplication}, []byte("hello")}))
-	f.Add([]byte{23, 3, 3, 0, 20})
-	f.Fuzz(func(t *testing.T, stream []byte) {
+	f.Add(byte(recordApplication), []byte("hello"), []byte{})
+	f.Add(byte(recordHandshake), []byte{msgKeyUpdate, 0, 0, 1, 1}, []byte{23, 3, 3, 0, 20})
+	f.Add(byte(recordHandshake), []byte{msgNewSessionTicket, 0, 0, 2, 0}, []byte{})
+	f.Add(byte(recordAlert), []byte{2, 80}, []byte{})
+	f.Fuzz(func(t *testing.T, typ byte, content, raw []byte) {
+		if len(content) > maxPlaintext {
+			content = content[:maxPlaintext]
+		}
+		stream := append(sealedStream(t, secret, [2][]byte{{typ}, content}), raw...)
 		r := readerOf(t, secret, stream)
 		for _, n := range []int{1, 9, 1 << 15} {
 			if _, err := r.Read(make([]byte, n)); err != nil {
