@@ -9,7 +9,10 @@
 // possible (drained by the goroutine that wants its frames out when nobody else
 // is writing, else by the connection's writer goroutine), keepalive PINGs and
 // graceful GOAWAY. Streams implement io.WriterTo, so io.Copy from a stream
-// writes straight out of its receive buffer.
+// writes straight out of its receive buffer. crypto/tls performs the TLS
+// handshake; the records after it are this package's own (record.go), so that a
+// batch of frames is sealed in one buffer and received records are opened
+// straight into the stream buffers.
 //
 // Client side: a Pool dials CONNECT streams (*Conn) over connections pooled
 // by (source identity, destination identity, address); Dial waits for the

@@ -107,7 +107,8 @@ func newHandshakeConn(nc net.Conn) *handshakeConn {
 	return &handshakeConn{Conn: nc, buf: make([]byte, maxRecord)}
 }
 
-// keyLog returns cfg's copy with the key log routed through hc.
+// keyLog routes cfg's key log through hc (cfg is this connection's own copy) and
+// returns cfg.
 func (hc *handshakeConn) keyLog(cfg *tls.Config) *tls.Config {
 	hc.secrets.next = cfg.KeyLogWriter
 	cfg.KeyLogWriter = &hc.secrets
