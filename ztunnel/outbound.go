@@ -205,6 +205,15 @@ func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo) {
 	z.m.received.With(lbl).Add(float64(recv))
 	attrs := z.logAttrs(ci)
 	attrs = append(attrs, keyBytesSent, sent, keyBytesRecv, recv, keyDuration, timeSince(ci.Start))
+	var status *hbone.StatusError
+	if errors.As(err, &status) {
+		// An early-data CONNECT the peer answered with a refusal: the pod's connection was
+		// already accepted and counted as opened, and it is a refusal all the same.
+		z.m.refused.WithLabelValues(ci.Direction).Inc()
+		attrs = append(attrs, keyReason, err.Error())
+		z.log.Warn(msgRefused, attrs...)
+		return
+	}
 	if err != nil && !isClosedErr(err) {
 		attrs = append(attrs, keyError, err.Error())
 	}

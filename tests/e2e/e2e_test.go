@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -186,6 +187,39 @@ func TestInboundPlaintext(t *testing.T) {
 	}
 	if !strings.Contains(metrics, `direction="inbound_plaintext"`) {
 		t.Fatalf("no inbound_plaintext connection in node2 metrics")
+	}
+}
+
+// A CONNECT refused by the destination's ztunnel after the pod's first bytes were already
+// sent (early data) counts as a refusal on the source node, not as an ordinary connection.
+func TestEarlyRefusalCounted(t *testing.T) {
+	requireMesh(t)
+	refused := func() float64 {
+		t.Helper()
+		metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(metrics, "\n") {
+			if v, ok := strings.CutPrefix(line, `ambit_connections_refused_total{direction="outbound"} `); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatalf("metric line %q: %v", line, err)
+				}
+				return f
+			}
+		}
+		return 0
+	}
+	before := refused()
+	// Nothing listens on port 1 of echo-a: node2's ztunnel answers 503.
+	dialFails(t, client, netip.AddrPortFrom(echoA.IP, 1))
+	deadline := time.Now().Add(5 * time.Second)
+	for refused() < before+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("ambit_connections_refused_total{direction=\"outbound\"} on node1 stayed at %v", before)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
