@@ -285,10 +285,14 @@ func (p *pipeConn) Write(b []byte) (int, error) { return p.w.Write(b) }
 // sealedStream returns what a peer sealing the given records (content type, content)
 // under secret sends.
 func sealedStream(tb testing.TB, secret []byte, recs ...[2][]byte) []byte {
+	return sealedStreamSuite(tb, tls.TLS_AES_128_GCM_SHA256, keyUpdateAfter, secret, recs...)
+}
+
+func sealedStreamSuite(tb testing.TB, suite uint16, updateAfter uint64, secret []byte, recs ...[2][]byte) []byte {
 	tb.Helper()
 	pc := &pipeConn{}
-	w := &records{nc: pc, open: -1, keyUpdateAfter: keyUpdateAfter}
-	if err := w.wk.init(tls.TLS_AES_128_GCM_SHA256, secret); err != nil {
+	w := &records{nc: pc, open: -1, keyUpdateAfter: updateAfter}
+	if err := w.wk.init(suite, secret); err != nil {
 		tb.Fatal(err)
 	}
 	for _, r := range recs {
@@ -303,14 +307,18 @@ func sealedStream(tb testing.TB, secret []byte, recs ...[2][]byte) []byte {
 }
 
 func readerOf(tb testing.TB, secret, stream []byte) *records {
+	return readerOfSuite(tb, tls.TLS_AES_128_GCM_SHA256, secret, stream)
+}
+
+func readerOfSuite(tb testing.TB, suite uint16, secret, stream []byte) *records {
 	tb.Helper()
 	r := &records{nc: &pipeConn{r: bytes.NewReader(stream)}, open: -1, keyUpdateAfter: keyUpdateAfter}
 	r.small = make([]byte, maxRecord)
 	r.in = r.small
-	if err := r.rk.init(tls.TLS_AES_128_GCM_SHA256, secret); err != nil {
+	if err := r.rk.init(suite, secret); err != nil {
 		tb.Fatal(err)
 	}
-	if err := r.wk.init(tls.TLS_AES_128_GCM_SHA256, secret); err != nil {
+	if err := r.wk.init(suite, secret); err != nil {
 		tb.Fatal(err)
 	}
 	return r
@@ -377,6 +385,49 @@ func TestRecordsPostHandshakeMessages(t *testing.T) {
 	got, err := io.ReadAll(readerOf(t, secret, stream))
 	if err != nil || string(got) != "abcd" {
 		t.Fatalf("got %q, %v; want abcd, <nil>", got, err)
+	}
+}
+
+// TestRecordsSuites: every TLS 1.3 suite seals and opens, across sender key updates
+// (crypto/tls on AES hardware only ever negotiates AES-128-GCM, which the interop tests
+// cover against crypto/tls itself).
+func TestRecordsSuites(t *testing.T) {
+	for _, suite := range []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256} {
+		t.Run(tls.CipherSuiteName(suite), func(t *testing.T) {
+			h, _, err := suiteHash(suite)
+			if err != nil {
+				t.Fatal(err)
+			}
+			secret := bytes.Repeat([]byte{5}, h().Size())
+			var recs [][2][]byte
+			var want []byte
+			for i := range 10 {
+				b := bytes.Repeat([]byte{byte('a' + i)}, 1000*i+1)
+				recs = append(recs, [2][]byte{{recordApplication}, b})
+				want = append(want, b...)
+			}
+			// A KeyUpdate after every 3 records.
+			stream := sealedStreamSuite(t, suite, 3, secret, recs...)
+			r := readerOfSuite(t, suite, secret, stream)
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("got %d bytes (%v), want %d", len(got), err, len(want))
+			}
+			if bytes.Equal(r.rk.secret, secret) {
+				t.Fatal("reader never applied a KeyUpdate")
+			}
+			// The wrong suite for the same secret fails authentication.
+			other := tls.TLS_AES_128_GCM_SHA256
+			if suite == other {
+				other = tls.TLS_CHACHA20_POLY1305_SHA256
+			}
+			if _, err := io.ReadAll(readerOfSuite(t, other, secret, stream)); !errors.Is(err, ErrRecord) {
+				t.Fatalf("stream opened with the wrong suite: %v", err)
+			}
+		})
+	}
+	if _, _, err := suiteHash(0x1305); err == nil {
+		t.Fatal("TLS_AES_128_CCM_8_SHA256 accepted; it is not implemented")
 	}
 }
 
