@@ -382,20 +382,8 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", req.Addr, err)
 	}
-	hc := newHandshakeConn(nc)
-	tc := tls.Client(hc, hc.keyLog(hboneTLS(tcfg)))
-	if err := tc.HandshakeContext(ctx); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("hbone: tls handshake with %s: %w", req.Addr, err)
-	}
-	st := tc.ConnectionState()
-	if err := checkNegotiated(st); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
-	}
-	rl, err := establish(hc, st, true)
+	rl, st, err := handshake(ctx, nc, hboneTLS(tcfg), true)
 	if err != nil {
-		nc.Close()
 		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
 	}
 	peer, certs, _ := peerIdentity(st)
@@ -403,7 +391,7 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if pi < 0 {
 		pi = 0
 	}
-	c := newConn(nc, rl, connOptions{
+	c := newConn(rl, connOptions{
 		client:       true,
 		idleTimeout:  p.cfg.IdleTimeout,
 		pingInterval: pi,

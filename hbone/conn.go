@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,8 +91,7 @@ type connOptions struct {
 // conn is one HTTP/2 connection, either side.
 type conn struct {
 	connOptions
-	nc net.Conn // the TCP connection
-	rl *records // its TLS records
+	rl *records // the TLS records over the TCP connection rl.nc
 
 	fr *http2.Framer // read side, owned by the read loop
 
@@ -148,13 +146,12 @@ type conn struct {
 	handlers   sync.WaitGroup
 }
 
-func newConn(nc net.Conn, rl *records, o connOptions) *conn {
+func newConn(rl *records, o connOptions) *conn {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	c := &conn{
 		connOptions:    o,
-		nc:             nc,
 		rl:             rl,
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: 100,
@@ -359,7 +356,7 @@ func (c *conn) drain(inline bool) error {
 			if c.dirty && c.werr == nil {
 				c.wqMu.Unlock()
 				c.dirty = false
-				if err := c.flush(); err != nil {
+				if err := c.rl.Flush(); err != nil {
 					c.werr = err
 					c.closeWith(fmt.Errorf("hbone: write: %w", err))
 				}
@@ -411,10 +408,6 @@ func (c *conn) writeBatch(batch []wreq) {
 		}
 		*r = wreq{}
 	}
-}
-
-func (c *conn) flush() error {
-	return c.rl.Flush()
 }
 
 func (c *conn) writeOne(r *wreq) error {
@@ -541,7 +534,7 @@ func (c *conn) closeWith(err error) {
 	c.wStop = true
 	c.wqCond.Broadcast()
 	c.wqMu.Unlock()
-	c.nc.Close()
+	c.rl.nc.Close()
 	for _, s := range streams {
 		s.connClosed(err)
 	}
@@ -646,7 +639,7 @@ func (c *conn) frameErr(err error) error {
 
 func (c *conn) readFrames() error {
 	if !c.client {
-		c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+		c.rl.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 		var buf [len(http2.ClientPreface)]byte
 		if _, err := io.ReadFull(c.rl, buf[:]); err != nil {
 			return fmt.Errorf("hbone: read preface: %w", err)
@@ -668,7 +661,7 @@ func (c *conn) readFrames() error {
 			}
 			first = false
 			if !c.client {
-				c.nc.SetReadDeadline(time.Time{})
+				c.rl.nc.SetReadDeadline(time.Time{})
 			}
 		}
 		switch {

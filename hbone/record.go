@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -152,15 +153,51 @@ func (hc *handshakeConn) fill() error {
 		hc.w = copy(hc.buf, hc.buf[hc.r:hc.w])
 		hc.r = 0
 	}
-	n, err := hc.Conn.Read(hc.buf[hc.w:])
+	n, err := readSome(hc.Conn, hc.buf[hc.w:])
 	hc.w += n
+	return err
+}
+
+// readSome reads into b and reports an error only when nothing was read.
+func readSome(r io.Reader, b []byte) (int, error) {
+	n, err := r.Read(b)
 	if n > 0 {
-		return nil
+		return n, nil
 	}
 	if err == nil {
 		err = io.ErrNoProgress
 	}
-	return err
+	return 0, err
+}
+
+// handshake runs crypto/tls's handshake on nc and returns the connection's record layer
+// and TLS state; on error nc is closed. A server's cfg comes from hboneTLS, whose
+// GetConfigForClient routes each handshake's key log to its handshakeConn.
+func handshake(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (*records, tls.ConnectionState, error) {
+	hc := newHandshakeConn(nc)
+	var tc *tls.Conn
+	if client {
+		tc = tls.Client(hc, hc.keyLog(cfg))
+	} else {
+		tc = tls.Server(hc, cfg)
+	}
+	err := tc.HandshakeContext(ctx)
+	if err != nil {
+		err = fmt.Errorf("tls handshake: %w", err)
+	}
+	st := tc.ConnectionState()
+	if err == nil {
+		err = checkNegotiated(st)
+	}
+	var rl *records
+	if err == nil {
+		rl, err = establish(hc, st, client)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, st, err
+	}
+	return rl, st, nil
 }
 
 // establish returns the record layer for a connection whose handshake over hc has
@@ -453,15 +490,9 @@ func (rl *records) fill(need int) error {
 		rl.w = copy(rl.in, rl.in[rl.r:rl.w])
 		rl.r = 0
 	}
-	n, err := rl.nc.Read(rl.in[rl.w:])
+	n, err := readSome(rl.nc, rl.in[rl.w:])
 	rl.bulk = rl.w+n == len(rl.in)
 	rl.w += n
-	if n > 0 {
-		return nil
-	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
 	return err
 }
 

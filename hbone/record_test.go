@@ -2,8 +2,8 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -30,22 +30,14 @@ func recordPair(tb testing.TB, oursClient bool) (*records, *tls.Conn) {
 	}
 	ch := make(chan res, 2)
 	ours := func(nc net.Conn, client bool) {
-		hc := newHandshakeConn(nc)
-		var tc *tls.Conn
+		cfg := hboneTLS(ca.serverTLS(tb, idServer))
 		if client {
-			cfg := hboneTLS(ca.clientTLS(tb, idClient, idServer))
+			cfg = hboneTLS(ca.clientTLS(tb, idClient, idServer))
 			// Offer resumption so that the peer server sends tickets.
 			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 			cfg.SessionTicketsDisabled = false
-			tc = tls.Client(hc, hc.keyLog(cfg))
-		} else {
-			tc = tls.Server(hc, hboneTLS(ca.serverTLS(tb, idServer)))
 		}
-		if err := tc.Handshake(); err != nil {
-			ch <- res{err: err}
-			return
-		}
-		rl, err := establish(hc, tc.ConnectionState(), client)
+		rl, _, err := handshake(context.Background(), nc, cfg, client)
 		ch <- res{rl: rl, err: err}
 	}
 	peer := func(nc net.Conn, client bool) {
@@ -126,6 +118,24 @@ func writeChunks(rl *records, data []byte, sizes []int, flushEvery int) error {
 	return rl.Flush()
 }
 
+// transfer runs send while reading len(want) bytes from r in reads of the given sizes,
+// and fails unless both succeed and what was read equals want.
+func transfer(tb testing.TB, what string, send func() error, r io.Reader, reads []int, want []byte) {
+	tb.Helper()
+	werr := make(chan error, 1)
+	go func() { werr <- send() }()
+	got, err := readChunks(r, len(want), reads)
+	if err != nil {
+		tb.Fatalf("%s: read after %d bytes: %v", what, len(got), err)
+	}
+	if err := <-werr; err != nil {
+		tb.Fatalf("%s: send: %v", what, err)
+	}
+	if !bytes.Equal(got, want) {
+		tb.Fatalf("%s: received different bytes", what)
+	}
+}
+
 // readChunks reads n bytes with reads of the given sizes (cycled).
 func readChunks(r io.Reader, n int, sizes []int) ([]byte, error) {
 	out := make([]byte, 0, n)
@@ -143,7 +153,6 @@ func readChunks(r io.Reader, n int, sizes []int) ([]byte, error) {
 func TestRecordsInteropCryptoTLS(t *testing.T) {
 	data := make([]byte, 3<<20+7)
 	rand.Read(data)
-	want := sha256.Sum256(data)
 	for _, tc := range []struct {
 		name       string
 		oursClient bool
@@ -159,34 +168,10 @@ func TestRecordsInteropCryptoTLS(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rl, peer := recordPair(t, tc.oursClient)
-			// ours -> crypto/tls
-			werr := make(chan error, 1)
-			go func() { werr <- writeChunks(rl, data, tc.writes, tc.flushEvery) }()
-			got, err := readChunks(peer, len(data), []int{32 << 10})
-			if err != nil {
-				t.Fatalf("crypto/tls peer read after %d bytes: %v", len(got), err)
-			}
-			if err := <-werr; err != nil {
-				t.Fatal(err)
-			}
-			if sha256.Sum256(got) != want {
-				t.Fatal("crypto/tls peer received different bytes")
-			}
-			// crypto/tls -> ours
-			go func() {
-				_, err := peer.Write(data)
-				werr <- err
-			}()
-			got, err = readChunks(rl, len(data), tc.reads)
-			if err != nil {
-				t.Fatalf("record layer read after %d bytes: %v", len(got), err)
-			}
-			if err := <-werr; err != nil {
-				t.Fatal(err)
-			}
-			if sha256.Sum256(got) != want {
-				t.Fatal("record layer received different bytes")
-			}
+			transfer(t, "ours -> crypto/tls", func() error { return writeChunks(rl, data, tc.writes, tc.flushEvery) },
+				peer, []int{32 << 10}, data)
+			transfer(t, "crypto/tls -> ours", func() error { _, err := peer.Write(data); return err },
+				rl, tc.reads, data)
 			if tc.oursClient && rl.tickets == 0 {
 				t.Error("the peer server sent no session ticket to skip")
 			}
@@ -214,18 +199,8 @@ func TestRecordsKeyUpdate(t *testing.T) {
 	first := rl.wk.secret
 	data := make([]byte, 1<<20)
 	rand.Read(data)
-	werr := make(chan error, 1)
-	go func() { werr <- writeChunks(rl, data, []int{50000}, 2) }()
-	got, err := readChunks(peer, len(data), []int{64 << 10})
-	if err != nil {
-		t.Fatalf("peer read after our key updates: %v", err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatal("peer received different bytes across our key updates")
-	}
+	transfer(t, "across our key updates", func() error { return writeChunks(rl, data, []int{50000}, 2) },
+		peer, []int{64 << 10}, data)
 	if bytes.Equal(first, rl.wk.secret) {
 		t.Fatal("write key never updated")
 	}
@@ -240,32 +215,20 @@ func TestRecordsKeyUpdate(t *testing.T) {
 	if err := rl.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		// crypto/tls processes our request when it reads.
-		buf := make([]byte, 1)
-		if _, err := peer.Read(buf); err != nil {
-			werr <- err
-			return
-		}
-		_, err := peer.Write(data)
-		werr <- err
-	}()
 	if _, err := rl.Write([]byte{1}); err != nil {
 		t.Fatal(err)
 	}
 	if err := rl.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	got, err = readChunks(rl, len(data), []int{100 << 10})
-	if err != nil {
-		t.Fatalf("read after the peer's key update: %v", err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatal("received different bytes across the peer's key update")
-	}
+	transfer(t, "across the peer's key update", func() error {
+		// crypto/tls processes our request when it reads.
+		if _, err := peer.Read(make([]byte, 1)); err != nil {
+			return err
+		}
+		_, err := peer.Write(data)
+		return err
+	}, rl, []int{100 << 10}, data)
 	if bytes.Equal(readFirst, rl.rk.secret) {
 		t.Fatal("read key never updated: the peer's KeyUpdate was not seen")
 	}

@@ -228,26 +228,11 @@ func (srv *Server) Serve(l net.Listener) error {
 // ServeConn serves one accepted TCP connection (TLS handshake included) and
 // returns when it is closed and its handlers have returned.
 func (srv *Server) ServeConn(ctx context.Context, nc net.Conn) {
-	hc := newHandshakeConn(nc)
-	tc := tls.Server(hc, srv.tlsCfg)
 	hctx, cancel := context.WithTimeout(ctx, srv.cfg.HandshakeTimeout)
-	err := tc.HandshakeContext(hctx)
+	rl, st, err := handshake(hctx, nc, srv.tlsCfg, false)
 	cancel()
 	if err != nil {
 		srv.log.Debug("hbone tls handshake failed", "remote", nc.RemoteAddr().String(), "error", err)
-		nc.Close()
-		return
-	}
-	st := tc.ConnectionState()
-	if err := checkNegotiated(st); err != nil {
-		srv.log.Debug("hbone tls negotiation rejected", "remote", nc.RemoteAddr().String(), "error", err)
-		nc.Close()
-		return
-	}
-	rl, err := establish(hc, st, false)
-	if err != nil {
-		srv.log.Debug("hbone tls record layer", "remote", nc.RemoteAddr().String(), "error", err)
-		nc.Close()
 		return
 	}
 	peer, certs, perr := peerIdentity(st)
@@ -258,7 +243,7 @@ func (srv *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	if pi < 0 {
 		pi = 0
 	}
-	c := newConn(nc, rl, connOptions{
+	c := newConn(rl, connOptions{
 		idleTimeout:  srv.cfg.IdleTimeout,
 		pingInterval: pi,
 		pingTimeout:  srv.cfg.PingTimeout,
@@ -387,8 +372,8 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 		Header:           make(http.Header, len(f.Fields)),
 		Peer:             c.peer,
 		PeerCertificates: c.peerCerts,
-		LocalAddr:        c.nc.LocalAddr(),
-		RemoteAddr:       c.nc.RemoteAddr(),
+		LocalAddr:        c.rl.nc.LocalAddr(),
+		RemoteAddr:       c.rl.nc.RemoteAddr(),
 	}
 	for _, hf := range f.RegularFields() {
 		req.Header.Add(http.CanonicalHeaderKey(hf.Name), hf.Value)
