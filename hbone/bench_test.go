@@ -79,7 +79,7 @@ func BenchmarkDialEarlyPooled(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c, err := p.DialEarly(context.Background(), req)
+		c, err := p.DialEarly(context.Background(), req, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

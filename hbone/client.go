@@ -122,7 +122,7 @@ const maxDialAttempts = 3
 // Dial opens a CONNECT stream and returns it once the peer answered 200.
 // Any other status is returned as a *StatusError.
 func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
-	return p.dial(ctx, req, false)
+	return p.dial(ctx, req, false, nil)
 }
 
 // DialEarly opens a CONNECT stream like Dial but returns as soon as the request
@@ -133,11 +133,16 @@ func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
 // ErrDenied etc.), and so is an answer that does not arrive before ctx ends.
 // Errors reaching the peer (dial, TLS) are returned by DialEarly itself. Unlike
 // Dial, a stream the server did not process (GOAWAY race) is not retried.
-func (p *Pool) DialEarly(ctx context.Context, req Request) (*Conn, error) {
-	return p.dial(ctx, req, true)
+//
+// first, when not empty, is the tunnel's first data: it goes out in the same
+// write as the request, so the peer reads both at once (one read and one
+// wake-up less on each side than a Write after DialEarly). DialEarly returns
+// once first is written; the caller may reuse it then.
+func (p *Pool) DialEarly(ctx context.Context, req Request, first []byte) (*Conn, error) {
+	return p.dial(ctx, req, true, first)
 }
 
-func (p *Pool) dial(ctx context.Context, req Request, early bool) (*Conn, error) {
+func (p *Pool) dial(ctx context.Context, req Request, early bool, first []byte) (*Conn, error) {
 	if req.Addr == "" {
 		return nil, fmt.Errorf("hbone: request: empty Addr")
 	}
@@ -151,7 +156,7 @@ func (p *Pool) dial(ctx context.Context, req Request, early bool) (*Conn, error)
 		if err != nil {
 			return nil, err
 		}
-		hc, err := p.roundTrip(ctx, c, hdrs, early)
+		hc, err := p.roundTrip(ctx, c, hdrs, early, first)
 		if err == nil {
 			return hc, nil
 		}
@@ -163,7 +168,7 @@ func (p *Pool) dial(ctx context.Context, req Request, early bool) (*Conn, error)
 	return nil, fmt.Errorf("hbone: connect %s via %s: %w", req.Authority, req.Addr, lastErr)
 }
 
-func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField, early bool) (*Conn, error) {
+func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField, early bool, first []byte) (*Conn, error) {
 	c.mu.Lock()
 	c.reserved--
 	if c.closed || c.goAwaySent || c.goAwayRecv || c.nextID > maxWindow {
@@ -180,12 +185,22 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField,
 	// Queued under c.mu so stream ids go out in increasing order, written by
 	// this goroutine unless someone else is writing.
 	ok := c.push(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs})
+	// Early data the windows take at once rides in the same write; its
+	// window is taken here, under c.mu, so nothing can hold the HEADERS back.
+	withFirst := early && ok && len(first) > 0 &&
+		int64(len(first)) <= min(s.sendWindow, c.sendWindow, maxWriteChunk)
+	if withFirst {
+		s.sendWindow -= int64(len(first))
+		c.sendWindow -= int64(len(first))
+	}
 	c.mu.Unlock()
 	if !ok {
 		s.connClosed(errRefused)
 		return nil, errRefused
 	}
-	c.writeNow()
+	if !withFirst {
+		c.writeNow()
+	}
 	if early {
 		// An answer that does not come in time resets the stream; once it came,
 		// ctx no longer matters.
@@ -204,6 +219,17 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField,
 		} else {
 			s.stopWait = stop
 			s.mu.Unlock()
+		}
+		var err error
+		switch {
+		case withFirst:
+			err = s.send(first) // the HEADERS go out in the same batch
+		case len(first) > 0:
+			_, err = s.Write(first)
+		}
+		if err != nil {
+			s.Close()
+			return nil, err
 		}
 		return &Conn{s}, nil
 	}

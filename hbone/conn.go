@@ -130,6 +130,7 @@ type conn struct {
 	goAwaySent     bool
 	goAwayRecv     bool
 	idleSince      time.Time
+	timerAt        time.Time // when timerLoop wakes next
 	pingOut        bool
 	pingData       [8]byte
 	pingSent       time.Time
@@ -1000,8 +1001,11 @@ func (c *conn) removeIfDone(s *stream) {
 		c.idleSince = time.Now()
 	}
 	drain := n == 0 && c.reserved == 0 && (c.goAwaySent || c.goAwayRecv) && !c.closed
+	// The timer loop only needs waking when the idle deadline comes before its next
+	// wake-up (which usually is the keepalive check): a wake-up per connection saved.
+	kick := n == 0 && c.idleTimeout > 0 && c.idleSince.Add(c.idleTimeout).Before(c.timerAt)
 	c.mu.Unlock()
-	if n == 0 {
+	if kick {
 		select {
 		case c.kick <- struct{}{}:
 		default:
@@ -1056,6 +1060,7 @@ func (c *conn) timerLoop() {
 				next = minTime(next, dl)
 			}
 		}
+		c.timerAt = next
 		c.mu.Unlock()
 		if ping {
 			c.enqueue(wreq{kind: wPing, ping: pingData})

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,7 +24,7 @@ func TestDialEarlyDataBeforeAccept(t *testing.T) {
 	})
 	_, addr := startServer(t, h, nil)
 	p := newTestPool(t, nil)
-	c, err := p.DialEarly(context.Background(), testReq(addr))
+	c, err := p.DialEarly(context.Background(), testReq(addr), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestDialEarlyRefusal(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, addr := startServer(t, tt.handler, nil)
 			p := newTestPool(t, nil)
-			c, err := p.DialEarly(context.Background(), testReq(addr))
+			c, err := p.DialEarly(context.Background(), testReq(addr), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +94,7 @@ func TestDialEarlyAnswerTimeout(t *testing.T) {
 	p := newTestPool(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	c, err := p.DialEarly(ctx, testReq(addr))
+	c, err := p.DialEarly(ctx, testReq(addr), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +109,7 @@ func TestDialEarlyContextAfterAnswer(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
 	p := newTestPool(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := p.DialEarly(ctx, testReq(addr))
+	c, err := p.DialEarly(ctx, testReq(addr), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,5 +127,83 @@ func TestDialEarlyContextAfterAnswer(t *testing.T) {
 	}
 	if _, err := io.ReadFull(c, one); err != nil || one[0] != 7 {
 		t.Fatalf("after cancel: %v %v", one, err)
+	}
+}
+
+// writeCounter counts writes to the TCP socket under the TLS connection.
+type writeCounter struct {
+	net.Conn
+	n *atomic.Int32
+}
+
+func (w writeCounter) Write(p []byte) (int, error) {
+	w.n.Add(1)
+	return w.Conn.Write(p)
+}
+
+// DialEarly's first data goes out with the request: one socket write for both
+// when the windows take it, and still all of it, in order, when they do not.
+func TestDialEarlyFirstData(t *testing.T) {
+	_, addr := startServer(t, echoHandler, nil)
+	var writes atomic.Int32
+	p := newTestPool(t, func(cfg *ClientConfig) {
+		cfg.Dial = func(ctx context.Context, network, a string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, a)
+			if err != nil {
+				return nil, err
+			}
+			return writeCounter{nc, &writes}, nil
+		}
+	})
+	// A first stream, used to its end, opens the pooled connection and leaves
+	// nothing (settings, acks) for later writes.
+	warm, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(warm); err != nil {
+		t.Fatal(err)
+	}
+	warm.Close()
+	eventually(t, "warm-up stream gone", func() bool { return p.Stats().Streams == 0 })
+	for _, tc := range []struct {
+		name      string
+		first     int
+		oneWrite  bool // the request and first fit one socket write
+		restAfter int
+	}{
+		{"one byte", 1, true, 0},
+		{"several frames", 40000, true, 5000},
+		{"beyond one grant", maxWriteChunk + 1, false, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msg := make([]byte, tc.first+tc.restAfter)
+			for i := range msg {
+				msg[i] = byte(i * 13)
+			}
+			before := writes.Load()
+			c, err := p.DialEarly(context.Background(), testReq(addr), msg[:tc.first])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := writes.Load() - before; tc.oneWrite && got != 1 {
+				t.Errorf("request and %d bytes of first data took %d socket writes, want 1", tc.first, got)
+			}
+			go func() {
+				c.Write(msg[tc.first:])
+				c.CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("echo: got %d bytes, want %d (or different content)", len(got), len(msg))
+			}
+		})
 	}
 }

@@ -136,21 +136,26 @@ func TestInteropOurPoolToXNetServer(t *testing.T) {
 
 	p := newTestPool(t, nil)
 	for i := 0; i < 4; i++ { // several streams on one pooled connection
-		dial := p.Dial
-		if i%2 == 1 {
-			dial = p.DialEarly // data before x/net's 200
-		}
-		c, err := dial(context.Background(), testReq(l.Addr().String()))
-		if err != nil {
-			t.Fatal(err)
-		}
 		payload := make([]byte, 1<<20+i) // bigger than x/net's default windows
 		for j := range payload {
 			payload[j] = byte(j * 7)
 		}
+		var c *Conn
+		var err error
+		rest := payload
+		if i%2 == 1 {
+			// Data before x/net's 200, the first of it in the request's write.
+			c, err = p.DialEarly(context.Background(), testReq(l.Addr().String()), payload[:1000])
+			rest = payload[1000:]
+		} else {
+			c, err = p.Dial(context.Background(), testReq(l.Addr().String()))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 		errc := make(chan error, 1)
 		go func() {
-			_, err := c.Write(payload)
+			_, err := c.Write(rest)
 			if err == nil {
 				err = c.CloseWrite()
 			}
@@ -176,7 +181,7 @@ func TestInteropOurPoolToXNetServer(t *testing.T) {
 	if _, err := p.Dial(context.Background(), req); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("x/net 400: %v", err)
 	}
-	c, err := p.DialEarly(context.Background(), req)
+	c, err := p.DialEarly(context.Background(), req, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,23 +120,48 @@ func TestPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
 }
 
 func TestPoolIdleTimeout(t *testing.T) {
-	_, addr := startServer(t, echoHandler, nil)
-	p := newTestPool(t, func(c *ClientConfig) { c.IdleTimeout = 50 * time.Millisecond })
-	c, err := p.Dial(context.Background(), testReq(addr))
-	if err != nil {
-		t.Fatal(err)
+	// The connection's timer sleeps until its next keepalive check (or an hour
+	// without keepalives); the last stream's end must bring the idle close forward.
+	for _, tc := range []struct {
+		name string
+		ping time.Duration
+	}{
+		{"keepalive", 0},
+		{"no keepalive", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := startServer(t, echoHandler, nil)
+			p := newTestPool(t, func(c *ClientConfig) {
+				c.IdleTimeout = 50 * time.Millisecond
+				c.PingInterval = tc.ping
+			})
+			c, err := p.Dial(context.Background(), testReq(addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := p.Stats(); st.Conns != 1 {
+				t.Fatalf("stats = %+v", st)
+			}
+			eventually(t, "timer armed while the stream is open", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				for hc := range p.keyOf {
+					hc.mu.Lock()
+					defer hc.mu.Unlock()
+					return !hc.timerAt.IsZero()
+				}
+				return false
+			})
+			c.Close()
+			eventually(t, "idle connection closed", func() bool { return p.Stats().Conns == 0 })
+			// The pool dials again afterwards.
+			c, err = p.Dial(context.Background(), testReq(addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		})
 	}
-	if st := p.Stats(); st.Conns != 1 {
-		t.Fatalf("stats = %+v", st)
-	}
-	c.Close()
-	eventually(t, "idle connection closed", func() bool { return p.Stats().Conns == 0 })
-	// The pool dials again afterwards.
-	c, err = p.Dial(context.Background(), testReq(addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
 }
 
 // freezeProxy relays TCP and can stop forwarding in both directions, like a

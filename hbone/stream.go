@@ -481,8 +481,13 @@ func (s *stream) onResponseHeaders(f *http2.MetaHeadersFrame) {
 	if f.StreamEnded() {
 		s.onRemoteEnd()
 	}
-	s.wakeReader()
-	s.wakeWriter()
+	if code != http.StatusOK {
+		// A 200 changes nothing for a parked Read, WriteTo or Write (an early
+		// stream could already send); waking them would only cost a goroutine
+		// switch per connection.
+		s.wakeReader()
+		s.wakeWriter()
+	}
 }
 
 // ---- net.Conn ----

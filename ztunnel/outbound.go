@@ -119,12 +119,17 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 		}
 		// Early: the pod's first bytes follow the CONNECT without waiting for the answer
 		// (one round trip less per connection); a refusal then ends the proxied
-		// connection with the status as its error.
-		up, err = z.pool.DialEarly(dialCtx, req)
+		// connection with the status as its error. What the pod has sent already goes
+		// in the same write as the CONNECT: one read and wake-up less on the peer.
+		bp := smallPool.Get().(*[]byte)
+		first := (*bp)[:readReady(c, *bp)]
+		up, err = z.pool.DialEarly(dialCtx, req, first)
+		smallPool.Put(bp)
 		if err != nil {
 			z.refuse(c, ci, fmt.Errorf("hbone connect %s via %s: %w", r.target, hboneAddr, err))
 			return
 		}
+		ci.sent.n.Add(int64(len(first)))
 	default:
 		// Passthrough: the destination is outside the mesh. Dial from the node's own
 		// address so replies route back without capture.

@@ -36,8 +36,12 @@ type counter struct{ n atomic.Int64 }
 // pump copies a->b and b->a until both directions end. When one direction reaches EOF
 // the write side of the other connection is half-closed, so protocols that rely on
 // half-close (request, then EOF, then response) keep working end to end. An error in
-// either direction aborts both. Both connections are closed on return. One direction runs
-// in the calling goroutine: one goroutine start and one wake-up less per connection.
+// either direction aborts both. Both connections are closed on return.
+//
+// a is the initiator's side. One direction runs in the calling goroutine: one goroutine
+// start less per connection. It is b->a, the direction that usually ends last (a client
+// closes its side first, the server answers with its own close), so the caller seldom
+// has to park and be woken again to learn that the other direction ended.
 func pump(a, b net.Conn, aToB, bToA *counter) error {
 	var (
 		mu    sync.Mutex
@@ -59,10 +63,10 @@ func pump(a, b net.Conn, aToB, bToA *counter) error {
 	}
 	done := make(chan struct{})
 	go func() {
-		fail(copyHalf(a, b, bToA))
+		fail(copyHalf(b, a, aToB))
 		close(done)
 	}()
-	fail(copyHalf(b, a, aToB))
+	fail(copyHalf(a, b, bToA))
 	<-done
 	_ = a.Close()
 	_ = b.Close()

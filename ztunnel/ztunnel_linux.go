@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"github.com/ambitmesh/ambit/redirect"
 )
@@ -42,4 +43,23 @@ func (z *Ztunnel) platformDefaults() error {
 		z.dialT = redirect.DialTransparent
 	}
 	return nil
+}
+
+// readReady reads what c has already received into buf without waiting for more:
+// 0 when nothing is there yet (or at EOF or an error, which c's next Read reports).
+func readReady(c net.Conn, buf []byte) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = raw.Read(func(fd uintptr) bool {
+		n, _ = syscall.Read(int(fd), buf)
+		return true // never wait: an empty socket is an answer too
+	})
+	return max(n, 0)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/pcap"
+	"github.com/ambitmesh/ambit/tests/netns"
 )
 
 // The wire between nodes carries only HBONE on :15008, negotiated as TLS 1.3, and a
@@ -221,6 +222,89 @@ func TestEarlyRefusalCounted(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Byte counts cover all a connection carried, both ways and on both nodes, including
+// the first bytes the source node sent in the same write as the CONNECT request.
+func TestBytesCounted(t *testing.T) {
+	requireMesh(t)
+	// total sums metric over node's series for connections from client to echo-a.
+	total := func(node int, metric string) float64 {
+		t.Helper()
+		metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[node])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for _, line := range strings.Split(metrics, "\n") {
+			if !strings.HasPrefix(line, metric+"{") || !strings.Contains(line, `source_workload="client"`) ||
+				!strings.Contains(line, `destination_workload="echo-a"`) {
+				continue
+			}
+			f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			sum += f
+		}
+		return sum
+	}
+	type figure struct {
+		node   int
+		metric string
+	}
+	figures := []figure{
+		{0, "istio_tcp_sent_bytes_total"}, {0, "istio_tcp_received_bytes_total"},
+		{1, "istio_tcp_sent_bytes_total"}, {1, "istio_tcp_received_bytes_total"},
+	}
+	before := make([]float64, len(figures))
+	for i, f := range figures {
+		before[i] = total(f.node, f.metric)
+	}
+	// Each connection writes at once after connecting, so its bytes are mostly there
+	// by the time node1 sends the request; some connections may take the other path.
+	const conns, each = 30, 3000
+	const size = conns * each
+	payload := bytes.Repeat([]byte("b"), each)
+	for range conns {
+		if err := writeFirstEcho(client, podAddr(echoA), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Counters move when each side's connection ends, just after the client's.
+	deadline := time.Now().Add(5 * time.Second)
+	for i, f := range figures {
+		for {
+			d := total(f.node, f.metric) - before[i]
+			if d == size {
+				break
+			}
+			if d > size || time.Now().After(deadline) {
+				t.Fatalf("node%d %s rose by %v, want %d", f.node+1, f.metric, d, size)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// writeFirstEcho writes payload as soon as the connection is up, then reads it back.
+func writeFirstEcho(from *netns.Pod, addr netip.AddrPort, payload []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(payload); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, payload) {
+		return fmt.Errorf("echo: %d bytes back (%v)", len(got), err)
+	}
+	return nil
 }
 
 // Enrollment follows the model live: opting the client pod out stops its capture (its
