@@ -624,3 +624,53 @@ func TestSwitchAttachMode(t *testing.T) {
 		c.Close()
 	}
 }
+
+// Connections accepted by a transparent listener keep TCP keepalive on (a pod that
+// vanishes without FIN or RST is noticed) with the listener's settings, which Go no
+// longer sets per connection.
+func TestListenTransparentKeepAlive(t *testing.T) {
+	topo := netns.New(t, netns.Options{Nodes: 1})
+	node := topo.Nodes[0]
+	var l net.Listener
+	if err := node.NS.Do(func() (err error) {
+		l, err = redirect.ListenTransparent(context.Background(), "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := node.NS.Dial(context.Background(), "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	raw, err := a.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	} {
+		var got int
+		var gerr error
+		if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
+			t.Fatal(err)
+		}
+		if gerr != nil || got != o.want {
+			t.Errorf("accepted socket %s = %d (%v), want %d", o.name, got, gerr, o.want)
+		}
+	}
+}
