@@ -223,7 +223,7 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField,
 		var err error
 		switch {
 		case withFirst:
-			err = s.send(first) // the HEADERS go out in the same batch
+			err = s.send(wreq{kind: wData, data: first}, len(first)) // in the HEADERS' batch
 		case len(first) > 0:
 			_, err = s.Write(first)
 		}

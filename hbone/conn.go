@@ -48,6 +48,7 @@ const (
 	wSettingsAck
 	wGoAway
 	wClose // flush what is queued, then close the connection
+	wSlots // data laid out in record slots (val bytes of payload), sealed in place
 )
 
 // wreq is one entry of a connection's FIFO write queue. FIFO order matters:
@@ -289,7 +290,7 @@ func (c *conn) cancelData(s *stream) bool {
 	c.wqMu.Lock()
 	defer c.wqMu.Unlock()
 	for i := range c.wq {
-		if c.wq[i].kind == wData && c.wq[i].notify && c.wq[i].s == s {
+		if (c.wq[i].kind == wData || c.wq[i].kind == wSlots) && c.wq[i].notify && c.wq[i].s == s {
 			copy(c.wq[i:], c.wq[i+1:])
 			c.wq[len(c.wq)-1] = wreq{}
 			c.wq = c.wq[:len(c.wq)-1]
@@ -418,6 +419,16 @@ func (c *conn) writeOne(r *wreq) error {
 		return err
 	case wData:
 		return c.writeData(r.streamID, r.data, r.end)
+	case wSlots:
+		for i, n := 0, int(r.val); n > 0; i++ {
+			p := min(n, slotPayload)
+			n -= p
+			h := r.data[i*slotLen+recordHeaderLen:][:frameHeaderLen]
+			h[0], h[1], h[2] = byte(p>>16), byte(p>>8), byte(p)
+			h[3], h[4] = byte(http2.FrameData), 0
+			binary.BigEndian.PutUint32(h[5:], r.streamID&0x7fffffff)
+		}
+		return c.rl.writeSlots(r.data, int(r.val))
 	case wHeaders:
 		c.hbuf.Reset()
 		for _, hf := range r.hdrs {

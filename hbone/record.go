@@ -690,3 +690,76 @@ func (rl *records) flushLocked() error {
 	}
 	return err
 }
+
+// Records laid out by the sender itself (see stream.ReadFrom): one HTTP/2 DATA frame
+// fills one record, so a full record's plaintext is a frame header and slotPayload bytes
+// and a sealed full record takes exactly slotLen bytes. A buffer of such slots is sealed
+// in place and written as it is: the data is copied once, by the kernel, into the slot
+// it is sent from.
+const (
+	frameHeaderLen = 9
+	aeadTagLen     = 16 // AES-GCM and ChaCha20-Poly1305
+	slotPayload    = maxPlaintext - frameHeaderLen
+	slotLen        = recordHeaderLen + maxPlaintext + 1 + aeadTagLen
+)
+
+// slotData is the payload area of slot i of a slot buffer.
+func slotData(buf []byte, i int) []byte {
+	off := i*slotLen + recordHeaderLen + frameHeaderLen
+	return buf[off : off+slotPayload : off+slotPayload]
+}
+
+// writeSlots seals and writes the records in buf that carry n payload bytes: full slots
+// and, last, one holding the rest. Each record's frame header is already in place.
+// Everything written before goes out first.
+func (rl *records) writeSlots(buf []byte, n int) error {
+	rl.wmu.Lock()
+	defer rl.wmu.Unlock()
+	if rl.werr != nil {
+		return rl.werr
+	}
+	if err := rl.flushLocked(); err != nil {
+		return err
+	}
+	if rl.wk.aead.Overhead() != aeadTagLen {
+		rl.werr = fmt.Errorf("%w: AEAD overhead %d, slots assume %d", ErrRecord, rl.wk.aead.Overhead(), aeadTagLen)
+		return rl.werr
+	}
+	start, off := 0, 0 // buf[start:off] is sealed and not yet written
+	for n > 0 {
+		if rl.wk.seq >= rl.keyUpdateAfter {
+			// Records sealed under the old key go out before the KeyUpdate.
+			if err := rl.writeLocked(buf[start:off]); err != nil {
+				return err
+			}
+			start = off
+			rl.keyUpdateLocked(false)
+			if err := rl.flushLocked(); err != nil {
+				return err
+			}
+		}
+		p := min(n, slotPayload)
+		n -= p
+		rec := buf[off : off+slotLen]
+		plain := frameHeaderLen + p
+		rec[recordHeaderLen+plain] = recordApplication
+		hdr := rec[:recordHeaderLen]
+		hdr[0], hdr[1], hdr[2] = recordApplication, 3, 3
+		binary.BigEndian.PutUint16(hdr[3:], uint16(plain+1+aeadTagLen))
+		body := rec[recordHeaderLen : recordHeaderLen+plain+1]
+		sealed := rl.wk.aead.Seal(body[:0], rl.wk.nextNonce(), body, hdr)
+		off += recordHeaderLen + len(sealed)
+	}
+	return rl.writeLocked(buf[start:off])
+}
+
+func (rl *records) writeLocked(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := rl.nc.Write(b); err != nil {
+		rl.werr = err
+		return err
+	}
+	return nil
+}

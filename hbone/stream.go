@@ -681,18 +681,34 @@ func (s *stream) writeErrLocked() error {
 
 // Write sends p, blocking on HTTP/2 flow control.
 func (s *stream) Write(p []byte) (int, error) {
+	if err := s.acquireWrite(); err != nil {
+		return 0, err
+	}
+	defer s.releaseWrite()
+	return s.writeAll(p)
+}
+
+// acquireWrite makes the caller the stream's only writer.
+func (s *stream) acquireWrite() error {
 	select {
 	case s.wsem <- struct{}{}:
+		return nil
 	default:
-		select {
-		case s.wsem <- struct{}{}:
-		case <-s.wdl.wait():
-			return 0, os.ErrDeadlineExceeded
-		case <-s.closedCh:
-			return 0, net.ErrClosed
-		}
 	}
-	defer func() { <-s.wsem }()
+	select {
+	case s.wsem <- struct{}{}:
+		return nil
+	case <-s.wdl.wait():
+		return os.ErrDeadlineExceeded
+	case <-s.closedCh:
+		return net.ErrClosed
+	}
+}
+
+func (s *stream) releaseWrite() { <-s.wsem }
+
+// writeAll sends p (the caller is the stream's writer).
+func (s *stream) writeAll(p []byte) (int, error) {
 	n := 0
 	for {
 		if s.wdl.expired() {
@@ -707,11 +723,11 @@ func (s *stream) Write(p []byte) (int, error) {
 			}
 			return n, err
 		}
-		k, err := s.reserve(len(p))
+		k, err := s.reserve(len(p), true)
 		if err != nil {
 			return n, err
 		}
-		if err := s.send(p[:k]); err != nil {
+		if err := s.send(wreq{kind: wData, data: p[:k]}, k); err != nil {
 			return n, err
 		}
 		n += k
@@ -720,8 +736,9 @@ func (s *stream) Write(p []byte) (int, error) {
 }
 
 // reserve takes up to want bytes of send window from the stream and the
-// connection.
-func (s *stream) reserve(want int) (int, error) {
+// connection; with wait it waits until it can take at least one, otherwise it
+// may return 0.
+func (s *stream) reserve(want int, wait bool) (int, error) {
 	c := s.c
 	for {
 		c.mu.Lock()
@@ -743,6 +760,9 @@ func (s *stream) reserve(want int) (int, error) {
 			return int(n), nil
 		}
 		c.mu.Unlock()
+		if !wait {
+			return 0, nil
+		}
 		select {
 		case <-s.wWake:
 		case <-s.closedCh:
@@ -764,16 +784,18 @@ func (s *stream) unreserve(n int) {
 	c.mu.Unlock()
 }
 
-// send hands p to the connection writer and waits until it is copied out,
-// so the caller may reuse p as soon as Write returns.
-func (s *stream) send(p []byte) error {
+// send hands r, carrying n bytes of reserved window, to the connection writer
+// and waits until it is copied out or written, so the caller may reuse its
+// buffer as soon as send returns.
+func (s *stream) send(r wreq, n int) error {
 	s.mu.Lock()
 	if err := s.writeErrLocked(); err != nil {
 		s.mu.Unlock()
-		s.unreserve(len(p))
+		s.unreserve(n)
 		return err
 	}
-	ok, inline := s.c.pushData(wreq{kind: wData, s: s, streamID: s.id, data: p})
+	r.s, r.streamID = s, s.id
+	ok, inline := s.c.pushData(r)
 	s.mu.Unlock()
 	if !ok {
 		return s.c.closeErr()
@@ -786,7 +808,7 @@ func (s *stream) send(p []byte) error {
 		return err
 	case <-s.wdl.wait():
 		if s.c.cancelData(s) {
-			s.unreserve(len(p))
+			s.unreserve(n)
 			return os.ErrDeadlineExceeded
 		}
 		return <-s.wdone

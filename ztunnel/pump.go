@@ -80,11 +80,16 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	dt, dok := dst.(*net.TCPConn)
 	st, sok := src.(*net.TCPConn)
 	wt, wok := src.(io.WriterTo)
+	rf, rok := dst.(io.ReaderFrom)
 	switch {
 	case dok && sok:
 		var n int64
 		n, err = dt.ReadFrom(st)
 		c.n.Add(n)
+	case sok && rok:
+		// A socket into an HBONE stream: read straight into the TLS records that carry
+		// the data, no copy buffer.
+		_, err = rf.ReadFrom(countedConn{st, c})
 	case wok && !sok:
 		// An HBONE stream writes its receive buffer out directly: no copy buffer. When
 		// dst is a socket, the connection's read loop may write to it directly.
@@ -108,6 +113,14 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	}
 	return dst.Close()
 }
+
+// countedConn is a socket whose reader (hbone's ReadFrom) reports the bytes it sent.
+type countedConn struct {
+	*net.TCPConn
+	c *counter
+}
+
+func (cc countedConn) CountBytes(n int64) { cc.c.n.Add(n) }
 
 // countingWriter counts what reaches w, live.
 type countingWriter struct {

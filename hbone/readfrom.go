@@ -1,0 +1,107 @@
+package hbone
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"syscall"
+)
+
+// Slot buffers for ReadFrom: one record slot while a connection is quiet, slotsBulk
+// (512 KiB of payload, one socket read and one socket write) while it moves bulk data.
+const slotsBulk = 32
+
+var (
+	slotsSmallPool = sync.Pool{New: func() any { b := make([]byte, slotLen); return &b }}
+	slotsBulkPool  = sync.Pool{New: func() any { b := make([]byte, slotsBulk*slotLen); return &b }}
+	readFromPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+)
+
+// byteCounter is implemented by a reader that wants to know, as ReadFrom goes, how
+// many of its bytes were sent (live byte counts of a long transfer).
+type byteCounter interface{ CountBytes(n int64) }
+
+// ReadFrom sends what r yields until EOF, as io.Copy into the stream would. From a
+// socket it reads straight into the TLS records that will carry the data (a readv into
+// the payload of each record's DATA frame), so the bytes are copied once, by the
+// kernel, before they are sealed in place. If r has a CountBytes(int64) method, it is
+// called with the bytes sent after each send.
+func (s *stream) ReadFrom(r io.Reader) (int64, error) {
+	count := func(int64) {}
+	if bc, ok := r.(byteCounter); ok {
+		count = bc.CountBytes
+	}
+	if sc, ok := r.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			if n, ok, err := s.readFromSocket(rc, count); ok {
+				return n, err
+			}
+		}
+	}
+	bp := readFromPool.Get().(*[]byte)
+	defer readFromPool.Put(bp)
+	var total int64
+	for {
+		n, rerr := r.Read(*bp)
+		if n > 0 {
+			if _, err := s.Write((*bp)[:n]); err != nil {
+				return total, err
+			}
+			total += int64(n)
+			count(int64(n))
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// sendSlots sends the n payload bytes read into buf's record slots. The records go out
+// sealed in place as far as the flow-control windows reach at once; the rest, if any,
+// is written the ordinary way.
+func (s *stream) sendSlots(buf []byte, n int) error {
+	if err := s.acquireWrite(); err != nil {
+		return err
+	}
+	defer s.releaseWrite()
+	k, err := s.reserve(n, true)
+	if err != nil {
+		return err
+	}
+	for k < n {
+		more, err := s.reserve(n-k, false)
+		if err != nil {
+			s.unreserve(k)
+			return err
+		}
+		if more == 0 {
+			break
+		}
+		k += more
+	}
+	var tail []byte
+	if j := k % slotPayload; k < n && j > 0 {
+		// Sealing the last record in place overwrites what follows its payload in
+		// the slot: keep that part of the data.
+		tail = bytes.Clone(slotData(buf, k/slotPayload)[j:min(slotPayload, j+n-k)])
+	}
+	if err := s.send(wreq{kind: wSlots, data: buf, val: uint32(k)}, k); err != nil {
+		return err
+	}
+	if len(tail) > 0 {
+		if _, err := s.writeAll(tail); err != nil {
+			return err
+		}
+	}
+	for off := k + len(tail); off < n; {
+		seg := slotData(buf, off/slotPayload)[:min(slotPayload, n-off)]
+		if _, err := s.writeAll(seg); err != nil {
+			return err
+		}
+		off += len(seg)
+	}
+	return nil
+}

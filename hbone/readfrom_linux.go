@@ -1,0 +1,63 @@
+package hbone
+
+import (
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// readFromSocket is ReadFrom's path for a socket: readv into record slots, then
+// sendSlots. It always handles the transfer (ok is true).
+func (s *stream) readFromSocket(rc syscall.RawConn, count func(int64)) (total int64, ok bool, err error) {
+	bp, bulk := slotsSmallPool.Get().(*[]byte), false
+	defer func() {
+		if bulk {
+			slotsBulkPool.Put(bp)
+		} else {
+			slotsSmallPool.Put(bp)
+		}
+	}()
+	var vec [slotsBulk][]byte
+	for {
+		buf := *bp
+		slots := len(buf) / slotLen
+		for i := range slots {
+			vec[i] = slotData(buf, i)
+		}
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = unix.Readv(int(fd), vec[:slots])
+				if rerr != unix.EINTR {
+					return rerr != unix.EAGAIN
+				}
+			}
+		})
+		if err != nil {
+			return total, true, err
+		}
+		if rerr != nil {
+			return total, true, os.NewSyscallError("readv", rerr)
+		}
+		if n == 0 {
+			return total, true, nil // EOF
+		}
+		if err := s.sendSlots(buf, n); err != nil {
+			return total, true, err
+		}
+		total += int64(n)
+		count(int64(n))
+		// Like ztunnel's copy buffers: bulk slots once a read fills the small one, back
+		// to one slot when reads get small again.
+		switch {
+		case !bulk && n == slotPayload:
+			slotsSmallPool.Put(bp)
+			bp, bulk = slotsBulkPool.Get().(*[]byte), true
+		case bulk && n < slotPayload:
+			slotsBulkPool.Put(bp)
+			bp, bulk = slotsSmallPool.Get().(*[]byte), false
+		}
+	}
+}
