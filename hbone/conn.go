@@ -140,6 +140,10 @@ type conn struct {
 	pendingErr     error
 	gotSettings    bool
 
+	// Owned by the read loop: streams whose received data waits to be written to their
+	// parked WriteTo's destination (see stream.fill).
+	deferred []*stream
+
 	settingsCh chan struct{}
 	closedCh   chan struct{}
 	kick       chan struct{}
@@ -180,6 +184,7 @@ func newConn(rl *records, o connOptions) *conn {
 	c.wfr = http2.NewFramer(rl, nil)
 	// A KeyUpdate answer waits in the record layer for the writer's next flush.
 	rl.pending = func() { c.enqueue(wreq{kind: wRaw}) }
+	rl.beforeRead = c.flushDeferred
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -702,6 +707,43 @@ func (c *conn) readFrames() error {
 			return err
 		}
 	}
+}
+
+// Data that arrives for a stream whose WriteTo waits on a socket is not written out
+// frame by frame: the read loop first takes in every record it already holds, then
+// writes each stream's data with one write per buffer, before its next socket read
+// (which may wait). A sender's 16 KiB frames would otherwise cost a syscall, and a
+// pass through the receiving TCP stack, each.
+
+// deferDelivery queues s for flushDeferred (read loop only).
+func (c *conn) deferDelivery(s *stream) {
+	if !s.deferred {
+		s.deferred = true
+		c.deferred = append(c.deferred, s)
+	}
+}
+
+// flushDeferred writes out what the deferred streams received (read loop only).
+func (c *conn) flushDeferred() {
+	if len(c.deferred) == 0 {
+		return
+	}
+	for i, s := range c.deferred {
+		c.deferred[i] = nil
+		s.deferred = false
+		s.mu.Lock()
+		direct := s.sink != nil && s.parked && !s.writingOut && !s.closed && s.rlen > 0
+		if direct {
+			s.writingOut = true
+		}
+		s.mu.Unlock()
+		if direct {
+			s.deliver()
+		} else {
+			s.wakeReader() // WriteTo stopped waiting meanwhile: it writes the data itself
+		}
+	}
+	c.deferred = c.deferred[:0]
 }
 
 var discardBuf = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}

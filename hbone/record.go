@@ -339,6 +339,8 @@ type records struct {
 	hs      []byte  // partial post-handshake message
 	tickets int     // NewSessionTickets skipped
 	rerr    error   // sticky
+	// beforeRead runs in the reader before each socket read (which may wait).
+	beforeRead func()
 
 	// Write side.
 	wmu            sync.Mutex
@@ -489,6 +491,9 @@ func (rl *records) fill(need int) error {
 	case len(rl.in)-rl.r < need:
 		rl.w = copy(rl.in, rl.in[rl.r:rl.w])
 		rl.r = 0
+	}
+	if rl.beforeRead != nil {
+		rl.beforeRead()
 	}
 	n, err := readSome(rl.nc, rl.in[rl.w:])
 	rl.bulk = rl.w+n == len(rl.in)

@@ -115,6 +115,7 @@ type stream struct {
 	sink        TryWriter // WriteTo's destination while it runs, when it takes non-blocking writes
 	parked      bool      // WriteTo waits for data: the read loop may deliver to sink itself
 	delivered   int64     // bytes the read loop wrote to sink, for WriteTo's count
+	deferred    bool      // in c.deferred (read loop only)
 	localEnd    bool      // END_STREAM or RST sent
 	wErr        error     // write-side failure (reset, connection closed)
 	closed      bool
@@ -227,7 +228,9 @@ func (s *stream) fill(r io.Reader, n int64) error {
 			}
 		}
 		if dst == nil {
-			b := getBuf(int(min(n, 1<<30)))
+			// Data piling up (deferred delivery, a slow reader) gets larger buffers:
+			// fewer, larger writes out.
+			b := getBuf(int(min(n, 1<<30)) + s.rlen)
 			s.chunks = append(s.chunks, b)
 			dst = b[:cap(b)]
 		}
@@ -249,12 +252,9 @@ func (s *stream) fill(r io.Reader, n int64) error {
 			s.chunks[k] = s.chunks[k][:len(s.chunks[k])+len(dst)]
 			s.rlen += len(dst)
 			direct := s.sink != nil && s.parked && !s.writingOut
-			if direct {
-				s.writingOut = true
-			}
 			s.mu.Unlock()
 			if direct {
-				s.deliver()
+				s.c.deferDelivery(s) // written out before the read loop waits
 			} else {
 				s.wakeReader()
 			}

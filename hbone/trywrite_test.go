@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"hash"
@@ -168,4 +169,49 @@ func TestWriteToSocketSlowReader(t *testing.T) {
 	if !bytes.Equal(<-got, <-sent) {
 		t.Fatal("sha256 of delivered data differs")
 	}
+}
+
+// The read loop writes a stream's data out once per burst of records it holds, not
+// once per DATA frame: with one 16 KiB frame per record from the sender, a bulk
+// transfer reaches the socket in far fewer writes than frames.
+func TestDirectDeliveryCoalescesFrames(t *testing.T) {
+	const size = 16 << 20
+	sink := &sinkWriter{h: sha256.New(), take: func(n int) int { return n }}
+	done := make(chan error, 1)
+	h := HandlerFunc(func(s *Stream) {
+		if err := s.Accept(); err != nil {
+			done <- err
+			return
+		}
+		_, err := s.WriteTo(sink)
+		done <- err
+	})
+	_, addr := startServer(t, h, nil)
+	p := newTestPool(t, nil)
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i * 31)
+	}
+	if _, err := c.ReadFrom(tcpSource(t, payload)); err != nil { // one frame per record
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(payload); sink.n != size || !bytes.Equal(sink.h.Sum(nil), want[:]) {
+		t.Fatalf("sink got %d bytes (or other bytes), want %d", sink.n, size)
+	}
+	frames := (size + slotPayload - 1) / slotPayload
+	if sink.tries*2 > frames {
+		t.Fatalf("%d frames reached the destination in %d writes; want fewer than half as many", frames, sink.tries)
+	}
+	t.Logf("%d frames, %d writes", frames, sink.tries)
 }

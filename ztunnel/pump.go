@@ -80,16 +80,15 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	dt, dok := dst.(*net.TCPConn)
 	st, sok := src.(*net.TCPConn)
 	wt, wok := src.(io.WriterTo)
-	rf, rok := dst.(io.ReaderFrom)
 	switch {
 	case dok && sok:
 		var n int64
 		n, err = dt.ReadFrom(st)
 		c.n.Add(n)
-	case sok && rok:
+	case sok && isStream(dst):
 		// A socket into an HBONE stream: read straight into the TLS records that carry
-		// the data, no copy buffer.
-		_, err = rf.ReadFrom(countedConn{st, c})
+		// the data, no copy buffer. The stream counts through countedConn.
+		_, err = dst.(io.ReaderFrom).ReadFrom(countedConn{st, c})
 	case wok && !sok:
 		// An HBONE stream writes its receive buffer out directly: no copy buffer. When
 		// dst is a socket, the connection's read loop may write to it directly.
@@ -112,6 +111,14 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 		return nil
 	}
 	return dst.Close()
+}
+
+func isStream(c net.Conn) bool {
+	switch c.(type) {
+	case *hbone.Conn, *hbone.Stream:
+		return true
+	}
+	return false
 }
 
 // countedConn is a socket whose reader (hbone's ReadFrom) reports the bytes it sent.
