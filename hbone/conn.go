@@ -428,10 +428,7 @@ func (c *conn) writeOne(r *wreq) error {
 		for i, n := 0, int(r.val); n > 0; i++ {
 			p := min(n, slotPayload)
 			n -= p
-			h := r.data[i*slotLen+recordHeaderLen:][:frameHeaderLen]
-			h[0], h[1], h[2] = byte(p>>16), byte(p>>8), byte(p)
-			h[3], h[4] = byte(http2.FrameData), 0
-			binary.BigEndian.PutUint32(h[5:], r.streamID&0x7fffffff)
+			putDataHeader(r.data[i*slotLen+recordHeaderLen:], p, r.streamID, false)
 		}
 		return c.rl.writeSlots(r.data, int(r.val))
 	case wHeaders:
@@ -488,13 +485,7 @@ func (c *conn) writeData(id uint32, data []byte, end bool) error {
 		n := min(len(data), max)
 		last := n == len(data)
 		h := c.hdrBuf[:]
-		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
-		h[3] = byte(http2.FrameData)
-		h[4] = 0
-		if last && end {
-			h[4] = byte(http2.FlagDataEndStream)
-		}
-		binary.BigEndian.PutUint32(h[5:], id&0x7fffffff)
+		putDataHeader(h, n, id, last && end)
 		if _, err := c.rl.Write(h); err != nil {
 			return err
 		}
@@ -506,6 +497,16 @@ func (c *conn) writeData(id uint32, data []byte, end bool) error {
 			return nil
 		}
 	}
+}
+
+// putDataHeader writes the 9-byte header of a DATA frame of n bytes into h.
+func putDataHeader(h []byte, n int, id uint32, end bool) {
+	h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+	h[3], h[4] = byte(http2.FrameData), 0
+	if end {
+		h[4] = byte(http2.FlagDataEndStream)
+	}
+	binary.BigEndian.PutUint32(h[5:], id&0x7fffffff)
 }
 
 // ---- lifecycle ----
@@ -725,9 +726,6 @@ func (c *conn) deferDelivery(s *stream) {
 
 // flushDeferred writes out what the deferred streams received (read loop only).
 func (c *conn) flushDeferred() {
-	if len(c.deferred) == 0 {
-		return
-	}
 	for i, s := range c.deferred {
 		c.deferred[i] = nil
 		s.deferred = false

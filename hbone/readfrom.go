@@ -14,7 +14,6 @@ const slotsBulk = 32
 var (
 	slotsSmallPool = sync.Pool{New: func() any { b := make([]byte, slotLen); return &b }}
 	slotsBulkPool  = sync.Pool{New: func() any { b := make([]byte, slotsBulk*slotLen); return &b }}
-	readFromPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 )
 
 // byteCounter is implemented by a reader that wants to know, as ReadFrom goes, how
@@ -38,13 +37,14 @@ func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 			}
 		}
 	}
-	bp := readFromPool.Get().(*[]byte)
-	defer readFromPool.Put(bp)
+	buf := getBuf(32 << 10)
+	buf = buf[:cap(buf)]
+	defer putBuf(buf)
 	var total int64
 	for {
-		n, rerr := r.Read(*bp)
+		n, rerr := r.Read(buf)
 		if n > 0 {
-			if _, err := s.Write((*bp)[:n]); err != nil {
+			if _, err := s.Write(buf[:n]); err != nil {
 				return total, err
 			}
 			total += int64(n)

@@ -660,12 +660,18 @@ func (rl *records) sealLocked(typ byte) {
 		copy(nb, b)
 		b = nb
 	}
-	length := len(b) - start + over
-	hdr := b[rl.open:start]
-	binary.BigEndian.PutUint16(hdr[3:], uint16(length))
-	sealed := rl.wk.aead.Seal(b[start:start], rl.wk.nextNonce(), b[start:], hdr)
-	*rl.out = b[:start+len(sealed)]
+	*rl.out = b[:rl.open+rl.wk.sealInPlace(b[rl.open:], len(b)-start)]
 	rl.open = -1
+}
+
+// sealInPlace encrypts the record at the start of rec, whose header has its type and
+// version set and which holds inner bytes of inner plaintext (content and content
+// type), with room after them for the tag. It returns the sealed record's length.
+func (k *trafficKeys) sealInPlace(rec []byte, inner int) int {
+	hdr := rec[:recordHeaderLen]
+	binary.BigEndian.PutUint16(hdr[3:], uint16(inner+k.aead.Overhead()))
+	body := rec[recordHeaderLen : recordHeaderLen+inner]
+	return recordHeaderLen + len(k.aead.Seal(body[:0], k.nextNonce(), body, hdr))
 }
 
 func (rl *records) flushLocked() error {
@@ -747,13 +753,9 @@ func (rl *records) writeSlots(buf []byte, n int) error {
 		n -= p
 		rec := buf[off : off+slotLen]
 		plain := frameHeaderLen + p
+		rec[0], rec[1], rec[2] = recordApplication, 3, 3
 		rec[recordHeaderLen+plain] = recordApplication
-		hdr := rec[:recordHeaderLen]
-		hdr[0], hdr[1], hdr[2] = recordApplication, 3, 3
-		binary.BigEndian.PutUint16(hdr[3:], uint16(plain+1+aeadTagLen))
-		body := rec[recordHeaderLen : recordHeaderLen+plain+1]
-		sealed := rl.wk.aead.Seal(body[:0], rl.wk.nextNonce(), body, hdr)
-		off += recordHeaderLen + len(sealed)
+		off += rl.wk.sealInPlace(rec, plain+1)
 	}
 	return rl.writeLocked(buf[start:off])
 }

@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"hash"
@@ -186,13 +185,7 @@ func TestDirectDeliveryCoalescesFrames(t *testing.T) {
 		_, err := s.WriteTo(sink)
 		done <- err
 	})
-	_, addr := startServer(t, h, nil)
-	p := newTestPool(t, nil)
-	c, err := p.Dial(context.Background(), testReq(addr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := dialEcho(t, h)
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = byte(i * 31)
