@@ -3,8 +3,6 @@ package hbone
 import (
 	"os"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // readFromSocket is ReadFrom's path for a socket: readv into record slots, then
@@ -18,28 +16,28 @@ func (s *stream) readFromSocket(rc syscall.RawConn, count func(int64)) (total in
 			slotsSmallPool.Put(bp)
 		}
 	}()
-	var vec [slotsBulk][]byte
+	var vec [slotsBulk]syscall.Iovec
 	for {
 		buf := *bp
 		slots := len(buf) / slotLen
 		for i := range slots {
-			vec[i] = slotData(buf, i)
+			d := slotData(buf, i)
+			vec[i] = syscall.Iovec{Base: &d[0]}
+			vec[i].SetLen(len(d))
 		}
-		var n int
-		var rerr error
+		var (
+			n     int
+			errno syscall.Errno
+		)
 		err := rc.Read(func(fd uintptr) bool {
-			for {
-				n, rerr = unix.Readv(int(fd), vec[:slots])
-				if rerr != unix.EINTR {
-					return rerr != unix.EAGAIN
-				}
-			}
+			n, errno = sysReadv(fd, vec[:slots])
+			return errno != syscall.EAGAIN
 		})
 		if err != nil {
 			return total, true, err
 		}
-		if rerr != nil {
-			return total, true, os.NewSyscallError("readv", rerr)
+		if errno != 0 {
+			return total, true, os.NewSyscallError("readv", errno)
 		}
 		if n == 0 {
 			return total, true, nil // EOF

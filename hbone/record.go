@@ -212,7 +212,7 @@ func establish(hc *handshakeConn, st tls.ConnectionState, client bool) (*records
 	if cs == nil || ss == nil {
 		return nil, errors.New("tls traffic secrets were not reported by the handshake")
 	}
-	rl := &records{nc: hc.Conn}
+	rl := &records{nc: hc.Conn, sock: sockIO(hc.Conn)}
 	ws, rs := cs, ss
 	if !client {
 		ws, rs = ss, cs
@@ -326,7 +326,8 @@ func (k *trafficKeys) nextNonce() []byte {
 // writers are serialized by wmu (the connection's writing role, and the reader when it
 // answers a KeyUpdate).
 type records struct {
-	nc net.Conn
+	nc   net.Conn
+	sock io.ReadWriter // nc's reads and writes (raw system calls on a socket)
 
 	// Read side, owned by the reader.
 	rk      trafficKeys
@@ -495,7 +496,7 @@ func (rl *records) fill(need int) error {
 	if rl.beforeRead != nil {
 		rl.beforeRead()
 	}
-	n, err := readSome(rl.nc, rl.in[rl.w:])
+	n, err := readSome(rl.rw(), rl.in[rl.w:])
 	rl.bulk = rl.w+n == len(rl.in)
 	rl.w += n
 	return err
@@ -688,7 +689,7 @@ func (rl *records) flushLocked() error {
 	}
 	var err error
 	if len(*rl.out) > 0 {
-		_, err = rl.nc.Write(*rl.out)
+		_, err = rl.rw().Write(*rl.out)
 	}
 	// Idle connections do not pin a write buffer.
 	*rl.out = (*rl.out)[:0]
@@ -764,9 +765,17 @@ func (rl *records) writeLocked(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := rl.nc.Write(b); err != nil {
+	if _, err := rl.rw().Write(b); err != nil {
 		rl.werr = err
 		return err
 	}
 	return nil
+}
+
+// rw is where the record layer reads and writes: raw system calls on a socket.
+func (rl *records) rw() io.ReadWriter {
+	if rl.sock == nil {
+		return rl.nc
+	}
+	return rl.sock
 }

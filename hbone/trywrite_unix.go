@@ -20,7 +20,11 @@ func (t rawTryWriter) TryWrite(p []byte) (int, error) {
 		werr error
 	)
 	err := t.rc.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), p)
+		var e syscall.Errno
+		n, e = sysWrite(fd, p)
+		if e != 0 {
+			werr = e
+		}
 		return true // never wait for writability: that is WriteTo's job
 	})
 	if n < 0 {

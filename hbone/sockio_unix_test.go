@@ -1,0 +1,141 @@
+//go:build unix
+
+package hbone
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a TCP connection over the test address.
+func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
+	tb.Helper()
+	needNet(tb)
+	l, err := net.Listen("tcp", testAddr+":0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b, err := l.Accept()
+	if err != nil {
+		a.Close()
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { a.Close(); b.Close() })
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+func TestSockIOPicksRawSocket(t *testing.T) {
+	a, _ := tcpPair(t)
+	if _, ok := sockIO(a).(rawSock); !ok {
+		t.Errorf("sockIO(*net.TCPConn) = %T, want rawSock", sockIO(a))
+	}
+	p, q := net.Pipe()
+	defer p.Close()
+	defer q.Close()
+	if got := sockIO(p); got != io.ReadWriter(p) {
+		t.Errorf("sockIO(pipe) = %T, want the pipe itself", got)
+	}
+}
+
+// The raw reads and writes keep what a net.Conn promises: blocking until data or
+// room, deadlines, EOF, errors after Close.
+func TestRawSockSemantics(t *testing.T) {
+	t.Run("large write to a slow reader", func(t *testing.T) {
+		a, b := tcpPair(t)
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: beyond the socket buffers
+		got := make(chan [32]byte, 1)
+		go func() {
+			h := sha256.New()
+			buf := make([]byte, 4<<10)
+			for {
+				time.Sleep(50 * time.Microsecond)
+				n, err := b.Read(buf)
+				h.Write(buf[:n])
+				if err != nil {
+					break
+				}
+			}
+			var sum [32]byte
+			copy(sum[:], h.Sum(nil))
+			got <- sum
+		}()
+		n, err := sockIO(a).Write(payload)
+		if err != nil || n != len(payload) {
+			t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(payload))
+		}
+		a.CloseWrite()
+		if <-got != sha256.Sum256(payload) {
+			t.Fatal("the reader got different bytes")
+		}
+	})
+	t.Run("read waits for data, then EOF", func(t *testing.T) {
+		a, b := tcpPair(t)
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			b.Write([]byte("late"))
+			b.CloseWrite()
+		}()
+		rw := sockIO(a)
+		buf := make([]byte, 16)
+		n, err := rw.Read(buf)
+		if err != nil || string(buf[:n]) != "late" {
+			t.Fatalf("Read = %q, %v; want \"late\", nil", buf[:n], err)
+		}
+		if _, err := rw.Read(buf); err != io.EOF {
+			t.Fatalf("Read after the peer's FIN = %v, want io.EOF", err)
+		}
+	})
+	t.Run("read deadline", func(t *testing.T) {
+		a, _ := tcpPair(t)
+		a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := sockIO(a).Read(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past the deadline = %v, want os.ErrDeadlineExceeded", err)
+		}
+	})
+	t.Run("write deadline", func(t *testing.T) {
+		a, _ := tcpPair(t) // nobody reads the other end
+		a.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := sockIO(a).Write(make([]byte, 64<<20))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Write past the deadline = %v, want os.ErrDeadlineExceeded", err)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		a, _ := tcpPair(t)
+		rw := sockIO(a)
+		a.Close()
+		if _, err := rw.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Read after Close = %v, want net.ErrClosed", err)
+		}
+		if _, err := rw.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Write after Close = %v, want net.ErrClosed", err)
+		}
+	})
+	t.Run("reset by peer", func(t *testing.T) {
+		a, b := tcpPair(t)
+		b.SetLinger(0)
+		b.Close() // RST
+		rw := sockIO(a)
+		var err error
+		for range 100 {
+			if _, err = rw.Write(make([]byte, 64<<10)); err != nil {
+				break
+			}
+		}
+		var se *os.SyscallError
+		if !errors.As(err, &se) {
+			t.Fatalf("Write to a reset connection = %v, want an *os.SyscallError", err)
+		}
+	})
+}
