@@ -20,6 +20,7 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"negative table", "ztunnel.routeTable=-1", []string{"routeTable"}},
 		{"no hbone connection", "ztunnel.hboneConnsPerPeer=0", []string{"hboneConnsPerPeer"}},
 		{"too many hbone connections", "ztunnel.hboneConnsPerPeer=65", []string{"hboneConnsPerPeer"}},
+		{"no pool idle timeout", "ztunnel.hbonePoolIdleTimeoutSeconds=0", []string{"hbonePoolIdleTimeoutSeconds"}},
 		{"unknown value", "ztunnel.marc=1024", []string{"marc"}},
 		{"log level", "logging.level=verbose", []string{"level"}},
 		{"pull policy", "image.pullPolicy=Sometimes", []string{"pullPolicy"}},

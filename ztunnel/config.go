@@ -66,6 +66,9 @@ type Config struct {
 	// of identities to one peer may spread over (each connection's TLS is one core's
 	// work at each end).
 	HBONEConnsPerPeer int
+	// HBONEPoolIdleTimeout is how long a pooled HBONE connection to a peer stays open
+	// without streams before it is closed (Istio's ztunnel: POOL_UNUSED_RELEASE_TIMEOUT).
+	HBONEPoolIdleTimeout time.Duration
 }
 
 // maxConnsPerPeer bounds HBONEConnsPerPeer: more connections than cores buys nothing.
@@ -123,6 +126,9 @@ func (c Config) WithDefaults() Config {
 	if c.HBONEConnsPerPeer == 0 {
 		c.HBONEConnsPerPeer = 4
 	}
+	if c.HBONEPoolIdleTimeout == 0 {
+		c.HBONEPoolIdleTimeout = time.Minute
+	}
 	return c
 }
 
@@ -133,6 +139,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: node name is required", ErrConfig)
 	case c.HBONEConnsPerPeer < 0 || c.HBONEConnsPerPeer > maxConnsPerPeer:
 		return fmt.Errorf("%w: hbone connections per peer %d: want 1 to %d", ErrConfig, c.HBONEConnsPerPeer, maxConnsPerPeer)
+	case c.HBONEPoolIdleTimeout < 0:
+		return fmt.Errorf("%w: hbone pool idle timeout %s: must not be negative", ErrConfig, c.HBONEPoolIdleTimeout)
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: trust domain %q: %v", ErrConfig, c.TrustDomain, err)

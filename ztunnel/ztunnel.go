@@ -167,6 +167,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 			return identity.ClientTLSConfig(z.ident, src, dst), nil
 		},
 		ConnsPerDest: cfg.HBONEConnsPerPeer,
+		IdleTimeout:  cfg.HBONEPoolIdleTimeout,
 		Logger:       z.log,
 	})
 	if err != nil {

@@ -29,6 +29,7 @@ func TestConfigValidate(t *testing.T) {
 		{"wildcard listener", func(c *Config) { c.OutboundAddr = netip.MustParseAddrPort("0.0.0.0:15001") }, "loopback"},
 		{"negative hbone connections", func(c *Config) { c.HBONEConnsPerPeer = -1 }, "hbone connections per peer"},
 		{"too many hbone connections", func(c *Config) { c.HBONEConnsPerPeer = 65 }, "want 1 to 64"},
+		{"negative pool idle timeout", func(c *Config) { c.HBONEPoolIdleTimeout = -time.Second }, "hbone pool idle timeout -1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -80,6 +80,7 @@ func run() error {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":15020", `Prometheus endpoint ("off" disables)`)
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:15000", `admin endpoint ("off" disables)`)
 	fs.IntVar(&cfg.HBONEConnsPerPeer, "hbone-conns-per-peer", 4, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
+	fs.DurationVar(&cfg.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", time.Minute, "how long a pooled HBONE connection to a peer stays open without streams")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long shutdown waits for connections (default 5s)")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

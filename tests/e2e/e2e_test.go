@@ -21,6 +21,9 @@ import (
 // connection it uses is set up while tcpdump watches.
 func TestWireIsEncrypted(t *testing.T) {
 	requireMesh(t)
+	// Traffic over HBONE connections pooled by earlier tests would show no handshake,
+	// and the capture could not prove TLS 1.3.
+	waitPoolEmpty(t, m.Topo.Nodes[0])
 	marker := []byte("AMBIT-PLAINTEXT-MARKER-7f3c9e")
 	file := captureUnderlay(t, func() {
 		for _, addr := range []netip.AddrPort{podAddr(echoA), echoVIP, podAddr(echoB)} {

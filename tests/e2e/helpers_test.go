@@ -59,6 +59,26 @@ func captureUnderlay(t *testing.T, fn func()) string {
 	return file
 }
 
+// waitPoolEmpty waits until the node's ztunnel has closed every pooled HBONE
+// connection (they close poolIdle after their last stream).
+func waitPoolEmpty(t *testing.T, n *netns.Node) {
+	t.Helper()
+	deadline := time.Now().Add(poolIdle + 10*time.Second)
+	for {
+		d, err := m.Dump(context.Background(), n)
+		if err != nil {
+			t.Fatalf("config_dump of %s: %v", n.Name, err)
+		}
+		if conns, _ := d.Pool["connections"].(float64); conns == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still pools HBONE connections %s after their idle timeout: %v", n.Name, poolIdle+10*time.Second, d.Pool)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // sha256Transfer streams n random bytes through the mesh to an echo server and checks
 // that what returns hashes the same.
 func sha256Transfer(t *testing.T, from *netns.Pod, addr netip.AddrPort, n int64) {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -27,13 +28,20 @@ var (
 	echoSrv                             = map[string]*netns.EchoServer{}
 )
 
-const echoPort = 8080
+const (
+	echoPort = 8080
+	poolIdle = 2 * time.Second
+)
 
 func TestMain(tm *testing.M) {
 	os.Exit(mesh.TestMain(tm, mesh.Options{
 		Nodes: 3, PodsPerNode: 3,
 		Ztunnels: []string{"node1", "node2"},
 		Model:    model,
+		// Pooled HBONE connections close soon after their last stream, so a test can
+		// wait for its traffic to open new ones (TestWireIsEncrypted needs to see the
+		// handshakes, whatever ran before it).
+		ExtraArgs: []string{"-hbone-pool-idle-timeout", poolIdle.String()},
 	}, setup))
 }
 
