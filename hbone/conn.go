@@ -716,20 +716,18 @@ func (c *conn) readFrames() error {
 // (which may wait). A sender's 16 KiB frames would otherwise cost a syscall, and a
 // pass through the receiving TCP stack, each.
 
-// deferDelivery queues s for flushDeferred (read loop only).
+// deferDelivery queues s, which the caller marked deferred, for flushDeferred (read loop
+// only).
 func (c *conn) deferDelivery(s *stream) {
-	if !s.deferred {
-		s.deferred = true
-		c.deferred = append(c.deferred, s)
-	}
+	c.deferred = append(c.deferred, s)
 }
 
 // flushDeferred writes out what the deferred streams received (read loop only).
 func (c *conn) flushDeferred() {
 	for i, s := range c.deferred {
 		c.deferred[i] = nil
-		s.deferred = false
 		s.mu.Lock()
+		s.deferred = false
 		direct := s.sink != nil && s.parked && !s.writingOut && !s.closed && s.rlen > 0
 		if direct {
 			s.writingOut = true

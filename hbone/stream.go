@@ -18,11 +18,21 @@ type deadline struct {
 	mu    sync.Mutex
 	timer *time.Timer
 	ch    chan struct{}
+	// onExpire, if set, runs (without locks) once the deadline passed: an asynchronous
+	// WriteTo has no goroutine waiting on ch.
+	onExpire func()
 }
 
 func newDeadline() deadline { return deadline{ch: make(chan struct{})} }
 
 func (d *deadline) set(t time.Time) {
+	if d.arm(t) && d.onExpire != nil {
+		d.onExpire()
+	}
+}
+
+// arm sets the deadline and reports whether that expired it at once.
+func (d *deadline) arm(t time.Time) (expired bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.timer != nil && !d.timer.Stop() {
@@ -34,20 +44,26 @@ func (d *deadline) set(t time.Time) {
 		if fired {
 			d.ch = make(chan struct{})
 		}
-		return
+		return false
 	}
 	dur := time.Until(t)
 	if dur <= 0 {
 		if !fired {
 			close(d.ch)
 		}
-		return
+		return !fired
 	}
 	if fired {
 		d.ch = make(chan struct{})
 	}
-	ch := d.ch
-	d.timer = time.AfterFunc(dur, func() { close(ch) })
+	ch, onExpire := d.ch, d.onExpire
+	d.timer = time.AfterFunc(dur, func() {
+		close(ch)
+		if onExpire != nil {
+			onExpire()
+		}
+	})
+	return false
 }
 
 func (d *deadline) wait() <-chan struct{} {
@@ -111,13 +127,14 @@ type stream struct {
 	recvAvail   int64
 	recvUnacked int64
 	readClosed  bool
-	writingOut  bool      // WriteTo or the read loop is writing from chunks[0] without the lock
-	sink        TryWriter // WriteTo's destination while it runs, when it takes non-blocking writes
-	parked      bool      // WriteTo waits for data: the read loop may deliver to sink itself
-	delivered   int64     // bytes the read loop wrote to sink, for WriteTo's count
-	deferred    bool      // in c.deferred (read loop only)
-	localEnd    bool      // END_STREAM or RST sent
-	wErr        error     // write-side failure (reset, connection closed)
+	writingOut  bool          // WriteTo or the read loop is writing from chunks[0] without the lock
+	sink        TryWriter     // WriteTo's destination while it runs, when it takes non-blocking writes
+	parked      bool          // WriteTo waits for data: the read loop may deliver to sink itself
+	delivered   int64         // bytes the read loop wrote to sink, for WriteTo's count
+	deferred    bool          // in c.deferred, to be delivered before the read loop's next socket read
+	async       *asyncWriteTo // WriteToAsync's, while it has no goroutine
+	localEnd    bool          // END_STREAM or RST sent
+	wErr        error         // write-side failure (reset, connection closed)
 	closed      bool
 	closedCh    chan struct{}
 	removed     bool
@@ -144,7 +161,7 @@ type stream struct {
 }
 
 func newStream(c *conn, id uint32) *stream {
-	return &stream{
+	s := &stream{
 		c:          c,
 		id:         id,
 		rDone:      make(chan struct{}),
@@ -158,6 +175,8 @@ func newStream(c *conn, id uint32) *stream {
 		rdl:        newDeadline(),
 		wdl:        newDeadline(),
 	}
+	s.rdl.onExpire = s.wakeReader
+	return s
 }
 
 func (s *stream) wakeWriter() {
@@ -167,11 +186,49 @@ func (s *stream) wakeWriter() {
 	}
 }
 
+// wakeReader tells the stream's reader that something changed: it wakes a parked Read
+// or WriteTo, or moves an asynchronous WriteTo on (see WriteToAsync).
 func (s *stream) wakeReader() {
-	select {
-	case s.rWake <- struct{}{}:
-	default:
+	s.mu.Lock()
+	a := s.async
+	if a == nil {
+		s.mu.Unlock()
+		select {
+		case s.rWake <- struct{}{}:
+		default:
+		}
+		return
 	}
+	var err error
+	switch {
+	case s.writingOut || s.deferred:
+		// The read loop is delivering, or will before its next socket read; it calls
+		// again when it stops.
+		s.mu.Unlock()
+		return
+	case s.closed:
+		err = net.ErrClosed
+	case s.rdl.expired():
+		err = os.ErrDeadlineExceeded
+	case s.rlen > 0:
+		// Data the destination did not take at once: WriteTo's loop waits for room.
+		s.async = nil
+		s.mu.Unlock()
+		go func() { a.done(s.runWriteTo(a.w)) }()
+		return
+	case s.rErr != nil:
+		if s.rErr != io.EOF {
+			err = s.rErr
+		}
+	default:
+		s.mu.Unlock() // nothing to do yet
+		return
+	}
+	s.async = nil
+	total := s.delivered
+	s.sink, s.parked = nil, false
+	s.mu.Unlock()
+	a.done(total, err)
 }
 
 // setREndLocked ends the read direction with err (after buffered data).
@@ -252,10 +309,15 @@ func (s *stream) fill(r io.Reader, n int64) error {
 			s.chunks[k] = s.chunks[k][:len(s.chunks[k])+len(dst)]
 			s.rlen += len(dst)
 			direct := s.sink != nil && s.parked && !s.writingOut
+			queue := direct && !s.deferred
+			if queue {
+				s.deferred = true
+			}
 			s.mu.Unlock()
-			if direct {
+			switch {
+			case queue:
 				s.c.deferDelivery(s) // written out before the read loop waits
-			} else {
+			case !direct:
 				s.wakeReader()
 			}
 		}
@@ -275,7 +337,7 @@ func (s *stream) deliver() {
 		s.mu.Lock()
 		if s.closed || s.rlen == 0 || !s.parked {
 			s.writingOut = false
-			wake := !s.parked
+			wake := !s.parked || s.async != nil
 			s.mu.Unlock()
 			if wake {
 				s.wakeReader()
@@ -564,6 +626,45 @@ func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
 	s.sink = NonBlocking(w)
 	s.delivered = 0
 	s.mu.Unlock()
+	return s.runWriteTo(w)
+}
+
+type asyncWriteTo struct {
+	w    io.Writer
+	done func(int64, error)
+}
+
+// WriteToAsync does what WriteTo does, for the caller, and calls done once with WriteTo's
+// results. When w is a socket it usually runs no goroutine at all: the connection's read
+// loop writes arriving data to w itself, and at the peer's END_STREAM calls done; a
+// goroutine running WriteTo's loop starts only when w cannot take data at once. A relay
+// saves a goroutine start and a wake-up per connection this way. done may run in the
+// read loop, or in whatever goroutine ended the stream (Close, a deadline): it must not
+// block, and must not wait for anything this stream does.
+func (s *stream) WriteToAsync(w io.Writer, done func(int64, error)) {
+	tw := NonBlocking(w)
+	if tw == nil {
+		go func() { done(s.WriteTo(w)) }()
+		return
+	}
+	s.mu.Lock()
+	s.sink, s.delivered, s.parked = tw, 0, true
+	s.async = &asyncWriteTo{w: w, done: done}
+	// Data already here (a request's first bytes) is written out by the caller.
+	direct := s.rlen > 0 && !s.writingOut && !s.deferred && !s.closed
+	if direct {
+		s.writingOut = true
+	}
+	s.mu.Unlock()
+	if direct {
+		s.deliver()
+	} else {
+		s.wakeReader() // the end may already be here
+	}
+}
+
+// runWriteTo is WriteTo's loop, once its destination is set.
+func (s *stream) runWriteTo(w io.Writer) (total int64, err error) {
 	defer func() {
 		s.mu.Lock()
 		s.sink, s.parked = nil, false

@@ -113,7 +113,7 @@ func (z *Ztunnel) serveHBONE(s *hbone.Stream) {
 		z.refuse(s, ci, fmt.Errorf("accept stream: %w", err))
 		return
 	}
-	z.proxy(s, up, ci)
+	<-z.proxy(s, up, ci, nil) // the server closes s when this returns
 }
 
 func (z *Ztunnel) reject(s *hbone.Stream, ci *connInfo, code int, reason error) {
@@ -137,13 +137,13 @@ func (z *Ztunnel) handleInboundPlain(ctx context.Context, c net.Conn) {
 		ci.SrcWorkload = w.Namespace + "/" + w.Name
 	}
 	dctx, cancel := context.WithTimeout(ctx, z.cfg.ConnectTimeout)
-	defer cancel()
 	up, err := z.dialT(dctx, src.Addr(), dst, z.cfg.ConnectTimeout)
+	cancel()
 	if err != nil {
 		z.refuse(c, ci, fmt.Errorf("dial pod %s: %w", dst, err))
 		return
 	}
-	z.proxy(c, up, ci)
+	z.proxy(c, up, ci, nil)
 }
 
 // identityHeld reports whether a currently valid certificate for id is held (without

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 )
@@ -75,8 +77,16 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+	// An early HBONE stream waits for its answer under dialCtx, and the answer may come
+	// after this goroutine is done (the relay does not keep it): once the connection is
+	// relayed, its end cancels dialCtx.
 	dialCtx, cancel := context.WithTimeout(ctx, z.cfg.ConnectTimeout)
-	defer cancel()
+	relayed := false
+	defer func() {
+		if !relayed {
+			cancel()
+		}
+	}()
 	var up net.Conn
 	switch {
 	case r.mesh && r.dstW.Node == z.cfg.NodeName:
@@ -142,7 +152,8 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
-	z.proxy(c, up, ci)
+	relayed = true
+	z.proxy(c, up, ci, cancel)
 }
 
 // resolve maps an original destination to the workload and address to reach.
@@ -198,12 +209,31 @@ func (z *Ztunnel) isLocalAddr(ip netip.Addr) bool {
 	return ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast()
 }
 
-func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo) {
+// proxy relays down<->up (see pumpAsync) and accounts for the connection. It returns
+// when the calling goroutine's part is done, which may be before the connection ended;
+// the returned channel closes when it has, after release (if not nil) ran. A caller
+// whose resources the connection uses (an HBONE handler: its stream is closed when it
+// returns) waits for it.
+func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo, release func()) <-chan struct{} {
 	z.conns.add(ci, down, up)
-	defer z.conns.remove(ci)
 	lbl := z.m.labels(ci)
 	z.m.opened.With(lbl).Inc()
-	err := pump(down, up, &ci.sent, &ci.recv)
+	ended := make(chan struct{})
+	pumpAsync(down, up, &ci.sent, &ci.recv, func(err error) {
+		defer close(ended)
+		defer z.conns.remove(ci)
+		if release != nil {
+			release()
+		}
+		z.closed(ci, lbl, err)
+	})
+	return ended
+}
+
+// closed accounts for a relayed connection that ended with err: metrics and the
+// access-log line. It may run in an HBONE read loop, so it must not block (the log
+// handler buffers).
+func (z *Ztunnel) closed(ci *connInfo, lbl prometheus.Labels, err error) {
 	sent, recv := ci.sent.n.Load(), ci.recv.n.Load()
 	z.m.closed.With(lbl).Inc()
 	z.m.sent.With(lbl).Add(float64(sent))

@@ -37,40 +37,91 @@ type counter struct{ n atomic.Int64 }
 // the write side of the other connection is half-closed, so protocols that rely on
 // half-close (request, then EOF, then response) keep working end to end. An error in
 // either direction aborts both. Both connections are closed on return.
-//
-// a is the initiator's side. One direction runs in the calling goroutine: one goroutine
-// start less per connection. It is b->a, the direction that usually ends last (a client
-// closes its side first, the server answers with its own close), so the caller seldom
-// has to park and be woken again to learn that the other direction ended.
 func pump(a, b net.Conn, aToB, bToA *counter) error {
+	ch := make(chan error, 1)
+	pumpAsync(a, b, aToB, bToA, func(err error) { ch <- err })
+	return <-ch
+}
+
+// pumpAsync is pump that returns as soon as the calling goroutine's part is done. done
+// gets the first error once both directions ended and both connections are closed, in
+// the goroutine that finished last, which may be an HBONE connection's read loop: done
+// must not block.
+//
+// a is the initiator's side. Between an HBONE stream and a socket, the stream->socket
+// direction runs without a goroutine of its own (the HBONE read loop writes to the
+// socket) and the calling goroutine runs the other. Otherwise one direction runs in the
+// calling goroutine, b->a, the one that usually ends last (a client closes its side
+// first, the server answers with its own close).
+func pumpAsync(a, b net.Conn, aToB, bToA *counter, done func(error)) {
 	var (
 		mu    sync.Mutex
 		first error
+		left  = 2
 	)
-	fail := func(err error) {
-		if err == nil {
-			return
-		}
+	end := func(err error) {
 		mu.Lock()
-		defer mu.Unlock()
-		if first == nil {
+		abort := err != nil && first == nil
+		if abort {
 			first = err
-			// Unblock the other direction promptly.
+		}
+		left--
+		last := left == 0
+		mu.Unlock()
+		if abort {
+			// Unblock the other direction promptly. Not under mu: the stream's deadline
+			// may end its asynchronous direction, which calls end, right here.
 			now := time.Now()
 			_ = a.SetDeadline(now)
 			_ = b.SetDeadline(now)
 		}
+		if last {
+			_ = a.Close()
+			_ = b.Close()
+			done(first) // no direction writes first any more
+		}
 	}
-	done := make(chan struct{})
-	go func() {
-		fail(copyHalf(b, a, aToB))
-		close(done)
-	}()
-	fail(copyHalf(a, b, bToA))
-	<-done
-	_ = a.Close()
-	_ = b.Close()
-	return first
+	switch {
+	case copyHalfAsync(b, a, aToB, end):
+		end(copyHalf(a, b, bToA))
+	case copyHalfAsync(a, b, bToA, end):
+		end(copyHalf(b, a, aToB))
+	default:
+		go func() { end(copyHalf(b, a, aToB)) }()
+		end(copyHalf(a, b, bToA))
+	}
+}
+
+// asyncWriterTo is an HBONE stream, which can copy itself to a socket without a
+// goroutine (hbone's WriteToAsync).
+type asyncWriterTo interface {
+	WriteToAsync(w io.Writer, done func(int64, error))
+}
+
+// copyHalfAsync starts copying the HBONE stream src to the socket dst without a
+// goroutine of its own and reports true; done gets the result once dst is half-closed.
+// done may run in the HBONE connection's read loop, so it must not block. It reports
+// false when src and dst are not such a pair.
+func copyHalfAsync(dst, src net.Conn, c *counter, done func(error)) bool {
+	as, ok := src.(asyncWriterTo)
+	if !ok {
+		return false
+	}
+	if _, ok := dst.(*net.TCPConn); !ok {
+		return false
+	}
+	tw := hbone.NonBlocking(dst)
+	if tw == nil {
+		return false
+	}
+	cw := countingWriter{dst, c}
+	as.WriteToAsync(countingTryWriter{cw, tw}, func(_ int64, err error) {
+		if err == nil {
+			err = halfClose(dst)
+		}
+		done(err)
+	})
+	return true
 }
 
 // copyHalf copies src to dst, then half-closes dst. Between two TCP sockets the
@@ -104,6 +155,11 @@ func copyHalf(dst, src net.Conn, c *counter) error {
 	if err != nil {
 		return err
 	}
+	return halfClose(dst)
+}
+
+// halfClose ends dst's write side (its whole self when it has none of its own).
+func halfClose(dst net.Conn) error {
 	if cw, ok := dst.(closeWriter); ok {
 		if cerr := cw.CloseWrite(); cerr != nil && !isClosedErr(cerr) {
 			return cerr

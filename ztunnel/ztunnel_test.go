@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,22 +224,32 @@ func TestPumpHalfClose(t *testing.T) {
 }
 
 func TestPumpAbortOnReset(t *testing.T) {
-	client, down := tcpPair(t)
-	up, server := tcpPair(t)
-	var sent, recv counter
-	done := make(chan error, 1)
-	go func() { done <- pump(down, up, &sent, &recv) }()
-	// An abortive close on one side must tear down the other promptly.
-	server.SetLinger(0)
-	server.Close()
-	client.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadAll(client); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatal("client was not closed after the server reset")
-	}
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("pump did not finish after a reset")
+	for _, tc := range []struct {
+		name string
+		up   func(*net.TCPConn) net.Conn
+	}{
+		{"sockets", func(c *net.TCPConn) net.Conn { return c }},
+		{"async stream", func(c *net.TCPConn) net.Conn { return asyncConn{c} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, down := tcpPair(t)
+			up, server := tcpPair(t)
+			var sent, recv counter
+			done := make(chan error, 1)
+			go func() { done <- pump(down, tc.up(up), &sent, &recv) }()
+			// An abortive close on one side must tear down the other promptly.
+			server.SetLinger(0)
+			server.Close()
+			client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(client); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("client was not closed after the server reset")
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("pump did not finish after a reset")
+			}
+		})
 	}
 }
 
@@ -297,5 +308,58 @@ func TestPumpCountsDirectWrites(t *testing.T) {
 	}
 	if recv.n.Load() != int64(len(resp)) {
 		t.Fatalf("counted %d bytes, want %d", recv.n.Load(), len(resp))
+	}
+}
+
+// asyncConn stands in for an HBONE stream that copies itself to a socket without the
+// pump's help (hbone's WriteToAsync).
+type asyncConn struct{ *net.TCPConn }
+
+func (c asyncConn) WriteToAsync(w io.Writer, done func(int64, error)) {
+	go func() { done(tryWriterToConn{c.TCPConn}.WriteTo(w)) }()
+}
+
+// TestPumpAsync: with a stream on one side, the calling goroutine is free once its own
+// direction ended (the client's half-close), and done runs once, after the server's
+// answer and both closes, with the bytes counted.
+func TestPumpAsync(t *testing.T) {
+	client, down := tcpPair(t)
+	up, server := tcpPair(t)
+	var sent, recv counter
+	var calls atomic.Int32
+	done := make(chan error, 2)
+	returned := make(chan struct{})
+	go func() {
+		pumpAsync(down, asyncConn{up}, &sent, &recv, func(err error) {
+			calls.Add(1)
+			done <- err
+		})
+		close(returned)
+	}()
+	req := bytes.Repeat([]byte("q"), 100000)
+	client.Write(req)
+	client.CloseWrite()
+	if got, err := io.ReadAll(server); err != nil || !bytes.Equal(got, req) {
+		t.Fatalf("server read %d bytes, err %v", len(got), err)
+	}
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pumpAsync did not return after its own direction ended")
+	}
+	resp := bytes.Repeat([]byte("r"), 300000)
+	server.Write(resp)
+	server.CloseWrite()
+	if got, err := io.ReadAll(client); err != nil || !bytes.Equal(got, resp) {
+		t.Fatalf("client read %d bytes, err %v", len(got), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+	if _, err := down.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write to the pod side after done: %v, want it closed", err)
+	}
+	if n := calls.Load(); n != 1 || sent.n.Load() != int64(len(req)) || recv.n.Load() != int64(len(resp)) {
+		t.Fatalf("done ran %d times, counted %d/%d bytes, want once and %d/%d", n, sent.n.Load(), recv.n.Load(), len(req), len(resp))
 	}
 }
