@@ -132,6 +132,10 @@ func run() error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ambit_log_lines_dropped_total",
+		Help: "Log lines dropped because the log output (stderr) was too slow to take them.",
+	}, func() float64 { return float64(logOut.Dropped()) }))
 
 	log := slog.New(h)
 	deps := ztunnel.Deps{Logger: log, Registry: reg}

@@ -3,90 +3,127 @@
 // container runtime, a log shipper), which at thousands of connections per second costs
 // more than the line itself. Writer collects lines and writes them in batches, at most
 // one flush interval late, like Envoy's access-log flush interval.
+//
+// Logging never waits for the output: lines are written by the Writer's own timer
+// goroutine, and while the output is slower than the lines come (a stalled log reader),
+// lines beyond a bound are dropped and counted rather than holding up the caller, which
+// may be relaying traffic.
 package logbuf
 
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Writer is an io.Writer that buffers what it is given and writes it to the underlying
-// writer when Size bytes are waiting, when Interval has passed since the oldest waiting
-// byte arrived, or on Flush and Close. Each Write is kept whole (a log handler writes one
-// record per call), so lines are never split between batches. Safe for concurrent use.
+// writer, from a goroutine of its own, when Size bytes are waiting, when Interval has
+// passed since the oldest waiting byte arrived, or on Flush and Close. Each Write is
+// kept whole (a log handler writes one record per call), so lines are never split
+// between batches. Safe for concurrent use.
 type Writer struct {
 	out      io.Writer
 	interval time.Duration
 	size     int
+	limit    int // bytes held at most while a write to out is slow
 
-	mu     sync.Mutex
-	buf    []byte
-	timer  *time.Timer
-	armed  bool
-	closed bool
+	flushMu sync.Mutex // held while writing to out: batches stay in order
+
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte // the last batch's buffer, for reuse
+	timer   *time.Timer
+	armed   bool
+	closed  bool
+	dropped atomic.Uint64
 }
 
-// New returns a Writer over out. interval <= 0 disables buffering: every Write goes
-// straight through.
+// New returns a Writer over out that holds up to 16 x size bytes while out is slow.
+// interval <= 0 disables buffering: every Write goes straight through (and waits for
+// out).
 func New(out io.Writer, interval time.Duration, size int) *Writer {
-	w := &Writer{out: out, interval: interval, size: max(size, 1)}
+	size = max(size, 1)
+	w := &Writer{out: out, interval: interval, size: size, limit: 16 * size}
 	w.timer = time.AfterFunc(time.Hour, w.onTimer)
 	w.timer.Stop()
 	return w
 }
 
-// Write buffers p. It returns the underlying writer's error only when it writes.
+// Write buffers p. It never waits for the underlying writer unless buffering is off or
+// the Writer is closed; p is dropped (and counted, see Dropped) when the bound of
+// waiting bytes is reached.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed || w.interval <= 0 {
+		w.mu.Unlock()
+		w.flushMu.Lock() // after a batch being written, not inside it
+		defer w.flushMu.Unlock()
 		return w.out.Write(p)
 	}
-	w.buf = append(w.buf, p...)
-	if len(w.buf) >= w.size {
-		return len(p), w.flushLocked()
+	if len(w.buf)+len(p) > w.limit {
+		w.mu.Unlock()
+		w.dropped.Add(1)
+		return len(p), nil
 	}
-	if !w.armed {
+	if w.buf == nil {
+		w.buf, w.spare = w.spare, nil
+	}
+	w.buf = append(w.buf, p...)
+	switch {
+	case len(w.buf) >= w.size:
+		w.armed = true
+		w.timer.Reset(0) // now, but not in the caller's goroutine
+	case !w.armed:
 		w.armed = true
 		w.timer.Reset(w.interval)
 	}
+	w.mu.Unlock()
 	return len(p), nil
 }
 
+// Dropped reports how many writes were dropped because the output was too slow.
+func (w *Writer) Dropped() uint64 { return w.dropped.Load() }
+
 func (w *Writer) onTimer() {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.armed = false
-	_ = w.flushLocked() // nowhere to report it; the next flush tries again
-}
-
-func (w *Writer) flushLocked() error {
-	if len(w.buf) == 0 {
-		return nil
-	}
-	_, err := w.out.Write(w.buf)
-	w.buf = w.buf[:0]
-	if cap(w.buf) > 4*w.size {
-		w.buf = nil // a burst grew it: do not pin the memory
-	}
-	return err
+	w.mu.Unlock()
+	_ = w.Flush() // nowhere to report it; the next flush tries again
 }
 
 // Flush writes what is buffered now.
 func (w *Writer) Flush() error {
+	w.flushMu.Lock()
+	defer w.flushMu.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.flushLocked()
+	b := w.buf
+	w.buf = nil
+	w.mu.Unlock()
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := w.out.Write(b)
+	w.mu.Lock()
+	if w.spare == nil && cap(b) <= 4*w.size { // a burst grew it: do not pin the memory
+		w.spare = b[:0]
+	}
+	// What arrived during a slow write goes out next, without waiting for another line.
+	if len(w.buf) >= w.size && !w.armed && !w.closed {
+		w.armed = true
+		w.timer.Reset(0)
+	}
+	w.mu.Unlock()
+	return err
 }
 
 // Close flushes and makes later writes go straight through (so nothing logged during
 // shutdown is lost). It does not close the underlying writer. Idempotent.
 func (w *Writer) Close() error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.closed = true
 	w.timer.Stop()
 	w.armed = false
-	return w.flushLocked()
+	w.mu.Unlock()
+	return w.Flush()
 }

@@ -36,11 +36,13 @@ func TestWriterBatches(t *testing.T) {
 		interval   time.Duration
 		size       int
 		lines      int
-		wantWrites int // after the lines, before any time passes
+		wantWrites int // after the lines, in the writing goroutine
+		wantAtOnce int // after the lines, once the Writer's goroutine ran, before any time passes
 	}{
 		{name: "unbuffered", interval: 0, size: 1024, lines: 10, wantWrites: 10},
 		{name: "held until the interval", interval: 100 * time.Millisecond, size: 1 << 20, lines: 10, wantWrites: 0},
-		{name: "size threshold", interval: time.Hour, size: 50, lines: 10, wantWrites: 2}, // 13-byte lines: flushes after lines 4 and 8
+		// 13-byte lines: past 50 bytes a flush is due at once, in the Writer's goroutine.
+		{name: "size threshold", interval: time.Hour, size: 50, lines: 10, wantWrites: 0, wantAtOnce: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -55,7 +57,11 @@ func TestWriterBatches(t *testing.T) {
 					}
 				}
 				if _, n := out.snapshot(); n != tc.wantWrites {
-					t.Fatalf("%d writes before the interval, want %d", n, tc.wantWrites)
+					t.Fatalf("%d writes by the logging goroutine, want %d", n, tc.wantWrites)
+				}
+				synctest.Wait()
+				if _, n := out.snapshot(); n != max(tc.wantWrites, tc.wantAtOnce) {
+					t.Fatalf("%d writes before the interval, want %d", n, max(tc.wantWrites, tc.wantAtOnce))
 				}
 				if tc.interval > 0 && tc.interval < time.Hour {
 					time.Sleep(tc.interval)
@@ -109,4 +115,52 @@ func TestWriterConcurrentLinesStayWhole(t *testing.T) {
 			t.Fatalf("torn line %q", l)
 		}
 	}
+}
+
+// blockingWriter holds every write until released.
+type blockingWriter struct {
+	countingBuffer
+	release chan struct{}
+}
+
+func (b *blockingWriter) Write(p []byte) (int, error) {
+	<-b.release
+	return b.countingBuffer.Write(p)
+}
+
+// A stalled output never holds up the logging goroutine: lines wait up to the bound,
+// later ones are dropped and counted, and what waited goes out, in order, once the
+// output moves again.
+func TestWriterNeverWaitsForOutput(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		out := &blockingWriter{release: make(chan struct{})}
+		var release sync.Once
+		defer release.Do(func() { close(out.release) }) // a failed check must not leave it blocked
+		w := New(out, time.Millisecond, 100) // holds up to 1600 bytes
+		var want strings.Builder
+		line := func(i int) string { return fmt.Sprintf("line %04d......\n", i) } // 16 bytes
+		for i := range 10 {                                                      // the first batch, whose write to out then blocks
+			want.WriteString(line(i))
+			w.Write([]byte(line(i)))
+		}
+		synctest.Wait()                // the Writer's goroutine is blocked in out.Write
+		for i := 10; i < 10+100; i++ { // 100 lines fill the bound
+			want.WriteString(line(i))
+			w.Write([]byte(line(i)))
+		}
+		for i := range 5 { // these do not fit
+			w.Write([]byte(line(1000 + i)))
+		}
+		if got := w.Dropped(); got != 5 {
+			t.Fatalf("Dropped() = %d, want 5", got)
+		}
+		release.Do(func() { close(out.release) })
+		synctest.Wait()
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := out.snapshot(); got != want.String() {
+			t.Fatalf("output %d bytes, want the %d bytes logged before the bound, in order", len(got), want.Len())
+		}
+	})
 }
