@@ -135,11 +135,13 @@ func TestWriterNeverWaitsForOutput(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		out := &blockingWriter{release: make(chan struct{})}
 		var release sync.Once
-		defer release.Do(func() { close(out.release) }) // a failed check must not leave it blocked
-		w := New(out, time.Millisecond, 100)            // holds up to 1600 bytes
+		// A failed check must not leave the Writer's goroutine blocked.
+		defer release.Do(func() { close(out.release) })
+		w := New(out, time.Millisecond, 100) // holds up to 1600 bytes
 		var want strings.Builder
 		line := func(i int) string { return fmt.Sprintf("line %04d......\n", i) } // 16 bytes
-		for i := range 10 {                                                       // the first batch, whose write to out then blocks
+		// The first batch, whose write to out then blocks.
+		for i := range 10 {
 			want.WriteString(line(i))
 			w.Write([]byte(line(i)))
 		}
