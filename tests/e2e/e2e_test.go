@@ -288,6 +288,16 @@ func TestBytesCounted(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// Each of those connections logged a line on each node, none of them dropped.
+	for node := range 2 {
+		metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[node])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(metrics, "\nambit_log_lines_dropped_total 0\n") {
+			t.Fatalf("node%d: no ambit_log_lines_dropped_total 0 in its metrics", node+1)
+		}
+	}
 }
 
 // writeFirstEcho writes payload as soon as the connection is up, then reads it back.
