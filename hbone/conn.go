@@ -728,16 +728,9 @@ func (c *conn) flushDeferred() {
 		c.deferred[i] = nil
 		s.mu.Lock()
 		s.deferred = false
-		direct := s.sink != nil && s.parked && !s.writingOut && !s.closed && s.rlen > 0
-		if direct {
-			s.writingOut = true
-		}
+		direct := s.claimDeliveryLocked()
 		s.mu.Unlock()
-		if direct {
-			s.deliver()
-		} else {
-			s.wakeReader() // WriteTo stopped waiting meanwhile: it writes the data itself
-		}
+		s.deliverOrWake(direct) // not direct: WriteTo stopped waiting meanwhile and writes it
 	}
 	c.deferred = c.deferred[:0]
 }

@@ -81,25 +81,12 @@ func TestRecordsSlotsInteropCryptoTLS(t *testing.T) {
 // and then half-closed.
 func tcpSource(tb testing.TB, payload []byte) *net.TCPConn {
 	tb.Helper()
-	l, err := net.Listen("tcp", testAddr+":0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	w, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r, err := l.Accept()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { w.Close(); r.Close() })
+	w, r := tcpPair(tb)
 	go func() {
 		w.Write(payload)
-		w.(*net.TCPConn).CloseWrite()
+		w.CloseWrite()
 	}()
-	return r.(*net.TCPConn)
+	return r
 }
 
 type countingSource struct {

@@ -327,7 +327,7 @@ func (k *trafficKeys) nextNonce() []byte {
 // answers a KeyUpdate).
 type records struct {
 	nc   net.Conn
-	sock io.ReadWriter // nc's reads and writes (raw system calls on a socket)
+	sock io.ReadWriter // where nc is read and written: sockIO(nc)
 
 	// Read side, owned by the reader.
 	rk      trafficKeys
@@ -496,7 +496,7 @@ func (rl *records) fill(need int) error {
 	if rl.beforeRead != nil {
 		rl.beforeRead()
 	}
-	n, err := readSome(rl.rw(), rl.in[rl.w:])
+	n, err := readSome(rl.sock, rl.in[rl.w:])
 	rl.bulk = rl.w+n == len(rl.in)
 	rl.w += n
 	return err
@@ -689,7 +689,7 @@ func (rl *records) flushLocked() error {
 	}
 	var err error
 	if len(*rl.out) > 0 {
-		_, err = rl.rw().Write(*rl.out)
+		_, err = rl.sock.Write(*rl.out)
 	}
 	// Idle connections do not pin a write buffer.
 	*rl.out = (*rl.out)[:0]
@@ -765,17 +765,9 @@ func (rl *records) writeLocked(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := rl.rw().Write(b); err != nil {
+	if _, err := rl.sock.Write(b); err != nil {
 		rl.werr = err
 		return err
 	}
 	return nil
-}
-
-// rw is where the record layer reads and writes: raw system calls on a socket.
-func (rl *records) rw() io.ReadWriter {
-	if rl.sock == nil {
-		return rl.nc
-	}
-	return rl.sock
 }

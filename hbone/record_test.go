@@ -16,12 +16,7 @@ import (
 // peer over TCP. The peer server sends session tickets, which our client must ignore.
 func recordPair(tb testing.TB, oursClient bool) (*records, *tls.Conn) {
 	tb.Helper()
-	needNet(tb)
-	l, err := net.Listen("tcp", testAddr+":0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
+	cc, sc := tcpPair(tb)
 	ca := theCA(tb)
 	type res struct {
 		rl   *records
@@ -57,21 +52,12 @@ func recordPair(tb testing.TB, oursClient bool) (*records, *tls.Conn) {
 		ch <- res{peer: tc, err: tc.Handshake()}
 	}
 	go func() {
-		sc, err := l.Accept()
-		if err != nil {
-			ch <- res{err: err}
-			return
-		}
 		if oursClient {
 			peer(sc, false)
 		} else {
 			ours(sc, false)
 		}
 	}()
-	cc, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
 	if oursClient {
 		ours(cc, true)
 	} else {
@@ -254,7 +240,7 @@ func sealedStream(tb testing.TB, secret []byte, recs ...[2][]byte) []byte {
 func sealedStreamSuite(tb testing.TB, suite uint16, updateAfter uint64, secret []byte, recs ...[2][]byte) []byte {
 	tb.Helper()
 	pc := &pipeConn{}
-	w := &records{nc: pc, open: -1, keyUpdateAfter: updateAfter}
+	w := &records{nc: pc, sock: pc, open: -1, keyUpdateAfter: updateAfter}
 	if err := w.wk.init(suite, secret); err != nil {
 		tb.Fatal(err)
 	}
@@ -275,7 +261,8 @@ func readerOf(tb testing.TB, secret, stream []byte) *records {
 
 func readerOfSuite(tb testing.TB, suite uint16, secret, stream []byte) *records {
 	tb.Helper()
-	r := &records{nc: &pipeConn{r: bytes.NewReader(stream)}, open: -1, keyUpdateAfter: keyUpdateAfter}
+	pc := &pipeConn{r: bytes.NewReader(stream)}
+	r := &records{nc: pc, sock: pc, open: -1, keyUpdateAfter: keyUpdateAfter}
 	r.small = make([]byte, maxRecord)
 	r.in = r.small
 	if err := r.rk.init(suite, secret); err != nil {

@@ -329,6 +329,27 @@ func (s *stream) fill(r io.Reader, n int64) error {
 	return nil
 }
 
+// claimDeliveryLocked takes the writingOut role when buffered data can go to the
+// parked WriteTo's destination from the caller now: nobody is writing it, and it is not
+// left to the read loop's deferred flush.
+func (s *stream) claimDeliveryLocked() bool {
+	direct := s.sink != nil && s.parked && !s.writingOut && !s.deferred && !s.closed && s.rlen > 0
+	if direct {
+		s.writingOut = true
+	}
+	return direct
+}
+
+// deliverOrWake delivers after claimDeliveryLocked said direct, and otherwise tells
+// the reader.
+func (s *stream) deliverOrWake(direct bool) {
+	if direct {
+		s.deliver()
+	} else {
+		s.wakeReader()
+	}
+}
+
 // deliver writes buffered data to the parked WriteTo's destination from the read loop,
 // without blocking, and wakes WriteTo only for what the destination did not take. The
 // caller has claimed writingOut.
@@ -651,16 +672,9 @@ func (s *stream) WriteToAsync(w io.Writer, done func(int64, error)) {
 	s.sink, s.delivered, s.parked = tw, 0, true
 	s.async = &asyncWriteTo{w: w, done: done}
 	// Data already here (a request's first bytes) is written out by the caller.
-	direct := s.rlen > 0 && !s.writingOut && !s.deferred && !s.closed
-	if direct {
-		s.writingOut = true
-	}
+	direct := s.claimDeliveryLocked()
 	s.mu.Unlock()
-	if direct {
-		s.deliver()
-	} else {
-		s.wakeReader() // the end may already be here
-	}
+	s.deliverOrWake(direct) // not direct: the end may already be here
 }
 
 // runWriteTo is WriteTo's loop, once its destination is set.

@@ -8,9 +8,9 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/ambitmesh/ambit/discovery"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 )
