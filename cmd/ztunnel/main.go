@@ -123,7 +123,7 @@ func run() error {
 	}
 	// One access-log line per connection: batched, they cost one write per flush
 	// instead of one per connection.
-	logOut := logbuf.New(os.Stderr, logFlush, 64<<10)
+	logOut := logbuf.New(os.Stderr, logFlush, 64<<10, 16<<20)
 	defer logOut.Close()
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(logOut, opts)

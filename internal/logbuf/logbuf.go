@@ -36,23 +36,26 @@ type Writer struct {
 	timer   *time.Timer
 	armed   bool
 	closed  bool
+	writing bool // a batch is being written to out
 	dropped atomic.Uint64
 }
 
-// New returns a Writer over out that holds up to 16 x size bytes while out is slow.
-// interval <= 0 disables buffering: every Write goes straight through (and waits for
-// out).
-func New(out io.Writer, interval time.Duration, size int) *Writer {
+// New returns a Writer over out that writes batches of size bytes and holds up to limit
+// bytes while a write to out is under way. The limit only guards memory against an
+// output that stopped: a batch write that is merely slow to be scheduled on a busy
+// machine must not reach it. interval <= 0 disables buffering: every Write goes
+// straight through (and waits for out).
+func New(out io.Writer, interval time.Duration, size, limit int) *Writer {
 	size = max(size, 1)
-	w := &Writer{out: out, interval: interval, size: size, limit: 16 * size}
+	w := &Writer{out: out, interval: interval, size: size, limit: max(limit, size)}
 	w.timer = time.AfterFunc(time.Hour, w.onTimer)
 	w.timer.Stop()
 	return w
 }
 
 // Write buffers p. It never waits for the underlying writer unless buffering is off or
-// the Writer is closed; p is dropped (and counted, see Dropped) when the bound of
-// waiting bytes is reached.
+// the Writer is closed; p is dropped (and counted, see Dropped) when a write to the
+// underlying writer is under way and the bound of waiting bytes is reached.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	if w.closed || w.interval <= 0 {
@@ -61,7 +64,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		defer w.flushMu.Unlock()
 		return w.out.Write(p)
 	}
-	if len(w.buf)+len(p) > w.limit {
+	if w.writing && len(w.buf)+len(p) > w.limit {
 		w.mu.Unlock()
 		w.dropped.Add(1)
 		return len(p), nil
@@ -99,12 +102,14 @@ func (w *Writer) Flush() error {
 	w.mu.Lock()
 	b := w.buf
 	w.buf = nil
+	w.writing = len(b) > 0
 	w.mu.Unlock()
 	if len(b) == 0 {
 		return nil
 	}
 	_, err := w.out.Write(b)
 	w.mu.Lock()
+	w.writing = false
 	if w.spare == nil && cap(b) <= 4*w.size { // a burst grew it: do not pin the memory
 		w.spare = b[:0]
 	}

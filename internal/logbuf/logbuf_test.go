@@ -47,7 +47,7 @@ func TestWriterBatches(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				out := &countingBuffer{}
-				w := New(out, tc.interval, tc.size)
+				w := New(out, tc.interval, tc.size, 1<<20)
 				var want strings.Builder
 				for i := range tc.lines {
 					line := fmt.Sprintf("line %03d....\n", i)
@@ -92,7 +92,7 @@ func TestWriterBatches(t *testing.T) {
 
 func TestWriterConcurrentLinesStayWhole(t *testing.T) {
 	out := &countingBuffer{}
-	w := New(out, time.Millisecond, 4096)
+	w := New(out, time.Millisecond, 4096, 1<<20)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
@@ -137,7 +137,7 @@ func TestWriterNeverWaitsForOutput(t *testing.T) {
 		var release sync.Once
 		// A failed check must not leave the Writer's goroutine blocked.
 		defer release.Do(func() { close(out.release) })
-		w := New(out, time.Millisecond, 100) // holds up to 1600 bytes
+		w := New(out, time.Millisecond, 100, 1600)
 		var want strings.Builder
 		line := func(i int) string { return fmt.Sprintf("line %04d......\n", i) } // 16 bytes
 		// The first batch, whose write to out then blocks.
