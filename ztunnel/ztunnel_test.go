@@ -177,6 +177,75 @@ type pipeConn struct{ net.Conn }
 
 func (p pipeConn) CloseWrite() error { return p.Conn.(*net.TCPConn).CloseWrite() }
 
+// TestHalfClose: the raw shutdown sends FIN and leaves the other direction open, for
+// plain and counted sockets; a socket already closed is not an error (the other
+// direction closed both ends first), a socket the peer reset is.
+func TestHalfClose(t *testing.T) {
+	tests := []struct {
+		name    string
+		wrap    func(*net.TCPConn) net.Conn
+		prepare func(t *testing.T, c, peer *net.TCPConn)
+		wantErr bool
+	}{
+		{name: "tcp", wrap: func(c *net.TCPConn) net.Conn { return c }},
+		{name: "counted", wrap: func(c *net.TCPConn) net.Conn { return countedConn{c, &counter{}} }},
+		{name: "buffered", wrap: func(c *net.TCPConn) net.Conn { return pipeConn{c} }},
+		{
+			name:    "closed",
+			wrap:    func(c *net.TCPConn) net.Conn { return c },
+			prepare: func(t *testing.T, c, _ *net.TCPConn) { c.Close() },
+		},
+		{
+			name: "reset by peer",
+			wrap: func(c *net.TCPConn) net.Conn { return c },
+			prepare: func(t *testing.T, c, peer *net.TCPConn) {
+				peer.SetLinger(0)
+				peer.Close()
+				// Wait for the RST: a read fails once it has arrived.
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Read(make([]byte, 1)); err == nil {
+					t.Fatal("read after the peer's reset succeeded")
+				}
+			},
+			wantErr: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, peer := tcpPair(t)
+			if tt.prepare != nil {
+				tt.prepare(t, c, peer)
+			}
+			err := halfClose(tt.wrap(c))
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("halfClose succeeded, want an error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("halfClose: %v", err)
+			}
+			if tt.prepare != nil {
+				return
+			}
+			peer.SetDeadline(time.Now().Add(5 * time.Second))
+			if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("peer read %d, %v; want EOF", n, err)
+			}
+			// The other direction stays open.
+			if _, err := peer.Write([]byte("z")); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil || b[0] != 'z' {
+				t.Fatalf("read after half-close: %q, %v", b, err)
+			}
+		})
+	}
+}
+
 func TestPumpHalfClose(t *testing.T) {
 	for _, wrap := range []struct {
 		name string
