@@ -72,6 +72,7 @@ func TestRender(t *testing.T) {
 				"drain-timeout":           "20s",
 				"hbone-conns-per-peer":    "4",
 				"hbone-pool-idle-timeout": "60s",
+				"gomaxprocs":              "auto",
 				"log-level":               "info",
 				"log-json":                "true",
 			},
@@ -110,6 +111,7 @@ func TestRender(t *testing.T) {
 			"--set", "ztunnel.tolerations[0].key=dedicated,ztunnel.tolerations[0].operator=Equal,ztunnel.tolerations[0].value=mesh,ztunnel.tolerations[0].effect=NoSchedule",
 			"--set", "ztunnel.terminationGracePeriodSeconds=60,ztunnel.drainTimeoutSeconds=45",
 			"--set", "ztunnel.hboneConnsPerPeer=2,ztunnel.hbonePoolIdleTimeoutSeconds=300",
+			"--set", "ztunnel.goMaxProcs=2",
 			"--set", "logging.level=debug,logging.json=false",
 			"--set", "enrollment.namespaceLabel.key=mesh.example/enabled,enrollment.namespaceLabel.value=yes",
 			// --set would make "true" a boolean, which the schema refuses.
@@ -136,6 +138,7 @@ func TestRender(t *testing.T) {
 				"drain-timeout":           "45s",
 				"hbone-conns-per-peer":    "2",
 				"hbone-pool-idle-timeout": "300s",
+				"gomaxprocs":              "2",
 				"log-level":               "debug",
 				"log-json":                "false",
 			},

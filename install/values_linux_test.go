@@ -21,6 +21,8 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"no hbone connection", "ztunnel.hboneConnsPerPeer=0", []string{"hboneConnsPerPeer"}},
 		{"too many hbone connections", "ztunnel.hboneConnsPerPeer=65", []string{"hboneConnsPerPeer"}},
 		{"no pool idle timeout", "ztunnel.hbonePoolIdleTimeoutSeconds=0", []string{"hbonePoolIdleTimeoutSeconds"}},
+		{"gomaxprocs zero", "ztunnel.goMaxProcs=0", []string{"goMaxProcs"}},
+		{"gomaxprocs word", "ztunnel.goMaxProcs=max", []string{"goMaxProcs"}},
 		{"unknown value", "ztunnel.marc=1024", []string{"marc"}},
 		{"log level", "logging.level=verbose", []string{"level"}},
 		{"pull policy", "image.pullPolicy=Sometimes", []string{"pullPolicy"}},

@@ -3,20 +3,25 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ambitmesh/ambit/internal/logbuf"
+	"github.com/ambitmesh/ambit/internal/procs"
 	"github.com/ambitmesh/ambit/ztunnel"
 )
 
@@ -52,6 +57,7 @@ func run() error {
 		podLabel   string
 		identSrc   string
 		spireCfg   spireFlags
+		maxProcs   string
 	)
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	fs.StringVar(&cfg.NodeName, "node", os.Getenv("NODE_NAME"), "name of this node in the mesh model (env NODE_NAME)")
@@ -82,6 +88,7 @@ func run() error {
 	fs.IntVar(&cfg.HBONEConnsPerPeer, "hbone-conns-per-peer", 4, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
 	fs.DurationVar(&cfg.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", time.Minute, "how long a pooled HBONE connection to a peer stays open without streams")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long shutdown waits for connections (default 5s)")
+	fs.StringVar(&maxProcs, "gomaxprocs", "auto", `Go scheduler parallelism: "auto" (one P while the work fits on one, else the runtime's default), "runtime" (the runtime's default) or a number`)
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&logFlush, "log-flush-interval", 100*time.Millisecond, "how long log lines may wait to be written in batches (0: write each line at once)")
@@ -157,11 +164,52 @@ func run() error {
 	default:
 		return fmt.Errorf(`-identity %q: want "ca" or "spire"`, identSrc)
 	}
+	scaler, err := schedProcs(maxProcs, log, reg)
+	if err != nil {
+		return err
+	}
 	z, err := ztunnel.New(cfg, deps)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return z.Run(ctx)
+	if scaler == nil {
+		return z.Run(ctx)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// The data plane does not depend on the scaler: if it stops, ztunnel keeps
+		// running with the runtime's default.
+		if err := scaler.Run(ctx); err != nil {
+			log.Warn("gomaxprocs scaler stopped", "err", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer stop() // the scaler ends with ztunnel
+		return z.Run(ctx)
+	})
+	return g.Wait()
+}
+
+// schedProcs applies -gomaxprocs: a fixed number now, or an adaptive Scaler to run.
+func schedProcs(v string, log *slog.Logger, reg prometheus.Registerer) (*procs.Scaler, error) {
+	switch v {
+	case "runtime":
+		return nil, nil
+	case "auto":
+		s, err := procs.New(procs.Config{}, log, reg)
+		if errors.Is(err, procs.ErrFixed) {
+			log.Info("gomaxprocs fixed by the environment", "gomaxprocs", runtime.GOMAXPROCS(0))
+			return nil, nil
+		}
+		return s, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf(`-gomaxprocs %q: want "auto", "runtime" or a number >= 1`, v)
+	}
+	runtime.GOMAXPROCS(n)
+	return nil, nil
 }

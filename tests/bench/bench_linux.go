@@ -333,7 +333,7 @@ func (r *Report) failures() int {
 func (b *bench) collectEnv() Env {
 	e := Env{
 		Mode: "full", Started: b.start.UTC().Format(time.RFC3339), GoVersion: runtime.Version(),
-		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), LoadStart: loadavg(),
+		GOMAXPROCS: runtime.GOMAXPROCS(0), ZtunnelProcs: ztunnelProcs(b.cfg.ZtunnelArgs, os.Getenv("GOMAXPROCS")), CPUs: runtime.NumCPU(), LoadStart: loadavg(),
 		Repetitions: b.cfg.Reps, Peers: map[string]string{},
 		Config: Durations{
 			StreamSeconds: b.cfg.Stream.Seconds(), Lat200Seconds: b.cfg.Lat200.Seconds(), Lat1000Seconds: b.cfg.Lat1000.Seconds(),

@@ -181,3 +181,24 @@ func TestBusyNeedsSustainedLoad(t *testing.T) {
 		}
 	}
 }
+
+func TestZtunnelProcs(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{nil, "", "auto"},
+		{[]string{"-log-level=warn"}, "", "auto"},
+		{[]string{"-gomaxprocs=2"}, "", "2"},
+		{[]string{"--gomaxprocs", "runtime"}, "", "runtime"},
+		{[]string{"-gomaxprocs=1", "-gomaxprocs=auto"}, "", "auto"},
+		{nil, "1", "auto, fixed by GOMAXPROCS=1"},
+		{[]string{"-gomaxprocs=3"}, "1", "3"},
+	}
+	for _, tt := range tests {
+		if got := ztunnelProcs(tt.args, tt.env); got != tt.want {
+			t.Errorf("ztunnelProcs(%q, %q) = %q, want %q", tt.args, tt.env, got, tt.want)
+		}
+	}
+}

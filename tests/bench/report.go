@@ -13,22 +13,33 @@ import (
 
 // Env is what every report records about the machine and the run.
 type Env struct {
-	Mode        string            `json:"mode"` // "full" or "smoke"
-	Started     string            `json:"started"`
-	Seconds     float64           `json:"seconds"`
-	GoVersion   string            `json:"go_version"`
-	GOMAXPROCS  int               `json:"gomaxprocs"`
-	CPUs        int               `json:"cpus"`
-	Kernel      string            `json:"kernel"`
-	CPUModel    string            `json:"cpu_model,omitempty"`
-	LoadStart   [3]float64        `json:"loadavg_start"`
-	LoadEnd     [3]float64        `json:"loadavg_end"`
-	LoadMax     float64           `json:"loadavg1_max"` // highest 1-minute load seen at the start of a measurement
-	Peers       map[string]string `json:"peers"`
-	NoFile      uint64            `json:"rlimit_nofile"`
-	Repetitions int               `json:"repetitions"`
-	Config      Durations         `json:"durations"`
-	Notes       []string          `json:"notes,omitempty"`
+	Mode       string  `json:"mode"` // "full" or "smoke"
+	Started    string  `json:"started"`
+	Seconds    float64 `json:"seconds"`
+	GoVersion  string  `json:"go_version"`
+	GOMAXPROCS int     `json:"gomaxprocs"` // the bench's own, and the Go peers'
+	// ZtunnelProcs is ztunnel's -gomaxprocs setting in this run.
+	ZtunnelProcs string            `json:"ztunnel_gomaxprocs,omitempty"`
+	CPUs         int               `json:"cpus"`
+	Kernel       string            `json:"kernel"`
+	CPUModel     string            `json:"cpu_model,omitempty"`
+	LoadStart    [3]float64        `json:"loadavg_start"`
+	LoadEnd      [3]float64        `json:"loadavg_end"`
+	LoadMax      float64           `json:"loadavg1_max"` // highest 1-minute load seen at the start of a measurement
+	Peers        map[string]string `json:"peers"`
+	NoFile       uint64            `json:"rlimit_nofile"`
+	Repetitions  int               `json:"repetitions"`
+	Config       Durations         `json:"durations"`
+	Notes        []string          `json:"notes,omitempty"`
+}
+
+// ztunnelProcs describes ztunnel's scheduler setting for the run's header; runs saved
+// before it was recorded have none.
+func (e Env) ztunnelProcs() string {
+	if e.ZtunnelProcs == "" {
+		return ""
+	}
+	return " (ztunnel -gomaxprocs=" + e.ZtunnelProcs + ")"
 }
 
 // Durations of each test, as run.
@@ -83,7 +94,7 @@ func pair(a, b Num, prec int) string { return f(a, prec) + " / " + f(b, prec) }
 // WriteTable prints the summary for a terminal.
 func (r *Report) WriteTable(w io.Writer) {
 	e := r.Env
-	fmt.Fprintf(w, "\nAmbit data-path benchmark (%s): %s, GOMAXPROCS=%d, %d CPUs, kernel %s\n", e.Mode, e.GoVersion, e.GOMAXPROCS, e.CPUs, e.Kernel)
+	fmt.Fprintf(w, "\nAmbit data-path benchmark (%s): %s, GOMAXPROCS=%d%s, %d CPUs, kernel %s\n", e.Mode, e.GoVersion, e.GOMAXPROCS, e.ztunnelProcs(), e.CPUs, e.Kernel)
 	fmt.Fprintf(w, "load average at start %.2f %.2f %.2f, at end %.2f %.2f %.2f; %d repetition(s), medians shown; took %.0fs\n",
 		e.LoadStart[0], e.LoadStart[1], e.LoadStart[2], e.LoadEnd[0], e.LoadEnd[1], e.LoadEnd[2], e.Repetitions, e.Seconds)
 	if n, of := r.loaded(); r.busy() {
@@ -260,9 +271,9 @@ func (r *Report) WriteSVG(file string) error {
 func (r *Report) WriteMarkdown(file string) error {
 	var b strings.Builder
 	e := r.Env
-	fmt.Fprintf(&b, "Run of %s (%s mode, %d repetition(s), medians): %s, GOMAXPROCS=%d, %d CPUs (%s), kernel %s; "+
+	fmt.Fprintf(&b, "Run of %s (%s mode, %d repetition(s), medians): %s, GOMAXPROCS=%d%s, %d CPUs (%s), kernel %s; "+
 		"1-minute load average %.2f at start, %.2f at end, %.1f at most.\n\n",
-		e.Started, e.Mode, e.Repetitions, e.GoVersion, e.GOMAXPROCS, e.CPUs, e.CPUModel, e.Kernel, e.LoadStart[0], e.LoadEnd[0], e.LoadMax)
+		e.Started, e.Mode, e.Repetitions, e.GoVersion, e.GOMAXPROCS, e.ztunnelProcs(), e.CPUs, e.CPUModel, e.Kernel, e.LoadStart[0], e.LoadEnd[0], e.LoadMax)
 	if n, of := r.loaded(); r.busy() {
 		fmt.Fprintf(&b, "**Other work competed with this run: %d of %d measurements started with the 1-minute load above %d. Absolute figures and even ratios are unreliable.**\n\n", n, of, 2*e.CPUs)
 	} else if n > 0 {
@@ -324,4 +335,27 @@ func ReadReport(file string) (*Report, error) {
 		r.Env.LoadMax = max(r.Env.LoadMax, run.Load1)
 	}
 	return &r, nil
+}
+
+// ztunnelProcs returns ztunnel's -gomaxprocs setting given its extra arguments (the
+// last one wins, as with the flag package) and the GOMAXPROCS environment variable it
+// inherits, which fixes the value whatever the flag says.
+func ztunnelProcs(args []string, env string) string {
+	v := "auto"
+	for i, a := range args {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "gomaxprocs" || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		switch {
+		case hasVal:
+			v = val
+		case i+1 < len(args):
+			v = args[i+1]
+		}
+	}
+	if env != "" && (v == "auto" || v == "runtime") {
+		return v + ", fixed by GOMAXPROCS=" + env
+	}
+	return v
 }
