@@ -5,8 +5,8 @@
 // tunnel at light load sees a network event, works for microseconds and sleeps again,
 // thousands of times per second, and with several Ps most events then wake two threads
 // instead of one. On a VM each wake-up of an idle vCPU is an exit to the hypervisor:
-// docs/performance.md measured 11 context switches per tunnelled connection and tunnel
-// end with two Ps against 5 with one, and more throughput for a single stream with one.
+// docs/performance.md (round 6) measured 11 context switches per tunnelled connection
+// and tunnel end with two Ps against 8 with one, and no less throughput.
 // Scaler runs the process with one P while its work fits on one and goes back to the
 // runtime's default (which follows CPU count, affinity and cgroup quota) as soon as it
 // does not: when the P is busy all the time, or when goroutines keep queueing for it
@@ -15,6 +15,7 @@ package procs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,8 +32,8 @@ type Config struct {
 	// Interval is how often CPU use is measured and decisions are taken. Default 100ms.
 	Interval time.Duration
 	// Sample is how often the run queue is sampled while the process is busy (used at
-	// least Busy cores in the last interval); otherwise it is looked at only once per
-	// Interval. Each sample is a timer wake-up, which costs a light load more than the
+	// least Busy cores in the last interval); otherwise it is not sampled and only CPU
+	// use counts. Each sample is a timer wake-up, which costs a light load more than the
 	// sample itself. Default 10ms.
 	Sample time.Duration
 	// Busy is the CPU use, in cores, from which the run queue is sampled: where parallel
@@ -84,7 +85,7 @@ func (c *Config) setDefaults() {
 
 // ErrFixed is returned by New when the GOMAXPROCS environment variable fixes the
 // scheduler's parallelism: the operator's setting wins.
-var ErrFixed = fmt.Errorf("GOMAXPROCS is set in the environment")
+var ErrFixed = errors.New("GOMAXPROCS is set in the environment")
 
 // Log keys.
 const (
