@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,6 +59,26 @@ func captureUnderlay(t *testing.T, fn func()) string {
 		t.Fatalf("stop tcpdump: %v", err)
 	}
 	return file
+}
+
+// metricValue reads the unlabelled metric name from the node's ztunnel.
+func metricValue(t *testing.T, node int, name string) float64 {
+	t.Helper()
+	metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[node])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("node%d exports no %s", node+1, name)
+	return 0
 }
 
 // waitPoolEmpty waits until the node's ztunnel has closed every pooled HBONE

@@ -5,8 +5,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,29 +20,11 @@ func TestSchedulerAdapts(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU here: the runtime's default is one P, nothing to adapt")
 	}
-	metric := func(node int, name string) float64 {
-		t.Helper()
-		metrics, err := m.Metrics(context.Background(), m.Topo.Nodes[node])
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(metrics, "\n") {
-			if v, ok := strings.CutPrefix(line, name+" "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					t.Fatalf("metric line %q: %v", line, err)
-				}
-				return f
-			}
-		}
-		t.Fatalf("node%d exports no %s", node+1, name)
-		return 0
-	}
 	waitProcs := func(node int, what string, ok func(float64) bool, within time.Duration) {
 		t.Helper()
 		deadline := time.Now().Add(within)
 		for {
-			v := metric(node, "go_sched_gomaxprocs_threads")
+			v := metricValue(t, node, "go_sched_gomaxprocs_threads")
 			if ok(v) {
 				return
 			}
@@ -59,7 +39,7 @@ func TestSchedulerAdapts(t *testing.T) {
 	for node := range 2 {
 		waitProcs(node, "1 at rest", one, 15*time.Second)
 	}
-	before := metric(0, "ambit_gomaxprocs_changes_total")
+	before := metricValue(t, 0, "ambit_gomaxprocs_changes_total")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -79,7 +59,7 @@ func TestSchedulerAdapts(t *testing.T) {
 		t.Fatalf("bulk stream: %v", err)
 	}
 	waitProcs(0, "1 again after the streams", one, 15*time.Second)
-	if d := metric(0, "ambit_gomaxprocs_changes_total") - before; d < 2 {
+	if d := metricValue(t, 0, "ambit_gomaxprocs_changes_total") - before; d < 2 {
 		t.Fatalf("ambit_gomaxprocs_changes_total rose by %v, want at least 2 (up and down)", d)
 	}
 }
