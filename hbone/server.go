@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ambitmesh/ambit/internal/workers"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -140,6 +141,7 @@ type Server struct {
 	wg        sync.WaitGroup
 	ctx       context.Context
 	cancel    context.CancelFunc
+	workers   *workers.Pool // runs the stream handlers
 }
 
 var errServerClosed = errors.New("hbone: server closed")
@@ -180,6 +182,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		conns:     make(map[*conn]struct{}),
 		ctx:       ctx,
 		cancel:    cancel,
+		workers:   workers.New(64),
 	}, nil
 }
 
@@ -315,7 +318,7 @@ func (srv *Server) onHeaders(c *conn, f *http2.MetaHeadersFrame) error {
 	}
 	s.req = req
 	c.handlers.Add(1)
-	go srv.runHandler(s)
+	srv.workers.Go(func() { srv.runHandler(s) })
 	return nil
 }
 
@@ -434,6 +437,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		srv.mu.Unlock()
 		if n == 0 {
 			srv.wg.Wait()
+			srv.workers.Close()
 			return nil
 		}
 		select {
@@ -463,5 +467,6 @@ func (srv *Server) Close() error {
 		c.closeWith(errServerClosed)
 	}
 	srv.wg.Wait()
+	srv.workers.Close()
 	return nil
 }

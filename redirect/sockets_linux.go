@@ -83,13 +83,11 @@ func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort, ti
 	if !src.Is4() || !dstAddr.Is4() {
 		return nil, fmt.Errorf("dial transparent %s -> %s: only IPv4 is supported", src, dst)
 	}
-	d := net.Dialer{
-		LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
-		Timeout:   timeout,
-		Control:   setTransparent(false),
-	}
-	target := netip.AddrPortFrom(dstAddr, dst.Port()).String()
-	c, err := d.DialContext(ctx, "tcp4", target)
+	d := net.Dialer{Timeout: timeout, Control: setTransparent(false)}
+	// DialTCP with addresses, not DialContext with a string: no resolver and no
+	// parallel-dial machinery on a path taken once per inbound connection.
+	target := netip.AddrPortFrom(dstAddr, dst.Port())
+	c, err := d.DialTCP(ctx, "tcp4", netip.AddrPortFrom(src, 0), target)
 	if err != nil {
 		return nil, fmt.Errorf("dial transparent %s -> %s: %w", src, target, err)
 	}

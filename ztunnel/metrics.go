@@ -1,6 +1,8 @@
 package ztunnel
 
 import (
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +13,19 @@ type metrics struct {
 	opened, closed *prometheus.CounterVec
 	sent, received *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+
+	mu     sync.Mutex
+	series map[seriesKey]*tcpSeries
+}
+
+// seriesKey is a label set's values in tcpLabels order.
+type seriesKey [10]string
+
+// tcpSeries are one label set's connection counters, looked up once: resolving them
+// through the vectors costs a label map and ten validated, hashed values per counter,
+// four counters per connection. Series are never deleted, so neither are these.
+type tcpSeries struct {
+	opened, closed, sent, received prometheus.Counter
 }
 
 var tcpLabels = []string{
@@ -36,6 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ambit_connections_refused_total", Help: "Connections refused before proxying, by direction.",
 		}, []string{"direction"}),
+		series: map[seriesKey]*tcpSeries{},
 	}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused)
 	return m
@@ -50,25 +66,39 @@ func splitNSName(s string) (ns, name string) {
 	return "", s
 }
 
-func (m *metrics) labels(ci *connInfo) prometheus.Labels {
+// forConn returns the counters of ci's label set.
+func (m *metrics) forConn(ci *connInfo) *tcpSeries {
 	reporter := "destination"
 	if ci.Direction == "outbound" || ci.Direction == "local" {
 		reporter = "source"
 	}
 	sns, sname := splitNSName(ci.SrcWorkload)
 	dns, dname := splitNSName(ci.DstWorkload)
-	return prometheus.Labels{
-		"reporter":                       reporter,
-		"source_workload":                orUnknown(sname),
-		"source_workload_namespace":      orUnknown(sns),
-		"source_principal":               orUnknown(ci.SrcIdentity),
-		"destination_workload":           orUnknown(dname),
-		"destination_workload_namespace": orUnknown(dns),
-		"destination_principal":          orUnknown(ci.DstIdentity),
-		"destination_service":            orUnknown(ci.DstService),
-		"connection_security_policy":     ci.Security,
-		"direction":                      ci.Direction,
+	k := seriesKey{
+		reporter,
+		orUnknown(sname), orUnknown(sns), orUnknown(ci.SrcIdentity),
+		orUnknown(dname), orUnknown(dns), orUnknown(ci.DstIdentity),
+		orUnknown(ci.DstService), ci.Security, ci.Direction,
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.series[k]; ok {
+		return s
+	}
+	// Prometheus refuses (WithLabelValues panics on) values that are not UTF-8; names
+	// and identities come from API objects and peer certificates.
+	vals := make([]string, len(k))
+	for i, v := range k {
+		vals[i] = strings.ToValidUTF8(v, "\uFFFD")
+	}
+	s := &tcpSeries{
+		opened:   m.opened.WithLabelValues(vals...),
+		closed:   m.closed.WithLabelValues(vals...),
+		sent:     m.sent.WithLabelValues(vals...),
+		received: m.received.WithLabelValues(vals...),
+	}
+	m.series[k] = s
+	return s
 }
 
 func orUnknown(s string) string {

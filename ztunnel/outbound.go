@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
@@ -216,8 +215,8 @@ func (z *Ztunnel) isLocalAddr(ip netip.Addr) bool {
 // returns) waits for it.
 func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo, release func()) <-chan struct{} {
 	z.conns.add(ci, down, up)
-	lbl := z.m.labels(ci)
-	z.m.opened.With(lbl).Inc()
+	series := z.m.forConn(ci)
+	series.opened.Inc()
 	ended := make(chan struct{})
 	pumpAsync(down, up, &ci.sent, &ci.recv, func(err error) {
 		defer close(ended)
@@ -225,7 +224,7 @@ func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo, release func()) <-chan 
 		if release != nil {
 			release()
 		}
-		z.closed(ci, lbl, err)
+		z.closed(ci, series, err)
 	})
 	return ended
 }
@@ -233,45 +232,48 @@ func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo, release func()) <-chan 
 // closed accounts for a relayed connection that ended with err: metrics and the
 // access-log line. It may run in an HBONE read loop, so it must not block (the log
 // handler buffers).
-func (z *Ztunnel) closed(ci *connInfo, lbl prometheus.Labels, err error) {
+func (z *Ztunnel) closed(ci *connInfo, series *tcpSeries, err error) {
 	sent, recv := ci.sent.n.Load(), ci.recv.n.Load()
-	z.m.closed.With(lbl).Inc()
-	z.m.sent.With(lbl).Add(float64(sent))
-	z.m.received.With(lbl).Add(float64(recv))
+	series.closed.Inc()
+	series.sent.Add(float64(sent))
+	series.received.Add(float64(recv))
 	attrs := z.logAttrs(ci)
-	attrs = append(attrs, keyBytesSent, sent, keyBytesRecv, recv, keyDuration, timeSince(ci.Start))
+	attrs = append(attrs, slog.Int64(keyBytesSent, sent), slog.Int64(keyBytesRecv, recv),
+		slog.String(keyDuration, timeSince(ci.Start)))
 	var status *hbone.StatusError
 	if errors.As(err, &status) {
 		// An early-data CONNECT the peer answered with a refusal: the pod's connection was
 		// already accepted and counted as opened, and it is a refusal all the same.
 		z.m.refused.WithLabelValues(ci.Direction).Inc()
-		attrs = append(attrs, keyReason, err.Error())
-		z.log.Warn(msgRefused, attrs...)
+		attrs = append(attrs, slog.String(keyReason, err.Error()))
+		z.log.LogAttrs(context.Background(), slog.LevelWarn, msgRefused, attrs...)
 		return
 	}
 	if err != nil && !isClosedErr(err) {
-		attrs = append(attrs, keyError, err.Error())
+		attrs = append(attrs, slog.String(keyError, err.Error()))
 	}
-	z.log.Info(msgConnection, attrs...)
+	z.log.LogAttrs(context.Background(), slog.LevelInfo, msgConnection, attrs...)
 }
 
 func (z *Ztunnel) refuse(c net.Conn, ci *connInfo, reason error) {
 	_ = c.Close()
 	z.m.refused.WithLabelValues(ci.Direction).Inc()
 	attrs := z.logAttrs(ci)
-	attrs = append(attrs, keyReason, reason.Error())
-	z.log.Warn(msgRefused, attrs...)
+	attrs = append(attrs, slog.String(keyReason, reason.Error()))
+	z.log.LogAttrs(context.Background(), slog.LevelWarn, msgRefused, attrs...)
 }
 
-func (z *Ztunnel) logAttrs(ci *connInfo) []any {
-	attrs := []any{keyDirection, ci.Direction, keySrc, ci.Src, keyDst, ci.Dst}
-	for _, kv := range [][2]string{
+// logAttrs are the access-log attributes describing ci, with room for four more.
+func (z *Ztunnel) logAttrs(ci *connInfo) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 13)
+	attrs = append(attrs, slog.String(keyDirection, ci.Direction), slog.String(keySrc, ci.Src), slog.String(keyDst, ci.Dst))
+	for _, kv := range [...][2]string{
 		{keySrcIdentity, ci.SrcIdentity}, {keyDstIdentity, ci.DstIdentity},
 		{keySrcWorkload, ci.SrcWorkload}, {keyDstWorkload, ci.DstWorkload},
 		{keyDstService, ci.DstService}, {keyDstHBONE, ci.HBONEAddr},
 	} {
 		if kv[1] != "" {
-			attrs = append(attrs, kv[0], kv[1])
+			attrs = append(attrs, slog.String(kv[0], kv[1]))
 		}
 	}
 	return attrs

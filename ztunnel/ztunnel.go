@@ -28,6 +28,7 @@ import (
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
+	"github.com/ambitmesh/ambit/internal/workers"
 )
 
 // Capture is the packet-capture layer (redirect.Capture in production).
@@ -78,6 +79,8 @@ type Ztunnel struct {
 	reg *prometheus.Registry
 	m   *metrics
 
+	workers *workers.Pool // runs the captured connections' handlers
+
 	store       *discovery.Store
 	modelSource Runner
 	problems    func() any
@@ -111,6 +114,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 	z := &Ztunnel{
 		cfg:           cfg,
 		td:            td,
+		workers:       workers.New(64),
 		log:           deps.Logger,
 		reg:           deps.Registry,
 		store:         deps.Store,
@@ -357,7 +361,7 @@ func (z *Ztunnel) acceptLoop(ctx context.Context, ln net.Listener, handle func(c
 			continue
 		}
 		delay = 0
-		go handle(ctx, c)
+		z.workers.Go(func() { handle(ctx, c) })
 	}
 }
 
@@ -392,6 +396,7 @@ func (z *Ztunnel) Close() error {
 	z.closeOnce.Do(func() {
 		z.pool.Close()
 		z.server.Close()
+		z.workers.Close()
 		z.captureMu.Lock()
 		if z.capture != nil {
 			z.capture.Close()
