@@ -35,7 +35,7 @@ const (
 
 // tools are the peer programs.
 type tools struct {
-	iperf3, socat, stunnel, fortio, ghostunnel, istioHBONE string
+	iperf3, socat, stunnel, fortio, ghostunnel, istioHBONE, goRelay string
 }
 
 // tunnelEnd is one side of a tunnel: the processes whose CPU counts for it.
@@ -124,7 +124,7 @@ func findTools(dir string) (tools, error) {
 	for _, x := range []struct {
 		dst  *string
 		name string
-	}{{&t.fortio, "fortio"}, {&t.ghostunnel, "ghostunnel"}, {&t.istioHBONE, "istio-hbone"}} {
+	}{{&t.fortio, "fortio"}, {&t.ghostunnel, "ghostunnel"}, {&t.istioHBONE, "istio-hbone"}, {&t.goRelay, "gorelay"}} {
 		p := filepath.Join(dir, x.name)
 		if st, err := os.Stat(p); err != nil || st.Mode()&0o111 == 0 {
 			missing = append(missing, p)
@@ -385,6 +385,7 @@ func (b *bench) collectEnv() Env {
 		"fortio":      {b.tools.fortio, "fortio.org/fortio"},
 		"ghostunnel":  {b.tools.ghostunnel, "github.com/ghostunnel/ghostunnel"},
 		"istio-hbone": {b.tools.istioHBONE, "istio.io/istio"},
+		"go-relay":    {b.tools.goRelay, "github.com/ambitmesh/ambit/tests/tools/gorelay"},
 	} {
 		e.Peers[name] = moduleVersion(p.bin, p.mod)
 	}

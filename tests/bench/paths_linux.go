@@ -15,7 +15,7 @@ import (
 
 // relayPorts: a relay pair of path P listens on node1 at base+k (where the client pod
 // connects) and on node2 at base+100+k, for target k (0 iperf3, 1 echo).
-var relayBase = map[string]int{"socat": 20000, "ghostunnel": 21000, "stunnel": 22000, "istio-hbone": 23000}
+var relayBase = map[string]int{"socat": 20000, "ghostunnel": 21000, "stunnel": 22000, "istio-hbone": 23000, "go-relay": 24000}
 
 // setupPath starts whatever the path needs and checks an echo round trip through it.
 func (b *bench) setupPath(ctx context.Context, name string) (*benchPath, error) {
@@ -148,6 +148,9 @@ func (b *bench) relayArgs(name string, k int, front, back, target netip.AddrPort
 			return nil, nil, err
 		}
 		srv, cli = []string{t.stunnel, sf}, []string{t.stunnel, cf}
+	case "go-relay":
+		srv = []string{t.goRelay, "-listen", back.String(), "-target", target.String()}
+		cli = []string{t.goRelay, "-listen", front.String(), "-target", back.String()}
 	case "istio-hbone":
 		srv = []string{t.istioHBONE, "-mode", "server", "-listen", back.String(), "-cert", c.ServerCert, "-key", c.ServerKey, "-ca", c.CA}
 		cli = []string{t.istioHBONE, "-mode", "client", "-listen", front.String(), "-proxy", back.String(), "-target", target.String(),

@@ -6,8 +6,8 @@
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/etcd        (v3.7.3)
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/helm-v3.22.0/helm
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/spire-1.13.3/{spire-server,spire-agent}
-# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [kube] [helm] [spire]
-#   (no argument: the three benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
+# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [gorelay] [kube] [helm] [spire]
+#   (no argument: the four benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
 #   so ask for them).
 # A tool already in the cache is skipped; concurrent runs serialise on a lock per tool, so
 # parallel test packages may all call this. Bump v1 (or the versions) when a version changes.
@@ -44,12 +44,13 @@ build() {
   exec 9>&-
 }
 
-(($# > 0)) || set -- fortio ghostunnel istio-hbone
+(($# > 0)) || set -- fortio ghostunnel istio-hbone gorelay
 for name in "$@"; do
   case "$name" in
     fortio) build "$here/fortio" fortio.org/fortio "$cache/fortio" ;;                    # v1.66.0, see fortio/go.mod
     ghostunnel) build "$here/ghostunnel" github.com/ghostunnel/ghostunnel "$cache/ghostunnel" ;; # v1.8.4, see ghostunnel/go.mod
     istio-hbone) build "$here/istio-hbone" . "$cache/istio-hbone" ;;                     # tiny main over istio.io/istio/pkg/hbone
+    gorelay) build "$here/gorelay" . "$cache/gorelay" ;;                                 # plain TCP relay, no dependencies
     kube)
       # Without the version stamps the server reports v0.0.0-master.
       v=k8s.io/component-base/version
@@ -68,6 +69,6 @@ for name in "$@"; do
       build "$here/spire" github.com/spiffe/spire/cmd/spire-server "$cache/spire-$spire_version/spire-server" -ldflags "$v"
       build "$here/spire" github.com/spiffe/spire/cmd/spire-agent "$cache/spire-$spire_version/spire-agent" -ldflags "$v"
       ;;
-    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, kube, helm or spire)" >&2; exit 2 ;;
+    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, gorelay, kube, helm or spire)" >&2; exit 2 ;;
   esac
 done
