@@ -7,9 +7,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 
+	"golang.org/x/net/http2/hpack"
 	"golang.org/x/net/nettest"
 )
 
@@ -192,5 +194,49 @@ func TestStreamErrorsAfterClose(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestRequestHeadersIndexing checks which CONNECT headers enter the HPACK dynamic
+// tables: the ones repeated across requests do, the per-request ones (forwarded,
+// traceparent) go as never-indexed literals.
+func TestRequestHeadersIndexing(t *testing.T) {
+	req := Request{
+		Authority: "198.18.0.10:8080",
+		Forwarded: netip.MustParseAddrPort("198.18.1.10:40000"),
+		Host:      "echo.mesh.svc.cluster.local",
+		Baggage:   "k8s.namespace.name=mesh",
+	}
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	got := map[string]bool{} // name -> sent as never-indexed
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got[f.Name] = f.Sensitive })
+	for port := range uint16(3) { // the second and third requests find the repeated fields indexed
+		buf.Reset()
+		req.Forwarded = netip.AddrPortFrom(req.Forwarded.Addr(), 40000+port)
+		for _, f := range requestHeaders(req) {
+			if err := enc.WriteField(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := dec.Write(buf.Bytes()); err != nil {
+			t.Fatalf("decode request %d: %v", port, err)
+		}
+	}
+	for _, tt := range []struct {
+		name         string
+		neverIndexed bool
+	}{
+		{":method", false}, {":authority", false}, {"baggage", false},
+		{"forwarded", true}, {"traceparent", true},
+	} {
+		sensitive, ok := got[tt.name]
+		if !ok {
+			t.Errorf("%s: not sent", tt.name)
+			continue
+		}
+		if sensitive != tt.neverIndexed {
+			t.Errorf("%s: never-indexed %v, want %v", tt.name, sensitive, tt.neverIndexed)
+		}
 	}
 }
