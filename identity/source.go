@@ -14,7 +14,8 @@ import (
 // Source is what the data plane needs from any certificate provider.
 type Source interface {
 	// Certificate returns a currently valid certificate (leaf first + chain,
-	// private key) for id, waiting (until ctx ends) if it is being fetched.
+	// private key) for id, waiting (until ctx ends) if it is being fetched; with
+	// a ctx that has ended it answers from what it holds, without waiting.
 	// Unknown/refused ids return an error wrapping ErrNotAuthorized or ErrUnavailable.
 	Certificate(ctx context.Context, id spiffeid.ID) (*tls.Certificate, error)
 	// GetX509BundleForTrustDomain returns the trust roots used to verify peers.

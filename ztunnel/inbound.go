@@ -146,9 +146,21 @@ func (z *Ztunnel) handleInboundPlain(ctx context.Context, c net.Conn) {
 	z.proxy(c, up, ci, nil)
 }
 
-// identityHeld reports whether a currently valid certificate for id is held (without
-// waiting for one to be fetched).
+// ended is a context that has ended: a call given it does not wait.
+var ended = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// identityHeld reports whether a currently valid certificate for id is held, waiting up
+// to a second for one being fetched.
 func (z *Ztunnel) identityHeld(id spiffeid.ID) error {
+	// Nearly always held: ask first without a timeout context, which costs a timer per
+	// connection. An ended context makes Certificate answer from what it holds.
+	if _, err := z.ident.Certificate(ended, id); err == nil {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := z.ident.Certificate(ctx, id); err != nil {

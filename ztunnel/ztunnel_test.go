@@ -2,11 +2,14 @@ package ztunnel
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,6 +17,8 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
+	"github.com/ambitmesh/ambit/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -430,5 +435,50 @@ func TestPumpAsync(t *testing.T) {
 	}
 	if n := calls.Load(); n != 1 || sent.n.Load() != int64(len(req)) || recv.n.Load() != int64(len(resp)) {
 		t.Fatalf("done ran %d times, counted %d/%d bytes, want once and %d/%d", n, sent.n.Load(), recv.n.Load(), len(req), len(resp))
+	}
+}
+
+// heldSource is an identity.Source whose certificate is held, arrives after a fetch
+// (the first call that waits gets it), or never comes.
+type heldSource struct {
+	identity.Source
+	state string // "held", "fetching", "refused"
+	calls []bool // per call: whether ctx had ended
+}
+
+func (s *heldSource) Certificate(ctx context.Context, id spiffeid.ID) (*tls.Certificate, error) {
+	s.calls = append(s.calls, ctx.Err() != nil)
+	switch {
+	case s.state == "held", s.state == "fetching" && ctx.Err() == nil:
+		return &tls.Certificate{}, nil
+	case s.state == "fetching":
+		return nil, ctx.Err()
+	}
+	return nil, identity.ErrNotAuthorized
+}
+
+func TestIdentityHeld(t *testing.T) {
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh/sa/client")
+	tests := []struct {
+		state     string
+		wantErr   error
+		wantCalls []bool // ended ctx per call
+	}{
+		{"held", nil, []bool{true}}, // answered without a timeout context
+		{"fetching", nil, []bool{true, false}},
+		{"refused", identity.ErrNotAuthorized, []bool{true, false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.state, func(t *testing.T) {
+			src := &heldSource{state: tt.state}
+			z := &Ztunnel{ident: src}
+			err := z.identityHeld(id)
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if !slices.Equal(src.calls, tt.wantCalls) {
+				t.Errorf("calls (ctx ended) = %v, want %v", src.calls, tt.wantCalls)
+			}
+		})
 	}
 }
