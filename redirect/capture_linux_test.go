@@ -589,7 +589,7 @@ func TestBadInput(t *testing.T) {
 	if err := node1.Do(func() error { _, err := redirect.New(bad); return err }); err == nil || !strings.Contains(err.Error(), "nosuchdev0") {
 		t.Fatalf("New with a missing uplink: %v", err)
 	}
-	_, err := redirect.DialTransparent(context.Background(), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddrPort("198.18.0.1:1"), time.Second)
+	_, err := redirect.DialTransparent(context.Background(), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddrPort("198.18.0.1:1"))
 	if err == nil {
 		t.Fatal("DialTransparent from IPv6: want error")
 	}

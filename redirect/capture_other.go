@@ -6,7 +6,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"time"
 )
 
 // Capture is unavailable on this platform.
@@ -43,6 +42,6 @@ func HostInterface(netip.Addr) (int, error) { return 0, ErrUnsupported }
 func ListenTransparent(context.Context, string) (net.Listener, error) { return nil, ErrUnsupported }
 
 // DialTransparent returns ErrUnsupported.
-func DialTransparent(context.Context, netip.Addr, netip.AddrPort, time.Duration) (net.Conn, error) {
+func DialTransparent(context.Context, netip.Addr, netip.AddrPort) (net.Conn, error) {
 	return nil, ErrUnsupported
 }

@@ -163,7 +163,9 @@ func (z *miniZtunnel) handle(c net.Conn, a accepted) {
 	}
 	var up net.Conn
 	err := z.node.Do(func() (err error) {
-		up, err = redirect.DialTransparent(context.Background(), a.Remote.Addr(), a.Local, 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		up, err = redirect.DialTransparent(ctx, a.Remote.Addr(), a.Local)
 		return err
 	})
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -76,14 +75,14 @@ func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
 }
 
 // DialTransparent connects to dst from the (usually non-local) source address src with an
-// ephemeral port, using IP_TRANSPARENT; the capture routes the replies back to it.
-// timeout <= 0 means no timeout besides ctx.
-func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+// ephemeral port, using IP_TRANSPARENT; the capture routes the replies back to it. The
+// connect is bounded by ctx.
+func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	src, dstAddr := src.Unmap(), dst.Addr().Unmap()
 	if !src.Is4() || !dstAddr.Is4() {
 		return nil, fmt.Errorf("dial transparent %s -> %s: only IPv4 is supported", src, dst)
 	}
-	d := net.Dialer{Timeout: timeout, Control: setTransparent(false)}
+	d := net.Dialer{Control: setTransparent(false)}
 	// DialTCP with addresses, not DialContext with a string: no resolver and no
 	// parallel-dial machinery on a path taken once per inbound connection.
 	target := netip.AddrPortFrom(dstAddr, dst.Port())

@@ -100,7 +100,7 @@ func (z *Ztunnel) serveHBONE(s *hbone.Stream) {
 	defer cancel()
 	var up net.Conn
 	if srcIP.IsValid() {
-		up, err = z.dialT(ctx, srcIP, req.Target, 0) // ctx has the connect timeout
+		up, err = z.dialT(ctx, srcIP, req.Target)
 	} else {
 		up, err = z.dial(ctx, "tcp", req.Target.String())
 	}
@@ -137,7 +137,7 @@ func (z *Ztunnel) handleInboundPlain(ctx context.Context, c net.Conn) {
 		ci.SrcWorkload = w.Namespace + "/" + w.Name
 	}
 	dctx, cancel := context.WithTimeout(ctx, z.cfg.ConnectTimeout)
-	up, err := z.dialT(dctx, src.Addr(), dst, 0) // ctx has the connect timeout
+	up, err := z.dialT(dctx, src.Addr(), dst)
 	cancel()
 	if err != nil {
 		z.refuse(c, ci, fmt.Errorf("dial pod %s: %w", dst, err))

@@ -100,7 +100,7 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 		}
 		ci.DstWorkload = r.dstW.Namespace + "/" + r.dstW.Name
 		ci.DstIdentity = dstID.String()
-		up, err = z.dialT(dialCtx, src.Addr(), r.target, 0) // ctx has the connect timeout
+		up, err = z.dialT(dialCtx, src.Addr(), r.target)
 		if err != nil {
 			z.refuse(c, ci, fmt.Errorf("dial local pod %s: %w", r.target, err))
 			return

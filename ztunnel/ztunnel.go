@@ -62,7 +62,7 @@ type Deps struct {
 	// Listen opens a transparent listener; DialTransparent dials with a non-local source
 	// address; Dial is a plain dialer for HBONE peers and passthrough.
 	Listen          func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
-	DialTransparent func(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error)
+	DialTransparent func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	Dial            func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
@@ -89,7 +89,7 @@ type Ztunnel struct {
 	newCapture    func(cfg Config, log *slog.Logger) (Capture, error)
 	hostInterface func(netip.Addr) (int, error)
 	listen        func(ctx context.Context, addr netip.AddrPort) (net.Listener, error)
-	dialT         func(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error)
+	dialT         func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	pool   *hbone.Pool
