@@ -61,7 +61,7 @@ type wreq struct {
 	val      uint32
 	s        *stream
 	data     []byte
-	hdrs     []hpack.HeaderField
+	hdrs     []hpack.HeaderField // HEADERS; on data, a HEADERS frame written just before it
 	ping     [8]byte
 	settings []http2.Setting
 }
@@ -296,6 +296,11 @@ func (c *conn) cancelData(s *stream) bool {
 	defer c.wqMu.Unlock()
 	for i := range c.wq {
 		if (c.wq[i].kind == wData || c.wq[i].kind == wSlots) && c.wq[i].notify && c.wq[i].s == s {
+			if c.wq[i].hdrs != nil {
+				// The answer it carried still goes out.
+				c.wq[i] = wreq{kind: wHeaders, streamID: c.wq[i].streamID, hdrs: c.wq[i].hdrs}
+				return true
+			}
 			copy(c.wq[i:], c.wq[i+1:])
 			c.wq[len(c.wq)-1] = wreq{}
 			c.wq = c.wq[:len(c.wq)-1]
@@ -423,8 +428,18 @@ func (c *conn) writeOne(r *wreq) error {
 		_, err := c.rl.Write(r.data)
 		return err
 	case wData:
+		if r.hdrs != nil {
+			if err := c.writeHeaders(r.streamID, r.hdrs, false); err != nil {
+				return err
+			}
+		}
 		return c.writeData(r.streamID, r.data, r.end)
 	case wSlots:
+		if r.hdrs != nil {
+			if err := c.writeHeaders(r.streamID, r.hdrs, false); err != nil {
+				return err
+			}
+		}
 		for i, n := 0, int(r.val); n > 0; i++ {
 			p := min(n, slotPayload)
 			n -= p
@@ -432,27 +447,7 @@ func (c *conn) writeOne(r *wreq) error {
 		}
 		return c.rl.writeSlots(r.data, int(r.val))
 	case wHeaders:
-		c.hbuf.Reset()
-		for _, hf := range r.hdrs {
-			if err := c.henc.WriteField(hf); err != nil {
-				return err
-			}
-		}
-		block := c.hbuf.Bytes()
-		max := int(c.peerMaxFrame.Load())
-		n := min(len(block), max)
-		if err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
-			StreamID: r.streamID, BlockFragment: block[:n], EndStream: r.end, EndHeaders: n == len(block),
-		}); err != nil {
-			return err
-		}
-		for block = block[n:]; len(block) > 0; block = block[n:] {
-			n = min(len(block), max)
-			if err := c.wfr.WriteContinuation(r.streamID, n == len(block), block[:n]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return c.writeHeaders(r.streamID, r.hdrs, r.end)
 	case wWindowUpdate:
 		return c.wfr.WriteWindowUpdate(r.streamID, r.val)
 	case wRST:
@@ -473,6 +468,31 @@ func (c *conn) writeOne(r *wreq) error {
 			return err
 		}
 		return errGraceful
+	}
+	return nil
+}
+
+// writeHeaders writes a HEADERS frame, with CONTINUATIONs if the block needs them.
+func (c *conn) writeHeaders(id uint32, hdrs []hpack.HeaderField, end bool) error {
+	c.hbuf.Reset()
+	for _, hf := range hdrs {
+		if err := c.henc.WriteField(hf); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	max := int(c.peerMaxFrame.Load())
+	n := min(len(block), max)
+	if err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
+		StreamID: id, BlockFragment: block[:n], EndStream: end, EndHeaders: n == len(block),
+	}); err != nil {
+		return err
+	}
+	for block = block[n:]; len(block) > 0; block = block[n:] {
+		n = min(len(block), max)
+		if err := c.wfr.WriteContinuation(id, n == len(block), block[:n]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

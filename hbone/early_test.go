@@ -6,9 +6,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // Data written before the server answered arrives once the handler accepts.
@@ -206,4 +209,125 @@ func TestDialEarlyFirstData(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A request that came with data gets its 200 in the same write as the handler's first
+// frame; one without data gets it at Accept; a held 200 goes out alone after answerHold.
+// Frame order on the wire shows it: a PING sent after Accept is answered before the 200
+// exactly when the 200 is held.
+func TestAnswerHeldForEarlyData(t *testing.T) {
+	defer func(d time.Duration) { answerHold = d }(answerHold)
+	connect := []string{":method", "CONNECT", ":authority", testAuthority}
+	tests := []struct {
+		name     string
+		early    bool
+		hold     time.Duration
+		then     func(s *Stream) // once the PING sent after Accept was answered
+		held     bool            // the 200 comes after that PING's ACK
+		wantData string          // the DATA right after the 200 ("" and !wantEnd: none)
+		wantEnd  bool            // ... carries END_STREAM
+	}{
+		{name: "no early data", then: func(s *Stream) { s.Write([]byte("pong")) }, wantData: "pong"},
+		{name: "early data, then data", early: true, held: true, then: func(s *Stream) { s.Write([]byte("pong")) }, wantData: "pong"},
+		{name: "early data, then CloseWrite", early: true, held: true, then: func(s *Stream) { s.CloseWrite() }, wantEnd: true},
+		{name: "early data, nothing to send", early: true, held: true, hold: time.Millisecond, then: func(*Stream) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			answerHold = time.Hour // only the timer's case waits for it
+			if tt.hold > 0 {
+				answerHold = tt.hold
+			}
+			gate, accepted, proceed, finished := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			release := func() { once.Do(func() { close(proceed) }) }
+			h := HandlerFunc(func(s *Stream) {
+				<-gate
+				if err := s.Accept(); err != nil {
+					t.Error(err)
+					return
+				}
+				close(accepted)
+				<-proceed
+				tt.then(s)
+				<-finished
+			})
+			_, addr := startServer(t, h, nil)
+			defer close(finished)
+			defer release()
+			rc := dialRaw(t, addr)
+			rc.start(t)
+			rc.headers(t, 1, connect...)
+			if tt.early {
+				if err := rc.wfr.WriteData(1, false, []byte("hi")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The server handles frames in order: once it answered this PING it has the
+			// request's data, so Accept sees it.
+			var frames []http2.Frame
+			rc.ping(t, 1, &frames)
+			close(gate)
+			<-accepted
+			rc.ping(t, 2, &frames)
+			if tt.held && len(frames) > 0 {
+				t.Fatalf("got %v before the PING's ACK: the 200 was not held", frames)
+			}
+			release()
+			want := 2
+			if tt.wantData == "" && !tt.wantEnd {
+				want = 1
+			}
+			for len(frames) < want {
+				rc.next(t, &frames)
+			}
+			h0, ok := frames[0].(*http2.MetaHeadersFrame)
+			if !ok || h0.StreamID != 1 || h0.PseudoValue("status") != "200" {
+				t.Fatalf("first frame %v, want the 200 on stream 1", frames[0])
+			}
+			if want == 2 {
+				d, ok := frames[1].(*http2.DataFrame)
+				if !ok || string(d.Data()) != tt.wantData || d.StreamEnded() != tt.wantEnd {
+					t.Fatalf("second frame %v, want DATA %q end %v", frames[1], tt.wantData, tt.wantEnd)
+				}
+			}
+		})
+	}
+}
+
+// ping sends a PING and reads frames until its ACK, keeping stream frames in frames.
+func (rc *rawClient) ping(t *testing.T, n byte, frames *[]http2.Frame) {
+	t.Helper()
+	if err := rc.wfr.WritePing(false, [8]byte{n}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if f := rc.next(t, frames); f != nil && f.IsAck() && f.Data[0] == n {
+			return
+		}
+	}
+}
+
+// next reads one frame: stream frames go to frames, a PING is returned, SETTINGS are
+// acknowledged, WINDOW_UPDATEs skipped.
+func (rc *rawClient) next(t *testing.T, frames *[]http2.Frame) *http2.PingFrame {
+	t.Helper()
+	f, err := rc.fr.ReadFrame()
+	if err != nil {
+		t.Fatalf("read frame: %v (after %v)", err, *frames)
+	}
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			rc.ack.WriteSettingsAck()
+		}
+	case *http2.PingFrame:
+		return f
+	case *http2.WindowUpdateFrame:
+	case *http2.MetaHeadersFrame, *http2.DataFrame, *http2.RSTStreamFrame:
+		*frames = append(*frames, f)
+	default:
+		t.Fatalf("unexpected %v", f)
+	}
+	return nil
 }

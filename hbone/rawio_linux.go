@@ -25,6 +25,10 @@ func sysReadv(fd uintptr, iov []syscall.Iovec) (int, syscall.Errno) {
 	return rawIO(syscall.SYS_READV, fd, unsafe.Pointer(unsafe.SliceData(iov)), len(iov))
 }
 
+func sysWritev(fd uintptr, iov []syscall.Iovec) (int, syscall.Errno) {
+	return rawIO(syscall.SYS_WRITEV, fd, unsafe.Pointer(unsafe.SliceData(iov)), len(iov))
+}
+
 func rawIO(trap, fd uintptr, p unsafe.Pointer, n int) (int, syscall.Errno) {
 	for {
 		r, _, e := syscall.RawSyscall(trap, fd, uintptr(p), uintptr(n))

@@ -2,7 +2,10 @@
 
 package hbone
 
-import "syscall"
+import (
+	"syscall"
+	"unsafe"
+)
 
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), p)
@@ -22,4 +25,9 @@ func errnoOf(err error) syscall.Errno {
 		return e
 	}
 	return syscall.EIO
+}
+
+// sysWritev writes the first buffer only; the caller loops over partial writes.
+func sysWritev(fd uintptr, iov []syscall.Iovec) (int, syscall.Errno) {
+	return sysWrite(fd, unsafe.Slice(iov[0].Base, iov[0].Len))
 }

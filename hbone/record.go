@@ -691,16 +691,23 @@ func (rl *records) flushLocked() error {
 	if len(*rl.out) > 0 {
 		_, err = rl.sock.Write(*rl.out)
 	}
-	// Idle connections do not pin a write buffer.
+	rl.releaseOutLocked()
+	if err != nil {
+		rl.werr = err
+	}
+	return err
+}
+
+// releaseOutLocked gives the output buffer back: idle connections do not pin one.
+func (rl *records) releaseOutLocked() {
+	if rl.out == nil {
+		return
+	}
 	*rl.out = (*rl.out)[:0]
 	if cap(*rl.out) == recordFlushAt+2*maxRecord {
 		outPool.Put(rl.out)
 	}
 	rl.out = nil
-	if err != nil {
-		rl.werr = err
-	}
-	return err
 }
 
 // Records laid out by the sender itself (see stream.ReadFrom): one HTTP/2 DATA frame
@@ -730,8 +737,10 @@ func (rl *records) writeSlots(buf []byte, n int) error {
 	if rl.werr != nil {
 		return rl.werr
 	}
-	if err := rl.flushLocked(); err != nil {
-		return err
+	// What is queued already (the response HEADERS ahead of a stream's first data, say)
+	// goes out with the slots, in one system call where the socket allows.
+	if rl.open >= 0 {
+		rl.sealLocked(recordApplication)
 	}
 	if rl.wk.aead.Overhead() != aeadTagLen {
 		rl.werr = fmt.Errorf("%w: AEAD overhead %d, slots assume %d", ErrRecord, rl.wk.aead.Overhead(), aeadTagLen)
@@ -741,7 +750,7 @@ func (rl *records) writeSlots(buf []byte, n int) error {
 	for n > 0 {
 		if rl.wk.seq >= rl.keyUpdateAfter {
 			// Records sealed under the old key go out before the KeyUpdate.
-			if err := rl.writeLocked(buf[start:off]); err != nil {
+			if err := rl.writeAfterOutLocked(buf[start:off]); err != nil {
 				return err
 			}
 			start = off
@@ -758,7 +767,32 @@ func (rl *records) writeSlots(buf []byte, n int) error {
 		rec[recordHeaderLen+plain] = recordApplication
 		off += rl.wk.sealInPlace(rec, plain+1)
 	}
-	return rl.writeLocked(buf[start:off])
+	return rl.writeAfterOutLocked(buf[start:off])
+}
+
+// pairWriter writes two buffers in one system call (writev) where it can.
+type pairWriter interface {
+	WritePair(a, b []byte) (int, error)
+}
+
+// writeAfterOutLocked writes the sealed output buffer, if any, followed by b, and
+// releases the buffer. The open record, if any, is sealed already.
+func (rl *records) writeAfterOutLocked(b []byte) error {
+	if rl.out == nil || len(*rl.out) == 0 {
+		rl.releaseOutLocked()
+		return rl.writeLocked(b)
+	}
+	var err error
+	if pw, ok := rl.sock.(pairWriter); ok && len(b) > 0 {
+		_, err = pw.WritePair(*rl.out, b)
+	} else if _, err = rl.sock.Write(*rl.out); err == nil && len(b) > 0 {
+		_, err = rl.sock.Write(b)
+	}
+	rl.releaseOutLocked()
+	if err != nil {
+		rl.werr = err
+	}
+	return err
 }
 
 func (rl *records) writeLocked(b []byte) error {

@@ -63,7 +63,18 @@ func (s *Stream) Request() *ConnectRequest { return s.req }
 
 var status200 = []hpack.HeaderField{{Name: ":status", Value: "200"}}
 
+// answerHold bounds how long Accept holds back the 200 of a request that came with
+// data; a variable for tests.
+var answerHold = 100 * time.Millisecond
+
 // Accept answers 200: the tunnel is open in both directions.
+//
+// A client that sent data with its request did not wait for the answer (DialEarly), so
+// the 200 is held until the stream's first frame (data, END_STREAM or a reset) and
+// leaves in the same write, or for answerHold if nothing comes: for a request/response
+// exchange that is one write here, and one read and wake-up at the client, less per
+// connection. A client that waits for the 200 (Istio's ztunnel, Dial) sends no data
+// before it and gets it at once.
 func (s *Stream) Accept() error {
 	st := s.stream
 	st.mu.Lock()
@@ -81,6 +92,12 @@ func (s *Stream) Accept() error {
 	}
 	st.answered = true
 	st.canSend = true
+	if st.rlen > 0 {
+		st.holdAnswer = true
+		st.answerTimer = time.AfterFunc(answerHold, st.answerHeld)
+		st.mu.Unlock()
+		return nil
+	}
 	ok := st.pushHeadersLocked(status200, false)
 	st.mu.Unlock()
 	if !ok {

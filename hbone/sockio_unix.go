@@ -13,7 +13,7 @@ import (
 // socket its descriptor through RawConn (which keeps the descriptor's locks, deadlines
 // and Close semantics) with the package's own system calls.
 func sockIO(nc net.Conn) io.ReadWriter {
-	sc, ok := nc.(*net.TCPConn)
+	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nc
 	}
@@ -73,6 +73,48 @@ func (s rawSock) Write(p []byte) (int, error) {
 		return done, err
 	case errno != 0:
 		return done, os.NewSyscallError("write", errno)
+	}
+	return done, nil
+}
+
+// WritePair writes a then b, in one writev where the socket takes them at once.
+func (s rawSock) WritePair(a, b []byte) (int, error) {
+	var (
+		done  int
+		errno syscall.Errno
+	)
+	total := len(a) + len(b)
+	err := s.rc.Write(func(fd uintptr) bool {
+		for done < total {
+			var iov [2]syscall.Iovec
+			k := 0
+			if done < len(a) {
+				iov[k].Base = &a[done]
+				iov[k].SetLen(len(a) - done)
+				k++
+			}
+			if off := max(done-len(a), 0); off < len(b) {
+				iov[k].Base = &b[off]
+				iov[k].SetLen(len(b) - off)
+				k++
+			}
+			n, e := sysWritev(fd, iov[:k])
+			if e == syscall.EAGAIN {
+				return false // wait until writable
+			}
+			if e != 0 {
+				errno = e
+				return true
+			}
+			done += n
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return done, err
+	case errno != 0:
+		return done, os.NewSyscallError("writev", errno)
 	}
 	return done, nil
 }

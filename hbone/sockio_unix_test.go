@@ -57,6 +57,36 @@ func TestRawSockSemantics(t *testing.T) {
 			t.Fatal("the reader got different bytes")
 		}
 	})
+	t.Run("pair of writes to a slow reader", func(t *testing.T) {
+		// WritePair's writev resumes after partial writes, within a and across into b.
+		for _, sizes := range [][2]int{{100, 2 << 20}, {2 << 20, 100}, {1 << 20, 1 << 20}, {0, 1 << 20}} {
+			a, b := tcpPair(t)
+			first := bytes.Repeat([]byte{'a'}, sizes[0])
+			second := bytes.Repeat([]byte("0123456789abcdef"), sizes[1]/16)
+			got := make(chan []byte, 1)
+			go func() {
+				var all bytes.Buffer
+				buf := make([]byte, 4<<10)
+				for {
+					time.Sleep(20 * time.Microsecond)
+					n, err := b.Read(buf)
+					all.Write(buf[:n])
+					if err != nil {
+						break
+					}
+				}
+				got <- all.Bytes()
+			}()
+			n, err := sockIO(a).(pairWriter).WritePair(first, second)
+			if err != nil || n != len(first)+len(second) {
+				t.Fatalf("%v: WritePair = %d, %v; want %d, nil", sizes, n, err, len(first)+len(second))
+			}
+			a.CloseWrite()
+			if !bytes.Equal(<-got, append(first, second...)) {
+				t.Fatalf("%v: the reader got different bytes", sizes)
+			}
+		}
+	})
 	t.Run("read waits for data, then EOF", func(t *testing.T) {
 		a, b := tcpPair(t)
 		go func() {

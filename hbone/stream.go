@@ -156,8 +156,10 @@ type stream struct {
 	stopWait func() bool // early: stops the wait for the answer
 
 	// server
-	req      *ConnectRequest
-	answered bool
+	req         *ConnectRequest
+	answered    bool
+	holdAnswer  bool        // accepted, the 200 not yet queued (see Accept)
+	answerTimer *time.Timer // sends a held 200 after answerHold
 }
 
 func newStream(c *conn, id uint32) *stream {
@@ -496,6 +498,7 @@ func (s *stream) connClosed(err error) {
 func (s *stream) resetLocal(code http2.ErrCode) {
 	s.mu.Lock()
 	send := !s.localEnd || !s.remoteEnd
+	s.releaseAnswerLocked(true) // the client learns the tunnel was open, then why it ended
 	s.localEnd = true
 	if s.wErr == nil {
 		s.wErr = resetError{uint32(code)}
@@ -910,6 +913,12 @@ func (s *stream) send(r wreq, n int) error {
 		return err
 	}
 	r.s, r.streamID = s, s.id
+	if s.holdAnswer {
+		// The held 200 rides in the same request: no writer can take one without the other.
+		s.holdAnswer = false
+		s.answerTimer.Stop()
+		r.hdrs = status200
+	}
 	ok, inline := s.c.pushData(r)
 	s.mu.Unlock()
 	if !ok {
@@ -945,6 +954,7 @@ func (s *stream) CloseWrite() error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.releaseAnswerLocked(false)
 	s.localEnd = true
 	s.c.push(wreq{kind: wData, streamID: s.id, end: true})
 	s.mu.Unlock()
@@ -989,6 +999,7 @@ func (s *stream) Close() error {
 	}
 	s.closed = true
 	close(s.closedCh)
+	s.releaseAnswerLocked(true)
 	if !s.localEnd {
 		s.localEnd = true
 		if s.canSend {
@@ -1028,6 +1039,32 @@ func (s *stream) SetDeadline(t time.Time) error {
 
 func (s *stream) SetReadDeadline(t time.Time) error  { s.rdl.set(t); return nil }
 func (s *stream) SetWriteDeadline(t time.Time) error { s.wdl.set(t); return nil }
+
+// releaseAnswerLocked queues a held 200 ahead of the frame the caller queues next,
+// waking the writer goroutine when wake (c.enqueue) or not (c.push). Caller holds s.mu.
+func (s *stream) releaseAnswerLocked(wake bool) {
+	if !s.holdAnswer {
+		return
+	}
+	s.holdAnswer = false
+	s.answerTimer.Stop()
+	if s.localEnd { // reset, or the connection ended: nothing more goes out
+		return
+	}
+	r := wreq{kind: wHeaders, streamID: s.id, hdrs: status200}
+	if wake {
+		s.c.enqueue(r)
+	} else {
+		s.c.push(r)
+	}
+}
+
+// answerHeld sends a held 200 that no frame took along within answerHold.
+func (s *stream) answerHeld() {
+	s.mu.Lock()
+	s.releaseAnswerLocked(true)
+	s.mu.Unlock()
+}
 
 // sendHeaders queues a HEADERS frame on the stream (caller holds s.mu).
 func (s *stream) sendHeadersLocked(hdrs []hpack.HeaderField, end bool) bool {
