@@ -649,7 +649,7 @@ func TestListenTransparentKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	raw, err := a.(*net.TCPConn).SyscallConn()
+	raw, err := a.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}

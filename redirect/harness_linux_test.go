@@ -185,7 +185,7 @@ func (z *miniZtunnel) handle(c net.Conn, a accepted) {
 // pipe copies src to dst, then half-closes dst.
 func pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
-	if tc, ok := dst.(*net.TCPConn); ok {
+	if tc, ok := dst.(interface{ CloseWrite() error }); ok {
 		_ = tc.CloseWrite()
 	}
 }
@@ -210,7 +210,7 @@ func (z *miniZtunnel) Close(reset bool) {
 		l.Close()
 	}
 	for c := range z.conns {
-		if tc, ok := c.(*net.TCPConn); ok && reset {
+		if tc, ok := c.(interface{ SetLinger(int) error }); ok && reset {
 			_ = tc.SetLinger(0)
 		}
 		c.Close()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,54 +19,25 @@ const (
 	keepAliveCount    = 9
 )
 
-func setTransparent(reuseAddr bool) func(network, address string, rc syscall.RawConn) error {
-	return func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			// Without IP_TRANSPARENT a socket cannot own (accept for, or send from) a
-			// non-local address.
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1); serr != nil {
-				serr = fmt.Errorf("set IP_TRANSPARENT: %w", serr)
-				return
-			}
-			if reuseAddr {
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-					serr = fmt.Errorf("set SO_REUSEADDR: %w", serr)
-					return
-				}
-				// Accepted sockets inherit the listener's keepalive settings, so Go
-				// need not set them on each (four syscalls per connection).
-				for _, o := range []struct {
-					level, opt, val int
-					name            string
-				}{
-					{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
-				} {
-					if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); serr != nil {
-						serr = fmt.Errorf("set %s: %w", o.name, serr)
-						return
-					}
-				}
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}
-}
-
 // ListenTransparent listens on the IPv4 TCP address addr (e.g. "127.0.0.1:15001") with
 // IP_TRANSPARENT and SO_REUSEADDR, so it can accept connections assigned by the capture
-// programs whatever their destination. The accepted connection's LocalAddr is the
-// original destination.
-func ListenTransparent(ctx context.Context, addr string) (net.Listener, error) {
-	// KeepAlive -1: keepalive is on, set once on the listener (see setTransparent).
-	lc := net.ListenConfig{Control: setTransparent(true), KeepAlive: -1}
-	l, err := lc.Listen(ctx, "tcp4", addr)
+// programs whatever their destination. The accepted connection (a *Socket) has the
+// original destination as its LocalAddr. ctx is not used after the call.
+func ListenTransparent(_ context.Context, addr string) (net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Unmap().Is4() {
+		return nil, fmt.Errorf("listen transparent %s: want an IPv4 address and port", addr)
+	}
+	// Accepted sockets inherit the listener's keepalive settings, so they need not be
+	// set on each (four system calls per connection).
+	l, err := listenSocket(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), []sockOpt{
+		{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listen transparent %s: %w", addr, err)
 	}
@@ -82,11 +52,8 @@ func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (n
 	if !src.Is4() || !dstAddr.Is4() {
 		return nil, fmt.Errorf("dial transparent %s -> %s: only IPv4 is supported", src, dst)
 	}
-	d := net.Dialer{Control: setTransparent(false)}
-	// DialTCP with addresses, not DialContext with a string: no resolver and no
-	// parallel-dial machinery on a path taken once per inbound connection.
 	target := netip.AddrPortFrom(dstAddr, dst.Port())
-	c, err := d.DialTCP(ctx, "tcp4", netip.AddrPortFrom(src, 0), target)
+	c, err := dialSocket(ctx, src, target)
 	if err != nil {
 		return nil, fmt.Errorf("dial transparent %s -> %s: %w", src, target, err)
 	}

@@ -214,6 +214,7 @@ func (z *Ztunnel) isLocalAddr(ip netip.Addr) bool {
 // whose resources the connection uses (an HBONE handler: its stream is closed when it
 // returns) waits for it.
 func (z *Ztunnel) proxy(down, up net.Conn, ci *connInfo, release func()) <-chan struct{} {
+	down, up = spliceable(down, up)
 	z.conns.add(ci, down, up)
 	series := z.m.forConn(ci)
 	series.opened.Inc()

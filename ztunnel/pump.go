@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ambitmesh/ambit/hbone"
@@ -29,6 +30,14 @@ var (
 )
 
 type closeWriter interface{ CloseWrite() error }
+
+// socket is a TCP connection with its descriptor at hand: a *net.TCPConn, or a
+// redirect.Socket (the dial to a pod).
+type socket interface {
+	net.Conn
+	syscall.Conn
+	closeWriter
+}
 
 // counter counts bytes as they are copied so the admin view and metrics see live figures.
 type counter struct{ n atomic.Int64 }
@@ -92,6 +101,29 @@ func pumpAsync(a, b net.Conn, aToB, bToA *counter, done func(error)) {
 	}
 }
 
+// tcpConverter is a socket that can become a *net.TCPConn (redirect.Socket).
+type tcpConverter interface {
+	TCPConn() (*net.TCPConn, error)
+}
+
+// spliceable returns a and b ready for the kernel's splice when both are sockets: the
+// net package splices between two *net.TCPConn only. A conversion that fails leaves the
+// socket as it was (the copy then goes through a buffer).
+func spliceable(a, b net.Conn) (net.Conn, net.Conn) {
+	if isStream(a) || isStream(b) {
+		return a, b
+	}
+	conv := func(c net.Conn) net.Conn {
+		if tc, ok := c.(tcpConverter); ok {
+			if t, err := tc.TCPConn(); err == nil {
+				return t
+			}
+		}
+		return c
+	}
+	return conv(a), conv(b)
+}
+
 // asyncWriterTo is an HBONE stream, which can copy itself to a socket without a
 // goroutine (hbone's WriteToAsync).
 type asyncWriterTo interface {
@@ -107,7 +139,7 @@ func copyHalfAsync(dst, src net.Conn, c *counter, done func(error)) bool {
 	if !ok {
 		return false
 	}
-	if _, ok := dst.(*net.TCPConn); !ok {
+	if _, ok := dst.(socket); !ok {
 		return false
 	}
 	tw := hbone.NonBlocking(dst)
@@ -129,17 +161,18 @@ func copyHalfAsync(dst, src net.Conn, c *counter, done func(error)) bool {
 func copyHalf(dst, src net.Conn, c *counter) error {
 	var err error
 	dt, dok := dst.(*net.TCPConn)
-	st, sok := src.(*net.TCPConn)
+	st, tok := src.(*net.TCPConn)
+	ss, sok := src.(socket)
 	wt, wok := src.(io.WriterTo)
 	switch {
-	case dok && sok:
+	case dok && tok:
 		var n int64
 		n, err = dt.ReadFrom(st)
 		c.n.Add(n)
 	case sok && isStream(dst):
 		// A socket into an HBONE stream: read straight into the TLS records that carry
 		// the data, no copy buffer. The stream counts through countedConn.
-		_, err = dst.(io.ReaderFrom).ReadFrom(countedConn{st, c})
+		_, err = dst.(io.ReaderFrom).ReadFrom(countedConn{ss, c})
 	case wok && !sok:
 		// An HBONE stream writes its receive buffer out directly: no copy buffer. When
 		// dst is a socket, the connection's read loop may write to it directly.
@@ -179,7 +212,7 @@ func isStream(c net.Conn) bool {
 
 // countedConn is a socket whose reader (hbone's ReadFrom) reports the bytes it sent.
 type countedConn struct {
-	*net.TCPConn
+	socket
 	c *counter
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"unsafe"
 
 	"github.com/ambitmesh/ambit/redirect"
 )
@@ -58,7 +59,12 @@ func readReady(c net.Conn, buf []byte) int {
 	}
 	n := 0
 	_ = raw.Read(func(fd uintptr) bool {
-		n, _ = syscall.Read(int(fd), buf)
+		// Raw: this is the first system call of a connection's burst, and the runtime's
+		// own path would wake sysmon (see redirect.Socket).
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(buf))), uintptr(len(buf)))
+		if e == 0 {
+			n = int(r)
+		}
 		return true // never wait: an empty socket is an answer too
 	})
 	return max(n, 0)

@@ -482,3 +482,39 @@ func TestIdentityHeld(t *testing.T) {
 		})
 	}
 }
+
+// convertible stands for a redirect.Socket: a socket that can become a *net.TCPConn.
+type convertible struct {
+	net.Conn
+	tc  *net.TCPConn
+	err error
+}
+
+func (c convertible) TCPConn() (*net.TCPConn, error) { return c.tc, c.err }
+
+// Between two sockets, sockets that can become *net.TCPConn do (for splice); next to an
+// HBONE stream, or when the conversion fails, nothing changes.
+func TestSpliceable(t *testing.T) {
+	a, b := tcpPair(t)
+	conv := convertible{pipeConn{a}, a, nil}
+	broken := convertible{pipeConn{a}, nil, errors.New("no")}
+	stream := &hbone.Conn{}
+	tests := []struct {
+		name         string
+		in1, in2     net.Conn
+		want1, want2 net.Conn
+	}{
+		{"two sockets", conv, b, a, b},
+		{"conversion fails", broken, b, broken, b},
+		{"stream and socket", stream, conv, stream, conv},
+		{"socket and stream", conv, stream, conv, stream},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got1, got2 := spliceable(tt.in1, tt.in2)
+			if got1 != tt.want1 || got2 != tt.want2 {
+				t.Fatalf("spliceable = %T, %T; want %T, %T", got1, got2, tt.want1, tt.want2)
+			}
+		})
+	}
+}

@@ -1,0 +1,408 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Socket is a proxied TCP connection (captured and accepted by a Listener, or dialed to
+// a pod by DialTransparent) that this package set up itself: socket, options, bind,
+// connect and accept4 are raw system calls, and the descriptor joins Go's poller through
+// os.NewFile, whose only system call is a raw fcntl. The net package makes the same calls
+// through the runtime's system-call path, and the first such call after a process went
+// idle wakes the runtime's sysmon thread, which then naps every 20 us while the process
+// is busy: at light load once per connection and tunnel end, at a connection's start
+// (docs/performance.md, round 8). Reads and writes go through SyscallConn like any
+// socket's; Close is the os.File's.
+//
+// Socket implements net.Conn plus CloseWrite, CloseRead and syscall.Conn.
+type Socket struct {
+	f            *os.File
+	rc           syscall.RawConn
+	laddr, raddr *net.TCPAddr
+	closed       atomic.Bool
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// dialSocket connects to dst from src (when valid, with IP_TRANSPARENT: src need not be
+// local) and an ephemeral port. The connect is bounded by ctx.
+func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socket, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		return nil, os.NewSyscallError("socket", errno)
+	}
+	fail := func(op string, e syscall.Errno) (*Socket, error) {
+		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		return nil, os.NewSyscallError(op, e)
+	}
+	opts := [...]sockOpt{
+		{syscall.SOL_IP, syscall.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
+		{syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1, "TCP_NODELAY"},
+		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
+	}
+	for i, o := range opts {
+		if i == 0 && !src.IsValid() {
+			continue
+		}
+		v := int32(o.val)
+		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
+			return fail("setsockopt "+o.name, e)
+		}
+	}
+	if src.IsValid() {
+		sa := sockaddr4(netip.AddrPortFrom(src, 0))
+		if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+			return fail("bind", e)
+		}
+	}
+	sa := sockaddr4(dst)
+	switch _, e := rawSyscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e {
+	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+	default:
+		return fail("connect", e)
+	}
+
+	f := os.NewFile(fd, "tcp")
+	s := &Socket{f: f, raddr: net.TCPAddrFromAddrPort(dst)}
+	var err error
+	if s.rc, err = f.SyscallConn(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		f.SetWriteDeadline(d)
+	}
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { f.SetWriteDeadline(aLongTimeAgo) })
+	}
+	var soErr syscall.Errno
+	err = s.rc.Write(func(fd uintptr) bool {
+		var v int32
+		l := uint32(4)
+		if _, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+			soErr = e
+			return true
+		}
+		switch e := syscall.Errno(v); e {
+		case syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+			return false
+		case 0, syscall.EISCONN:
+			// The poller may report writable before the connection is up: ask.
+			var rsa syscall.RawSockaddrAny
+			l := uint32(unsafe.Sizeof(rsa))
+			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)))
+			return e != syscall.ENOTCONN
+		default:
+			soErr = e
+			return true
+		}
+	})
+	stop()
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err() // the deadline or cancellation, not the poller's timeout
+	}
+	if err == nil && soErr != 0 {
+		err = os.NewSyscallError("connect", soErr)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	f.SetWriteDeadline(time.Time{})
+	s.laddr = localAddr(fd)
+	return s, nil
+}
+
+func sockaddr4(ap netip.AddrPort) syscall.RawSockaddrInet4 {
+	sa := syscall.RawSockaddrInet4{Family: syscall.AF_INET, Addr: ap.Addr().Unmap().As4()}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
+	return sa
+}
+
+func ntohs(port uint16) uint16 {
+	p := (*[2]byte)(unsafe.Pointer(&port))
+	return uint16(p[0])<<8 | uint16(p[1])
+}
+
+func rawSetsockopt(fd uintptr, level, opt int, v unsafe.Pointer, l uintptr) syscall.Errno {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(opt), uintptr(v), l, 0)
+	return e
+}
+
+func rawSyscall(trap, a1, a2, a3 uintptr) (uintptr, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(trap, a1, a2, a3)
+		if e != syscall.EINTR {
+			return r, e
+		}
+	}
+}
+
+func (s *Socket) opErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, os.ErrClosed) || s.closed.Load() {
+		err = net.ErrClosed
+	} else if pe, ok := err.(*os.PathError); ok {
+		err = pe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.laddr, Addr: s.raddr, Err: err}
+}
+
+func (s *Socket) Read(p []byte) (int, error) {
+	n, err := s.f.Read(p)
+	if err != nil && err != io.EOF {
+		err = s.opErr("read", err)
+	}
+	return n, err
+}
+
+func (s *Socket) Write(p []byte) (int, error) {
+	n, err := s.f.Write(p)
+	return n, s.opErr("write", err)
+}
+
+// Close closes the socket.
+func (s *Socket) Close() error {
+	s.closed.Store(true)
+	return s.opErr("close", s.f.Close())
+}
+
+// CloseWrite shuts down the writing side: the peer reads EOF.
+func (s *Socket) CloseWrite() error { return s.shutdown(syscall.SHUT_WR) }
+
+// CloseRead shuts down the reading side.
+func (s *Socket) CloseRead() error { return s.shutdown(syscall.SHUT_RD) }
+
+// SetLinger sets SO_LINGER as (*net.TCPConn).SetLinger does: sec < 0 (the default)
+// closes in the background, 0 resets the connection on Close.
+func (s *Socket) SetLinger(sec int) error {
+	l := syscall.Linger{}
+	if sec >= 0 {
+		l.Onoff, l.Linger = 1, int32(sec)
+	}
+	var errno syscall.Errno
+	err := s.rc.Control(func(fd uintptr) {
+		errno = rawSetsockopt(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, unsafe.Pointer(&l), unsafe.Sizeof(l))
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("setsockopt SO_LINGER", errno)
+	}
+	return s.opErr("set", err)
+}
+
+func (s *Socket) shutdown(how int) error {
+	var errno syscall.Errno
+	err := s.rc.Control(func(fd uintptr) {
+		_, errno = rawSyscall(syscall.SYS_SHUTDOWN, fd, uintptr(how), 0)
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("shutdown", errno)
+	}
+	return s.opErr("shutdown", err)
+}
+
+func (s *Socket) LocalAddr() net.Addr  { return s.laddr }
+func (s *Socket) RemoteAddr() net.Addr { return s.raddr }
+
+func (s *Socket) SetDeadline(t time.Time) error      { return s.opErr("set", s.f.SetDeadline(t)) }
+func (s *Socket) SetReadDeadline(t time.Time) error  { return s.opErr("set", s.f.SetReadDeadline(t)) }
+func (s *Socket) SetWriteDeadline(t time.Time) error { return s.opErr("set", s.f.SetWriteDeadline(t)) }
+
+// SyscallConn gives access to the descriptor, with the poller's waits. After Close its
+// methods return net.ErrClosed, as a net.Conn's do.
+func (s *Socket) SyscallConn() (syscall.RawConn, error) { return rawConn{s}, nil }
+
+type rawConn struct{ s *Socket }
+
+func (c rawConn) Control(f func(fd uintptr)) error    { return c.err(c.s.rc.Control(f)) }
+func (c rawConn) Read(f func(fd uintptr) bool) error  { return c.err(c.s.rc.Read(f)) }
+func (c rawConn) Write(f func(fd uintptr) bool) error { return c.err(c.s.rc.Write(f)) }
+
+// err maps the os package's closed-file error, which RawConn passes on as it is.
+func (c rawConn) err(err error) error {
+	if err != nil && c.s.closed.Load() {
+		return net.ErrClosed
+	}
+	return err
+}
+
+// Listener accepts connections as Sockets. It owns its listening socket, made with raw
+// system calls like a Socket (the net package's listener offers no wait for
+// readability through SyscallConn), and so do accept4 and the accepted socket's setup.
+type Listener struct {
+	f      *os.File
+	rc     syscall.RawConn
+	addr   *net.TCPAddr
+	closed atomic.Bool
+}
+
+// listenSocket listens on the IPv4 address addr with the given options set first.
+func listenSocket(addr netip.AddrPort, opts []sockOpt) (*Listener, error) {
+	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		return nil, os.NewSyscallError("socket", errno)
+	}
+	fail := func(op string, e syscall.Errno) (*Listener, error) {
+		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		return nil, os.NewSyscallError(op, e)
+	}
+	for _, o := range opts {
+		v := int32(o.val)
+		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
+			return fail("setsockopt "+o.name, e)
+		}
+	}
+	sa := sockaddr4(addr)
+	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+		return fail("bind", e)
+	}
+	if _, e := rawSyscall(syscall.SYS_LISTEN, fd, listenBacklog, 0); e != 0 {
+		return fail("listen", e)
+	}
+	l := &Listener{f: os.NewFile(fd, "tcp-listener"), addr: localAddr(fd)}
+	var err error
+	if l.rc, err = l.f.SyscallConn(); err != nil {
+		l.f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// listenBacklog is the kernel's cap (net.core.somaxconn) on recent kernels.
+const listenBacklog = 4096
+
+type sockOpt struct {
+	level, opt, val int
+	name            string
+}
+
+// Accept waits for the next connection and returns it as a *Socket.
+func (l *Listener) Accept() (net.Conn, error) {
+	s, err := l.AcceptSocket()
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// AcceptSocket waits for the next connection.
+func (l *Listener) AcceptSocket() (*Socket, error) {
+	var (
+		nfd   uintptr
+		errno syscall.Errno
+		rsa   syscall.RawSockaddrAny
+	)
+	err := l.rc.Read(func(fd uintptr) bool {
+		for {
+			n := uint32(unsafe.Sizeof(rsa))
+			r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
+				syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+			switch e {
+			case 0:
+				nfd = r
+				return true
+			case syscall.EAGAIN:
+				return false // wait for the next one
+			case syscall.EINTR, syscall.ECONNABORTED:
+				continue // gone before it was accepted
+			default:
+				errno = e
+				return true
+			}
+		}
+	})
+	if err != nil && l.closed.Load() {
+		err = net.ErrClosed
+	}
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("accept4", errno)
+	}
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	one := int32(1)
+	if e := rawSetsockopt(nfd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, unsafe.Pointer(&one), 4); e != 0 {
+		rawSyscall(syscall.SYS_CLOSE, nfd, 0, 0)
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: os.NewSyscallError("setsockopt TCP_NODELAY", e)}
+	}
+	s := &Socket{f: os.NewFile(nfd, "tcp"), laddr: localAddr(nfd), raddr: tcpAddrOf(&rsa)}
+	s.rc, err = s.f.SyscallConn()
+	if err != nil {
+		s.f.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops accepting; a waiting Accept returns net.ErrClosed.
+func (l *Listener) Close() error {
+	if l.closed.Swap(true) {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	return l.f.Close()
+}
+
+// Addr is the listening address.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+func localAddr(fd uintptr) *net.TCPAddr {
+	var rsa syscall.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(rsa))
+	if _, e := rawSyscall(syscall.SYS_GETSOCKNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+		return &net.TCPAddr{}
+	}
+	return tcpAddrOf(&rsa)
+}
+
+func tcpAddrOf(rsa *syscall.RawSockaddrAny) *net.TCPAddr {
+	switch rsa.Addr.Family {
+	case syscall.AF_INET:
+		sa := (*syscall.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		ip := make(net.IP, net.IPv4len) // 4 bytes, as the net package's: AddrPort is not v4-in-v6
+		copy(ip, sa.Addr[:])
+		return &net.TCPAddr{IP: ip, Port: int(ntohs(sa.Port))}
+	case syscall.AF_INET6:
+		sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		ip := make(net.IP, net.IPv6len)
+		copy(ip, sa.Addr[:])
+		return &net.TCPAddr{IP: ip, Port: int(ntohs(sa.Port))}
+	}
+	return &net.TCPAddr{}
+}
+
+// TCPConn turns s into a *net.TCPConn, for the net package's splice between two
+// sockets. On success s is closed and the connection lives on in the returned one; on
+// error s is left as it was.
+func (s *Socket) TCPConn() (*net.TCPConn, error) {
+	c, err := net.FileConn(s.f)
+	if err != nil {
+		return nil, fmt.Errorf("socket to TCPConn: %w", err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("socket to TCPConn: got %T", c)
+	}
+	s.Close() // the duplicate keeps the connection
+	return tc, nil
+}

@@ -1,0 +1,257 @@
+package redirect_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/nettest"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambitmesh/ambit/redirect"
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// listen starts a transparent listener on loopback (the test's private namespace).
+func listen(tb testing.TB) net.Listener {
+	tb.Helper()
+	netns.RequireRoot(tb)
+	l, err := redirect.ListenTransparent(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	return l
+}
+
+// socketPair is a connection whose both ends are redirect.Sockets: one accepted by a
+// transparent listener, one from DialTransparent.
+func socketPair(tb testing.TB, l net.Listener) (dialed, accepted net.Conn) {
+	tb.Helper()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			tb.Error(err)
+		}
+		acc <- c
+	}()
+	d, err := redirect.DialTransparent(context.Background(), loopback, netip.MustParseAddrPort(l.Addr().String()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := <-acc
+	if a == nil {
+		d.Close()
+		tb.FailNow()
+	}
+	for _, c := range []net.Conn{d, a} {
+		if _, ok := c.(*redirect.Socket); !ok {
+			tb.Fatalf("got %T, want *redirect.Socket", c)
+		}
+	}
+	return d, a
+}
+
+func TestSocketConn(t *testing.T) {
+	l := listen(t)
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		d, a := socketPair(t, l)
+		return d, a, func() { d.Close(); a.Close() }, nil
+	})
+}
+
+// Both ends' addresses, the options a proxied socket needs, and half-close.
+func TestSocketSetup(t *testing.T) {
+	l := listen(t)
+	d, a := socketPair(t, l)
+	defer d.Close()
+	defer a.Close()
+	if d.RemoteAddr().String() != l.Addr().String() || a.LocalAddr().String() != l.Addr().String() {
+		t.Errorf("dialed remote %s, accepted local %s, want both %s", d.RemoteAddr(), a.LocalAddr(), l.Addr())
+	}
+	if d.LocalAddr().String() != a.RemoteAddr().String() {
+		t.Errorf("dialed local %s, accepted remote %s: want the same", d.LocalAddr(), a.RemoteAddr())
+	}
+	for _, ad := range []net.Addr{d.LocalAddr(), d.RemoteAddr(), a.LocalAddr(), a.RemoteAddr()} {
+		if ap := ad.(*net.TCPAddr).AddrPort(); !ap.Addr().Is4() {
+			t.Errorf("address %s is not plain IPv4", ap)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		conn net.Conn
+	}{{"dialed", d}, {"accepted", a}} {
+		raw, err := c.conn.(syscall.Conn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range []struct {
+			name       string
+			level, opt int
+			want       int
+		}{
+			{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+			{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+		} {
+			var got int
+			var gerr error
+			if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
+				t.Fatal(err)
+			}
+			if gerr != nil || got != o.want {
+				t.Errorf("%s socket %s = %d (%v), want %d", c.name, o.name, got, gerr, o.want)
+			}
+		}
+	}
+	// Half-close: the peer reads EOF and can still answer.
+	if _, err := d.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(a)
+	if err != nil || string(got) != "ping" {
+		t.Fatalf("accepted read %q, %v; want ping then EOF", got, err)
+	}
+	if _, err := a.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	got, err = io.ReadAll(d)
+	if err != nil || string(got) != "pong" {
+		t.Fatalf("dialed read %q, %v; want pong then EOF", got, err)
+	}
+	if err := d.(interface{ CloseWrite() error }).CloseWrite(); err != nil && !errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("second CloseWrite: %v", err)
+	}
+	d.Close()
+	if _, err := d.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v, want net.ErrClosed", err)
+	}
+	raw, _ := d.(syscall.Conn).SyscallConn()
+	if err := raw.Control(func(uintptr) {}); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("RawConn.Control after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// SetLinger(0) makes Close reset the connection, as a crashing proxy's would.
+func TestSocketLingerReset(t *testing.T) {
+	l := listen(t)
+	d, a := socketPair(t, l)
+	defer d.Close()
+	if err := a.(*redirect.Socket).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if _, err := io.ReadAll(d); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the peer's abortive close: %v, want ECONNRESET", err)
+	}
+}
+
+func TestDialTransparentErrors(t *testing.T) {
+	l := listen(t)
+	closedPort := func() netip.AddrPort {
+		l2 := listen(t)
+		ap := netip.MustParseAddrPort(l2.Addr().String())
+		l2.Close()
+		return ap
+	}()
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	canceled, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		src  netip.Addr
+		dst  netip.AddrPort
+		want error
+	}{
+		{"refused", context.Background(), loopback, closedPort, syscall.ECONNREFUSED},
+		{"deadline passed", expired, loopback, netip.MustParseAddrPort(l.Addr().String()), context.DeadlineExceeded},
+		{"canceled", canceled, loopback, netip.MustParseAddrPort(l.Addr().String()), context.Canceled},
+		{"source not IPv4", context.Background(), netip.MustParseAddr("::1"), closedPort, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := redirect.DialTransparent(tt.ctx, tt.src, tt.dst)
+			if err == nil {
+				c.Close()
+				t.Fatal("dial succeeded")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("dial: %v, want %v", err, tt.want)
+			}
+			if !bytes.Contains([]byte(err.Error()), []byte(tt.dst.String())) {
+				t.Errorf("error %q does not name the destination %s", err, tt.dst)
+			}
+		})
+	}
+}
+
+func TestListenerClose(t *testing.T) {
+	l := listen(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let Accept wait; it must return either way
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	if err := l.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := redirect.ListenTransparent(context.Background(), "[::1]:0"); err == nil {
+		t.Fatal("listen on IPv6 succeeded")
+	}
+}
+
+// A Socket turned into a *net.TCPConn (for splice) carries the same connection on, and
+// a bulk copy between two of them arrives intact.
+func TestSocketTCPConn(t *testing.T) {
+	l := listen(t)
+	d, a := socketPair(t, l)
+	td, err := d.(*redirect.Socket).TCPConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer td.Close()
+	ta, err := a.(*redirect.Socket).TCPConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ta.Close()
+	if _, err := d.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write to the converted Socket: %v, want net.ErrClosed", err)
+	}
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	go func() {
+		td.Write(msg)
+		td.CloseWrite()
+	}()
+	h := sha256.New()
+	if _, err := io.Copy(h, ta); err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(msg); !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("data changed on the way")
+	}
+}
