@@ -32,7 +32,7 @@ var (
 type closeWriter interface{ CloseWrite() error }
 
 // socket is a TCP connection with its descriptor at hand: a *net.TCPConn, or a
-// redirect.Socket (the dial to a pod).
+// *redirect.Socket (captured, or dialed to a pod).
 type socket interface {
 	net.Conn
 	syscall.Conn
