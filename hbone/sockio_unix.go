@@ -49,14 +49,35 @@ func (s rawSock) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s rawSock) Write(p []byte) (int, error) {
+func (s rawSock) Write(p []byte) (int, error) { return s.writePair(p, nil) }
+
+// WritePair writes a then b, in one writev where the socket takes them at once.
+func (s rawSock) WritePair(a, b []byte) (int, error) { return s.writePair(a, b) }
+
+func (s rawSock) writePair(a, b []byte) (int, error) {
 	var (
 		done  int
 		errno syscall.Errno
 	)
+	total := len(a) + len(b)
 	err := s.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			n, e := sysWrite(fd, p[done:])
+		for done < total {
+			var (
+				n int
+				e syscall.Errno
+			)
+			switch {
+			case done >= len(a):
+				n, e = sysWrite(fd, b[done-len(a):])
+			case len(b) == 0:
+				n, e = sysWrite(fd, a[done:])
+			default:
+				var iov [2]syscall.Iovec
+				iov[0].Base, iov[1].Base = &a[done], &b[0]
+				iov[0].SetLen(len(a) - done)
+				iov[1].SetLen(len(b))
+				n, e = sysWritev(fd, iov[:])
+			}
 			if e == syscall.EAGAIN {
 				return false // wait until writable
 			}
@@ -73,48 +94,6 @@ func (s rawSock) Write(p []byte) (int, error) {
 		return done, err
 	case errno != 0:
 		return done, os.NewSyscallError("write", errno)
-	}
-	return done, nil
-}
-
-// WritePair writes a then b, in one writev where the socket takes them at once.
-func (s rawSock) WritePair(a, b []byte) (int, error) {
-	var (
-		done  int
-		errno syscall.Errno
-	)
-	total := len(a) + len(b)
-	err := s.rc.Write(func(fd uintptr) bool {
-		for done < total {
-			var iov [2]syscall.Iovec
-			k := 0
-			if done < len(a) {
-				iov[k].Base = &a[done]
-				iov[k].SetLen(len(a) - done)
-				k++
-			}
-			if off := max(done-len(a), 0); off < len(b) {
-				iov[k].Base = &b[off]
-				iov[k].SetLen(len(b) - off)
-				k++
-			}
-			n, e := sysWritev(fd, iov[:k])
-			if e == syscall.EAGAIN {
-				return false // wait until writable
-			}
-			if e != 0 {
-				errno = e
-				return true
-			}
-			done += n
-		}
-		return true
-	})
-	switch {
-	case err != nil:
-		return done, err
-	case errno != 0:
-		return done, os.NewSyscallError("writev", errno)
 	}
 	return done, nil
 }

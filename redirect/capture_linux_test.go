@@ -649,28 +649,5 @@ func TestListenTransparentKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	raw, err := a.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range []struct {
-		name       string
-		level, opt int
-		want       int
-	}{
-		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
-		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
-		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-	} {
-		var got int
-		var gerr error
-		if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
-			t.Fatal(err)
-		}
-		if gerr != nil || got != o.want {
-			t.Errorf("accepted socket %s = %d (%v), want %d", o.name, got, gerr, o.want)
-		}
-	}
+	checkProxiedSockopts(t, "accepted", a)
 }

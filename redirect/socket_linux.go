@@ -34,8 +34,8 @@ type Socket struct {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// dialSocket connects to dst from src (when valid, with IP_TRANSPARENT: src need not be
-// local) and an ephemeral port. The connect is bounded by ctx.
+// dialSocket connects to dst from src, which need not be local (IP_TRANSPARENT), and an
+// ephemeral port. The connect is bounded by ctx.
 func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socket, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -56,35 +56,28 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
 	}
-	for i, o := range opts {
-		if i == 0 && !src.IsValid() {
-			continue
-		}
+	for _, o := range opts {
 		v := int32(o.val)
 		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
 			return fail("setsockopt "+o.name, e)
 		}
 	}
-	if src.IsValid() {
-		sa := sockaddr4(netip.AddrPortFrom(src, 0))
-		if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
-			return fail("bind", e)
-		}
+	sa := sockaddr4(netip.AddrPortFrom(src, 0))
+	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+		return fail("bind", e)
 	}
-	sa := sockaddr4(dst)
+	sa = sockaddr4(dst)
 	switch _, e := rawSyscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e {
 	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
 	default:
 		return fail("connect", e)
 	}
 
-	f := os.NewFile(fd, "tcp")
-	s := &Socket{f: f, raddr: net.TCPAddrFromAddrPort(dst)}
-	var err error
-	if s.rc, err = f.SyscallConn(); err != nil {
-		f.Close()
+	s, err := newSocket(fd, net.TCPAddrFromAddrPort(dst))
+	if err != nil {
 		return nil, err
 	}
+	f := s.f
 	if d, ok := ctx.Deadline(); ok {
 		f.SetWriteDeadline(d)
 	}
@@ -127,6 +120,18 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 	}
 	f.SetWriteDeadline(time.Time{})
 	s.laddr = localAddr(fd)
+	return s, nil
+}
+
+// newSocket hands the connected or connecting descriptor fd to Go's poller.
+func newSocket(fd uintptr, raddr *net.TCPAddr) (*Socket, error) {
+	s := &Socket{f: os.NewFile(fd, "tcp"), raddr: raddr}
+	rc, err := s.f.SyscallConn()
+	if err != nil {
+		s.f.Close()
+		return nil, err
+	}
+	s.rc = rc
 	return s, nil
 }
 
@@ -298,15 +303,6 @@ type sockOpt struct {
 
 // Accept waits for the next connection and returns it as a *Socket.
 func (l *Listener) Accept() (net.Conn, error) {
-	s, err := l.AcceptSocket()
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// AcceptSocket waits for the next connection.
-func (l *Listener) AcceptSocket() (*Socket, error) {
 	var (
 		nfd   uintptr
 		errno syscall.Errno
@@ -345,12 +341,11 @@ func (l *Listener) AcceptSocket() (*Socket, error) {
 		rawSyscall(syscall.SYS_CLOSE, nfd, 0, 0)
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: os.NewSyscallError("setsockopt TCP_NODELAY", e)}
 	}
-	s := &Socket{f: os.NewFile(nfd, "tcp"), laddr: localAddr(nfd), raddr: tcpAddrOf(&rsa)}
-	s.rc, err = s.f.SyscallConn()
+	s, err := newSocket(nfd, tcpAddrOf(&rsa))
 	if err != nil {
-		s.f.Close()
 		return nil, err
 	}
+	s.laddr = localAddr(nfd)
 	return s, nil
 }
 

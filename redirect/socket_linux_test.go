@@ -62,6 +62,36 @@ func socketPair(tb testing.TB, l net.Listener) (dialed, accepted net.Conn) {
 	return d, a
 }
 
+// checkProxiedSockopts checks the options every proxied socket carries: TCP_NODELAY and
+// keepalive with Go's default timing.
+func checkProxiedSockopts(tb testing.TB, what string, c net.Conn) {
+	tb.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+	} {
+		var got int
+		var gerr error
+		if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
+			tb.Fatal(err)
+		}
+		if gerr != nil || got != o.want {
+			tb.Errorf("%s socket %s = %d (%v), want %d", what, o.name, got, gerr, o.want)
+		}
+	}
+}
+
 func TestSocketConn(t *testing.T) {
 	l := listen(t)
 	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
@@ -87,34 +117,8 @@ func TestSocketSetup(t *testing.T) {
 			t.Errorf("address %s is not plain IPv4", ap)
 		}
 	}
-	for _, c := range []struct {
-		name string
-		conn net.Conn
-	}{{"dialed", d}, {"accepted", a}} {
-		raw, err := c.conn.(syscall.Conn).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range []struct {
-			name       string
-			level, opt int
-			want       int
-		}{
-			{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
-			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 15},
-			{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-		} {
-			var got int
-			var gerr error
-			if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil {
-				t.Fatal(err)
-			}
-			if gerr != nil || got != o.want {
-				t.Errorf("%s socket %s = %d (%v), want %d", c.name, o.name, got, gerr, o.want)
-			}
-		}
-	}
+	checkProxiedSockopts(t, "dialed", d)
+	checkProxiedSockopts(t, "accepted", a)
 	// Half-close: the peer reads EOF and can still answer.
 	if _, err := d.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
