@@ -305,7 +305,10 @@ func (b *bench) profiled(p *benchPath, test string, rep int, fn func(context.Con
 // record runs one measurement and keeps it, with the load average at its start.
 func (b *bench) record(ctx context.Context, p *benchPath, test string, rep int, fn func(context.Context, *benchPath) Run) {
 	load := loadavg()[0]
+	others, t0 := otherCPU(), time.Now()
 	r := fn(ctx, p)
+	oc := otherCores(others, otherCPU(), time.Since(t0))
+	r.OtherCores = &oc
 	r.Path, r.Test, r.Rep, r.Load1 = p.name, test, rep, load
 	if r.Error != "" {
 		progress("  %s %s: %s", p.name, test, r.Error)

@@ -94,12 +94,15 @@ const (
 
 // Run is one measurement of one path. CPU is in seconds per tunnel end; memory in KiB.
 type Run struct {
-	Path    string  `json:"path"`
-	Test    string  `json:"test"`
-	Rep     int     `json:"rep"`
-	Load1   float64 `json:"loadavg1"`
-	Seconds Num     `json:"seconds"`
-	Error   string  `json:"error,omitempty"`
+	Path  string  `json:"path"`
+	Test  string  `json:"test"`
+	Rep   int     `json:"rep"`
+	Load1 float64 `json:"loadavg1"`
+	// CPUs kept busy during the measurement by processes that are not the benchmark's
+	// (otherCPU): the competition it met. Nil in reports made before it was measured.
+	OtherCores *Num   `json:"other_cores,omitempty"`
+	Seconds    Num    `json:"seconds"`
+	Error      string `json:"error,omitempty"`
 
 	Bytes      Num `json:"bytes,omitempty"`
 	Gbps       Num `json:"gbit_per_s,omitempty"`

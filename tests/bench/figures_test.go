@@ -157,30 +157,49 @@ istio_tcp_connections_closed_total 7
 }
 
 func TestBusyNeedsSustainedLoad(t *testing.T) {
-	runs := func(loads ...float64) []Run {
+	// Before the harness sampled the run queue a report had only the 1-minute load.
+	byLoad := func(loads ...float64) []Run {
 		rs := []Run{{Test: TestIdle, Load1: 50}} // ignored: the idle test makes its own load
 		for _, l := range loads {
 			rs = append(rs, Run{Test: TestStream1, Load1: l})
 		}
 		return rs
 	}
+	// Now what other processes used decides, and a trailing load average does not: it
+	// stays high for minutes after the idle test's closing threads have gone.
+	byOthers := func(cores ...float64) []Run {
+		rs := []Run{{Test: TestIdle, Load1: 50, OtherCores: ptr(Num(2))}}
+		for _, c := range cores {
+			rs = append(rs, Run{Test: TestConnRate, Load1: 38, OtherCores: ptr(Num(c))})
+		}
+		return rs
+	}
 	for _, tc := range []struct {
-		name  string
-		loads []float64
-		busy  bool
+		name string
+		runs []Run
+		busy bool
+		says string
 	}{
-		{"quiet", []float64{1, 2, 3, 2}, false},
-		{"one spike", []float64{20, 2, 2, 2, 2}, false},
-		{"a quarter", []float64{9, 2, 2, 2}, false},
-		{"sustained", []float64{9, 9, 2, 2}, true},
+		{"quiet", byLoad(1, 2, 3, 2), false, ""},
+		{"one spike", byLoad(20, 2, 2, 2, 2), false, "1 of 5 measurements started with the 1-minute load above 4 on 2 CPUs (at most 20.0)"},
+		{"a quarter", byLoad(9, 2, 2, 2), false, "1 of 4 measurements started"},
+		{"sustained", byLoad(9, 9, 2, 2), true, "2 of 4 measurements started"},
+		{"trailing load, no other work", byOthers(0, 0.01, 0, 0.2), false, ""},
+		{"other work once", byOthers(0, 0.6, 0, 0.02), false, "1 of 4 measurements shared the 2 CPUs with other processes using more than 0.25 of a CPU (at most 0.60)"},
+		{"other work throughout", byOthers(0.3, 1.1, 0, 0.9), true, "3 of 4 measurements shared"},
 	} {
-		r := &Report{Env: Env{CPUs: 2}, Runs: runs(tc.loads...)}
+		r := &Report{Env: Env{CPUs: 2}, Runs: tc.runs}
 		if got := r.busy(); got != tc.busy {
-			n, of := r.loaded()
+			n, of, _, _ := r.loaded()
 			t.Errorf("%s: busy = %v (%d of %d loaded), want %v", tc.name, got, n, of, tc.busy)
+		}
+		if got := r.competition(); !strings.HasPrefix(got, tc.says) || (tc.says == "") != (got == "") {
+			t.Errorf("%s: competition() = %q, want it to start with %q", tc.name, got, tc.says)
 		}
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestZtunnelProcs(t *testing.T) {
 	tests := []struct {
