@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"bytes"
 	"io"
 	"sync"
 	"syscall"
@@ -59,49 +58,53 @@ func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// sendSlots sends the n payload bytes read into buf's record slots. The records go out
-// sealed in place as far as the flow-control windows reach at once; the rest, if any,
-// is written the ordinary way.
+// sendSlots sends the n payload bytes read into buf's record slots, sealed in place, in
+// as few batches as the flow-control windows allow. Short of window, it sends the whole
+// slots the window covers and waits for more for the rest: a bulk sender runs into its
+// window whenever the receiver's destination is slower, and the window comes back a
+// quarter at a time, so the rest goes out as one batch again instead of a write per
+// record.
 func (s *stream) sendSlots(buf []byte, n int) error {
 	if err := s.acquireWrite(); err != nil {
 		return err
 	}
 	defer s.releaseWrite()
-	k, err := s.reserve(n, true)
-	if err != nil {
-		return err
-	}
-	for k < n {
-		more, err := s.reserve(n-k, false)
+	for off := 0; off < n; { // off is on a slot boundary
+		k, err := s.reserve(n-off, true)
 		if err != nil {
-			s.unreserve(k)
 			return err
 		}
-		if more == 0 {
-			break
+		for off+k < n {
+			more, err := s.reserve(n-off-k, false)
+			if err != nil {
+				s.unreserve(k)
+				return err
+			}
+			if more == 0 {
+				break
+			}
+			k += more
 		}
-		k += more
-	}
-	var tail []byte
-	if j := k % slotPayload; k < n && j > 0 {
-		// Sealing the last record in place overwrites what follows its payload in
-		// the slot: keep that part of the data.
-		tail = bytes.Clone(slotData(buf, k/slotPayload)[j:min(slotPayload, j+n-k)])
-	}
-	if err := s.send(wreq{kind: wSlots, data: buf, val: uint32(k)}, k); err != nil {
-		return err
-	}
-	if len(tail) > 0 {
-		if _, err := s.writeAll(tail); err != nil {
+		if j := k % slotPayload; off+k < n && j > 0 {
+			if k < slotPayload {
+				// Less window than a slot: this slot goes the copying way, in pieces as
+				// the window allows (sealing in place would overwrite the rest of its
+				// data with the record's tag).
+				s.unreserve(k)
+				seg := slotData(buf, off/slotPayload)[:min(slotPayload, n-off)]
+				if _, err := s.writeAll(seg); err != nil {
+					return err
+				}
+				off += len(seg)
+				continue
+			}
+			s.unreserve(j)
+			k -= j
+		}
+		if err := s.send(wreq{kind: wSlots, data: buf[off/slotPayload*slotLen:], val: uint32(k)}, k); err != nil {
 			return err
 		}
-	}
-	for off := k + len(tail); off < n; {
-		seg := slotData(buf, off/slotPayload)[:min(slotPayload, n-off)]
-		if _, err := s.writeAll(seg); err != nil {
-			return err
-		}
-		off += len(seg)
+		off += k
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -167,6 +168,85 @@ func TestStreamReadFromSocketWindowBound(t *testing.T) {
 	})
 	close(release)
 	expectEcho(t, c, payload, errc)
+}
+
+// Short of window, sendSlots sends the whole slots the window covers and, once the
+// window is back, the rest of the batch in one write: not one write per record, as
+// when the rest went the copying way.
+func TestSendSlotsShortWindow(t *testing.T) {
+	got := make(chan []byte, 1)
+	release := make(chan struct{})
+	_, addr := startServer(t, HandlerFunc(func(s *Stream) {
+		if err := s.Accept(); err != nil {
+			got <- nil
+			return
+		}
+		<-release // no credit comes back until the test has counted
+		b, _ := io.ReadAll(s)
+		got <- b
+	}), nil)
+	var writes atomic.Int32
+	p := newTestPool(t, func(cfg *ClientConfig) {
+		cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return writeCounter{nc, &writes}, nil
+		}
+	})
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte("x")); err != nil { // the stream is open, the settings are in
+		t.Fatal(err)
+	}
+	// Leave three and a half slots of window.
+	left := 3*slotPayload + slotPayload/2
+	for {
+		c.c.mu.Lock()
+		w := min(c.sendWindow, c.c.sendWindow)
+		c.c.mu.Unlock()
+		if w <= int64(left) {
+			break
+		}
+		if _, err := c.reserve(int(w)-left, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, slotsBulk*slotLen)
+	want := []byte("x")
+	for i := range slotsBulk {
+		d := slotData(buf, i)
+		rand.Read(d)
+		want = append(want, d...)
+	}
+	before := writes.Load()
+	done := make(chan error, 1)
+	go func() { done <- c.sendSlots(buf, slotsBulk*slotPayload) }()
+	eventually(t, "window used up", func() bool {
+		c.c.mu.Lock()
+		defer c.c.mu.Unlock()
+		return c.sendWindow == 0 || c.c.sendWindow == 0
+	})
+	c.unreserve(slotsBulk * slotPayload) // as a WINDOW_UPDATE would
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Three whole slots; half a slot, the copying way; after the update its other half
+	// and then the other 28 slots in one batch.
+	if n := writes.Load() - before; n > 6 {
+		t.Errorf("%d socket writes for %d records, want at most 6", n, slotsBulk)
+	}
+	close(release)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(<-got, want) {
+		t.Fatal("the server received different bytes")
+	}
 }
 
 // ReadFrom a reader that is not a socket copies through a buffer, like io.Copy.

@@ -335,7 +335,7 @@ type records struct {
 	big     *[]byte // pooled read-ahead buffer, held during bulk transfer
 	in      []byte  // small or *big
 	r, w    int     // in[r:w] is received and not yet opened
-	bulk    bool    // the last socket read filled the buffer
+	bulk    bool    // the last socket read filled the buffer, or the read-ahead buffer beyond one record
 	plain   []byte  // opened application data not yet returned, inside in
 	hs      []byte  // partial post-handshake message
 	tickets int     // NewSessionTickets skipped
@@ -497,7 +497,11 @@ func (rl *records) fill(need int) error {
 		rl.beforeRead()
 	}
 	n, err := readSome(rl.sock, rl.in[rl.w:])
-	rl.bulk = rl.w+n == len(rl.in)
+	// Bulk: the read filled the buffer, or filled the read-ahead buffer with more than
+	// the small one holds. A flow whose bursts (a TSO segment is 64 KiB) do not fill
+	// the read-ahead buffer must keep it all the same: given back at each drain, the
+	// next read would take one record and the one after switch back.
+	rl.bulk = rl.w+n == len(rl.in) || (rl.big != nil && n >= len(rl.small))
 	rl.w += n
 	return err
 }

@@ -83,6 +83,10 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
+// maxGather bounds the receive chunks handed to a destination in one writev
+// (a BuffersTryWriter takes no more in one call).
+const maxGather = 16
+
 // Receive buffers: size classes that start small and grow with the flow.
 var bufClasses = [...]int{4 << 10, 32 << 10, 128 << 10}
 var bufPools [len(bufClasses)]sync.Pool
@@ -368,11 +372,30 @@ func (s *stream) deliver() {
 			return
 		}
 		c0 := s.chunks[0]
-		p := c0[s.roff:]
 		tw := s.sink
-		s.mu.Unlock()
-
-		n, err := tw.TryWrite(p)
+		var (
+			n, want int
+			err     error
+		)
+		if tv, ok := tw.(BuffersTryWriter); ok && len(s.chunks) > 1 {
+			// Each chunk up to its filled length: the read loop may be filling the
+			// last one's spare room meanwhile.
+			var bufs [maxGather][]byte
+			bv := append(bufs[:0], c0[s.roff:])
+			for _, c := range s.chunks[1:min(len(s.chunks), maxGather)] {
+				bv = append(bv, c)
+			}
+			for _, b := range bv {
+				want += len(b)
+			}
+			s.mu.Unlock()
+			n, err = tv.TryWriteBuffers(bv)
+		} else {
+			p := c0[s.roff:]
+			want = len(p)
+			s.mu.Unlock()
+			n, err = tw.TryWrite(p)
+		}
 
 		s.mu.Lock()
 		if len(s.chunks) > 0 && &s.chunks[0][:1][0] == &c0[:1][0] {
@@ -381,7 +404,7 @@ func (s *stream) deliver() {
 			n = 0 // dropped meanwhile (Close, CloseRead): already credited
 		}
 		s.delivered += int64(n)
-		more := err == nil && n == len(p)
+		more := err == nil && n == want
 		if !more {
 			s.writingOut = false
 		}
@@ -751,19 +774,27 @@ func (s *stream) runWriteTo(w io.Writer) (total int64, err error) {
 	}
 }
 
-// consumeLocked drops n bytes from the head of the receive buffer.
+// consumeLocked drops n bytes from the head of the receive buffer, releasing the
+// chunks they empty.
 func (s *stream) consumeLocked(n int) {
-	s.roff += n
 	s.rlen -= n
-	c0 := s.chunks[0]
-	if s.roff < len(c0) || (len(s.chunks) == 1 && s.filling) {
-		return
+	for {
+		c0 := s.chunks[0]
+		k := min(n, len(c0)-s.roff)
+		s.roff += k
+		n -= k
+		if s.roff < len(c0) || (len(s.chunks) == 1 && s.filling) {
+			return
+		}
+		putBuf(c0)
+		copy(s.chunks, s.chunks[1:])
+		s.chunks[len(s.chunks)-1] = nil
+		s.chunks = s.chunks[:len(s.chunks)-1]
+		s.roff = 0
+		if n == 0 || len(s.chunks) == 0 {
+			return
+		}
 	}
-	putBuf(c0)
-	copy(s.chunks, s.chunks[1:])
-	s.chunks[len(s.chunks)-1] = nil
-	s.chunks = s.chunks[:len(s.chunks)-1]
-	s.roff = 0
 }
 
 // dropBufferLocked discards unread data and returns how many bytes it was.

@@ -18,6 +18,17 @@ type TryWriter interface {
 	TryWrite(p []byte) (n int, err error)
 }
 
+// BuffersTryWriter is a TryWriter that also takes several buffers in one call
+// (writev), so the read loop hands a burst of DATA frames, which land in separate
+// receive chunks, to the destination in one system call instead of one per chunk.
+// Those NonBlocking returns are; a wrapper of one should be too.
+type BuffersTryWriter interface {
+	TryWriter
+	// TryWriteBuffers writes, like TryWrite, what the destination takes now of bufs
+	// in order; callers pass at most 16 buffers.
+	TryWriteBuffers(bufs [][]byte) (n int, err error)
+}
+
 // NonBlocking returns a TryWriter for w when w is a socket (it implements
 // syscall.Conn), and nil otherwise.
 func NonBlocking(w io.Writer) TryWriter {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash"
 	"io"
 	"math/rand/v2"
@@ -48,6 +49,45 @@ func (w *sinkWriter) TryWrite(p []byte) (int, error) {
 	return k, nil
 }
 
+// sinkWriterV is a sinkWriter that also takes several buffers per call, as a socket's
+// writev does; take applies to their total.
+type sinkWriterV struct {
+	*sinkWriter
+	calls, gathered int // TryWriteBuffers calls, and those given more than one buffer
+}
+
+func (w *sinkWriterV) TryWriteBuffers(bufs [][]byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls++
+	if len(bufs) > 1 {
+		w.gathered++
+	}
+	if len(bufs) > maxGather {
+		return 0, fmt.Errorf("%d buffers in one call, more than %d", len(bufs), maxGather)
+	}
+	w.tries++
+	if w.tryErr != nil {
+		return 0, w.tryErr
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	k := min(w.take(total), total)
+	if k > 0 {
+		w.tookSome++
+	}
+	n := k
+	for _, b := range bufs {
+		m := min(len(b), k)
+		w.h.Write(b[:m])
+		k -= m
+	}
+	w.n += int64(n)
+	return n, nil
+}
+
 // sendRandom writes size pseudo-random bytes to c in uneven pieces, then half-closes,
 // and returns their sha256.
 func sendRandom(tb testing.TB, c io.Writer, size int, seed byte) []byte {
@@ -90,26 +130,80 @@ func TestWriteToDirectDelivery(t *testing.T) {
 		{name: "always full", take: func(int) int { return 0 }},
 		{name: "try fails", take: func(n int) int { return n }, tryErr: errors.New("would block forever")},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, _ := dialEcho(t, echoHandler)
-			sink := &sinkWriter{h: sha256.New(), take: tc.take, tryErr: tc.tryErr}
-			sent := make(chan []byte, 1)
-			go func() { sent <- sendRandom(t, c, size, 3) }()
-			n, err := c.WriteTo(sink)
-			if err != nil {
-				t.Fatal(err)
+		for _, vec := range []bool{false, true} {
+			name := tc.name
+			if vec {
+				name += ", gathering"
 			}
-			want := <-sent
-			if n != size || sink.n != size {
-				t.Fatalf("WriteTo returned %d, sink got %d, want %d", n, sink.n, size)
-			}
-			if !bytes.Equal(sink.h.Sum(nil), want) {
-				t.Fatal("sha256 of delivered data differs")
-			}
-			if tc.direct && sink.tookSome == 0 {
-				t.Fatalf("the read loop never delivered directly (%d tries)", sink.tries)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				c, _ := dialEcho(t, echoHandler)
+				sink := &sinkWriter{h: sha256.New(), take: tc.take, tryErr: tc.tryErr}
+				var dst io.Writer = sink
+				sv := &sinkWriterV{sinkWriter: sink}
+				if vec {
+					dst = sv
+				}
+				sent := make(chan []byte, 1)
+				go func() { sent <- sendRandom(t, c, size, 3) }()
+				n, err := c.WriteTo(dst)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := <-sent
+				if n != size || sink.n != size {
+					t.Fatalf("WriteTo returned %d, sink got %d, want %d", n, sink.n, size)
+				}
+				if !bytes.Equal(sink.h.Sum(nil), want) {
+					t.Fatal("sha256 of delivered data differs")
+				}
+				if tc.direct && sink.tookSome == 0 {
+					t.Fatalf("the read loop never delivered directly (%d tries)", sink.tries)
+				}
+			})
+		}
+	}
+}
+
+// The read loop hands every chunk it holds to a BuffersTryWriter in one call, and a
+// short write leaves the rest where it ended, inside any chunk.
+func TestDeliverGathersChunks(t *testing.T) {
+	c, _ := dialEcho(t, echoHandler)
+	s := c.stream // idle: the peer sends nothing, so only this test touches the buffer
+	sink := &sinkWriterV{sinkWriter: &sinkWriter{h: sha256.New()}}
+	var want []byte
+	s.mu.Lock()
+	for i, fill := range []int{3000, 32 << 10, 50000} {
+		b := getBuf(fill)
+		for j := range fill {
+			b = append(b, byte(i*7+j%251))
+		}
+		want = append(want, b...)
+		s.chunks = append(s.chunks, b)
+		s.rlen += len(b)
+	}
+	s.roff, s.rlen = 100, s.rlen-100
+	want = want[100:]
+	s.sink, s.parked, s.writingOut = sink, true, true
+	s.mu.Unlock()
+
+	sink.take = func(n int) int { return n - 5 }
+	s.deliver()
+	s.mu.Lock()
+	if sink.calls != 1 || sink.gathered != 1 || len(s.chunks) != 1 || s.rlen != 5 || s.roff != 50000-5 {
+		t.Fatalf("after a short gathered write: %d calls (%d gathered), %d chunks left, rlen %d, roff %d; want 1 (1), 1, 5, %d",
+			sink.calls, sink.gathered, len(s.chunks), s.rlen, s.roff, 50000-5)
+	}
+	s.writingOut = true
+	s.mu.Unlock()
+	sink.take = func(n int) int { return n }
+	s.deliver()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rlen != 0 || len(s.chunks) != 0 || sink.n != int64(len(want)) {
+		t.Fatalf("after the rest: rlen %d, %d chunks, sink has %d bytes; want 0, 0, %d", s.rlen, len(s.chunks), sink.n, len(want))
+	}
+	if h := sha256.Sum256(want); !bytes.Equal(sink.h.Sum(nil), h[:]) {
+		t.Fatal("delivered bytes differ")
 	}
 }
 

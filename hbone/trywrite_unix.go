@@ -27,6 +27,46 @@ func (t rawTryWriter) TryWrite(p []byte) (int, error) {
 		}
 		return true // never wait for writability: that is WriteTo's job
 	})
+	return tryResult(n, err, werr)
+}
+
+// TryWriteBuffers makes one writev(2) of bufs (at most maxGather of them), the way
+// TryWrite makes one write(2).
+func (t rawTryWriter) TryWriteBuffers(bufs [][]byte) (int, error) {
+	var (
+		iov  [maxGather]syscall.Iovec
+		k    int
+		n    int
+		werr error
+	)
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if k == len(iov) {
+			break
+		}
+		iov[k].Base = &b[0]
+		iov[k].SetLen(len(b))
+		k++
+	}
+	if k == 0 {
+		return 0, nil
+	}
+	err := t.rc.Write(func(fd uintptr) bool {
+		var e syscall.Errno
+		n, e = sysWritev(fd, iov[:k])
+		if e != 0 {
+			werr = e
+		}
+		return true
+	})
+	return tryResult(n, err, werr)
+}
+
+// tryResult turns a non-blocking write's outcome into TryWriter's: a full destination
+// (EAGAIN) is a short write, not an error.
+func tryResult(n int, err, werr error) (int, error) {
 	if n < 0 {
 		n = 0
 	}

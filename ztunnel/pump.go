@@ -242,6 +242,17 @@ func (cw countingTryWriter) TryWrite(p []byte) (int, error) {
 	return n, err
 }
 
+// TryWriteBuffers passes a burst of received chunks on in one writev where tw can.
+func (cw countingTryWriter) TryWriteBuffers(bufs [][]byte) (int, error) {
+	bw, ok := cw.tw.(hbone.BuffersTryWriter)
+	if !ok {
+		return cw.TryWrite(bufs[0])
+	}
+	n, err := bw.TryWriteBuffers(bufs)
+	cw.c.n.Add(int64(n))
+	return n, err
+}
+
 func copyBuf(dst io.Writer, src io.Reader, c *counter) error {
 	bp, large := smallPool.Get().(*[]byte), false
 	defer func() {

@@ -328,7 +328,8 @@ func TestPumpAbortOnReset(t *testing.T) {
 }
 
 // tryWriterToConn stands in for an HBONE stream: its WriteTo hands data to the
-// destination's non-blocking writer first, as the stream's read loop does.
+// destination's non-blocking writer first, as the stream's read loop does, in two
+// buffers at once where it takes them (a burst of receive chunks).
 type tryWriterToConn struct{ net.Conn }
 
 func (c tryWriterToConn) WriteTo(w io.Writer) (int64, error) {
@@ -336,12 +337,19 @@ func (c tryWriterToConn) WriteTo(w io.Writer) (int64, error) {
 	if tw == nil {
 		return 0, errors.New("destination takes no non-blocking writes")
 	}
+	bw, _ := tw.(hbone.BuffersTryWriter)
 	var total int64
 	buf := make([]byte, 7000)
 	for {
 		n, err := c.Conn.Read(buf)
 		if n > 0 {
-			k, werr := tw.TryWrite(buf[:n])
+			var k int
+			var werr error
+			if bw != nil {
+				k, werr = bw.TryWriteBuffers([][]byte{buf[:n/2], buf[n/2 : n]})
+			} else {
+				k, werr = tw.TryWrite(buf[:n])
+			}
 			if werr == nil && k < n {
 				_, werr = w.Write(buf[k:n])
 			}
@@ -367,7 +375,10 @@ func TestPumpCountsDirectWrites(t *testing.T) {
 	var sent, recv counter
 	done := make(chan error, 1)
 	go func() { done <- pump(down, tryWriterToConn{up}, &sent, &recv) }()
-	resp := bytes.Repeat([]byte("r"), 300000)
+	resp := make([]byte, 300000) // not one repeated byte: order matters
+	for i := range resp {
+		resp[i] = byte(i % 251)
+	}
 	go func() {
 		server.Write(resp)
 		server.CloseWrite()
