@@ -732,9 +732,9 @@ func (c *conn) readFrames() error {
 
 // Data that arrives for a stream whose WriteTo waits on a socket is not written out
 // frame by frame: the read loop first takes in every record it already holds, then
-// writes each stream's data with one write per buffer, before its next socket read
-// (which may wait). A sender's 16 KiB frames would otherwise cost a syscall, and a
-// pass through the receiving TCP stack, each.
+// writes each stream's data with one writev of all its receive chunks, before its next
+// socket read (which may wait). A sender's 16 KiB frames would otherwise cost a
+// syscall, and a pass through the receiving TCP stack, each.
 
 // deferDelivery queues s, which the caller marked deferred, for flushDeferred (read loop
 // only).

@@ -473,8 +473,9 @@ func (rl *records) readRecord(dst []byte) (int, error) {
 }
 
 // fill reads from the socket until in[r:w] holds need bytes or a read returns. A read
-// that fills the buffer moves the connection to a pooled read-ahead buffer; a read that
-// drains it while the peer is quiet gives the buffer back.
+// that fills the buffer moves the connection to a pooled read-ahead buffer, which stays
+// while reads bring more than a record; the first drain after a smaller read (the peer
+// went quiet) gives it back.
 func (rl *records) fill(need int) error {
 	switch {
 	case rl.bulk && rl.big == nil:

@@ -243,9 +243,9 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 				continue
 			}
 			// Interleaved: every path runs each test before the next test, in an order
-			// rotated per repetition so no path always follows the same one.
-			for i := range b.paths {
-				p := b.paths[(i+rep)%len(b.paths)]
+			// that changes per repetition (runOrder).
+			for _, i := range runOrder(len(b.paths), rep) {
+				p := b.paths[i]
 				progress("rep %d/%d %-16s %s", rep+1, b.cfg.Reps, t.name, p.name)
 				b.record(ctx, p, t.name, rep, b.profiled(p, t.name, rep, t.fn))
 				if ctx.Err() != nil {
@@ -262,6 +262,22 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 	b.env.Seconds = time.Since(b.start).Seconds()
 	sums := summarise(b.cfg.Paths, b.runs, b.notes)
 	return &Report{Env: b.env, Summary: sums, Targets: targets(sums), Runs: b.runs}, nil
+}
+
+// runOrder is the order in which repetition rep runs n paths: starting at path rep, so
+// each path runs early in some repetitions and late in others, and backwards in odd ones,
+// so each path follows different ones (a rotation alone keeps every path's predecessor,
+// which could leave sockets or load behind for it every time).
+func runOrder(n, rep int) []int {
+	order := make([]int, n)
+	for i := range order {
+		if rep%2 == 0 {
+			order[i] = (rep + i) % n
+		} else {
+			order[i] = ((rep-i)%n + n) % n
+		}
+	}
+	return order
 }
 
 // profiled wraps fn so that, with -profile, CPU profiles of both ztunnels are taken while
