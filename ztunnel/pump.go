@@ -246,7 +246,12 @@ func (cw countingTryWriter) TryWrite(p []byte) (int, error) {
 func (cw countingTryWriter) TryWriteBuffers(bufs [][]byte) (int, error) {
 	bw, ok := cw.tw.(hbone.BuffersTryWriter)
 	if !ok {
-		return cw.TryWrite(bufs[0])
+		for _, b := range bufs {
+			if len(b) > 0 {
+				return cw.TryWrite(b) // the first buffer with data: a short write
+			}
+		}
+		return 0, nil
 	}
 	n, err := bw.TryWriteBuffers(bufs)
 	cw.c.n.Add(int64(n))
