@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,31 +131,11 @@ func TestDialEarlyContextAfterAnswer(t *testing.T) {
 	}
 }
 
-// writeCounter counts writes to the TCP socket under the TLS connection.
-type writeCounter struct {
-	net.Conn
-	n *atomic.Int32
-}
-
-func (w writeCounter) Write(p []byte) (int, error) {
-	w.n.Add(1)
-	return w.Conn.Write(p)
-}
-
 // DialEarly's first data goes out with the request: one socket write for both
 // when the windows take it, and still all of it, in order, when they do not.
 func TestDialEarlyFirstData(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
-	var writes atomic.Int32
-	p := newTestPool(t, func(cfg *ClientConfig) {
-		cfg.Dial = func(ctx context.Context, network, a string) (net.Conn, error) {
-			nc, err := (&net.Dialer{}).DialContext(ctx, network, a)
-			if err != nil {
-				return nil, err
-			}
-			return writeCounter{nc, &writes}, nil
-		}
-	})
+	p, writes := writeCountingPool(t)
 	// A first stream, used to its end, opens the pooled connection and leaves
 	// nothing (settings, acks) for later writes.
 	warm, err := p.Dial(context.Background(), testReq(addr))

@@ -1,10 +1,12 @@
 package hbone
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,6 +79,33 @@ func newTestPool(tb testing.TB, mod func(*ClientConfig)) *Pool {
 	}
 	tb.Cleanup(func() { p.Close() })
 	return p
+}
+
+// writeCounter counts writes to the TCP socket under the TLS connection.
+type writeCounter struct {
+	net.Conn
+	n *atomic.Int32
+}
+
+func (w writeCounter) Write(p []byte) (int, error) {
+	w.n.Add(1)
+	return w.Conn.Write(p)
+}
+
+// writeCountingPool is a test pool whose connections count their socket writes. The
+// wrapper is no syscall.Conn, so the record layer writes through it.
+func writeCountingPool(tb testing.TB) (*Pool, *atomic.Int32) {
+	writes := new(atomic.Int32)
+	p := newTestPool(tb, func(cfg *ClientConfig) {
+		cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return writeCounter{nc, writes}, nil
+		}
+	})
+	return p, writes
 }
 
 func testReq(addr string) Request {

@@ -185,16 +185,7 @@ func TestSendSlotsShortWindow(t *testing.T) {
 		b, _ := io.ReadAll(s)
 		got <- b
 	}), nil)
-	var writes atomic.Int32
-	p := newTestPool(t, func(cfg *ClientConfig) {
-		cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return writeCounter{nc, &writes}, nil
-		}
-	})
+	p, writes := writeCountingPool(t)
 	c, err := p.Dial(context.Background(), testReq(addr))
 	if err != nil {
 		t.Fatal(err)

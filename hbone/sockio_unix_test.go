@@ -4,7 +4,6 @@ package hbone
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
@@ -26,34 +25,39 @@ func TestSockIOPicksRawSocket(t *testing.T) {
 	}
 }
 
+// slowRead reads c to its end in 4 KiB reads with a pause before each, so that a writer
+// meets full socket buffers, and sends what it read.
+func slowRead(c net.Conn, pause time.Duration) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		var all bytes.Buffer
+		buf := make([]byte, 4<<10)
+		for {
+			time.Sleep(pause)
+			n, err := c.Read(buf)
+			all.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		got <- all.Bytes()
+	}()
+	return got
+}
+
 // The raw reads and writes keep what a net.Conn promises: blocking until data or
 // room, deadlines, EOF, errors after Close.
 func TestRawSockSemantics(t *testing.T) {
 	t.Run("large write to a slow reader", func(t *testing.T) {
 		a, b := tcpPair(t)
 		payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: beyond the socket buffers
-		got := make(chan [32]byte, 1)
-		go func() {
-			h := sha256.New()
-			buf := make([]byte, 4<<10)
-			for {
-				time.Sleep(50 * time.Microsecond)
-				n, err := b.Read(buf)
-				h.Write(buf[:n])
-				if err != nil {
-					break
-				}
-			}
-			var sum [32]byte
-			copy(sum[:], h.Sum(nil))
-			got <- sum
-		}()
+		got := slowRead(b, 50*time.Microsecond)
 		n, err := sockIO(a).Write(payload)
 		if err != nil || n != len(payload) {
 			t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(payload))
 		}
 		a.CloseWrite()
-		if <-got != sha256.Sum256(payload) {
+		if !bytes.Equal(<-got, payload) {
 			t.Fatal("the reader got different bytes")
 		}
 	})
@@ -63,20 +67,7 @@ func TestRawSockSemantics(t *testing.T) {
 			a, b := tcpPair(t)
 			first := bytes.Repeat([]byte{'a'}, sizes[0])
 			second := bytes.Repeat([]byte("0123456789abcdef"), sizes[1]/16)
-			got := make(chan []byte, 1)
-			go func() {
-				var all bytes.Buffer
-				buf := make([]byte, 4<<10)
-				for {
-					time.Sleep(20 * time.Microsecond)
-					n, err := b.Read(buf)
-					all.Write(buf[:n])
-					if err != nil {
-						break
-					}
-				}
-				got <- all.Bytes()
-			}()
+			got := slowRead(b, 20*time.Microsecond)
 			n, err := sockIO(a).(pairWriter).WritePair(first, second)
 			if err != nil || n != len(first)+len(second) {
 				t.Fatalf("%v: WritePair = %d, %v; want %d, nil", sizes, n, err, len(first)+len(second))

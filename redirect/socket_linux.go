@@ -40,37 +40,16 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
-	if errno != 0 {
-		return nil, os.NewSyscallError("socket", errno)
+	fd, err := boundSocket(netip.AddrPortFrom(src, 0), dialOpts)
+	if err != nil {
+		return nil, err
 	}
-	fail := func(op string, e syscall.Errno) (*Socket, error) {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
-		return nil, os.NewSyscallError(op, e)
-	}
-	opts := [...]sockOpt{
-		{syscall.SOL_IP, syscall.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
-		{syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1, "TCP_NODELAY"},
-		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
-	}
-	for _, o := range opts {
-		v := int32(o.val)
-		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
-			return fail("setsockopt "+o.name, e)
-		}
-	}
-	sa := sockaddr4(netip.AddrPortFrom(src, 0))
-	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
-		return fail("bind", e)
-	}
-	sa = sockaddr4(dst)
+	sa := sockaddr4(dst)
 	switch _, e := rawSyscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e {
 	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
 	default:
-		return fail("connect", e)
+		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		return nil, os.NewSyscallError("connect", e)
 	}
 
 	s, err := newSocket(fd, net.TCPAddrFromAddrPort(dst))
@@ -121,6 +100,30 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 	f.SetWriteDeadline(time.Time{})
 	s.laddr = localAddr(fd)
 	return s, nil
+}
+
+// boundSocket makes a non-blocking IPv4 TCP socket with opts set, bound to addr; on
+// error nothing is left open.
+func boundSocket(addr netip.AddrPort, opts []sockOpt) (uintptr, error) {
+	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		return 0, os.NewSyscallError("socket", errno)
+	}
+	fail := func(op string, e syscall.Errno) (uintptr, error) {
+		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		return 0, os.NewSyscallError(op, e)
+	}
+	for _, o := range opts {
+		v := int32(o.val)
+		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
+			return fail("setsockopt "+o.name, e)
+		}
+	}
+	sa := sockaddr4(addr)
+	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+		return fail("bind", e)
+	}
+	return fd, nil
 }
 
 // newSocket hands the connected or connecting descriptor fd to Go's poller.
@@ -263,29 +266,15 @@ type Listener struct {
 
 // listenSocket listens on the IPv4 address addr with the given options set first.
 func listenSocket(addr netip.AddrPort, opts []sockOpt) (*Listener, error) {
-	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
-	if errno != 0 {
-		return nil, os.NewSyscallError("socket", errno)
-	}
-	fail := func(op string, e syscall.Errno) (*Listener, error) {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
-		return nil, os.NewSyscallError(op, e)
-	}
-	for _, o := range opts {
-		v := int32(o.val)
-		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
-			return fail("setsockopt "+o.name, e)
-		}
-	}
-	sa := sockaddr4(addr)
-	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
-		return fail("bind", e)
+	fd, err := boundSocket(addr, opts)
+	if err != nil {
+		return nil, err
 	}
 	if _, e := rawSyscall(syscall.SYS_LISTEN, fd, listenBacklog, 0); e != 0 {
-		return fail("listen", e)
+		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		return nil, os.NewSyscallError("listen", e)
 	}
 	l := &Listener{f: os.NewFile(fd, "tcp-listener"), addr: localAddr(fd)}
-	var err error
 	if l.rc, err = l.f.SyscallConn(); err != nil {
 		l.f.Close()
 		return nil, err

@@ -19,6 +19,25 @@ const (
 	keepAliveCount    = 9
 )
 
+var (
+	keepAliveOpts = []sockOpt{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
+	}
+	// Options of the transparent listener (ListenTransparent).
+	listenOpts = append([]sockOpt{
+		{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
+	}, keepAliveOpts...)
+	// Options of a transparent dial, set before bind.
+	dialOpts = append([]sockOpt{
+		{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1, "TCP_NODELAY"},
+	}, keepAliveOpts...)
+)
+
 // ListenTransparent listens on the IPv4 TCP address addr (e.g. "127.0.0.1:15001") with
 // IP_TRANSPARENT and SO_REUSEADDR, so it can accept connections assigned by the capture
 // programs whatever their destination. The accepted connection (a *Socket) has the
@@ -30,14 +49,7 @@ func ListenTransparent(_ context.Context, addr string) (net.Listener, error) {
 	}
 	// Accepted sockets inherit the listener's keepalive settings, so they need not be
 	// set on each (four system calls per connection).
-	l, err := listenSocket(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), []sockOpt{
-		{unix.SOL_IP, unix.IP_TRANSPARENT, 1, "IP_TRANSPARENT"},
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR"},
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle, "TCP_KEEPIDLE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval, "TCP_KEEPINTVL"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount, "TCP_KEEPCNT"},
-	})
+	l, err := listenSocket(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), listenOpts)
 	if err != nil {
 		return nil, fmt.Errorf("listen transparent %s: %w", addr, err)
 	}
