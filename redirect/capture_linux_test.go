@@ -203,7 +203,7 @@ func TestTimeWaitReconnect(t *testing.T) {
 		if err != nil || string(b) != "hi\n" {
 			t.Fatalf("round %d: read %q, %v", i, b, err)
 		}
-		if i == 0 && !waitTimeWait(t, node1, dst, src) {
+		if i == 0 && !waitTimeWait(t, node1.NS, dst, src) {
 			t.Fatal("no node-side TIME_WAIT socket after the first round: the test would not test anything")
 		}
 	}
@@ -226,26 +226,26 @@ func dialRetryBusy(ns *netns.NS, src, dst netip.AddrPort) (net.Conn, error) {
 	}
 }
 
-// waitTimeWait waits until node holds a TIME_WAIT socket local -> remote (the client's
+// waitTimeWait waits until ns holds a TIME_WAIT socket local -> remote (the client's
 // FIN is processed asynchronously).
-func waitTimeWait(tb testing.TB, node *netns.Node, local, remote netip.AddrPort) bool {
+func waitTimeWait(tb testing.TB, ns *netns.NS, local, remote netip.AddrPort) bool {
 	for deadline := time.Now().Add(ioTimeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if hasTimeWait(tb, node, local, remote) {
+		if hasTimeWait(tb, ns, local, remote) {
 			return true
 		}
 	}
 	return false
 }
 
-// hasTimeWait reports whether node holds a TIME_WAIT socket local -> remote.
-func hasTimeWait(tb testing.TB, node *netns.Node, local, remote netip.AddrPort) bool {
+// hasTimeWait reports whether ns holds a TIME_WAIT socket local -> remote.
+func hasTimeWait(tb testing.TB, ns *netns.NS, local, remote netip.AddrPort) bool {
 	tb.Helper()
 	hexAP := func(ap netip.AddrPort) string {
 		b := ap.Addr().As4()
 		return fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], ap.Port())
 	}
 	found := false
-	err := node.Do(func() error {
+	err := ns.Do(func() error {
 		// /proc/net is the main thread's namespace; this thread's is under thread-self.
 		f, err := os.Open("/proc/thread-self/net/tcp")
 		if err != nil {

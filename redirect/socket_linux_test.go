@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -257,5 +258,88 @@ func TestSocketTCPConn(t *testing.T) {
 	}
 	if want := sha256.Sum256(msg); !bytes.Equal(h.Sum(nil), want[:]) {
 		t.Fatal("data changed on the way")
+	}
+}
+
+// A transparent dial takes its port when it connects, for its whole four-tuple, as the
+// client's own connect does, not at bind: a source whose connections to one destination
+// left every port of the range in TIME_WAIT can still reach another destination, and the
+// same one once tcp_tw_reuse allows. A bind to port 0 wants a port no socket on the
+// address holds and scanned the range past every TIME_WAIT socket, in a raw system call:
+// at 2,000 connections per second from one client that took the server side's ztunnel
+// most of a CPU, then failed (docs/performance.md, round 10).
+func TestDialTransparentPortAtConnect(t *testing.T) {
+	topo := netns.New(t, netns.Options{Nodes: 1, PodsPerNode: 1})
+	pod := topo.Nodes[0].Pods[0]
+	const lo, hi = 40000, 40007 // eight ephemeral ports
+	if err := pod.Sysctl("net.ipv4.ip_local_port_range", fmt.Sprintf("%d %d", lo, hi)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.Sysctl("net.ipv4.tcp_tw_reuse", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// Two destinations in the pod, each reading to EOF and closing after the dialer, so
+	// the dialer's sockets go to TIME_WAIT.
+	dsts := make([]netip.AddrPort, 2)
+	for i := range dsts {
+		l, err := pod.Listen("tcp", netip.AddrPortFrom(pod.IP, uint16(9000+i)).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		dsts[i] = netip.MustParseAddrPort(l.Addr().String())
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					io.Copy(io.Discard, c)
+				}()
+			}
+		}()
+	}
+	dial := func(dst netip.AddrPort) (netip.AddrPort, error) {
+		var local netip.AddrPort
+		err := pod.Do(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := redirect.DialTransparent(ctx, pod.IP, dst)
+			if err != nil {
+				return err
+			}
+			local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+			return c.Close()
+		})
+		return local, err
+	}
+	for i := range hi - lo + 1 {
+		local, err := dial(dsts[0])
+		if err != nil {
+			t.Fatalf("connection %d to %s: %v", i+1, dsts[0], err)
+		}
+		if local.Port() < lo || local.Port() > hi {
+			t.Fatalf("connection %d from port %d, outside the range %d-%d set for the test", i+1, local.Port(), lo, hi)
+		}
+		if !waitTimeWait(t, pod.NS, local, dsts[0]) {
+			t.Fatalf("connection %d: no TIME_WAIT socket %s -> %s: the test would not test anything", i+1, local, dsts[0])
+		}
+	}
+	if _, err := dial(dsts[1]); err != nil {
+		t.Fatalf("dial %s with every port in TIME_WAIT towards %s: %v", dsts[1], dsts[0], err)
+	}
+	// Towards the same destination, a port in TIME_WAIT is taken over as the client's
+	// own connect would take it with tcp_tw_reuse (after its delay, a second by default);
+	// a bind to port 0 never does.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := dial(dsts[0])
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRNOTAVAIL) || time.Now().After(deadline) {
+			t.Fatalf("dial %s again with tcp_tw_reuse: %v", dsts[0], err)
+		}
 	}
 }
