@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -15,19 +16,16 @@ import (
 )
 
 // Socket is a proxied TCP connection (captured and accepted by a Listener, or dialed to
-// a pod by DialTransparent) that this package set up itself: socket, options, bind,
-// connect and accept4 are raw system calls, and the descriptor joins Go's poller through
-// os.NewFile, whose only system call is a raw fcntl. The net package makes the same calls
-// through the runtime's system-call path, and the first such call after a process went
-// idle wakes the runtime's sysmon thread, which then naps every 20 us while the process
-// is busy: at light load once per connection and tunnel end, at a connection's start
-// (docs/performance.md, round 8). Reads and writes go through SyscallConn like any
-// socket's; Close is the os.File's.
+// a pod by DialTransparent) that this package set up itself, with raw system calls from
+// socket to close, on Go's poller through a pollFD. The net package and os.File make the
+// same calls through the runtime's system-call path, and the first such call after a
+// process went idle wakes the runtime's sysmon thread, which then naps every 20 us while
+// the process is busy: at light load once per connection and tunnel end
+// (docs/performance.md, rounds 8 and 10).
 //
 // Socket implements net.Conn plus CloseWrite, CloseRead and syscall.Conn.
 type Socket struct {
-	f            *os.File
-	rc           syscall.RawConn
+	pfd          *pollFD
 	laddr, raddr *net.TCPAddr
 	closed       atomic.Bool
 }
@@ -56,16 +54,16 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 	if err != nil {
 		return nil, err
 	}
-	f := s.f
+	pfd := s.pfd
 	if d, ok := ctx.Deadline(); ok {
-		f.SetWriteDeadline(d)
+		pfd.SetDeadline(d, 'w')
 	}
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { f.SetWriteDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, func() { pfd.SetDeadline(aLongTimeAgo, 'w') })
 	}
 	var soErr syscall.Errno
-	err = s.rc.Write(func(fd uintptr) bool {
+	err = pfd.RawWrite(func(fd uintptr) bool {
 		var v int32
 		l := uint32(4)
 		if _, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
@@ -94,10 +92,10 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 		err = os.NewSyscallError("connect", soErr)
 	}
 	if err != nil {
-		f.Close()
+		pfd.Close()
 		return nil, err
 	}
-	f.SetWriteDeadline(time.Time{})
+	pfd.SetDeadline(time.Time{}, 'w')
 	s.laddr = localAddr(fd)
 	return s, nil
 }
@@ -126,15 +124,15 @@ func boundSocket(addr netip.AddrPort, opts []sockOpt) (uintptr, error) {
 	return fd, nil
 }
 
-// newSocket hands the connected or connecting descriptor fd to Go's poller.
+// newSocket hands the connected or connecting descriptor fd to Go's poller; on error fd
+// is closed. A Socket dropped without Close is closed when collected, as an os.File is.
 func newSocket(fd uintptr, raddr *net.TCPAddr) (*Socket, error) {
-	s := &Socket{f: os.NewFile(fd, "tcp"), raddr: raddr}
-	rc, err := s.f.SyscallConn()
+	pfd, err := newPollFD(fd)
 	if err != nil {
-		s.f.Close()
 		return nil, err
 	}
-	s.rc = rc
+	s := &Socket{pfd: pfd, raddr: raddr}
+	runtime.AddCleanup(s, func(p *pollFD) { p.Close() }, pfd)
 	return s, nil
 }
 
@@ -177,7 +175,7 @@ func (s *Socket) opErr(op string, err error) error {
 }
 
 func (s *Socket) Read(p []byte) (int, error) {
-	n, err := s.f.Read(p)
+	n, err := s.pfd.Read(p)
 	if err != nil && err != io.EOF {
 		err = s.opErr("read", err)
 	}
@@ -185,14 +183,14 @@ func (s *Socket) Read(p []byte) (int, error) {
 }
 
 func (s *Socket) Write(p []byte) (int, error) {
-	n, err := s.f.Write(p)
+	n, err := s.pfd.Write(p)
 	return n, s.opErr("write", err)
 }
 
 // Close closes the socket.
 func (s *Socket) Close() error {
 	s.closed.Store(true)
-	return s.opErr("close", s.f.Close())
+	return s.opErr("close", s.pfd.Close())
 }
 
 // CloseWrite shuts down the writing side: the peer reads EOF.
@@ -209,7 +207,7 @@ func (s *Socket) SetLinger(sec int) error {
 		l.Onoff, l.Linger = 1, int32(sec)
 	}
 	var errno syscall.Errno
-	err := s.rc.Control(func(fd uintptr) {
+	err := s.pfd.Control(func(fd uintptr) {
 		errno = rawSetsockopt(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, unsafe.Pointer(&l), unsafe.Sizeof(l))
 	})
 	if err == nil && errno != 0 {
@@ -220,7 +218,7 @@ func (s *Socket) SetLinger(sec int) error {
 
 func (s *Socket) shutdown(how int) error {
 	var errno syscall.Errno
-	err := s.rc.Control(func(fd uintptr) {
+	err := s.pfd.Control(func(fd uintptr) {
 		_, errno = rawSyscall(syscall.SYS_SHUTDOWN, fd, uintptr(how), 0)
 	})
 	if err == nil && errno != 0 {
@@ -232,9 +230,9 @@ func (s *Socket) shutdown(how int) error {
 func (s *Socket) LocalAddr() net.Addr  { return s.laddr }
 func (s *Socket) RemoteAddr() net.Addr { return s.raddr }
 
-func (s *Socket) SetDeadline(t time.Time) error      { return s.opErr("set", s.f.SetDeadline(t)) }
-func (s *Socket) SetReadDeadline(t time.Time) error  { return s.opErr("set", s.f.SetReadDeadline(t)) }
-func (s *Socket) SetWriteDeadline(t time.Time) error { return s.opErr("set", s.f.SetWriteDeadline(t)) }
+func (s *Socket) SetDeadline(t time.Time) error      { return s.opErr("set", s.pfd.SetDeadline(t, 'r'+'w')) }
+func (s *Socket) SetReadDeadline(t time.Time) error  { return s.opErr("set", s.pfd.SetDeadline(t, 'r')) }
+func (s *Socket) SetWriteDeadline(t time.Time) error { return s.opErr("set", s.pfd.SetDeadline(t, 'w')) }
 
 // SyscallConn gives access to the descriptor, with the poller's waits. After Close its
 // methods return net.ErrClosed, as a net.Conn's do.
@@ -242,11 +240,11 @@ func (s *Socket) SyscallConn() (syscall.RawConn, error) { return rawConn{s}, nil
 
 type rawConn struct{ s *Socket }
 
-func (c rawConn) Control(f func(fd uintptr)) error    { return c.err(c.s.rc.Control(f)) }
-func (c rawConn) Read(f func(fd uintptr) bool) error  { return c.err(c.s.rc.Read(f)) }
-func (c rawConn) Write(f func(fd uintptr) bool) error { return c.err(c.s.rc.Write(f)) }
+func (c rawConn) Control(f func(fd uintptr)) error    { return c.err(c.s.pfd.Control(f)) }
+func (c rawConn) Read(f func(fd uintptr) bool) error  { return c.err(c.s.pfd.RawRead(f)) }
+func (c rawConn) Write(f func(fd uintptr) bool) error { return c.err(c.s.pfd.RawWrite(f)) }
 
-// err maps the os package's closed-file error, which RawConn passes on as it is.
+// err maps the closed-descriptor error to the net package's.
 func (c rawConn) err(err error) error {
 	if err != nil && c.s.closed.Load() {
 		return net.ErrClosed
@@ -378,7 +376,21 @@ func tcpAddrOf(rsa *syscall.RawSockaddrAny) *net.TCPAddr {
 // sockets. On success s is closed and the connection lives on in the returned one; on
 // error s is left as it was.
 func (s *Socket) TCPConn() (*net.TCPConn, error) {
-	c, err := net.FileConn(s.f)
+	var (
+		dup   uintptr
+		errno syscall.Errno
+	)
+	if err := s.pfd.Control(func(fd uintptr) {
+		dup, errno = rawSyscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, fmt.Errorf("socket to TCPConn: %w", s.opErr("dup", err))
+	}
+	if errno != 0 {
+		return nil, fmt.Errorf("socket to TCPConn: %w", os.NewSyscallError("dup", errno))
+	}
+	f := os.NewFile(dup, "tcp")
+	c, err := net.FileConn(f)
+	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("socket to TCPConn: %w", err)
 	}

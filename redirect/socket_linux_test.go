@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -340,6 +341,77 @@ func TestDialTransparentPortAtConnect(t *testing.T) {
 		}
 		if !errors.Is(err, syscall.EADDRNOTAVAIL) || time.Now().After(deadline) {
 			t.Fatalf("dial %s again with tcp_tw_reuse: %v", dsts[0], err)
+		}
+	}
+}
+
+// Close waits for an operation in progress on the descriptor: its number stays the
+// socket's until the operation is done, so it cannot meet a reused descriptor.
+func TestSocketCloseWaitsForOperation(t *testing.T) {
+	l := listen(t)
+	d, a := socketPair(t, l)
+	defer a.Close()
+	raw, err := d.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside, release := make(chan struct{}), make(chan struct{})
+	var stillOpen error
+	ctlDone := make(chan error, 1)
+	go func() {
+		ctlDone <- raw.Control(func(fd uintptr) {
+			inside <- struct{}{}
+			<-release
+			// Close was called meanwhile: the descriptor is still this socket.
+			_, stillOpen = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		})
+	}()
+	<-inside
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while an operation held the descriptor", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-ctlDone; err != nil {
+		t.Fatalf("Control: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if stillOpen != nil {
+		t.Fatalf("descriptor inside Control after Close began: %v", stillOpen)
+	}
+	// The peer sees the connection end.
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(a); err != nil {
+		t.Fatalf("peer read after Close: %v", err)
+	}
+}
+
+// A Socket dropped without Close is closed when the collector finds it, as an os.File
+// would be: the peer reads EOF.
+func TestSocketClosedWhenCollected(t *testing.T) {
+	l := listen(t)
+	_, a := socketPair(t, l)
+	defer a.Close()
+	got := make(chan error, 1)
+	go func() {
+		a.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(a)
+		got <- err
+	}()
+	for {
+		runtime.GC()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("peer of a dropped socket: %v, want EOF", err)
+			}
+			return
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
