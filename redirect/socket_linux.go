@@ -230,9 +230,11 @@ func (s *Socket) shutdown(how int) error {
 func (s *Socket) LocalAddr() net.Addr  { return s.laddr }
 func (s *Socket) RemoteAddr() net.Addr { return s.raddr }
 
-func (s *Socket) SetDeadline(t time.Time) error      { return s.opErr("set", s.pfd.SetDeadline(t, 'r'+'w')) }
-func (s *Socket) SetReadDeadline(t time.Time) error  { return s.opErr("set", s.pfd.SetDeadline(t, 'r')) }
-func (s *Socket) SetWriteDeadline(t time.Time) error { return s.opErr("set", s.pfd.SetDeadline(t, 'w')) }
+func (s *Socket) SetDeadline(t time.Time) error     { return s.opErr("set", s.pfd.SetDeadline(t, 'r'+'w')) }
+func (s *Socket) SetReadDeadline(t time.Time) error { return s.opErr("set", s.pfd.SetDeadline(t, 'r')) }
+func (s *Socket) SetWriteDeadline(t time.Time) error {
+	return s.opErr("set", s.pfd.SetDeadline(t, 'w'))
+}
 
 // SyscallConn gives access to the descriptor, with the poller's waits. After Close its
 // methods return net.ErrClosed, as a net.Conn's do.
