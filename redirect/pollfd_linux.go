@@ -101,6 +101,9 @@ func (p *pollFD) decref() {
 	}
 }
 
+// closing reports whether Close has begun.
+func (p *pollFD) closing() bool { return p.state.Load()&1 != 0 }
+
 // Close wakes every operation waiting on the descriptor (they return os.ErrClosed) and
 // returns once the descriptor is closed.
 func (p *pollFD) Close() error {

@@ -27,7 +27,6 @@ import (
 type Socket struct {
 	pfd          *pollFD
 	laddr, raddr *net.TCPAddr
-	closed       atomic.Bool
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -166,7 +165,7 @@ func (s *Socket) opErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, os.ErrClosed) || s.closed.Load() {
+	if errors.Is(err, os.ErrClosed) || s.pfd.closing() {
 		err = net.ErrClosed
 	} else if pe, ok := err.(*os.PathError); ok {
 		err = pe.Err
@@ -189,7 +188,6 @@ func (s *Socket) Write(p []byte) (int, error) {
 
 // Close closes the socket.
 func (s *Socket) Close() error {
-	s.closed.Store(true)
 	return s.opErr("close", s.pfd.Close())
 }
 
@@ -248,7 +246,7 @@ func (c rawConn) Write(f func(fd uintptr) bool) error { return c.err(c.s.pfd.Raw
 
 // err maps the closed-descriptor error to the net package's.
 func (c rawConn) err(err error) error {
-	if err != nil && c.s.closed.Load() {
+	if err != nil && c.s.pfd.closing() {
 		return net.ErrClosed
 	}
 	return err
