@@ -149,7 +149,7 @@ func (p *Pool) dial(ctx context.Context, req Request, early bool, first []byte) 
 	if req.Authority == "" {
 		return nil, fmt.Errorf("hbone: request: empty Authority")
 	}
-	hdrs := requestHeaders(req)
+	hdrs := requestHeaders(req, early)
 	var lastErr error
 	for attempt := 0; attempt < maxDialAttempts; attempt++ {
 		c, err := p.getConn(ctx, req)
@@ -256,9 +256,11 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField,
 // requestHeaders is the CONNECT request's header list. Values unique to one request
 // (the client's port in forwarded, the trace id) are sent as never-indexed literals:
 // indexing them would only churn both ends' HPACK dynamic tables, adding and evicting
-// an entry per request (3-4 % of a busy client's CPU).
-func requestHeaders(req Request) []hpack.HeaderField {
-	h := make([]hpack.HeaderField, 0, 5)
+// an entry per request (3-4 % of a busy client's CPU). An early request says so
+// (headerEarlyData; one indexed byte after the first), so the server may hold its 200
+// for the stream's first frame even when no data came with the request.
+func requestHeaders(req Request, early bool) []hpack.HeaderField {
+	h := make([]hpack.HeaderField, 0, 6)
 	h = append(h, hpack.HeaderField{Name: ":method", Value: "CONNECT"},
 		hpack.HeaderField{Name: ":authority", Value: req.Authority})
 	if req.Forwarded.IsValid() {
@@ -275,6 +277,9 @@ func requestHeaders(req Request) []hpack.HeaderField {
 	h = append(h, hpack.HeaderField{Name: "traceparent", Value: tp, Sensitive: true})
 	if req.Baggage != "" {
 		h = append(h, hpack.HeaderField{Name: "baggage", Value: req.Baggage})
+	}
+	if early {
+		h = append(h, hpack.HeaderField{Name: headerEarlyData, Value: "1"})
 	}
 	return h
 }

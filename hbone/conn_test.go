@@ -214,7 +214,7 @@ func TestRequestHeadersIndexing(t *testing.T) {
 	for port := range uint16(3) { // the second and third requests find the repeated fields indexed
 		buf.Reset()
 		req.Forwarded = netip.AddrPortFrom(req.Forwarded.Addr(), 40000+port)
-		for _, f := range requestHeaders(req) {
+		for _, f := range requestHeaders(req, false) {
 			if err := enc.WriteField(f); err != nil {
 				t.Fatal(err)
 			}

@@ -47,6 +47,34 @@ func TestDialEarlyDataBeforeAccept(t *testing.T) {
 	}
 }
 
+// DialEarly's requests say the client will not wait for the answer; Dial's do not.
+func TestDialEarlyMarksRequest(t *testing.T) {
+	got := make(chan bool, 1)
+	h := HandlerFunc(func(s *Stream) {
+		got <- s.Request().EarlyData
+		if s.Accept() == nil {
+			io.Copy(s, s)
+			s.CloseWrite()
+		}
+	})
+	_, addr := startServer(t, h, nil)
+	p := newTestPool(t, nil)
+	for _, early := range []bool{true, false} {
+		dial := p.Dial
+		if early {
+			dial = func(ctx context.Context, req Request) (*Conn, error) { return p.DialEarly(ctx, req, nil) }
+		}
+		c, err := dial(context.Background(), testReq(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := <-got; v != early {
+			t.Errorf("early %v: the server saw EarlyData %v", early, v)
+		}
+		c.Close()
+	}
+}
+
 // A refusal surfaces as the same *StatusError on Read and then on Write.
 func TestDialEarlyRefusal(t *testing.T) {
 	tests := []struct {
@@ -189,8 +217,9 @@ func TestDialEarlyFirstData(t *testing.T) {
 	}
 }
 
-// A request that came with data gets its 200 in the same write as the handler's first
-// frame; one without data gets it at Accept; a held 200 goes out alone after answerHold.
+// A request that came with data, or with the early-data header, gets its 200 in the
+// same write as the handler's first frame; one without either gets it at Accept; a held
+// 200 goes out alone after answerHold.
 // Frame order on the wire shows it: a PING sent after Accept is answered before the 200
 // exactly when the 200 is held.
 func TestAnswerHeldForEarlyData(t *testing.T) {
@@ -198,7 +227,8 @@ func TestAnswerHeldForEarlyData(t *testing.T) {
 	connect := []string{":method", "CONNECT", ":authority", testAuthority}
 	tests := []struct {
 		name     string
-		early    bool
+		early    bool // data follows the request before the answer
+		header   bool // the request says the client will not wait (headerEarlyData)
 		hold     time.Duration
 		then     func(s *Stream) // once the PING sent after Accept was answered
 		held     bool            // the 200 comes after that PING's ACK
@@ -207,6 +237,8 @@ func TestAnswerHeldForEarlyData(t *testing.T) {
 	}{
 		{name: "no early data", then: func(s *Stream) { s.Write([]byte("pong")) }, wantData: "pong"},
 		{name: "early data, then data", early: true, held: true, then: func(s *Stream) { s.Write([]byte("pong")) }, wantData: "pong"},
+		{name: "early header, then data", header: true, held: true, then: func(s *Stream) { s.Write([]byte("pong")) }, wantData: "pong"},
+		{name: "early header, nothing to send", header: true, held: true, hold: time.Millisecond, then: func(*Stream) {}},
 		{name: "early data, then CloseWrite", early: true, held: true, then: func(s *Stream) { s.CloseWrite() }, wantEnd: true},
 		{name: "early data, nothing to send", early: true, held: true, hold: time.Millisecond, then: func(*Stream) {}},
 	}
@@ -235,7 +267,11 @@ func TestAnswerHeldForEarlyData(t *testing.T) {
 			defer release()
 			rc := dialRaw(t, addr)
 			rc.start(t)
-			rc.headers(t, 1, connect...)
+			hdrs := connect
+			if tt.header {
+				hdrs = append(hdrs[:len(hdrs):len(hdrs)], headerEarlyData, "1")
+			}
+			rc.headers(t, 1, hdrs...)
 			if tt.early {
 				if err := rc.wfr.WriteData(1, false, []byte("hi")); err != nil {
 					t.Fatal(err)

@@ -48,6 +48,7 @@ type ConnectRequest struct {
 	Forwarded             netip.AddrPort // `for=` of the Forwarded header; zero if absent or malformed
 	ForwardedHost         string         // `host=` of the Forwarded header
 	Header                http.Header    // regular headers (traceparent, baggage, ...)
+	EarlyData             bool           // the client sends without waiting for the answer (header ambit-early-data: 1)
 	Peer                  spiffeid.ID    // client SPIFFE ID from its verified certificate
 	PeerCertificates      []*x509.Certificate
 	LocalAddr, RemoteAddr net.Addr // of the underlying TCP connection
@@ -63,18 +64,22 @@ func (s *Stream) Request() *ConnectRequest { return s.req }
 
 var status200 = []hpack.HeaderField{{Name: ":status", Value: "200"}}
 
-// answerHold bounds how long Accept holds back the 200 of a request that came with
-// data; a variable for tests.
+// answerHold bounds how long Accept holds back the 200 of an early request; a
+// variable for tests.
 var answerHold = 100 * time.Millisecond
+
+// headerEarlyData marks a request whose client sends without waiting for the answer
+// (DialEarly). Other clients do not send it, and other servers ignore it.
+const headerEarlyData = "ambit-early-data"
 
 // Accept answers 200: the tunnel is open in both directions.
 //
-// A client that sent data with its request did not wait for the answer (DialEarly), so
-// the 200 is held until the stream's first frame (data, END_STREAM or a reset) and
-// leaves in the same write, or for answerHold if nothing comes: for a request/response
-// exchange that is one write here, and one read and wake-up at the client, less per
-// connection. A client that waits for the 200 (Istio's ztunnel, Dial) sends no data
-// before it and gets it at once.
+// A client that sent data with its request, or said it would not wait for the answer
+// (DialEarly), has the 200 held until the stream's first frame (data, END_STREAM or a
+// reset) and leaves in the same write, or for answerHold if nothing comes: for a
+// request/response exchange that is one write here, and one read and wake-up at the
+// client, less per connection. A client that waits for the 200 (Istio's ztunnel, Dial)
+// sends no data before it and gets it at once.
 func (s *Stream) Accept() error {
 	st := s.stream
 	st.mu.Lock()
@@ -92,7 +97,7 @@ func (s *Stream) Accept() error {
 	}
 	st.answered = true
 	st.canSend = true
-	if st.rlen > 0 {
+	if st.rlen > 0 || s.req.EarlyData {
 		st.holdAnswer = true
 		st.answerTimer = time.AfterFunc(answerHold, st.answerHeld)
 		st.mu.Unlock()
@@ -401,6 +406,7 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 	if fwd := req.Header.Get("Forwarded"); fwd != "" {
 		req.Forwarded, req.ForwardedHost = parseForwarded(fwd)
 	}
+	req.EarlyData = req.Header.Get(headerEarlyData) == "1"
 	return req, 0, ""
 }
 
