@@ -174,7 +174,11 @@ func otherCPU() map[int]float64 {
 }
 
 // otherCores is the average number of CPUs the processes otherCPU counts kept busy over
-// d, from its results at the start and the end.
+// d, from its results at the start and the end. A process that ended meanwhile was
+// reaped by a parent that otherCPU counts too (a descendant of someone else's process is
+// someone else's), whose reaped time then grew by all the child ever used: what the child
+// had used at the start is taken off again, or a shell reaping a long build just then
+// would count the whole build as competition.
 func otherCores(before, after map[int]float64, d time.Duration) Num {
 	if before == nil || after == nil || d <= 0 {
 		return NA
@@ -186,7 +190,13 @@ func otherCores(before, after map[int]float64, d time.Duration) Num {
 		}
 		sum += t
 	}
-	return Num(sum / d.Seconds())
+	for pid, t0 := range before {
+		if t, ok := after[pid]; !ok || t < t0 {
+			sum -= t0 // ended (and reaped): its parent's figure took its whole time
+		}
+	}
+	// A parent that does not collect its children's times (SIGCHLD ignored) took nothing.
+	return Num(max(sum, 0) / d.Seconds())
 }
 
 func loadavg() [3]float64 {
