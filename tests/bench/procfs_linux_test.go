@@ -22,17 +22,7 @@ func TestOtherCPU(t *testing.T) {
 	}
 	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
 
-	// setsid and a shell that exits at once: init adopts the burner, so it is no longer
-	// the harness's descendant, as a process someone else started would not be.
-	out, err := exec.Command("sh", "-c", "setsid sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	if _, err := fmt.Sscan(string(out), &pid); err != nil {
-		t.Fatalf("burner pid %q: %v", out, err)
-	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	pid := startOutside(t, nil, "sh", "-c", "while :; do :; done")
 
 	before := otherCPU()
 	time.Sleep(300 * time.Millisecond)
@@ -75,27 +65,12 @@ func TestOtherCores(t *testing.T) {
 // the harness reaps, during a measurement, a child that used its CPU before it. Only
 // what ran during the measurement may count, which is at most every CPU.
 func TestOtherCoresReapedJob(t *testing.T) {
-	if os.Getenv(reaperEnv) != "" {
-		return // the helper itself: see TestReaperHelper
-	}
 	dir := t.TempDir()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Through setsid and a shell that exits at once, as in TestOtherCPU: init adopts the
-	// reaper, so it is someone else's process.
-	cmd := exec.Command("sh", "-c", `setsid "$0" -test.run='^TestReaperHelper$' >/dev/null 2>&1 & echo $!`, exe)
-	cmd.Env = append(os.Environ(), reaperEnv+"="+dir)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	if _, err := fmt.Sscan(string(out), &pid); err != nil {
-		t.Fatalf("reaper pid %q: %v", out, err)
-	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	startOutside(t, []string{reaperEnv + "=" + dir}, exe, "-test.run=^TestReaperHelper$")
 
 	waitFile(t, filepath.Join(dir, "zombie"), 30*time.Second)
 	before, t0 := otherCPU(), time.Now()
@@ -150,6 +125,25 @@ func TestReaperHelper(t *testing.T) {
 	s := child.ProcessState
 	os.WriteFile(filepath.Join(dir, "reaped"), []byte(fmt.Sprintf("%.2f", (s.UserTime()+s.SystemTime()).Seconds())), 0o644)
 	time.Sleep(time.Minute) // the test kills it; exiting would hand its figures to init
+}
+
+// startOutside starts args (with env added) as someone else's process would run: through
+// setsid and a shell that exits at once, so init adopts it and it is not the harness's
+// descendant. It returns its PID and kills it when tb ends.
+func startOutside(tb testing.TB, env []string, args ...string) int {
+	tb.Helper()
+	cmd := exec.Command("sh", append([]string{"-c", `setsid "$@" >/dev/null 2>&1 & echo $!`, "sh"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("start %v: %v", args, err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(out), &pid); err != nil {
+		tb.Fatalf("pid of %v: %q: %v", args, out, err)
+	}
+	tb.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	return pid
 }
 
 func waitFile(tb testing.TB, path string, timeout time.Duration) {
