@@ -2,13 +2,14 @@ package redirect
 
 import (
 	"errors"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+	_ "unsafe" // go:linkname
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // The runtime's network poller, as internal/poll uses it. The runtime exports these
@@ -72,7 +73,7 @@ func newPollFD(fd uintptr) (*pollFD, error) {
 	pollInit.Do(runtime_pollServerInit)
 	pd, errno := runtime_pollOpen(fd)
 	if errno != 0 {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		sockio.Close(fd)
 		return nil, os.NewSyscallError("epoll_ctl", syscall.Errno(errno))
 	}
 	p := &pollFD{fd: int(fd), pd: pd, closed: make(chan struct{})}
@@ -96,7 +97,7 @@ func (p *pollFD) decref() {
 	if p.state.Add(-2) == 1 {
 		// Closing and nothing left in progress: waiters were unblocked and are gone.
 		runtime_pollClose(p.pd)
-		rawSyscall(syscall.SYS_CLOSE, uintptr(p.fd), 0, 0)
+		sockio.Close(uintptr(p.fd))
 		close(p.closed)
 	}
 }
@@ -173,57 +174,18 @@ func (p *pollFD) Control(f func(fd uintptr)) error {
 func (p *pollFD) RawRead(f func(fd uintptr) bool) error  { return p.wait('r', f) }
 func (p *pollFD) RawWrite(f func(fd uintptr) bool) error { return p.wait('w', f) }
 
-// maxRW bounds one read or write, as internal/poll does.
-const maxRW = 1 << 30
-
 func (p *pollFD) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, p.Control(func(uintptr) {})
 	}
-	b = b[:min(len(b), maxRW)]
-	var (
-		n     uintptr
-		errno syscall.Errno
-	)
-	err := p.wait('r', func(fd uintptr) bool {
-		n, errno = rawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-		return errno != syscall.EAGAIN
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, os.NewSyscallError("read", errno)
-	case n == 0:
-		return 0, io.EOF
-	}
-	return int(n), nil
+	op := sockio.ReadOp{P: b}
+	return op.Result(p.wait('r', op.Try))
 }
 
 // Write writes all of b unless an error stops it.
 func (p *pollFD) Write(b []byte) (int, error) {
-	done := 0
-	var errno syscall.Errno
-	err := p.wait('w', func(fd uintptr) bool {
-		for done < len(b) {
-			chunk := b[done:][:min(len(b)-done, maxRW)]
-			var n uintptr
-			n, errno = rawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(chunk))), uintptr(len(chunk)))
-			if errno == syscall.EAGAIN {
-				errno = 0
-				return false
-			}
-			if errno != 0 {
-				return true
-			}
-			done += int(n)
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("write", errno)
-	}
-	return done, err
+	op := sockio.WriteOp{A: b}
+	return op.Result(p.wait('w', op.Try))
 }
 
 // SetDeadline sets the deadline of mode: 'r', 'w' or 'r'+'w'. A zero t clears it.
