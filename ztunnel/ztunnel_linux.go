@@ -34,13 +34,14 @@ func (z *Ztunnel) platformDefaults() error {
 	if z.hostInterface == nil {
 		z.hostInterface = redirect.HostInterface
 	}
+	sockets := redirect.SocketsRaw // TODO(issue 18): choose from Config
 	if z.listen == nil {
 		z.listen = func(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
-			return redirect.ListenTransparent(ctx, addr.String())
+			return sockets.ListenTransparent(ctx, addr.String())
 		}
 	}
 	if z.dialT == nil {
-		z.dialT = redirect.DialTransparent
+		z.dialT = sockets.DialTransparent
 	}
 	return nil
 }
