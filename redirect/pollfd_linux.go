@@ -12,8 +12,36 @@ import (
 	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
-// The runtime's network poller, as internal/poll uses it. The runtime exports these
-// names itself (go.dev/issue/67401 keeps their signatures), so the linker allows them.
+// The runtime's network poller, reached the way internal/poll reaches it. What this
+// relies on, and what it does not have:
+//
+//   - The symbols. runtime/netpoll.go defines poll_runtime_pollServerInit, _pollOpen,
+//     _pollClose, _pollWait, _pollReset, _pollSetDeadline and _pollUnblock, each with
+//     "//go:linkname poll_runtime_pollX internal/poll.runtime_pollX": the runtime pushes
+//     them into internal/poll, which declares them without bodies in
+//     internal/poll/fd_poll_runtime.go. The declarations below pull the same
+//     internal/poll names. Where the runtime says *pollDesc, internal/poll and this file
+//     say uintptr.
+//   - Why they link. Since Go 1.23 (go.dev/issue/67401) the linker's -checklinkname,
+//     on by default, refuses a pull of a standard-library symbol unless the symbol's
+//     definition carries a go:linkname of its own (is pushed) and the symbol is not in
+//     the linker's blockedLinknames table (names allowed only to the packages listed
+//     there). These are pushed and not listed, so they link.
+//   - No promise. They are the runtime's private contract with internal/poll. The
+//     symbols the runtime keeps for outside packages say so in a comment naming the
+//     packages and asking that the signature not change; these carry none, and Go's
+//     compatibility promise does not cover them. A release may rename, remove or
+//     re-type them, change the mode or error codes, or list them in blockedLinknames.
+//   - What breaks, and how it shows. A rename, removal or listing fails the build at
+//     link time (an undefined symbol, or "invalid reference to
+//     internal/poll.runtime_pollOpen"). A changed signature or code still links,
+//     because go:linkname checks no types, and would corrupt at run time:
+//     TestPollLinknames compares the declarations and codes here with the sources of
+//     the toolchain running the test (internal/poll's declarations and the runtime's
+//     definitions and pushes) and fails on any difference; it needs no root.
+//     -ldflags=-checklinkname=0 would only hide a listing, not fix what it means.
+//   - The way out. SocketsStd makes the same sockets with the net package and needs
+//     none of this.
 //
 //go:linkname runtime_pollServerInit internal/poll.runtime_pollServerInit
 func runtime_pollServerInit()
@@ -36,7 +64,7 @@ func runtime_pollSetDeadline(ctx uintptr, d int64, mode int)
 //go:linkname runtime_pollUnblock internal/poll.runtime_pollUnblock
 func runtime_pollUnblock(ctx uintptr)
 
-// The poller's answers (runtime/netpoll.go).
+// The poller's answers (runtime/netpoll.go; TestPollLinknames checks them).
 const (
 	pollNoError        = 0
 	pollErrClosing     = 1
