@@ -1,8 +1,10 @@
 package hbone
 
 import (
-	"os"
+	"io"
 	"syscall"
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // readFromSocket is ReadFrom's path for a socket: readv into record slots, then
@@ -16,6 +18,7 @@ func (s *stream) readFromSocket(rc syscall.RawConn, count func(int64)) (total in
 			slotsSmallPool.Put(bp)
 		}
 	}()
+	sock := sockio.NewRaw(rc)
 	var vec [slotsBulk]syscall.Iovec
 	for {
 		buf := *bp
@@ -25,22 +28,12 @@ func (s *stream) readFromSocket(rc syscall.RawConn, count func(int64)) (total in
 			vec[i] = syscall.Iovec{Base: &d[0]}
 			vec[i].SetLen(len(d))
 		}
-		var (
-			n     int
-			errno syscall.Errno
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			n, errno = sysReadv(fd, vec[:slots])
-			return errno != syscall.EAGAIN
-		})
+		n, err := sock.Readv(vec[:slots])
+		if err == io.EOF {
+			return total, true, nil
+		}
 		if err != nil {
 			return total, true, err
-		}
-		if errno != 0 {
-			return total, true, os.NewSyscallError("readv", errno)
-		}
-		if n == 0 {
-			return total, true, nil // EOF
 		}
 		if err := s.sendSlots(buf, n); err != nil {
 			return total, true, err

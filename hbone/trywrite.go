@@ -2,7 +2,8 @@ package hbone
 
 import (
 	"io"
-	"syscall"
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // TryWriter is a destination the connection's read loop may hand received data to
@@ -14,34 +15,14 @@ import (
 // which saves a goroutine hand-off per batch (on the receiving tunnel end of a bulk
 // transfer, and twice on the critical path of every request/response). Whatever
 // TryWrite does not take is left for WriteTo, which writes it blocking.
-type TryWriter interface {
-	TryWrite(p []byte) (n int, err error)
-}
+type TryWriter = sockio.TryWriter
 
 // BuffersTryWriter is a TryWriter that also takes several buffers in one call
 // (writev), so the read loop hands a burst of DATA frames, which land in separate
 // receive chunks, to the destination in one system call instead of one per chunk.
 // Those NonBlocking returns are; a wrapper of one should be too.
-type BuffersTryWriter interface {
-	TryWriter
-	// TryWriteBuffers writes, like TryWrite, what the destination takes now of bufs
-	// in order; callers pass at most 16 buffers.
-	TryWriteBuffers(bufs [][]byte) (n int, err error)
-}
+type BuffersTryWriter = sockio.BuffersTryWriter
 
-// NonBlocking returns a TryWriter for w when w is a socket (it implements
+// NonBlocking returns a TryWriter for w when w is one or a socket (it implements
 // syscall.Conn), and nil otherwise.
-func NonBlocking(w io.Writer) TryWriter {
-	if tw, ok := w.(TryWriter); ok {
-		return tw
-	}
-	sc, ok := w.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rawTryWriterFor(rc)
-}
+func NonBlocking(w io.Writer) TryWriter { return sockio.NonBlocking(w) }

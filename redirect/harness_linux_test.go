@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,10 @@ import (
 	"github.com/ambitmesh/ambit/tests/netns"
 	"golang.org/x/sys/unix"
 )
+
+// The capture tests' mini ztunnel makes its sockets with this stack (go test ./redirect
+// -args -sockets=std); the socket tests run on every stack anyway.
+var harnessSockets = flag.String("sockets", "raw", "socket stack of the mini ztunnel in the capture tests: raw or std")
 
 const (
 	ioTimeout   = 20 * time.Second
@@ -85,6 +90,7 @@ type accepted struct {
 type miniZtunnel struct {
 	node       *netns.Node
 	closeFirst bool
+	sockets    redirect.SocketStack
 
 	mu       sync.Mutex
 	ls       []net.Listener
@@ -98,11 +104,15 @@ var proxyPorts = []uint16{redirect.DefaultOutboundPort, redirect.DefaultInboundP
 
 func startZtunnel(tb testing.TB, node *netns.Node, closeFirst bool) *miniZtunnel {
 	tb.Helper()
-	z := &miniZtunnel{node: node, closeFirst: closeFirst, conns: map[net.Conn]struct{}{}}
+	sockets, err := redirect.ParseSocketStack(*harnessSockets)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	z := &miniZtunnel{node: node, closeFirst: closeFirst, sockets: sockets, conns: map[net.Conn]struct{}{}}
 	for _, port := range proxyPorts {
 		var l net.Listener
 		err := node.Do(func() (err error) {
-			l, err = redirect.ListenTransparent(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
+			l, err = sockets.ListenTransparent(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
 			return err
 		})
 		if err != nil {
@@ -165,7 +175,7 @@ func (z *miniZtunnel) handle(c net.Conn, a accepted) {
 	err := z.node.Do(func() (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		up, err = redirect.DialTransparent(ctx, a.Remote.Addr(), a.Local)
+		up, err = z.sockets.DialTransparent(ctx, a.Remote.Addr(), a.Local)
 		return err
 	})
 	if err != nil {

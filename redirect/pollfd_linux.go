@@ -2,17 +2,46 @@ package redirect
 
 import (
 	"errors"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+	_ "unsafe" // go:linkname
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
-// The runtime's network poller, as internal/poll uses it. The runtime exports these
-// names itself (go.dev/issue/67401 keeps their signatures), so the linker allows them.
+// The runtime's network poller, reached the way internal/poll reaches it. What this
+// relies on, and what it does not have:
+//
+//   - The symbols. runtime/netpoll.go defines poll_runtime_pollServerInit, _pollOpen,
+//     _pollClose, _pollWait, _pollReset, _pollSetDeadline and _pollUnblock, each with
+//     "//go:linkname poll_runtime_pollX internal/poll.runtime_pollX": the runtime pushes
+//     them into internal/poll, which declares them without bodies in
+//     internal/poll/fd_poll_runtime.go. The declarations below pull the same
+//     internal/poll names. Where the runtime says *pollDesc, internal/poll and this file
+//     say uintptr.
+//   - Why they link. Since Go 1.23 (go.dev/issue/67401) the linker's -checklinkname,
+//     on by default, refuses a pull of a standard-library symbol unless the symbol's
+//     definition carries a go:linkname of its own (is pushed) and the symbol is not in
+//     the linker's blockedLinknames table (names allowed only to the packages listed
+//     there). These are pushed and not listed, so they link.
+//   - No promise. They are the runtime's private contract with internal/poll. The
+//     symbols the runtime keeps for outside packages say so in a comment naming the
+//     packages and asking that the signature not change; these carry none, and Go's
+//     compatibility promise does not cover them. A release may rename, remove or
+//     re-type them, change the mode or error codes, or list them in blockedLinknames.
+//   - What breaks, and how it shows. A rename, removal or listing fails the build at
+//     link time (an undefined symbol, or "invalid reference to
+//     internal/poll.runtime_pollOpen"). A changed signature or code still links,
+//     because go:linkname checks no types, and would corrupt at run time:
+//     TestPollLinknames compares the declarations and codes here with the sources of
+//     the toolchain running the test (internal/poll's declarations and the runtime's
+//     definitions and pushes) and fails on any difference; it needs no root.
+//     -ldflags=-checklinkname=0 would only hide a listing, not fix what it means.
+//   - The way out. SocketsStd makes the same sockets with the net package and needs
+//     none of this.
 //
 //go:linkname runtime_pollServerInit internal/poll.runtime_pollServerInit
 func runtime_pollServerInit()
@@ -35,7 +64,7 @@ func runtime_pollSetDeadline(ctx uintptr, d int64, mode int)
 //go:linkname runtime_pollUnblock internal/poll.runtime_pollUnblock
 func runtime_pollUnblock(ctx uintptr)
 
-// The poller's answers (runtime/netpoll.go).
+// The poller's answers (runtime/netpoll.go; TestPollLinknames checks them).
 const (
 	pollNoError        = 0
 	pollErrClosing     = 1
@@ -72,7 +101,7 @@ func newPollFD(fd uintptr) (*pollFD, error) {
 	pollInit.Do(runtime_pollServerInit)
 	pd, errno := runtime_pollOpen(fd)
 	if errno != 0 {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		sockio.Close(fd)
 		return nil, os.NewSyscallError("epoll_ctl", syscall.Errno(errno))
 	}
 	p := &pollFD{fd: int(fd), pd: pd, closed: make(chan struct{})}
@@ -96,7 +125,7 @@ func (p *pollFD) decref() {
 	if p.state.Add(-2) == 1 {
 		// Closing and nothing left in progress: waiters were unblocked and are gone.
 		runtime_pollClose(p.pd)
-		rawSyscall(syscall.SYS_CLOSE, uintptr(p.fd), 0, 0)
+		sockio.Close(uintptr(p.fd))
 		close(p.closed)
 	}
 }
@@ -173,57 +202,18 @@ func (p *pollFD) Control(f func(fd uintptr)) error {
 func (p *pollFD) RawRead(f func(fd uintptr) bool) error  { return p.wait('r', f) }
 func (p *pollFD) RawWrite(f func(fd uintptr) bool) error { return p.wait('w', f) }
 
-// maxRW bounds one read or write, as internal/poll does.
-const maxRW = 1 << 30
-
 func (p *pollFD) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, p.Control(func(uintptr) {})
 	}
-	b = b[:min(len(b), maxRW)]
-	var (
-		n     uintptr
-		errno syscall.Errno
-	)
-	err := p.wait('r', func(fd uintptr) bool {
-		n, errno = rawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-		return errno != syscall.EAGAIN
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, os.NewSyscallError("read", errno)
-	case n == 0:
-		return 0, io.EOF
-	}
-	return int(n), nil
+	op := sockio.ReadOp{P: b}
+	return op.Result(p.wait('r', op.Try))
 }
 
 // Write writes all of b unless an error stops it.
 func (p *pollFD) Write(b []byte) (int, error) {
-	done := 0
-	var errno syscall.Errno
-	err := p.wait('w', func(fd uintptr) bool {
-		for done < len(b) {
-			chunk := b[done:][:min(len(b)-done, maxRW)]
-			var n uintptr
-			n, errno = rawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(chunk))), uintptr(len(chunk)))
-			if errno == syscall.EAGAIN {
-				errno = 0
-				return false
-			}
-			if errno != 0 {
-				return true
-			}
-			done += int(n)
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("write", errno)
-	}
-	return done, err
+	op := sockio.WriteOp{A: b}
+	return op.Result(p.wait('w', op.Try))
 }
 
 // SetDeadline sets the deadline of mode: 'r', 'w' or 'r'+'w'. A zero t clears it.

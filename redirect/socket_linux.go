@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // Socket is a proxied TCP connection (captured and accepted by a Listener, or dialed to
@@ -42,10 +44,10 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 		return nil, err
 	}
 	sa := sockaddr4(dst)
-	switch _, e := rawSyscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e {
+	switch e := sockio.Connect4(fd, &sa); e {
 	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
 	default:
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		sockio.Close(fd)
 		return nil, os.NewSyscallError("connect", e)
 	}
 
@@ -63,9 +65,8 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 	}
 	var soErr syscall.Errno
 	err = pfd.RawWrite(func(fd uintptr) bool {
-		var v int32
-		l := uint32(4)
-		if _, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0); e != 0 {
+		v, e := sockio.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if e != 0 {
 			soErr = e
 			return true
 		}
@@ -75,9 +76,7 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 		case 0, syscall.EISCONN:
 			// The poller may report writable before the connection is up: ask.
 			var rsa syscall.RawSockaddrAny
-			l := uint32(unsafe.Sizeof(rsa))
-			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)))
-			return e != syscall.ENOTCONN
+			return sockio.Getpeername(fd, &rsa) != syscall.ENOTCONN
 		default:
 			soErr = e
 			return true
@@ -102,22 +101,21 @@ func dialSocket(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*Socke
 // boundSocket makes a non-blocking IPv4 TCP socket with opts set, bound to addr; on
 // error nothing is left open.
 func boundSocket(addr netip.AddrPort, opts []sockOpt) (uintptr, error) {
-	fd, errno := rawSyscall(syscall.SYS_SOCKET, syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	fd, errno := sockio.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if errno != 0 {
 		return 0, os.NewSyscallError("socket", errno)
 	}
 	fail := func(op string, e syscall.Errno) (uintptr, error) {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		sockio.Close(fd)
 		return 0, os.NewSyscallError(op, e)
 	}
 	for _, o := range opts {
-		v := int32(o.val)
-		if e := rawSetsockopt(fd, o.level, o.opt, unsafe.Pointer(&v), 4); e != 0 {
+		if e := sockio.SetsockoptInt(fd, o.level, o.opt, o.val); e != 0 {
 			return fail("setsockopt "+o.name, e)
 		}
 	}
 	sa := sockaddr4(addr)
-	if _, e := rawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+	if e := sockio.Bind4(fd, &sa); e != 0 {
 		return fail("bind", e)
 	}
 	return fd, nil
@@ -145,20 +143,6 @@ func sockaddr4(ap netip.AddrPort) syscall.RawSockaddrInet4 {
 func ntohs(port uint16) uint16 {
 	p := (*[2]byte)(unsafe.Pointer(&port))
 	return uint16(p[0])<<8 | uint16(p[1])
-}
-
-func rawSetsockopt(fd uintptr, level, opt int, v unsafe.Pointer, l uintptr) syscall.Errno {
-	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(opt), uintptr(v), l, 0)
-	return e
-}
-
-func rawSyscall(trap, a1, a2, a3 uintptr) (uintptr, syscall.Errno) {
-	for {
-		r, _, e := syscall.RawSyscall(trap, a1, a2, a3)
-		if e != syscall.EINTR {
-			return r, e
-		}
-	}
 }
 
 func (s *Socket) opErr(op string, err error) error {
@@ -205,9 +189,7 @@ func (s *Socket) SetLinger(sec int) error {
 		l.Onoff, l.Linger = 1, int32(sec)
 	}
 	var errno syscall.Errno
-	err := s.pfd.Control(func(fd uintptr) {
-		errno = rawSetsockopt(fd, syscall.SOL_SOCKET, syscall.SO_LINGER, unsafe.Pointer(&l), unsafe.Sizeof(l))
-	})
+	err := s.pfd.Control(func(fd uintptr) { errno = sockio.SetsockoptLinger(fd, &l) })
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("setsockopt SO_LINGER", errno)
 	}
@@ -216,9 +198,7 @@ func (s *Socket) SetLinger(sec int) error {
 
 func (s *Socket) shutdown(how int) error {
 	var errno syscall.Errno
-	err := s.pfd.Control(func(fd uintptr) {
-		_, errno = rawSyscall(syscall.SYS_SHUTDOWN, fd, uintptr(how), 0)
-	})
+	err := s.pfd.Control(func(fd uintptr) { errno = sockio.Shutdown(fd, how) })
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("shutdown", errno)
 	}
@@ -268,8 +248,8 @@ func listenSocket(addr netip.AddrPort, opts []sockOpt) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, e := rawSyscall(syscall.SYS_LISTEN, fd, listenBacklog, 0); e != 0 {
-		rawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+	if e := sockio.Listen(fd, listenBacklog); e != 0 {
+		sockio.Close(fd)
 		return nil, os.NewSyscallError("listen", e)
 	}
 	l := &Listener{f: os.NewFile(fd, "tcp-listener"), addr: localAddr(fd)}
@@ -297,16 +277,14 @@ func (l *Listener) Accept() (net.Conn, error) {
 	)
 	err := l.rc.Read(func(fd uintptr) bool {
 		for {
-			n := uint32(unsafe.Sizeof(rsa))
-			r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
-				syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+			r, e := sockio.Accept4(fd, &rsa, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 			switch e {
 			case 0:
 				nfd = r
 				return true
 			case syscall.EAGAIN:
 				return false // wait for the next one
-			case syscall.EINTR, syscall.ECONNABORTED:
+			case syscall.ECONNABORTED:
 				continue // gone before it was accepted
 			default:
 				errno = e
@@ -323,9 +301,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
 	}
-	one := int32(1)
-	if e := rawSetsockopt(nfd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, unsafe.Pointer(&one), 4); e != 0 {
-		rawSyscall(syscall.SYS_CLOSE, nfd, 0, 0)
+	if e := sockio.SetsockoptInt(nfd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); e != 0 {
+		sockio.Close(nfd)
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: os.NewSyscallError("setsockopt TCP_NODELAY", e)}
 	}
 	s, err := newSocket(nfd, tcpAddrOf(&rsa))
@@ -349,8 +326,7 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 
 func localAddr(fd uintptr) *net.TCPAddr {
 	var rsa syscall.RawSockaddrAny
-	n := uint32(unsafe.Sizeof(rsa))
-	if _, e := rawSyscall(syscall.SYS_GETSOCKNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+	if e := sockio.Getsockname(fd, &rsa); e != 0 {
 		return &net.TCPAddr{}
 	}
 	return tcpAddrOf(&rsa)
@@ -380,9 +356,7 @@ func (s *Socket) TCPConn() (*net.TCPConn, error) {
 		dup   uintptr
 		errno syscall.Errno
 	)
-	if err := s.pfd.Control(func(fd uintptr) {
-		dup, errno = rawSyscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
+	if err := s.pfd.Control(func(fd uintptr) { dup, errno = sockio.DupCloexec(fd) }); err != nil {
 		return nil, fmt.Errorf("socket to TCPConn: %w", s.opErr("dup", err))
 	}
 	if errno != 0 {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -23,11 +24,22 @@ import (
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
-// listen starts a transparent listener on loopback (the test's private namespace).
-func listen(tb testing.TB) net.Listener {
+// stacks are the socket stacks every socket test runs on.
+var stacks = []redirect.SocketStack{redirect.SocketsRaw, redirect.SocketsStd}
+
+// eachStack runs f as a subtest for each socket stack.
+func eachStack(t *testing.T, f func(t *testing.T, s redirect.SocketStack)) {
+	for _, s := range stacks {
+		t.Run(s.String(), func(t *testing.T) { f(t, s) })
+	}
+}
+
+// listen starts a transparent listener of stack s on loopback (the test's private
+// namespace).
+func listen(tb testing.TB, s redirect.SocketStack) net.Listener {
 	tb.Helper()
 	netns.RequireRoot(tb)
-	l, err := redirect.ListenTransparent(context.Background(), "127.0.0.1:0")
+	l, err := s.ListenTransparent(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -35,9 +47,24 @@ func listen(tb testing.TB) net.Listener {
 	return l
 }
 
-// socketPair is a connection whose both ends are redirect.Sockets: one accepted by a
-// transparent listener, one from DialTransparent.
-func socketPair(tb testing.TB, l net.Listener) (dialed, accepted net.Conn) {
+// wantConn checks that c is the connection type stack s hands out.
+func wantConn(tb testing.TB, s redirect.SocketStack, c net.Conn) {
+	tb.Helper()
+	var ok bool
+	switch s {
+	case redirect.SocketsRaw:
+		_, ok = c.(*redirect.Socket)
+	case redirect.SocketsStd:
+		_, ok = c.(*net.TCPConn)
+	}
+	if !ok {
+		tb.Fatalf("%v stack handed out a %T", s, c)
+	}
+}
+
+// socketPair is a connection made by stack s at both ends: one accepted by the
+// transparent listener l, one from DialTransparent.
+func socketPair(tb testing.TB, s redirect.SocketStack, l net.Listener) (dialed, accepted net.Conn) {
 	tb.Helper()
 	acc := make(chan net.Conn, 1)
 	go func() {
@@ -47,7 +74,7 @@ func socketPair(tb testing.TB, l net.Listener) (dialed, accepted net.Conn) {
 		}
 		acc <- c
 	}()
-	d, err := redirect.DialTransparent(context.Background(), loopback, netip.MustParseAddrPort(l.Addr().String()))
+	d, err := s.DialTransparent(context.Background(), loopback, netip.MustParseAddrPort(l.Addr().String()))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -57,9 +84,7 @@ func socketPair(tb testing.TB, l net.Listener) (dialed, accepted net.Conn) {
 		tb.FailNow()
 	}
 	for _, c := range []net.Conn{d, a} {
-		if _, ok := c.(*redirect.Socket); !ok {
-			tb.Fatalf("got %T, want *redirect.Socket", c)
-		}
+		wantConn(tb, s, c)
 	}
 	return d, a
 }
@@ -95,17 +120,21 @@ func checkProxiedSockopts(tb testing.TB, what string, c net.Conn) {
 }
 
 func TestSocketConn(t *testing.T) {
-	l := listen(t)
-	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
-		d, a := socketPair(t, l)
-		return d, a, func() { d.Close(); a.Close() }, nil
+	eachStack(t, func(t *testing.T, s redirect.SocketStack) {
+		l := listen(t, s)
+		nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+			d, a := socketPair(t, s, l)
+			return d, a, func() { d.Close(); a.Close() }, nil
+		})
 	})
 }
 
 // Both ends' addresses, the options a proxied socket needs, and half-close.
-func TestSocketSetup(t *testing.T) {
-	l := listen(t)
-	d, a := socketPair(t, l)
+func TestSocketSetup(t *testing.T) { eachStack(t, testSocketSetup) }
+
+func testSocketSetup(t *testing.T, s redirect.SocketStack) {
+	l := listen(t, s)
+	d, a := socketPair(t, s, l)
 	defer d.Close()
 	defer a.Close()
 	if d.RemoteAddr().String() != l.Addr().String() || a.LocalAddr().String() != l.Addr().String() {
@@ -155,22 +184,26 @@ func TestSocketSetup(t *testing.T) {
 
 // SetLinger(0) makes Close reset the connection, as a crashing proxy's would.
 func TestSocketLingerReset(t *testing.T) {
-	l := listen(t)
-	d, a := socketPair(t, l)
-	defer d.Close()
-	if err := a.(*redirect.Socket).SetLinger(0); err != nil {
-		t.Fatal(err)
-	}
-	a.Close()
-	if _, err := io.ReadAll(d); !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("read after the peer's abortive close: %v, want ECONNRESET", err)
-	}
+	eachStack(t, func(t *testing.T, s redirect.SocketStack) {
+		l := listen(t, s)
+		d, a := socketPair(t, s, l)
+		defer d.Close()
+		if err := a.(interface{ SetLinger(int) error }).SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+		a.Close()
+		if _, err := io.ReadAll(d); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("read after the peer's abortive close: %v, want ECONNRESET", err)
+		}
+	})
 }
 
-func TestDialTransparentErrors(t *testing.T) {
-	l := listen(t)
+func TestDialTransparentErrors(t *testing.T) { eachStack(t, testDialTransparentErrors) }
+
+func testDialTransparentErrors(t *testing.T, s redirect.SocketStack) {
+	l := listen(t, s)
 	closedPort := func() netip.AddrPort {
-		l2 := listen(t)
+		l2 := listen(t, s)
 		ap := netip.MustParseAddrPort(l2.Addr().String())
 		l2.Close()
 		return ap
@@ -193,7 +226,7 @@ func TestDialTransparentErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := redirect.DialTransparent(tt.ctx, tt.src, tt.dst)
+			c, err := s.DialTransparent(tt.ctx, tt.src, tt.dst)
 			if err == nil {
 				c.Close()
 				t.Fatal("dial succeeded")
@@ -208,8 +241,10 @@ func TestDialTransparentErrors(t *testing.T) {
 	}
 }
 
-func TestListenerClose(t *testing.T) {
-	l := listen(t)
+func TestListenerClose(t *testing.T) { eachStack(t, testListenerClose) }
+
+func testListenerClose(t *testing.T, s redirect.SocketStack) {
+	l := listen(t, s)
 	done := make(chan error, 1)
 	go func() {
 		_, err := l.Accept()
@@ -225,16 +260,17 @@ func TestListenerClose(t *testing.T) {
 	if err := l.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Close: %v, want net.ErrClosed", err)
 	}
-	if _, err := redirect.ListenTransparent(context.Background(), "[::1]:0"); err == nil {
+	if _, err := s.ListenTransparent(context.Background(), "[::1]:0"); err == nil {
 		t.Fatal("listen on IPv6 succeeded")
 	}
 }
 
 // A Socket turned into a *net.TCPConn (for splice) carries the same connection on, and
-// a bulk copy between two of them arrives intact.
+// a bulk copy between two of them arrives intact. (The standard stack's connections are *net.TCPConn already.)
 func TestSocketTCPConn(t *testing.T) {
-	l := listen(t)
-	d, a := socketPair(t, l)
+	s := redirect.SocketsRaw
+	l := listen(t, s)
+	d, a := socketPair(t, s, l)
 	td, err := d.(*redirect.Socket).TCPConn()
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +305,9 @@ func TestSocketTCPConn(t *testing.T) {
 // address holds and scanned the range past every TIME_WAIT socket, in a raw system call:
 // at 2,000 connections per second from one client that took the server side's ztunnel
 // most of a CPU, then failed (docs/performance.md, round 10).
-func TestDialTransparentPortAtConnect(t *testing.T) {
+func TestDialTransparentPortAtConnect(t *testing.T) { eachStack(t, testDialTransparentPortAtConnect) }
+
+func testDialTransparentPortAtConnect(t *testing.T, s redirect.SocketStack) {
 	topo := netns.New(t, netns.Options{Nodes: 1, PodsPerNode: 1})
 	pod := topo.Nodes[0].Pods[0]
 	const lo, hi = 40000, 40007 // eight ephemeral ports
@@ -307,7 +345,7 @@ func TestDialTransparentPortAtConnect(t *testing.T) {
 		err := pod.Do(func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			c, err := redirect.DialTransparent(ctx, pod.IP, dst)
+			c, err := s.DialTransparent(ctx, pod.IP, dst)
 			if err != nil {
 				return err
 			}
@@ -348,8 +386,12 @@ func TestDialTransparentPortAtConnect(t *testing.T) {
 // Close waits for an operation in progress on the descriptor: its number stays the
 // socket's until the operation is done, so it cannot meet a reused descriptor.
 func TestSocketCloseWaitsForOperation(t *testing.T) {
-	l := listen(t)
-	d, a := socketPair(t, l)
+	eachStack(t, testSocketCloseWaitsForOperation)
+}
+
+func testSocketCloseWaitsForOperation(t *testing.T, s redirect.SocketStack) {
+	l := listen(t, s)
+	d, a := socketPair(t, s, l)
 	defer a.Close()
 	raw, err := d.(syscall.Conn).SyscallConn()
 	if err != nil {
@@ -393,9 +435,11 @@ func TestSocketCloseWaitsForOperation(t *testing.T) {
 
 // A Socket dropped without Close is closed when the collector finds it, as an os.File
 // would be: the peer reads EOF.
-func TestSocketClosedWhenCollected(t *testing.T) {
-	l := listen(t)
-	_, a := socketPair(t, l)
+func TestSocketClosedWhenCollected(t *testing.T) { eachStack(t, testSocketClosedWhenCollected) }
+
+func testSocketClosedWhenCollected(t *testing.T, s redirect.SocketStack) {
+	l := listen(t, s)
+	_, a := socketPair(t, s, l)
 	defer a.Close()
 	got := make(chan error, 1)
 	go func() {
@@ -413,5 +457,39 @@ func TestSocketClosedWhenCollected(t *testing.T) {
 			return
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+func TestSocketStackNames(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    redirect.SocketStack
+		wantErr bool
+	}{
+		{"", redirect.SocketsRaw, false},
+		{"raw", redirect.SocketsRaw, false},
+		{"RAW", redirect.SocketsRaw, false},
+		{"std", redirect.SocketsStd, false},
+		{"net", 0, true},
+		{"raw ", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := redirect.ParseSocketStack(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseSocketStack(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+		if err == nil && tt.in != "" && !strings.EqualFold(got.String(), tt.in) {
+			t.Errorf("%v.String() = %q, want %q", got, got.String(), tt.in)
+		}
+	}
+	// A stack that does not exist is an error, not a panic or a default.
+	bad := redirect.SocketStack(9)
+	if l, err := bad.ListenTransparent(context.Background(), "127.0.0.1:0"); err == nil {
+		l.Close()
+		t.Error("ListenTransparent on an unknown stack succeeded")
+	}
+	if c, err := bad.DialTransparent(context.Background(), loopback, netip.MustParseAddrPort("127.0.0.1:1")); err == nil {
+		c.Close()
+		t.Error("DialTransparent on an unknown stack succeeded")
 	}
 }

@@ -5,9 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"syscall"
-	"unsafe"
 
+	"github.com/ambitmesh/ambit/internal/sockio"
 	"github.com/ambitmesh/ambit/redirect"
 )
 
@@ -35,37 +34,26 @@ func (z *Ztunnel) platformDefaults() error {
 	if z.hostInterface == nil {
 		z.hostInterface = redirect.HostInterface
 	}
+	sockets := redirect.SocketsRaw // TODO(issue 18): choose from Config
 	if z.listen == nil {
 		z.listen = func(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
-			return redirect.ListenTransparent(ctx, addr.String())
+			return sockets.ListenTransparent(ctx, addr.String())
 		}
 	}
 	if z.dialT == nil {
-		z.dialT = redirect.DialTransparent
+		z.dialT = sockets.DialTransparent
 	}
 	return nil
 }
 
 // readReady reads what c has already received into buf without waiting for more:
 // 0 when nothing is there yet (or at EOF or an error, which c's next Read reports).
+// Raw: this is the first system call of a connection's burst, and the runtime's own
+// path would wake sysmon (internal/sockio).
 func readReady(c net.Conn, buf []byte) int {
-	sc, ok := c.(syscall.Conn)
+	r, ok := sockio.Of(c)
 	if !ok {
 		return 0
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	_ = raw.Read(func(fd uintptr) bool {
-		// Raw: this is the first system call of a connection's burst, and the runtime's
-		// own path would wake sysmon (see redirect.Socket).
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(buf))), uintptr(len(buf)))
-		if e == 0 {
-			n = int(r)
-		}
-		return true // never wait: an empty socket is an answer too
-	})
-	return max(n, 0)
+	return r.ReadReady(buf)
 }
