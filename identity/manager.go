@@ -437,6 +437,9 @@ func (m *Manager) checkIssued(id spiffeid.ID, pub crypto.PublicKey, chain, roots
 	if got != id {
 		return nil, fmt.Errorf("leaf identity is %s", got)
 	}
+	if err := CheckOwnChain(chain); err != nil {
+		return nil, err
+	}
 	der := make([][]byte, len(chain))
 	for i, c := range chain {
 		der[i] = c.Raw

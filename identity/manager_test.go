@@ -34,12 +34,13 @@ type fakeIssuer struct {
 	refuse  map[spiffeid.ID]bool
 	gate    chan struct{}
 	wrongBy *testRoot // sign with this root instead, returning no roots
+	narrow  *testRoot // sign with this root, returned as the root, for server auth only
 }
 
 func (f *fakeIssuer) Issue(ctx context.Context, id spiffeid.ID, csrDER []byte) ([]*x509.Certificate, []*x509.Certificate, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, issueCall{id, time.Now()})
-	fail, gate, refuse, wrong := f.fail, f.gate, f.refuse[id], f.wrongBy
+	fail, gate, refuse, wrong, narrow := f.fail, f.gate, f.refuse[id], f.wrongBy, f.narrow
 	f.mu.Unlock()
 	if gate != nil {
 		select {
@@ -53,18 +54,23 @@ func (f *fakeIssuer) Issue(ctx context.Context, id spiffeid.ID, csrDER []byte) (
 		return nil, nil, fail
 	case refuse:
 		return nil, nil, fmt.Errorf("fake: %w", identity.ErrNotAuthorized)
-	case wrong != nil:
+	case wrong != nil || narrow != nil:
 		csr, err := x509.ParseCertificateRequest(csrDER)
 		if err != nil {
 			return nil, nil, err
 		}
+		by, roots := wrong, []*x509.Certificate(nil)
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), URIs: csr.URIs}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, wrong.cert, csr.PublicKey, wrong.key)
+		if narrow != nil {
+			by, roots = narrow, []*x509.Certificate{narrow.cert}
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, by.cert, csr.PublicKey, by.key)
 		if err != nil {
 			return nil, nil, err
 		}
 		leaf, err := x509.ParseCertificate(der)
-		return []*x509.Certificate{leaf}, nil, err
+		return []*x509.Certificate{leaf}, roots, err
 	}
 	chain, err := f.ca.Sign(id, csrDER)
 	if err != nil {
@@ -378,7 +384,15 @@ func TestManagerRejectsBadIssuedCertificates(t *testing.T) {
 			t.Fatalf("certificate from an untrusted root: %v, want ErrUnavailable naming verification", err)
 		}
 
-		iss.set(func(f *fakeIssuer) { f.wrongBy = nil })
+		// Peers would refuse it as a client certificate.
+		iss.set(func(f *fakeIssuer) { f.wrongBy, f.narrow = nil, newTestRoot(t) })
+		time.Sleep(time.Minute)
+		_, err = m.Certificate(context.Background(), idA)
+		if !errors.Is(err, identity.ErrUnavailable) || !strings.Contains(err.Error(), "extended key usage does not allow client authentication") {
+			t.Fatalf("certificate for server auth only: %v, want ErrUnavailable naming the usage", err)
+		}
+
+		iss.set(func(f *fakeIssuer) { f.narrow = nil })
 		time.Sleep(time.Minute)
 		mustCert(t, m, idA)
 		b, err := m.GetX509BundleForTrustDomain(meshTD)

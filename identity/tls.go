@@ -16,9 +16,10 @@ import (
 const alpnH2 = "h2"
 
 // ClientTLSConfig returns an HBONE client configuration (TLS 1.3 only, ALPN h2)
-// that presents self's certificate, fetched from src at handshake time, and
-// accepts the server only if its chain verifies against the bundle of dst's
-// trust domain and its single URI SAN is exactly dst.
+// that presents self's certificate, fetched from src at handshake time (and
+// refused if its key is weak or it does not allow client authentication), and
+// accepts the server only if VerifyPeer accepts it for server authentication
+// in dst's trust domain and its single URI SAN is exactly dst.
 func ClientTLSConfig(src Source, self, dst spiffeid.ID) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -32,10 +33,13 @@ func ClientTLSConfig(src Source, self, dst spiffeid.ID) *tls.Config {
 			if err != nil {
 				return nil, fmt.Errorf("client certificate %s: %w", self, err)
 			}
+			if err := checkPresented(c, x509.ExtKeyUsageClientAuth); err != nil {
+				return nil, fmt.Errorf("client certificate %s: %w", self, err)
+			}
 			return c, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			got, err := VerifyPeer(cs.PeerCertificates, src, dst.TrustDomain(), time.Now())
+			got, err := VerifyPeer(cs.PeerCertificates, src, dst.TrustDomain(), x509.ExtKeyUsageServerAuth, time.Now())
 			if err != nil {
 				return fmt.Errorf("verify server: %w", err)
 			}
@@ -49,8 +53,9 @@ func ClientTLSConfig(src Source, self, dst spiffeid.ID) *tls.Config {
 
 // ServerTLSConfig returns an HBONE server configuration (TLS 1.3 only, ALPN h2)
 // that presents the certificate of the identity chosen by pick for each
-// connection, and requires a client certificate that chains to the bundle of
-// td and has exactly one SPIFFE URI SAN in td.
+// connection (refused if its key is weak or it does not allow server
+// authentication), and requires a client certificate that VerifyPeer accepts
+// for client authentication in td.
 func ServerTLSConfig(src Source, td spiffeid.TrustDomain, pick func(*tls.ClientHelloInfo) (spiffeid.ID, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -71,10 +76,13 @@ func ServerTLSConfig(src Source, td spiffeid.TrustDomain, pick func(*tls.ClientH
 			if err != nil {
 				return nil, fmt.Errorf("server certificate %s: %w", id, err)
 			}
+			if err := checkPresented(c, x509.ExtKeyUsageServerAuth); err != nil {
+				return nil, fmt.Errorf("server certificate %s: %w", id, err)
+			}
 			return c, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if _, err := VerifyPeer(cs.PeerCertificates, src, td, time.Now()); err != nil {
+			if _, err := VerifyPeer(cs.PeerCertificates, src, td, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 				return fmt.Errorf("verify client: %w", err)
 			}
 			return nil
@@ -82,10 +90,14 @@ func ServerTLSConfig(src Source, td spiffeid.TrustDomain, pick func(*tls.ClientH
 	}
 }
 
-// VerifyPeer verifies a peer's chain (leaf first) against the bundle of td
-// from bundles at time now and returns the leaf's SPIFFE ID. The leaf must
-// have exactly one URI SAN, a SPIFFE ID in td.
-func VerifyPeer(certs []*x509.Certificate, bundles x509bundle.Source, td spiffeid.TrustDomain, now time.Time) (spiffeid.ID, error) {
+// VerifyPeer verifies a peer's chain (leaf first) for usage (client or server
+// authentication) against the bundle of td from bundles at time now and
+// returns the leaf's SPIFFE ID. The leaf must have exactly one URI SAN, a
+// SPIFFE ID in td, and must not be a CA. Every presented certificate must
+// have a strong key (RSA >= 2048 bits; ECDSA P-256, P-384 or P-521; Ed25519)
+// and an extended key usage that allows usage, or none; the chain is verified
+// by crypto/x509 with usage as the required key usage.
+func VerifyPeer(certs []*x509.Certificate, bundles x509bundle.Source, td spiffeid.TrustDomain, usage x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
 	if len(certs) == 0 {
 		return spiffeid.ID{}, errors.New("peer presented no certificate")
 	}
@@ -103,7 +115,33 @@ func VerifyPeer(certs []*x509.Certificate, bundles x509bundle.Source, td spiffei
 	if !now.Before(leaf.NotAfter) {
 		return spiffeid.ID{}, fmt.Errorf("peer certificate %s expired at %s", id, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if _, _, err := x509svid.Verify(certs, bundles, x509svid.WithTime(now)); err != nil {
+	// An X509-SVID leaf is never a CA (SPIFFE X509-SVID section 4.3).
+	if leaf.IsCA || leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0 {
+		return spiffeid.ID{}, fmt.Errorf("peer certificate %s is a CA certificate, not a leaf", id)
+	}
+	// Before any signature is checked: cheap, and it names the problem.
+	if err := checkChain(certs, usage); err != nil {
+		return spiffeid.ID{}, fmt.Errorf("peer certificate %s: %w", id, err)
+	}
+	bundle, err := bundles.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("peer certificate %s: trust bundle: %w", id, err)
+	}
+	opts := x509.VerifyOptions{
+		Roots:       x509.NewCertPool(),
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{usage},
+	}
+	for _, r := range bundle.X509Authorities() {
+		opts.Roots.AddCert(r)
+	}
+	if len(certs) > 1 {
+		opts.Intermediates = x509.NewCertPool()
+		for _, c := range certs[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+	}
+	if _, err := leaf.Verify(opts); err != nil {
 		return spiffeid.ID{}, fmt.Errorf("peer certificate %s: %w", id, err)
 	}
 	return id, nil

@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -36,9 +37,11 @@ var (
 )
 
 // testRoot is a throwaway CA that signs arbitrary leaves, including bad ones.
+// An intermediate (from sub) also carries the chain up to its root.
 type testRoot struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	cert  *x509.Certificate
+	key   crypto.Signer
+	chain [][]byte // DER of cert and the intermediates above it; nil for a root
 }
 
 func newTestRoot(tb testing.TB) *testRoot {
@@ -67,13 +70,46 @@ func newTestRoot(tb testing.TB) *testRoot {
 	return &testRoot{cert: cert, key: key}
 }
 
-// leaf signs a leaf for uris (valid for the last and next hour unless mod changes it).
+// sub signs an intermediate CA named cn with key (mod may change it).
+func (r *testRoot) sub(tb testing.TB, cn string, key crypto.Signer, mod func(*x509.Certificate)) *testRoot {
+	tb.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-24 * time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	if mod != nil {
+		mod(tmpl)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.cert, key.Public(), r.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &testRoot{cert: cert, key: key, chain: append([][]byte{der}, r.chain...)}
+}
+
+// leaf signs a leaf for uris with a new P-256 key (valid for the last and
+// next hour, server + client auth, unless mod changes it).
 func (r *testRoot) leaf(tb testing.TB, uris []string, mod func(*x509.Certificate)) *tls.Certificate {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return r.leafKey(tb, key, uris, mod)
+}
+
+// leafKey is leaf with the given key; the chain includes r's intermediates.
+func (r *testRoot) leafKey(tb testing.TB, key crypto.Signer, uris []string, mod func(*x509.Certificate)) *tls.Certificate {
+	tb.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
 		NotBefore:    time.Now().Add(-time.Hour),
@@ -99,7 +135,21 @@ func (r *testRoot) leaf(tb testing.TB, uris []string, mod func(*x509.Certificate
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	return &tls.Certificate{Certificate: append([][]byte{der}, r.chain...), PrivateKey: key, Leaf: leaf}
+}
+
+// chain parses a tls.Certificate's chain, leaf first.
+func chainOf(tb testing.TB, c *tls.Certificate) []*x509.Certificate {
+	tb.Helper()
+	out := make([]*x509.Certificate, len(c.Certificate))
+	for i, der := range c.Certificate {
+		x, err := x509.ParseCertificate(der)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[i] = x
+	}
+	return out
 }
 
 // staticSource serves fixed certificates and trusts one root for meshTD.
@@ -210,6 +260,14 @@ func TestHandshakeWithManager(t *testing.T) {
 	if got, err := identity.PeerID(server.state); err != nil || got != idA {
 		t.Errorf("server PeerID = %v, %v; want %s", got, err, idA)
 	}
+
+	// The CA's leaves serve both roles: each one again, the other way round.
+	client, server = handshake(t,
+		identity.ClientTLSConfig(serverSrc, idB, idA),
+		identity.ServerTLSConfig(clientSrc, meshTD, pickID(idA)))
+	if client.err != nil || server.err != nil {
+		t.Fatalf("handshake with roles swapped: client %v, server %v", client.err, server.err)
+	}
 }
 
 func TestHandshakeRefusals(t *testing.T) {
@@ -253,13 +311,13 @@ func TestHandshakeRefusals(t *testing.T) {
 			clientCert: foreign.leaf(t, []string{idA.String()}, nil),
 			serverCert: mesh.leaf(t, []string{idB.String()}, nil),
 			wantClient: "bad certificate",
-			wantServer: "could not verify leaf certificate",
+			wantServer: "certificate signed by unknown authority",
 		},
 		{
 			name:       "server from a separate CA",
 			clientCert: mesh.leaf(t, []string{idA.String()}, nil),
 			serverCert: foreign.leaf(t, []string{idB.String()}, nil),
-			wantClient: "could not verify leaf certificate",
+			wantClient: "certificate signed by unknown authority",
 		},
 		{
 			name:       "expired client certificate",
@@ -328,23 +386,7 @@ func TestHandshakeRefusals(t *testing.T) {
 				pick = tt.serverPick
 			}
 			client, server := handshake(t, ccfg, identity.ServerTLSConfig(serverSrc, meshTD, pickID(pick)))
-			check := func(who string, err error, want string) {
-				t.Helper()
-				switch {
-				case want == "" && err != nil:
-					t.Errorf("%s: unexpected error %v", who, err)
-				case want != "" && err == nil:
-					t.Errorf("%s: succeeded, want error containing %q", who, want)
-				case want != "" && !strings.Contains(err.Error(), want):
-					t.Errorf("%s: error %q, want it to contain %q", who, err, want)
-				}
-			}
-			check("client", client.err, tt.wantClient)
-			if tt.wantServer != "" || tt.wantClient == "" {
-				check("server", server.err, tt.wantServer)
-			} else if server.err == nil {
-				t.Errorf("server: succeeded although the client refused")
-			}
+			checkSides(t, client, server, tt.wantClient, tt.wantServer)
 		})
 	}
 }
@@ -353,14 +395,14 @@ func TestVerifyPeerNotYetValid(t *testing.T) {
 	mesh := newTestRoot(t)
 	bundle := x509bundle.FromX509Authorities(meshTD, []*x509.Certificate{mesh.cert})
 	c := mesh.leaf(t, []string{idA.String()}, nil)
-	if id, err := identity.VerifyPeer([]*x509.Certificate{c.Leaf}, bundle, meshTD, time.Now()); err != nil || id != idA {
+	if id, err := identity.VerifyPeer([]*x509.Certificate{c.Leaf}, bundle, meshTD, x509.ExtKeyUsageClientAuth, time.Now()); err != nil || id != idA {
 		t.Fatalf("VerifyPeer = %v, %v; want %s", id, err, idA)
 	}
-	_, err := identity.VerifyPeer([]*x509.Certificate{c.Leaf}, bundle, meshTD, time.Now().Add(-2*time.Hour))
+	_, err := identity.VerifyPeer([]*x509.Certificate{c.Leaf}, bundle, meshTD, x509.ExtKeyUsageClientAuth, time.Now().Add(-2*time.Hour))
 	if err == nil || !strings.Contains(err.Error(), "not valid before") {
 		t.Fatalf("VerifyPeer before NotBefore: %v", err)
 	}
-	if _, err := identity.VerifyPeer(nil, bundle, meshTD, time.Now()); err == nil {
+	if _, err := identity.VerifyPeer(nil, bundle, meshTD, x509.ExtKeyUsageClientAuth, time.Now()); err == nil {
 		t.Fatal("VerifyPeer(no certificates) succeeded")
 	}
 }

@@ -3,6 +3,7 @@ package spire
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -85,6 +86,12 @@ func (ca *testCA) issue(tb testing.TB, id spiffeid.ID, ttl time.Duration) *issue
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return ca.issueWith(tb, id, ttl, key, nil)
+}
+
+// issueWith is issue with the given key; mod may change the template.
+func (ca *testCA) issueWith(tb testing.TB, id spiffeid.ID, ttl time.Duration, key crypto.Signer, mod func(*x509.Certificate)) *issued {
+	tb.Helper()
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(ca.serial.Add(1)),
@@ -93,6 +100,9 @@ func (ca *testCA) issue(tb testing.TB, id spiffeid.ID, ttl time.Duration) *issue
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{id.URL()},
+	}
+	if mod != nil {
+		mod(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {

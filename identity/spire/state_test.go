@@ -2,6 +2,11 @@ package spire
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
@@ -220,6 +225,49 @@ func TestDuplicateKeepsCertificate(t *testing.T) {
 	}
 	if c1.Leaf.SerialNumber.Cmp(a1.leaf.SerialNumber) != 0 || string(c1.Certificate[0]) != string(a1.chain[0]) {
 		t.Error("rotation mutated the previous certificate")
+	}
+}
+
+// TestWeakSVIDIgnored: an SVID that peers would refuse (weak key, or no client
+// authentication) is not presented; the held one stays and the id does not
+// count as missing.
+func TestWeakSVIDIgnored(t *testing.T) {
+	ca := newCA(t)
+	a := wid("foo", "a")
+	weakKey, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverOnly := func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }
+	for _, tt := range []struct {
+		name string
+		bad  *issued
+	}{
+		{"rsa1024", ca.issueWith(t, a, time.Hour, weakKey, nil)},
+		{"server auth only", ca.issueWith(t, a, time.Hour, p256, serverOnly)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newOffline(t, a)
+			e := s.entryFor(a)
+			s.applySVIDs(e, update(tt.bad))
+			if err := certErr(s, a); !errors.Is(err, identity.ErrUnavailable) {
+				t.Fatalf("Certificate after only a refused SVID: %v, want ErrUnavailable", err)
+			}
+			good := ca.issue(t, a, time.Hour)
+			s.applySVIDs(e, update(good))
+			want := serialOf(t, s, a)
+			s.applySVIDs(e, update(tt.bad))
+			if got := serialOf(t, s, a); got != want {
+				t.Fatalf("serial %s after a refused SVID, want the held %s", got, want)
+			}
+			if e.missingSince != (time.Time{}) {
+				t.Fatal("a refused SVID counted as missing")
+			}
+		})
 	}
 }
 

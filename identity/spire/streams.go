@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/ambitmesh/ambit/identity"
 )
 
 // notIssuedRetry is the retry delay after PermissionDenied while the agent has
@@ -248,6 +250,11 @@ func (s *Source) pick(id spiffeid.ID, svids []*delegatedv1.X509SVIDWithKey) (*x5
 			continue
 		}
 		if svid.ID == id {
+			// Peers would refuse it; keep what is held rather than present it.
+			if err := identity.CheckOwnChain(svid.Certificates); err != nil {
+				s.log.Warn("unusable SVID from SPIRE", "id", id.String(), "error", err)
+				return nil, true
+			}
 			return svid, true
 		}
 	}

@@ -2,20 +2,25 @@ package e2e
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -227,5 +232,128 @@ func TestForgedForwardedIgnored(t *testing.T) {
 	}
 	if got := lastPeer(t, "echo-a"); got == client.IP {
 		t.Fatalf("echo-a saw the forged source %s", got)
+	}
+}
+
+// meshSigned makes a certificate for id with key, signed by the mesh CA's own root
+// (read from the CA's state directory) with the usages the CA gives its leaves, so
+// that only the key differs from what the CA would issue.
+func meshSigned(t *testing.T, id spiffeid.ID, key crypto.Signer) *tls.Certificate {
+	t.Helper()
+	root := meshRoots(t)[0]
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(m.CARoot()), ca.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatal("root key: no PEM block")
+	}
+	rootKey, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), URIs: []*url.URL{id.URL()},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// rsaCases: the refused key size, and the smallest accepted one as the control.
+var rsaCases = []struct {
+	bits int
+	ok   bool
+}{{1024, false}, {2048, true}}
+
+func rsaKey(t *testing.T, bits int) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// A mesh client whose certificate the mesh CA signed but whose key is RSA-1024 is
+// refused by ztunnel's HBONE server at the handshake; the same certificate with an
+// RSA-2048 key is served, so the key size is what was refused.
+func TestRSA1024ClientRefused(t *testing.T) {
+	requireMesh(t)
+	for _, tt := range rsaCases {
+		t.Run(fmt.Sprintf("rsa%d", tt.bits), func(t *testing.T) {
+			cert := meshSigned(t, meshID("rogue"), rsaKey(t, tt.bits))
+			c, err := rogueDial(t, cert, netip.AddrPortFrom(client.IP, 40002))
+			if !tt.ok {
+				if err == nil {
+					c.Close()
+					t.Fatal("ztunnel accepted an HBONE client with an RSA-1024 certificate")
+				}
+				// The node says why only in its debug log; the client sees the alert.
+				if !strings.Contains(err.Error(), "bad certificate") {
+					t.Fatalf("dial error %v, want the server's bad certificate alert", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("HBONE client with an RSA-%d certificate: %v", tt.bits, err)
+			}
+			defer c.Close()
+			msg := []byte("rsa2048")
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A destination presenting an RSA-1024 certificate for the right identity, signed by
+// the mesh CA, is refused; with an RSA-2048 key ztunnel opens the stream.
+func TestRSA1024ServerRefused(t *testing.T) {
+	requireMesh(t)
+	for _, tt := range rsaCases {
+		t.Run(fmt.Sprintf("rsa%d", tt.bits), func(t *testing.T) {
+			streams := impostor(t, meshSigned(t, meshID("target"), rsaKey(t, tt.bits)))
+			dialFails(t, client, podAddr(target)) // the impostor answers 503 to any stream
+			switch n := streams.Load(); {
+			case !tt.ok && n != 0:
+				t.Fatalf("ztunnel opened %d streams to a server with an RSA-1024 certificate", n)
+			case tt.ok && n == 0:
+				t.Fatal("ztunnel opened no stream to a server with an RSA-2048 certificate")
+			}
+			if !tt.ok {
+				waitLogged(t, "node1", "rsa key of 1024 bits, want >= 2048")
+			}
+		})
+	}
+	// Leave no pooled connection to the impostor for later tests.
+	waitPoolEmpty(t, m.Topo.Nodes[0])
+}
+
+// waitLogged waits until the node's ztunnel has logged a line containing text
+// (its refusal line may follow the client's view of the refusal by a moment).
+func waitLogged(t *testing.T, node, text string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		for _, line := range strings.Split(m.Ztunnel(node).Output(), "\n") {
+			if strings.Contains(line, text) && strings.Contains(line, `msg="connection refused"`) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ztunnel on %s logged no refusal naming %q", node, text)
+		}
 	}
 }
