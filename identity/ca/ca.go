@@ -30,8 +30,10 @@ const (
 	KeyFile  = "root-key.pem"
 	RootFile = "root.pem"
 
-	defaultLeafTTL = 24 * time.Hour
-	rootTTL        = 10 * 365 * 24 * time.Hour
+	// DefaultLeafTTL is the lifetime of workload certificates (rotated at half-life).
+	DefaultLeafTTL = 24 * time.Hour
+
+	rootTTL = 10 * 365 * 24 * time.Hour
 	// clockSkew backdates NotBefore so peers with slightly late clocks accept new certificates.
 	clockSkew = time.Minute
 )
@@ -66,7 +68,7 @@ func New(cfg Config) (*CA, error) {
 		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
 	}
 	if cfg.LeafTTL == 0 {
-		cfg.LeafTTL = defaultLeafTTL
+		cfg.LeafTTL = DefaultLeafTTL
 	}
 	if cfg.LeafTTL < 0 {
 		return nil, fmt.Errorf("new ca: negative leaf ttl %v", cfg.LeafTTL)

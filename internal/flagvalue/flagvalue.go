@@ -25,8 +25,12 @@ func (l *List) String() string {
 }
 
 // Set replaces the list: a repeated flag is the last one given, like any other flag.
+// An empty value sets an empty list, not a nil one, so that a Config's WithDefaults can
+// tell "none" from "unset".
 func (l *List) Set(s string) error {
-	*l = Split(s)
+	if *l = Split(s); *l == nil {
+		*l = List{}
+	}
 	return nil
 }
 

@@ -22,7 +22,7 @@ func TestValues(t *testing.T) {
 	}{
 		{name: "defaults", want: vals{list: []string{"eth0"}, mark: 0x400, key: "k", val: "v"}},
 		{name: "list", args: []string{"-list", " eth1, ,eth2 ,"}, want: vals{list: []string{"eth1", "eth2"}, mark: 0x400, key: "k", val: "v"}},
-		{name: "empty list", args: []string{"-list="}, want: vals{mark: 0x400, key: "k", val: "v"}},
+		{name: "empty list", args: []string{"-list="}, want: vals{list: []string{}, mark: 0x400, key: "k", val: "v"}},
 		{name: "hex", args: []string{"-mark=0x10000"}, want: vals{list: []string{"eth0"}, mark: 0x10000, key: "k", val: "v"}},
 		{name: "decimal", args: []string{"-mark", "1024"}, want: vals{list: []string{"eth0"}, mark: 1024, key: "k", val: "v"}},
 		{name: "too big", args: []string{"-mark=0x100000000"}, wantErr: `invalid value "0x100000000" for flag -mark: value out of range`},
@@ -51,7 +51,7 @@ func TestValues(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Equal(v.list, tt.want.list) || v.mark != tt.want.mark || v.key != tt.want.key || v.val != tt.want.val {
+			if !slices.Equal(v.list, tt.want.list) || (v.list == nil) != (tt.want.list == nil) || v.mark != tt.want.mark || v.key != tt.want.key || v.val != tt.want.val {
 				t.Fatalf("got %+v, want %+v", v, tt.want)
 			}
 		})
