@@ -39,7 +39,7 @@ const (
 )
 
 // Config is everything ztunnel needs to run on one node. Zero values take the defaults
-// documented in docs/configuration.md.
+// (WithDefaults), which are also the flags' (docs/operations.md).
 type Config struct {
 	// NodeName is the node this ztunnel serves; only workloads the model places on it are captured.
 	NodeName string
