@@ -2,27 +2,44 @@ package ztunnel
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/internal/flagvalue"
+	"github.com/ambitmesh/ambit/internal/serve"
+	"github.com/ambitmesh/ambit/redirect"
 )
 
-// Default ports, as in Istio's ztunnel.
+// Default ports, as in Istio's ztunnel: the capture listeners' are the eBPF
+// programs', the HTTP endpoints' those of every data-plane process.
 const (
-	PortOutbound  = 15001
-	PortInbound   = 15006
-	PortHBONE     = 15008
-	PortMetrics   = 15020
-	PortReadiness = 15021
-	PortAdmin     = 15000
+	PortOutbound  = redirect.DefaultOutboundPort
+	PortInbound   = redirect.DefaultInboundPort
+	PortHBONE     = redirect.DefaultHBONEPort
+	PortMetrics   = serve.PortMetrics
+	PortReadiness = serve.PortReadiness
+	PortAdmin     = serve.PortAdmin
+)
+
+// ztunnel's own defaults; the capture's are redirect's, the HTTP endpoints' serve's.
+const (
+	defaultUplink               = "eth0" // -uplinks only: a zero Config captures on no uplink
+	defaultConnectTimeout       = 5 * time.Second
+	defaultDrainTimeout         = 5 * time.Second
+	defaultReconcileInterval    = 5 * time.Second
+	defaultHBONEConnsPerPeer    = 4
+	defaultHBONEPoolIdleTimeout = time.Minute
 )
 
 // Config is everything ztunnel needs to run on one node. Zero values take the defaults
-// documented in docs/configuration.md.
+// (WithDefaults), which are also the flags' (docs/operations.md).
 type Config struct {
 	// NodeName is the node this ztunnel serves; only workloads the model places on it are captured.
 	NodeName string
@@ -48,12 +65,11 @@ type Config struct {
 	RouteTable int
 
 	// Listener addresses. The capture listeners are transparent and bound to loopback.
-	OutboundAddr  netip.AddrPort
-	InboundAddr   netip.AddrPort
-	HBONEAddr     netip.AddrPort
-	ReadinessAddr string
-	MetricsAddr   string
-	AdminAddr     string
+	OutboundAddr netip.AddrPort
+	InboundAddr  netip.AddrPort
+	HBONEAddr    netip.AddrPort
+	// HTTP is where readiness, metrics and admin are served.
+	HTTP serve.Config
 
 	// ConnectTimeout bounds dialing an upstream (HBONE peer or pod).
 	ConnectTimeout time.Duration
@@ -80,20 +96,22 @@ var ErrConfig = errors.New("invalid configuration")
 // WithDefaults returns c with unset fields filled in.
 func (c Config) WithDefaults() Config {
 	if c.TrustDomain == "" {
-		c.TrustDomain = "cluster.local"
+		c.TrustDomain = identity.DefaultTrustDomain
 	}
 	c.Enrollment = c.Enrollment.WithDefaults()
 	if c.BPFPinPath == "" {
-		c.BPFPinPath = "/sys/fs/bpf/ambit"
+		c.BPFPinPath = redirect.DefaultPinPath
 	}
+	// Unlike redirect, which takes a lone mark as its own mask, a lone mark here keeps
+	// the default mask (and must fit in it).
 	if c.Mark == 0 {
-		c.Mark = 0x400
+		c.Mark = redirect.DefaultMark
 	}
 	if c.MarkMask == 0 {
-		c.MarkMask = 0xf00
+		c.MarkMask = redirect.DefaultMarkMask
 	}
 	if c.RouteTable == 0 {
-		c.RouteTable = 133
+		c.RouteTable = redirect.DefaultRouteTable
 	}
 	loopback := netip.MustParseAddr("127.0.0.1")
 	if !c.OutboundAddr.IsValid() {
@@ -105,31 +123,64 @@ func (c Config) WithDefaults() Config {
 	if !c.HBONEAddr.IsValid() {
 		c.HBONEAddr = netip.AddrPortFrom(loopback, PortHBONE)
 	}
-	if c.ReadinessAddr == "" {
-		c.ReadinessAddr = fmt.Sprintf(":%d", PortReadiness)
-	}
-	if c.MetricsAddr == "" {
-		c.MetricsAddr = fmt.Sprintf(":%d", PortMetrics)
-	}
-	if c.AdminAddr == "" {
-		c.AdminAddr = fmt.Sprintf("127.0.0.1:%d", PortAdmin)
-	}
+	c.HTTP = c.HTTP.WithDefaults()
 	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = 5 * time.Second
+		c.ConnectTimeout = defaultConnectTimeout
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 5 * time.Second
+		c.DrainTimeout = defaultDrainTimeout
 	}
 	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 5 * time.Second
+		c.ReconcileInterval = defaultReconcileInterval
 	}
 	if c.HBONEConnsPerPeer == 0 {
-		c.HBONEConnsPerPeer = 4
+		c.HBONEConnsPerPeer = defaultHBONEConnsPerPeer
 	}
 	if c.HBONEPoolIdleTimeout == 0 {
-		c.HBONEPoolIdleTimeout = time.Minute
+		c.HBONEPoolIdleTimeout = defaultHBONEPoolIdleTimeout
 	}
 	return c
+}
+
+// RegisterFlags registers ztunnel's flags on fs, each defaulting to c's value with the
+// defaults filled in (WithDefaults), -node to $NODE_NAME and -uplinks to eth0.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	*c = c.WithDefaults()
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	fs.StringVar(&c.NodeName, "node", c.NodeName, "name of this node in the mesh model (env NODE_NAME)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "path of the YAML mesh model (local mode)")
+	e := &c.Enrollment
+	fs.Var(flagvalue.KeyValueVar(&e.NamespaceLabel, &e.EnrollValue), "enroll-namespace-label", "namespace label key=value that enrolls a namespace's pods")
+	fs.Var(flagvalue.KeyValueVar(&e.PodLabel, &e.OptOutValue), "opt-out-pod-label", "pod label key=value that opts a pod out")
+	fs.StringVar(&c.CAAddr, "ca-addr", c.CAAddr, `built-in CA address ("unix:///path" or "host:port")`)
+	fs.StringVar(&c.CATokenFile, "ca-token-file", c.CATokenFile, "file holding this node's bearer token for the CA")
+	fs.StringVar(&c.CARootFile, "ca-root-file", c.CARootFile, "PEM file with the mesh root certificate(s)")
+	c.RegisterCaptureFlags(fs)
+	fs.TextVar(&c.OutboundAddr, "outbound-addr", c.OutboundAddr, "transparent outbound listener")
+	fs.TextVar(&c.InboundAddr, "inbound-addr", c.InboundAddr, "transparent inbound plaintext listener")
+	fs.TextVar(&c.HBONEAddr, "hbone-addr", c.HBONEAddr, "transparent inbound HBONE listener")
+	c.HTTP.RegisterFlags(fs)
+	fs.IntVar(&c.HBONEConnsPerPeer, "hbone-conns-per-peer", c.HBONEConnsPerPeer, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
+	fs.DurationVar(&c.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", c.HBONEPoolIdleTimeout, "how long a pooled HBONE connection to a peer stays open without streams")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long shutdown waits for connections")
+}
+
+// RegisterCaptureFlags registers the flags that say what the capture installs on the
+// node (-uplinks, -bpf-pin-path, -mark, -mark-mask, -route-table); RegisterFlags
+// includes them, and ambitctl teardown takes the same ones to remove it.
+func (c *Config) RegisterCaptureFlags(fs *flag.FlagSet) {
+	*c = c.WithDefaults()
+	if c.Uplinks == nil {
+		c.Uplinks = []string{defaultUplink}
+	}
+	fs.Var(flagvalue.ListVar(&c.Uplinks), "uplinks", "comma-separated interfaces facing other nodes")
+	fs.StringVar(&c.BPFPinPath, "bpf-pin-path", c.BPFPinPath, "bpffs directory for pinned programs, links and maps")
+	fs.Var(flagvalue.Uint32Var(&c.Mark), "mark", "packet mark for captured traffic")
+	fs.Var(flagvalue.Uint32Var(&c.MarkMask), "mark-mask", "mask of the mark bits ztunnel owns")
+	fs.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table for captured traffic")
 }
 
 // Validate reports the first problem with c, naming the field.

@@ -2,65 +2,22 @@ package ztunnel
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/pprof"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/internal/serve"
 )
 
-// startHTTP starts readiness (:15021), metrics (:15020) and admin (localhost:15000).
-func (z *Ztunnel) startHTTP(g *errgroup.Group) ([]*http.Server, error) {
-	ready := http.NewServeMux()
-	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, r *http.Request) {
-		if err := z.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
+// startHTTP starts readiness (:15021), metrics (:15020) and admin (localhost:15000,
+// with /config_dump).
+func (z *Ztunnel) startHTTP() (*serve.Servers, error) {
+	return serve.Start(z.cfg.HTTP, serve.Handlers{
+		Ready:   z.Ready,
+		Metrics: z.reg,
+		Admin:   map[string]http.Handler{"/config_dump": http.HandlerFunc(z.serveConfigDump)},
+		Logger:  z.log,
 	})
-	metrics := http.NewServeMux()
-	metrics.Handle("/metrics", promhttp.HandlerFor(z.reg, promhttp.HandlerOpts{}))
-	admin := http.NewServeMux()
-	admin.HandleFunc("/config_dump", z.serveConfigDump)
-	admin.HandleFunc("/healthz/ready", ready.ServeHTTP)
-	// Profiling on the admin port only (localhost by default).
-	admin.HandleFunc("/debug/pprof/", pprof.Index)
-	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
-
-	var srvs []*http.Server
-	for _, s := range []struct {
-		addr string
-		h    http.Handler
-	}{{z.cfg.ReadinessAddr, ready}, {z.cfg.MetricsAddr, metrics}, {z.cfg.AdminAddr, admin}} {
-		if s.addr == "off" {
-			continue
-		}
-		ln, err := net.Listen("tcp", s.addr)
-		if err != nil {
-			for _, p := range srvs {
-				p.Close()
-			}
-			return nil, fmt.Errorf("listen %s: %w", s.addr, err)
-		}
-		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 5 * time.Second}
-		srvs = append(srvs, srv)
-		g.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				z.log.Error(msgHTTPError, keyAddr, s.addr, keyError, err)
-			}
-			return nil
-		})
-	}
-	return srvs, nil
 }
 
 // ConfigDump is the admin view of a node.

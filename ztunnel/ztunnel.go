@@ -7,15 +7,12 @@ package ztunnel
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -194,7 +191,10 @@ func newCAManager(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*ident
 	if cfg.CAAddr == "" {
 		return nil, fmt.Errorf("%w: a CA address is required when no identity source is given", ErrConfig)
 	}
-	roots, err := loadRoots(cfg.CARootFile)
+	if cfg.CARootFile == "" {
+		return nil, fmt.Errorf("%w: a CA root file is required", ErrConfig)
+	}
+	roots, err := ca.LoadRoots(cfg.CARootFile)
 	if err != nil {
 		return nil, err
 	}
@@ -207,36 +207,6 @@ func newCAManager(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*ident
 		return nil, fmt.Errorf("certificate manager: %w", err)
 	}
 	return mgr, nil
-}
-
-func loadRoots(path string) ([]*x509.Certificate, error) {
-	if path == "" {
-		return nil, fmt.Errorf("%w: a CA root file is required", ErrConfig)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read CA root file: %w", err)
-	}
-	var roots []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("CA root file %s: %w", path, err)
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("CA root file %s: no PEM certificates", path)
-	}
-	return roots, nil
 }
 
 // Run runs ztunnel until ctx ends, then drains and returns.
@@ -286,7 +256,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 	}
 	z.listenersUp.Store(true)
 
-	httpSrvs, err := z.startHTTP(g)
+	httpSrvs, err := z.startHTTP()
 	if err != nil {
 		lnOut.Close()
 		lnIn.Close()
@@ -319,9 +289,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 	defer cancel()
 	_ = z.server.Shutdown(drainCtx) // also closes lnHBONE
 	z.conns.drain(drainCtx)
-	for _, s := range httpSrvs {
-		_ = s.Close()
-	}
+	_ = httpSrvs.Shutdown(drainCtx)
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil

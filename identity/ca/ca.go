@@ -30,8 +30,10 @@ const (
 	KeyFile  = "root-key.pem"
 	RootFile = "root.pem"
 
-	defaultLeafTTL = 24 * time.Hour
-	rootTTL        = 10 * 365 * 24 * time.Hour
+	// DefaultLeafTTL is the lifetime of workload certificates (rotated at half-life).
+	DefaultLeafTTL = 24 * time.Hour
+
+	rootTTL = 10 * 365 * 24 * time.Hour
 	// clockSkew backdates NotBefore so peers with slightly late clocks accept new certificates.
 	clockSkew = time.Minute
 )
@@ -66,7 +68,7 @@ func New(cfg Config) (*CA, error) {
 		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
 	}
 	if cfg.LeafTTL == 0 {
-		cfg.LeafTTL = defaultLeafTTL
+		cfg.LeafTTL = DefaultLeafTTL
 	}
 	if cfg.LeafTTL < 0 {
 		return nil, fmt.Errorf("new ca: negative leaf ttl %v", cfg.LeafTTL)
@@ -171,16 +173,26 @@ func (c *CA) load(keyPath, rootPath string) error {
 	return nil
 }
 
-func readKey(path string) (*ecdsa.PrivateKey, error) {
+// readPEM returns the DER of the first PEM block in the file, which must be of type
+// typ; what names the file in errors.
+func readPEM(path, what, typ string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read root key: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("root key %s: no PEM \"PRIVATE KEY\" block", path)
+	if blk == nil || blk.Type != typ {
+		return nil, fmt.Errorf("%s %s: no PEM %q block", what, path, typ)
 	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	return blk.Bytes, nil
+}
+
+func readKey(path string) (*ecdsa.PrivateKey, error) {
+	der, err := readPEM(path, "root key", "PRIVATE KEY")
+	if err != nil {
+		return nil, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
 		return nil, fmt.Errorf("root key %s: %w", path, err)
 	}
@@ -192,15 +204,11 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 }
 
 func readCert(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	der, err := readPEM(path, "root certificate", "CERTIFICATE")
 	if err != nil {
-		return nil, fmt.Errorf("read root certificate: %w", err)
+		return nil, err
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("root certificate %s: no PEM \"CERTIFICATE\" block", path)
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("root certificate %s: %w", path, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -100,6 +101,25 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("new ca server: %w", err)
 	}
 	return s, nil
+}
+
+// Listen listens on addr, "unix:///path" or "host:port" as a Client dials it. A socket
+// file left at path by a previous run is replaced.
+func Listen(addr string) (net.Listener, error) {
+	network, address, err := parseAddr(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if network == "unix" {
+		if fi, err := os.Lstat(address); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(address)
+		}
+	}
+	l, err := net.Listen(network, address)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return l, nil
 }
 
 // Serve accepts HTTPS connections on l until Close; it returns nil after Close.

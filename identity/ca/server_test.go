@@ -81,10 +81,18 @@ type testServer struct {
 // startServer runs a CA server on a unix socket: node-a holds idA, node-b holds idB.
 func startServer(tb testing.TB) *testServer {
 	tb.Helper()
+	return startServerWith(tb, "# node token\nnode-a tokA\n\nnode-b tokB\n",
+		placement(map[string][]spiffeid.ID{"node-a": {idA}, "node-b": {idB}}))
+}
+
+// startServerWith runs a CA server on a unix socket with the given token file content
+// and authorizer.
+func startServerWith(tb testing.TB, tokenLines string, authz ca.Authorizer) *testServer {
+	tb.Helper()
 	dir := tb.TempDir()
 	ts := &testServer{ca: newCA(tb, ca.Config{}), sock: filepath.Join(dir, "ca.sock"), logs: &lockedBuffer{}, dir: dir}
 	tokens := filepath.Join(dir, "tokens")
-	writeFile(tb, tokens, "# node token\nnode-a tokA\n\nnode-b tokB\n", 0o600)
+	writeFile(tb, tokens, tokenLines, 0o600)
 	auth, err := ca.LoadTokenFile(tokens)
 	if err != nil {
 		tb.Fatal(err)
@@ -92,7 +100,7 @@ func startServer(tb testing.TB) *testServer {
 	srv, err := ca.NewServer(ca.ServerConfig{
 		CA:            ts.ca,
 		Authenticator: auth,
-		Authorizer:    placement(map[string][]spiffeid.ID{"node-a": {idA}, "node-b": {idB}}),
+		Authorizer:    authz,
 		Logger:        slog.New(slog.NewJSONHandler(ts.logs, nil)),
 	})
 	if err != nil {

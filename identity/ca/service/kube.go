@@ -1,15 +1,13 @@
-package main
+package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,17 +17,18 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery/kube"
 	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/identity/ca"
 )
 
 const byNodeIndex = "node"
 
-// podAuthorizer allows a node the identities of the service accounts of pods scheduled
-// on it, read from the API server (pods only: the CA needs no more than that).
-type podAuthorizer struct {
+// podInformer lists the pods scheduled on each node from a watch on the API server
+// (pods only: the CA needs no more than that), for ca.NodeAuthorizer.
+type podInformer struct {
 	informer cache.SharedIndexInformer
 }
 
-func newPodAuthorizer(client kubernetes.Interface) (*podAuthorizer, error) {
+func newPodInformer(client kubernetes.Interface) (*podInformer, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0)
 	inf := f.Core().V1().Pods().Informer()
 	if err := inf.SetTransform(func(obj any) (any, error) {
@@ -54,39 +53,32 @@ func newPodAuthorizer(client kubernetes.Interface) (*podAuthorizer, error) {
 	}}); err != nil {
 		return nil, err
 	}
-	return &podAuthorizer{informer: inf}, nil
+	return &podInformer{informer: inf}, nil
 }
 
 // Run watches pods until ctx ends.
-func (a *podAuthorizer) Run(ctx context.Context) { a.informer.Run(ctx.Done()) }
+func (a *podInformer) Run(ctx context.Context) { a.informer.Run(ctx.Done()) }
 
-// Authorize implements ca.Authorizer.
-func (a *podAuthorizer) Authorize(_ context.Context, node string, id spiffeid.ID) error {
-	ns, sa, err := identity.ParseWorkloadID(id)
-	if err != nil {
-		return err
-	}
+// PodsOnNode implements ca.PodLister.
+func (a *podInformer) PodsOnNode(node string) ([]ca.Pod, error) {
 	if !a.informer.HasSynced() {
-		return fmt.Errorf("pods not synced yet: %w", identity.ErrUnavailable)
+		return nil, fmt.Errorf("pods not synced yet: %w", identity.ErrUnavailable)
 	}
 	objs, err := a.informer.GetIndexer().ByIndex(byNodeIndex, node)
 	if err != nil {
-		return fmt.Errorf("pods of node %q: %w", node, identity.ErrUnavailable)
+		return nil, fmt.Errorf("%w: %w", identity.ErrUnavailable, err)
 	}
+	pods := make([]ca.Pod, 0, len(objs))
 	for _, o := range objs {
 		p := o.(*corev1.Pod)
-		if p.Namespace != ns || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		podSA := p.Spec.ServiceAccountName
-		if podSA == "" {
-			podSA = "default"
-		}
-		if podSA == sa {
-			return nil
-		}
+		pods = append(pods, ca.Pod{
+			Namespace:      p.Namespace,
+			ServiceAccount: p.Spec.ServiceAccountName,
+			HostNetwork:    p.Spec.HostNetwork,
+			Finished:       p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		})
 	}
-	return fmt.Errorf("node %q runs no pod of namespace %q service account %q: %w", node, ns, sa, identity.ErrNotAuthorized)
+	return pods, nil
 }
 
 // publishRoot writes the root certificate into a ConfigMap that every ztunnel mounts.
@@ -148,7 +140,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, errors.New("kubernetes client: " + err.Error())
+		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return c, nil
 }
