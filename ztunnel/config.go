@@ -85,6 +85,9 @@ type Config struct {
 	// HBONEPoolIdleTimeout is how long a pooled HBONE connection to a peer stays open
 	// without streams before it is closed (Istio's ztunnel: POOL_UNUSED_RELEASE_TIMEOUT).
 	HBONEPoolIdleTimeout time.Duration
+	// DataPath picks the fast paths' implementation: DataPathFast (the default) or the
+	// standard library's DataPathStd.
+	DataPath DataPath
 }
 
 // maxConnsPerPeer bounds HBONEConnsPerPeer: more connections than cores buys nothing.
@@ -166,6 +169,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HBONEConnsPerPeer, "hbone-conns-per-peer", c.HBONEConnsPerPeer, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
 	fs.DurationVar(&c.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", c.HBONEPoolIdleTimeout, "how long a pooled HBONE connection to a peer stays open without streams")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long shutdown waits for connections")
+	fs.TextVar(&c.DataPath, "datapath", c.DataPath, `data path implementation: "fast" (own TLS records, raw sockets) or "std" (crypto/tls, net package sockets)`)
 }
 
 // RegisterCaptureFlags registers the flags that say what the capture installs on the
@@ -192,6 +196,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: hbone connections per peer %d: want 1 to %d", ErrConfig, c.HBONEConnsPerPeer, maxConnsPerPeer)
 	case c.HBONEPoolIdleTimeout < 0:
 		return fmt.Errorf("%w: hbone pool idle timeout %s: must not be negative", ErrConfig, c.HBONEPoolIdleTimeout)
+	case !c.DataPath.valid():
+		return fmt.Errorf("%w: unknown %s", ErrConfig, c.DataPath)
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: trust domain %q: %v", ErrConfig, c.TrustDomain, err)

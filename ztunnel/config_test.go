@@ -79,6 +79,7 @@ func TestRegisterFlagsNames(t *testing.T) {
 		"hbone-conns-per-peer":    "4",
 		"hbone-pool-idle-timeout": "1m0s",
 		"drain-timeout":           "5s",
+		"datapath":                "fast",
 	}
 	got := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { got[f.Name] = f.DefValue })
@@ -115,6 +116,8 @@ func TestRegisterFlagsParse(t *testing.T) {
 			check: func(c Config) bool {
 				return c.DrainTimeout == time.Second && c.HBONEPoolIdleTimeout == 30*time.Second && c.HBONEConnsPerPeer == 8
 			}},
+		{name: "std data path", args: []string{"-datapath=std"}, check: func(c Config) bool { return c.DataPath == DataPathStd }},
+		{name: "bad data path", args: []string{"-datapath=turbo"}, wantErr: `invalid value "turbo" for flag -datapath: data path "turbo": want fast or std`},
 		{name: "no uplinks", args: []string{"-uplinks="}, check: func(c Config) bool { return len(c.Uplinks) == 0 }},
 		{name: "bad label", args: []string{"-enroll-namespace-label=ambient"}, wantErr: `invalid value "ambient" for flag -enroll-namespace-label: want key=value`},
 		{name: "label without value", args: []string{"-opt-out-pod-label=k="}, wantErr: "-opt-out-pod-label: want key=value"},
