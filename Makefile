@@ -3,6 +3,9 @@ GO        ?= go
 BIN       ?= bin
 GOFLAGS   ?=
 TEST_TIMEOUT ?= 40m
+# The end-to-end suites, which `make test` runs a second time on the standard-library data
+# path (ztunnel -datapath std: crypto/tls records, net package sockets).
+E2E_PKGS  = ./tests/e2e/... ./tests/kubee2e/... ./tests/spiree2e/...
 
 .PHONY: all build generate test test-unit demo lint deps tools clean bench bench-smoke bench-kube
 
@@ -24,11 +27,13 @@ generate:
 	@./scripts/install-deps.sh clang
 	$(GO) generate ./redirect/...
 
-# The whole suite. As root (as in CI) the privileged end-to-end tests run in private
-# network namespaces; as another user they skip themselves.
+# The whole suite, then the end-to-end suites again on the standard-library data path. As
+# root (as in CI) the privileged end-to-end tests run in private network namespaces; as
+# another user they skip themselves.
 test: deps tools
 	$(GO) vet ./...
 	$(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) ./...
+	AMBIT_TEST_DATAPATH=std $(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) $(E2E_PKGS)
 
 # Unit tests only (no root needed).
 test-unit:

@@ -73,6 +73,7 @@ func TestRender(t *testing.T) {
 				"hbone-conns-per-peer":    "4",
 				"hbone-pool-idle-timeout": "60s",
 				"gomaxprocs":              "auto",
+				"datapath":                "fast",
 				"log-level":               "info",
 				"log-json":                "true",
 			},
@@ -112,6 +113,7 @@ func TestRender(t *testing.T) {
 			"--set", "ztunnel.terminationGracePeriodSeconds=60,ztunnel.drainTimeoutSeconds=45",
 			"--set", "ztunnel.hboneConnsPerPeer=2,ztunnel.hbonePoolIdleTimeoutSeconds=300",
 			"--set", "ztunnel.goMaxProcs=2",
+			"--set", "ztunnel.dataPath=std",
 			"--set", "logging.level=debug,logging.json=false",
 			"--set", "enrollment.namespaceLabel.key=mesh.example/enabled,enrollment.namespaceLabel.value=yes",
 			// --set would make "true" a boolean, which the schema refuses.
@@ -139,6 +141,7 @@ func TestRender(t *testing.T) {
 				"hbone-conns-per-peer":    "2",
 				"hbone-pool-idle-timeout": "300s",
 				"gomaxprocs":              "2",
+				"datapath":                "std",
 				"log-level":               "debug",
 				"log-json":                "false",
 			},

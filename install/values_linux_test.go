@@ -23,6 +23,7 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"no pool idle timeout", "ztunnel.hbonePoolIdleTimeoutSeconds=0", []string{"hbonePoolIdleTimeoutSeconds"}},
 		{"gomaxprocs zero", "ztunnel.goMaxProcs=0", []string{"goMaxProcs"}},
 		{"gomaxprocs word", "ztunnel.goMaxProcs=max", []string{"goMaxProcs"}},
+		{"data path", "ztunnel.dataPath=turbo", []string{"dataPath"}},
 		{"unknown value", "ztunnel.marc=1024", []string{"marc"}},
 		{"log level", "logging.level=verbose", []string{"level"}},
 		{"pull policy", "image.pullPolicy=Sometimes", []string{"pullPolicy"}},

@@ -265,6 +265,10 @@ func (m *Mesh) startCA(ctx context.Context) error {
 	}, "ambit-ca")
 }
 
+// DataPathEnv names the environment variable that picks every ztunnel's -datapath
+// ("fast" or "std"), so `make test` runs the end-to-end suites on both implementations.
+const DataPathEnv = "AMBIT_TEST_DATAPATH"
+
 // ZtunnelArgs is the command line of a node's ztunnel.
 func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
 	model := []string{"-model", m.ModelPath()}
@@ -285,6 +289,9 @@ func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
 		"-uplinks", n.Uplink,
 		"-bpf-pin-path", filepath.Join(m.bpffs, n.Name),
 		"-drain-timeout", "1s",
+	}
+	if dp := os.Getenv(DataPathEnv); dp != "" {
+		args = append(args, "-datapath", dp)
 	}
 	args = append(args, model...)
 	args = append(args, identity...)
