@@ -34,7 +34,7 @@ func (z *Ztunnel) platformDefaults() error {
 	if z.hostInterface == nil {
 		z.hostInterface = redirect.HostInterface
 	}
-	sockets := redirect.SocketsRaw // TODO(issue 18): choose from Config
+	sockets := z.cfg.DataPath.sockets()
 	if z.listen == nil {
 		z.listen = func(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
 			return sockets.ListenTransparent(ctx, addr.String())
