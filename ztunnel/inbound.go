@@ -6,29 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
+	"net/http"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 )
-
-var (
-	errNotLocalDest   = errors.New("destination is not an enrolled workload of this node")
-	errAuthorityMatch = errors.New("authority does not name the workload this connection was sent to")
-)
-
-// localWorkload returns the enrolled workload of this node that owns ip.
-func (z *Ztunnel) localWorkload(snap *discovery.Snapshot, ip netip.Addr) (*discovery.Workload, error) {
-	w := snap.WorkloadByIP(ip)
-	if w == nil || w.Node != z.cfg.NodeName || !w.Enrolled {
-		return nil, fmt.Errorf("%s: %w", ip, errNotLocalDest)
-	}
-	return w, nil
-}
 
 // pickServerIdentity chooses the certificate for an inbound HBONE handshake: the
 // transparent socket's local address is the destination pod, and ztunnel answers as it.
@@ -45,105 +30,53 @@ func (z *Ztunnel) pickServerIdentity(hello *tls.ClientHelloInfo) (spiffeid.ID, e
 }
 
 // serveHBONE handles one CONNECT stream addressed to a local pod.
-func (z *Ztunnel) serveHBONE(s *hbone.Stream) {
+func (z *Ztunnel) serveHBONE(s HBONEStream) {
 	req := s.Request()
-	local := addrPortOf(req.LocalAddr)
-	ci := &connInfo{ConnInfo: ConnInfo{
-		Direction:   "inbound",
-		Src:         addrPortOf(req.RemoteAddr).String(),
-		Dst:         req.Target.String(),
-		SrcIdentity: req.Peer.String(),
-		Security:    "mutual_tls",
-	}}
-	snap := z.store.Load()
-	dstW, err := z.localWorkload(snap, local.Addr())
-	if err != nil {
-		z.reject(s, ci, hbone.StatusFor(hbone.ErrBadRequest), err)
+	rec := newRecord(dirInboundHBONE, addrPortOf(req.RemoteAddr), req.Target)
+	rec.SrcID = req.Peer
+	rec.HBONEAddr = addrPortOf(req.LocalAddr)
+	rec.claimedSrc = req.Forwarded
+	rec.MutualTLS = true
+	if err := z.takeSlot(rec, limitStreams); err != nil {
+		z.reject(s, rec, http.StatusServiceUnavailable, err)
 		return
 	}
-	ci.DstWorkload = dstW.Namespace + "/" + dstW.Name
-	dstID, err := identity.WorkloadID(z.td, dstW.Namespace, dstW.ServiceAccount)
-	if err != nil {
-		z.reject(s, ci, hbone.StatusFor(hbone.ErrBadRequest), err)
+	d := z.route(z.store.Load(), rec)
+	if d.action == actRefuse {
+		z.reject(s, rec, d.status, d.reason)
 		return
 	}
-	ci.DstIdentity = dstID.String()
-	// A pooled HBONE connection was authenticated once, at its handshake. Each new stream
-	// also needs the destination identity to still be held: a revoked identity (say, its
-	// SPIRE entry was deleted) must not keep accepting connections over old tunnels.
-	if err := z.identityHeld(dstID); err != nil {
-		z.reject(s, ci, hbone.StatusFor(hbone.ErrUpstream), err)
-		return
-	}
-	if !hasIP(dstW, req.Target.Addr()) {
-		z.reject(s, ci, hbone.StatusFor(hbone.ErrBadRequest), fmt.Errorf("%s for %s: %w", req.Target, local.Addr(), errAuthorityMatch))
-		return
-	}
-
-	// Preserve the client's address only when the authenticated peer really owns it;
-	// otherwise a compromised node could make traffic appear to come from any pod.
-	srcIP := netip.Addr{}
-	if req.Forwarded.IsValid() {
-		if fw := snap.WorkloadByIP(req.Forwarded.Addr()); fw != nil {
-			if id, err := identity.WorkloadID(z.td, fw.Namespace, fw.ServiceAccount); err == nil && id == req.Peer {
-				srcIP = req.Forwarded.Addr()
-				ci.Src = req.Forwarded.String()
-				ci.SrcWorkload = fw.Namespace + "/" + fw.Name
-			}
-		}
-		if !srcIP.IsValid() {
-			z.log.Warn(msgUntrustedFwd, keySrc, req.Forwarded.String(), keySrcIdentity, req.Peer.String())
-		}
-	}
-
 	ctx, cancel := context.WithTimeout(context.Background(), z.cfg.ConnectTimeout)
 	defer cancel()
-	var up net.Conn
-	if srcIP.IsValid() {
-		up, err = z.dialT(ctx, srcIP, req.Target)
-	} else {
-		up, err = z.dial(ctx, "tcp", req.Target.String())
-	}
+	up, err := z.open(ctx, rec, d, nil)
 	if err != nil {
-		z.reject(s, ci, hbone.StatusFor(hbone.ErrUpstream), fmt.Errorf("dial pod %s: %w", req.Target, err))
+		z.reject(s, rec, hbone.StatusFor(err), err) // 503: upstream failure or peer at its limit
 		return
 	}
 	if err := s.Accept(); err != nil {
 		_ = up.Close()
-		z.refuse(s, ci, fmt.Errorf("accept stream: %w", err))
+		z.refuse(s, rec, fmt.Errorf("accept stream: %w", err))
 		return
 	}
-	<-z.proxy(s, up, ci, nil) // the server closes s when this returns
-}
-
-func (z *Ztunnel) reject(s *hbone.Stream, ci *connInfo, code int, reason error) {
-	_ = s.Reject(code, reason.Error())
-	z.refuse(s, ci, reason)
+	<-z.proxy(s, up, rec, nil) // the server closes s when this returns
 }
 
 // handleInboundPlain serves plaintext TCP from outside the mesh to a local enrolled pod.
 func (z *Ztunnel) handleInboundPlain(ctx context.Context, c net.Conn) {
-	src := addrPortOf(c.RemoteAddr())
-	dst := addrPortOf(c.LocalAddr())
-	ci := &connInfo{ConnInfo: ConnInfo{Direction: "inbound_plaintext", Src: src.String(), Dst: dst.String(), Security: "none"}}
-	snap := z.store.Load()
-	dstW, err := z.localWorkload(snap, dst.Addr())
-	if err != nil {
-		z.refuse(c, ci, err)
+	rec := newRecord(dirInboundPlain, addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr()))
+	d := z.route(z.store.Load(), rec)
+	if d.action == actRefuse {
+		z.refuse(c, rec, d.reason)
 		return
-	}
-	ci.DstWorkload = dstW.Namespace + "/" + dstW.Name
-	if w := snap.WorkloadByIP(src.Addr()); w != nil {
-		ci.SrcWorkload = w.Namespace + "/" + w.Name
 	}
 	dctx, cancel := context.WithTimeout(ctx, z.cfg.ConnectTimeout)
-	up, err := z.dialT(dctx, src.Addr(), dst)
+	up, err := z.open(dctx, rec, d, nil)
 	cancel()
 	if err != nil {
-		z.refuse(c, ci, fmt.Errorf("dial pod %s: %w", dst, err))
+		z.refuse(c, rec, err)
 		return
 	}
-	z.proxy(c, up, ci, nil)
+	z.proxy(c, up, rec, nil)
 }
 
 // ended is a context that has ended: a call given it does not wait.
@@ -167,13 +100,4 @@ func (z *Ztunnel) identityHeld(id spiffeid.ID) error {
 		return fmt.Errorf("identity %s: %w", id, err)
 	}
 	return nil
-}
-
-func hasIP(w *discovery.Workload, ip netip.Addr) bool {
-	for _, a := range w.IPs {
-		if a == ip {
-			return true
-		}
-	}
-	return false
 }

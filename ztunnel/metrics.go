@@ -13,6 +13,7 @@ type metrics struct {
 	opened, closed *prometheus.CounterVec
 	sent, received *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	peerLimited    [numLimits]prometheus.Counter
 
 	mu     sync.Mutex
 	series map[seriesKey]*tcpSeries
@@ -53,32 +54,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"direction"}),
 		series: map[seriesKey]*tcpSeries{},
 	}
-	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused)
+	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ambit_peer_limit_refused_total",
+		Help: "Connections refused because their peer identity was at a per-peer cap (503), by cap.",
+	}, []string{"limit"})
+	for k := range numLimits {
+		m.peerLimited[k] = limited.WithLabelValues(k.String())
+	}
+	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, limited)
 	return m
 }
 
-func splitNSName(s string) (ns, name string) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			return s[:i], s[i+1:]
-		}
-	}
-	return "", s
-}
-
-// forConn returns the counters of ci's label set.
-func (m *metrics) forConn(ci *connInfo) *tcpSeries {
-	reporter := "destination"
-	if ci.Direction == "outbound" || ci.Direction == "local" {
-		reporter = "source"
-	}
-	sns, sname := splitNSName(ci.SrcWorkload)
-	dns, dname := splitNSName(ci.DstWorkload)
+// forConn returns the counters of rec's label set.
+func (m *metrics) forConn(rec *record) *tcpSeries {
 	k := seriesKey{
-		reporter,
-		orUnknown(sname), orUnknown(sns), orUnknown(ci.SrcIdentity),
-		orUnknown(dname), orUnknown(dns), orUnknown(ci.DstIdentity),
-		orUnknown(ci.DstService), ci.Security, ci.Direction,
+		rec.Direction.reporter(),
+		orUnknown(rec.SrcWorkload.Name), orUnknown(rec.SrcWorkload.Namespace), orUnknown(rec.SrcID.String()),
+		orUnknown(rec.DstWorkload.Name), orUnknown(rec.DstWorkload.Namespace), orUnknown(rec.DstID.String()),
+		orUnknown(rec.Service.Hostname), rec.security(), rec.Direction.String(),
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

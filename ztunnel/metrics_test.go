@@ -1,7 +1,10 @@
 package ztunnel
 
 import (
+	"net/netip"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -9,17 +12,20 @@ import (
 
 func TestMetricsForConn(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry())
-	out := &connInfo{ConnInfo: ConnInfo{
-		Direction: "outbound", SrcWorkload: "mesh/client", DstWorkload: "mesh/server",
-		SrcIdentity: "spiffe://cluster.local/ns/mesh/sa/client", Security: "mutual_tls",
-	}}
-	in := &connInfo{ConnInfo: out.ConnInfo}
-	in.Direction = "inbound"
-	bad := &connInfo{ConnInfo: out.ConnInfo}
-	bad.SrcWorkload = "mesh/\xffclient"
+	client := workloadRef{Namespace: "mesh", Name: "client", UID: "mesh/client"}
+	server := workloadRef{Namespace: "mesh", Name: "server", UID: "mesh/server"}
+	clientID := spiffeid.RequireFromString("spiffe://cluster.local/ns/mesh/sa/client")
+	conn := func(dir direction, src workloadRef) *record {
+		rec := newRecord(dir, netip.AddrPort{}, netip.AddrPort{})
+		rec.SrcWorkload, rec.DstWorkload, rec.SrcID, rec.MutualTLS = src, server, clientID, true
+		return rec
+	}
+	out := conn(dirOutbound, client)
+	in := conn(dirInboundHBONE, client)
+	bad := conn(dirOutbound, workloadRef{Namespace: "mesh", Name: "\xffclient"})
 
 	s := m.forConn(out)
-	if again := m.forConn(&connInfo{ConnInfo: out.ConnInfo}); again != s {
+	if again := m.forConn(conn(dirOutbound, client)); again != s {
 		t.Error("the same label set resolved to a second series")
 	}
 	if m.forConn(in) == s {

@@ -47,12 +47,12 @@ func (z *Ztunnel) reconcile() {
 		}
 		for _, ip := range w.IPs {
 			if ip.Is4() {
-				want[ip] = w.Namespace + "/" + w.Name
+				want[ip] = refOf(w).String()
 			}
 		}
 		id, err := identity.WorkloadID(z.td, w.Namespace, w.ServiceAccount)
 		if err != nil {
-			z.log.Warn(msgEnrollError, keyPod, w.Namespace+"/"+w.Name, keyError, err)
+			z.log.Warn(msgEnrollError, keyPod, refOf(w).String(), keyError, err)
 			continue
 		}
 		if !seen[id] {

@@ -25,6 +25,7 @@ import (
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
+	"github.com/ambitmesh/ambit/internal/relay"
 	"github.com/ambitmesh/ambit/internal/workers"
 )
 
@@ -89,9 +90,14 @@ type Ztunnel struct {
 	dialT         func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	pool   *hbone.Pool
-	server *hbone.Server
+	pool   HBONEDialer
+	server HBONEServer
+	relay  *relay.Relay
 	conns  *connTable
+	limits *peerLimits
+	// authorize is asked on every path to a local pod (see toLocal); nil allows all.
+	// Policy (AuthorizationPolicy, PeerAuthentication) plugs in here.
+	authorize authorizer
 
 	captureMu sync.Mutex
 	capture   Capture
@@ -124,6 +130,9 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		dialT:         deps.DialTransparent,
 		dial:          deps.Dial,
 		conns:         newConnTable(),
+		limits:        newPeerLimits(defaultMaxStreamsPerPeer, defaultMaxUpstreamsPerPeer),
+		// The streams' receive paths write straight into the sockets they relay to.
+		relay: &relay.Relay{NonBlocking: func(w io.Writer) relay.TryWriter { return hbone.NonBlocking(w) }},
 	}
 	if z.log == nil {
 		z.log = slog.New(slog.DiscardHandler)
@@ -174,10 +183,10 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)
 	}
-	z.pool = pool
+	z.pool = poolDialer{pool}
 	srv, err := hbone.NewServer(hbone.ServerConfig{
 		TLSConfig: identity.ServerTLSConfig(z.ident, td, z.pickServerIdentity),
-		Handler:   hbone.HandlerFunc(z.serveHBONE),
+		Handler:   hbone.HandlerFunc(func(s *hbone.Stream) { z.serveHBONE(s) }),
 		Logger:    z.log,
 	})
 	if err != nil {

@@ -1,0 +1,162 @@
+package ztunnel
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambitmesh/ambit/discovery"
+)
+
+// direction is which way a connection passes this node.
+type direction uint8
+
+const (
+	dirOutbound     direction = iota + 1 // captured from a local pod, to another node or out of the mesh
+	dirInboundHBONE                      // HBONE from another node, to a local pod
+	dirInboundPlain                      // plaintext from outside the mesh, to a local pod
+	dirLocal                             // captured from a local pod, to a local pod (same node)
+)
+
+// String is the direction's name in the access log, metrics and /config_dump.
+func (d direction) String() string {
+	switch d {
+	case dirOutbound:
+		return "outbound"
+	case dirInboundHBONE:
+		return "inbound"
+	case dirInboundPlain:
+		return "inbound_plaintext"
+	case dirLocal:
+		return "local"
+	}
+	return "unknown"
+}
+
+// reporter is Istio's reporter label: the source side reports what it sends, the
+// destination side what it receives.
+func (d direction) reporter() string {
+	if d == dirOutbound || d == dirLocal {
+		return "source"
+	}
+	return "destination"
+}
+
+// workloadRef names a workload of the model; zero when that end is no known workload.
+type workloadRef struct{ Namespace, Name, UID string }
+
+func refOf(w *discovery.Workload) workloadRef {
+	if w == nil {
+		return workloadRef{}
+	}
+	return workloadRef{Namespace: w.Namespace, Name: w.Name, UID: w.UID}
+}
+
+// String is "namespace/name", empty for no workload.
+func (w workloadRef) String() string {
+	if w.Name == "" {
+		return ""
+	}
+	return w.Namespace + "/" + w.Name
+}
+
+// serviceRef names the service a connection was addressed to (by its VIP).
+type serviceRef struct{ Namespace, Name, Hostname string }
+
+func serviceOf(s *discovery.Service) serviceRef {
+	if s == nil {
+		return serviceRef{}
+	}
+	return serviceRef{Namespace: s.Namespace, Name: s.Name, Hostname: s.Hostname}
+}
+
+// record is one connection through this node, described once as it arrives and
+// completed by route: what routing, authorization, the access log, metrics and
+// /config_dump all read. Its fields are set before the connection is relayed and not
+// changed afterwards, except the byte counters.
+type record struct {
+	ID        uint64 // set when relayed
+	Direction direction
+	// Src is the client: the captured pod, the plaintext client, or for inbound
+	// HBONE the address the tunnel peer forwarded when it owns it (else the peer's).
+	Src netip.AddrPort
+	// Dst is where the bytes go: a pod's IP and target port, or a passthrough
+	// destination. OrigDst is what the client addressed (a service VIP and port, or
+	// the CONNECT authority).
+	Dst, OrigDst netip.AddrPort
+	// HBONEAddr is the tunnel's address: the peer ztunnel's (outbound) or the one
+	// the peer connected to (inbound).
+	HBONEAddr                netip.AddrPort
+	SrcWorkload, DstWorkload workloadRef
+	SrcID, DstID             spiffeid.ID
+	Service                  serviceRef
+	MutualTLS                bool // both ends authenticated (HBONE, or same node)
+	Start                    time.Time
+	Sent, Received           atomic.Int64 // client -> server, server -> client
+
+	// claimedSrc is, for inbound HBONE, the client address the peer forwarded, trusted
+	// only if the peer's identity owns it.
+	claimedSrc netip.AddrPort
+	closers    []net.Conn // closed when draining
+	held       peerHold   // per-peer slots given back when it ends
+}
+
+func newRecord(dir direction, src, dst netip.AddrPort) *record {
+	return &record{Direction: dir, Src: src, Dst: dst, OrigDst: dst, Start: time.Now()}
+}
+
+// security is Istio's connection_security_policy.
+func (r *record) security() string {
+	if r.MutualTLS {
+		return "mutual_tls"
+	}
+	return "none"
+}
+
+// ConnInfo describes one proxied connection, for /config_dump.
+type ConnInfo struct {
+	ID          uint64    `json:"id"`
+	Direction   string    `json:"direction"` // outbound, inbound, inbound_plaintext, local
+	Src         string    `json:"src"`
+	Dst         string    `json:"dst"`
+	OrigDst     string    `json:"origDst,omitempty"` // when the client addressed something else (a service VIP)
+	SrcIdentity string    `json:"srcIdentity,omitempty"`
+	DstIdentity string    `json:"dstIdentity,omitempty"`
+	SrcWorkload string    `json:"srcWorkload,omitempty"` // namespace/name
+	DstWorkload string    `json:"dstWorkload,omitempty"`
+	DstService  string    `json:"dstService,omitempty"` // hostname
+	HBONEAddr   string    `json:"hboneAddr,omitempty"`
+	Security    string    `json:"security"` // mutual_tls or none
+	Start       time.Time `json:"start"`
+	Sent        int64     `json:"bytesSent"` // client -> server
+	Received    int64     `json:"bytesReceived"`
+}
+
+// info is the admin view of r, with its byte counts as of now.
+func (r *record) info() ConnInfo {
+	ci := ConnInfo{
+		ID:          r.ID,
+		Direction:   r.Direction.String(),
+		Src:         r.Src.String(),
+		Dst:         r.Dst.String(),
+		SrcIdentity: r.SrcID.String(),
+		DstIdentity: r.DstID.String(),
+		SrcWorkload: r.SrcWorkload.String(),
+		DstWorkload: r.DstWorkload.String(),
+		DstService:  r.Service.Hostname,
+		Security:    r.security(),
+		Start:       r.Start,
+		Sent:        r.Sent.Load(),
+		Received:    r.Received.Load(),
+	}
+	if r.OrigDst != r.Dst {
+		ci.OrigDst = r.OrigDst.String()
+	}
+	if r.HBONEAddr.IsValid() {
+		ci.HBONEAddr = r.HBONEAddr.String()
+	}
+	return ci
+}

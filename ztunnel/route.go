@@ -1,0 +1,281 @@
+package ztunnel
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/identity"
+)
+
+var (
+	errNotLocalSource = errors.New("source is not an enrolled workload of this node")
+	errNotLocalDest   = errors.New("destination is not an enrolled workload of this node")
+	errAuthorityMatch = errors.New("authority does not name the workload this connection was sent to")
+	errLoop           = errors.New("destination is this node (loop)")
+	errNoEndpoint     = errors.New("service has no endpoints")
+	errUnknownPort    = errors.New("service has no such port")
+	errDirection      = errors.New("connection of no known direction")
+)
+
+// action is what a decision does with a connection.
+type action uint8
+
+const (
+	actRefuse      action = iota // the zero decision refuses: fail closed
+	actHBONE                     // tunnel to the destination node's ztunnel
+	actPassthrough               // connect to the destination directly, from the node
+	actDeliver                   // connect to a local pod
+)
+
+// decision is route's answer for one connection.
+type decision struct {
+	action action
+	// target is where to connect: the pod behind the peer (the CONNECT authority),
+	// the passthrough destination, or the local pod.
+	target netip.AddrPort
+	// peer is, for actHBONE, the HBONE address of the destination's ztunnel.
+	peer netip.AddrPort
+	// bind is, for actDeliver, the client address to connect from (IP_TRANSPARENT,
+	// the pod sees its real client); zero connects from the node.
+	bind netip.Addr
+	// status and reason say why, for actRefuse: the HBONE status an inbound stream
+	// is answered with, and the error logged.
+	status int
+	reason error
+}
+
+func refusal(status int, reason error) decision {
+	return decision{action: actRefuse, status: status, reason: reason}
+}
+
+// authorizer decides whether a connection to a local pod may proceed: it returns nil to
+// allow it, or the reason it is denied. It sees the completed record (workloads,
+// identities, addresses, service) and the model it was resolved in.
+type authorizer func(snap *discovery.Snapshot, rec *record) error
+
+// route is the one decision point: every entry point (outbound capture, inbound HBONE,
+// inbound plaintext; same node is outbound to a local pod) builds the connection's
+// record from what its transport says and asks route what to do. route completes the
+// record (workloads, identities, service, final destination) and, on every path to a
+// local pod, asks the authorizer (toLocal).
+func (z *Ztunnel) route(snap *discovery.Snapshot, rec *record) decision {
+	switch rec.Direction {
+	case dirOutbound:
+		return z.routeOutbound(snap, rec)
+	case dirInboundHBONE:
+		return z.routeInboundHBONE(snap, rec)
+	case dirInboundPlain:
+		return z.routeInboundPlain(snap, rec)
+	}
+	return refusal(http.StatusBadRequest, fmt.Errorf("%s: %w", rec.Direction, errDirection))
+}
+
+// routeOutbound: a local enrolled pod's connection goes over HBONE to a mesh
+// destination on another node, to a mesh destination on this node directly (same
+// node), and out of the mesh by passthrough.
+func (z *Ztunnel) routeOutbound(snap *discovery.Snapshot, rec *record) decision {
+	srcW := snap.WorkloadByIP(rec.Src.Addr())
+	if srcW == nil || srcW.Node != z.cfg.NodeName || !srcW.Enrolled {
+		return refusal(http.StatusBadRequest, errNotLocalSource)
+	}
+	rec.SrcWorkload = refOf(srcW)
+	srcID, err := identity.WorkloadID(z.td, srcW.Namespace, srcW.ServiceAccount)
+	if err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	rec.SrcID = srcID
+
+	r, err := z.resolve(snap, rec.OrigDst)
+	if err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	rec.Service = serviceOf(r.svc)
+	rec.Dst = r.target
+	rec.DstWorkload = refOf(r.dstW)
+	if !r.mesh {
+		// Outside the mesh. Dial from the node's own address so replies route back
+		// without capture.
+		return decision{action: actPassthrough, target: r.target}
+	}
+	// Pooled tunnels do not re-handshake: check the source identity is still held.
+	if err := z.identityHeld(srcID); err != nil {
+		return refusal(http.StatusServiceUnavailable, err)
+	}
+	if err := z.setDst(rec, r.dstW); err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	rec.MutualTLS = true // HBONE; on the same node this ztunnel authenticates both ends
+	if r.dstW.Node == z.cfg.NodeName {
+		// Same node: no capture point sits between us and a local pod, so serve the
+		// destination side here, as an inbound connection would be.
+		rec.Direction = dirLocal
+		return z.toLocal(snap, rec, rec.Src.Addr())
+	}
+	rec.HBONEAddr = netip.AddrPortFrom(r.target.Addr(), PortHBONE)
+	return decision{action: actHBONE, target: r.target, peer: rec.HBONEAddr}
+}
+
+// routeInboundHBONE: a CONNECT stream to a local pod, whose tunnel was sent to the
+// pod's own address (rec.HBONEAddr) and authenticated as rec.SrcID.
+func (z *Ztunnel) routeInboundHBONE(snap *discovery.Snapshot, rec *record) decision {
+	dstW, err := z.localDst(snap, rec, rec.HBONEAddr.Addr())
+	if err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	// A pooled HBONE connection was authenticated once, at its handshake. Each new stream
+	// also needs the destination identity to still be held: a revoked identity (say, its
+	// SPIRE entry was deleted) must not keep accepting connections over old tunnels.
+	if err := z.identityHeld(rec.DstID); err != nil {
+		return refusal(http.StatusServiceUnavailable, err)
+	}
+	if !hasIP(dstW, rec.Dst.Addr()) {
+		return refusal(http.StatusBadRequest, fmt.Errorf("%s for %s: %w", rec.Dst, rec.HBONEAddr.Addr(), errAuthorityMatch))
+	}
+	// Preserve the client's address only when the authenticated peer really owns it;
+	// otherwise a compromised node could make traffic appear to come from any pod.
+	var bind netip.Addr
+	if fwd := rec.claimedSrc; fwd.IsValid() {
+		if fw := snap.WorkloadByIP(fwd.Addr()); fw != nil {
+			if id, err := identity.WorkloadID(z.td, fw.Namespace, fw.ServiceAccount); err == nil && id == rec.SrcID {
+				bind = fwd.Addr()
+				rec.Src = fwd
+				rec.SrcWorkload = refOf(fw)
+			}
+		}
+		if !bind.IsValid() {
+			z.log.Warn(msgUntrustedFwd, keySrc, fwd.String(), keySrcIdentity, rec.SrcID.String())
+		}
+	}
+	return z.toLocal(snap, rec, bind)
+}
+
+// routeInboundPlain: plaintext TCP from outside the mesh to a local enrolled pod,
+// delivered from the client's own address.
+func (z *Ztunnel) routeInboundPlain(snap *discovery.Snapshot, rec *record) decision {
+	if _, err := z.localDst(snap, rec, rec.Dst.Addr()); err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	rec.SrcWorkload = refOf(snap.WorkloadByIP(rec.Src.Addr())) // unauthenticated: a name only
+	return z.toLocal(snap, rec, rec.Src.Addr())
+}
+
+// toLocal ends every path to a local pod (inbound HBONE, inbound plaintext, same
+// node): the authorizer's say, then delivery from bind. Policy plugs in here.
+func (z *Ztunnel) toLocal(snap *discovery.Snapshot, rec *record, bind netip.Addr) decision {
+	if z.authorize != nil {
+		if err := z.authorize(snap, rec); err != nil {
+			return refusal(http.StatusUnauthorized, err)
+		}
+	}
+	return decision{action: actDeliver, target: rec.Dst, bind: bind}
+}
+
+// setDst names w, a workload of the mesh, as rec's destination.
+func (z *Ztunnel) setDst(rec *record, w *discovery.Workload) error {
+	rec.DstWorkload = refOf(w)
+	id, err := identity.WorkloadID(z.td, w.Namespace, w.ServiceAccount)
+	if err != nil {
+		return err
+	}
+	rec.DstID = id
+	return nil
+}
+
+// localDst names the enrolled workload of this node that owns ip as rec's destination.
+func (z *Ztunnel) localDst(snap *discovery.Snapshot, rec *record, ip netip.Addr) (*discovery.Workload, error) {
+	w, err := z.localWorkload(snap, ip)
+	if err != nil {
+		return nil, err
+	}
+	return w, z.setDst(rec, w)
+}
+
+// resolved is where an outbound destination leads.
+type resolved struct {
+	target netip.AddrPort      // where the bytes finally go (pod IP:target port, or passthrough dst)
+	dstW   *discovery.Workload // nil for passthrough to an unknown destination
+	svc    *discovery.Service  // set when the original destination was a service VIP
+	mesh   bool                // the destination speaks HBONE
+}
+
+// resolve maps an original destination to the workload and address to reach.
+func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolved, error) {
+	if z.isLocalAddr(dst.Addr()) {
+		return resolved{}, errLoop
+	}
+	if svc, port := snap.ServiceByVIP(dst.Addr(), dst.Port()); svc != nil {
+		if port == nil {
+			return resolved{}, fmt.Errorf("%s port %d: %w", svc.Hostname, dst.Port(), errUnknownPort)
+		}
+		ep, err := z.pickEndpoint(svc)
+		if err != nil {
+			return resolved{}, err
+		}
+		tp := port.TargetPort
+		if tp == 0 {
+			tp = port.Port
+		}
+		r := resolved{target: netip.AddrPortFrom(ep.Addr, tp), svc: svc}
+		if w := snap.WorkloadByUID(ep.WorkloadUID); w != nil {
+			r.dstW = w
+		} else {
+			r.dstW = snap.WorkloadByIP(ep.Addr)
+		}
+		r.mesh = r.dstW != nil && r.dstW.Protocol == discovery.ProtocolHBONE
+		return r, nil
+	}
+	r := resolved{target: dst}
+	if w := snap.WorkloadByIP(dst.Addr()); w != nil {
+		r.dstW = w
+		r.mesh = w.Protocol == discovery.ProtocolHBONE
+	}
+	return r, nil
+}
+
+// serviceKey is a service's key in the round-robin cursors: a struct, not a joined
+// string, so a lookup allocates nothing.
+type serviceKey struct{ namespace, name string }
+
+// pickEndpoint balances round robin over the service's endpoints.
+func (z *Ztunnel) pickEndpoint(svc *discovery.Service) (discovery.Endpoint, error) {
+	if len(svc.Endpoints) == 0 {
+		return discovery.Endpoint{}, fmt.Errorf("%s: %w", svc.Hostname, errNoEndpoint)
+	}
+	key := serviceKey{svc.Namespace, svc.Name}
+	v, ok := z.rr.Load(key)
+	if !ok {
+		v, _ = z.rr.LoadOrStore(key, new(atomic.Uint64))
+	}
+	n := v.(*atomic.Uint64).Add(1) - 1
+	return svc.Endpoints[n%uint64(len(svc.Endpoints))], nil
+}
+
+// isLocalAddr reports whether ip can only mean this host's loopback or no host at all.
+// Dialing it from ztunnel would reach ztunnel's own sockets instead of what the pod meant.
+// The node's own addresses are fine: ztunnel's capture listeners are bound to loopback, so
+// a passthrough dial to the node reaches the node's services, as it would without the mesh.
+func (z *Ztunnel) isLocalAddr(ip netip.Addr) bool {
+	return ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast()
+}
+
+// localWorkload returns the enrolled workload of this node that owns ip.
+func (z *Ztunnel) localWorkload(snap *discovery.Snapshot, ip netip.Addr) (*discovery.Workload, error) {
+	w := snap.WorkloadByIP(ip)
+	if w == nil || w.Node != z.cfg.NodeName || !w.Enrolled {
+		return nil, fmt.Errorf("%s: %w", ip, errNotLocalDest)
+	}
+	return w, nil
+}
+
+func hasIP(w *discovery.Workload, ip netip.Addr) bool {
+	for _, a := range w.IPs {
+		if a == ip {
+			return true
+		}
+	}
+	return false
+}
