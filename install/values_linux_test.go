@@ -24,6 +24,7 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"gomaxprocs zero", "ztunnel.goMaxProcs=0", []string{"goMaxProcs"}},
 		{"gomaxprocs word", "ztunnel.goMaxProcs=max", []string{"goMaxProcs"}},
 		{"data path", "ztunnel.dataPath=turbo", []string{"dataPath"}},
+		{"no streams per peer", "ztunnel.maxStreamsPerPeer=0", []string{"maxStreamsPerPeer"}},
 		{"unknown value", "ztunnel.marc=1024", []string{"marc"}},
 		{"log level", "logging.level=verbose", []string{"level"}},
 		{"pull policy", "image.pullPolicy=Sometimes", []string{"pullPolicy"}},

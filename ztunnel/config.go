@@ -85,6 +85,11 @@ type Config struct {
 	// HBONEPoolIdleTimeout is how long a pooled HBONE connection to a peer stays open
 	// without streams before it is closed (Istio's ztunnel: POOL_UNUSED_RELEASE_TIMEOUT).
 	HBONEPoolIdleTimeout time.Duration
+	// MaxStreamsPerPeer caps the concurrent inbound HBONE streams of one peer identity
+	// over all its connections; MaxUpstreamsPerPeer the sockets to local pods held open
+	// on one identity's behalf (docs/operations.md, "Per-peer limits").
+	MaxStreamsPerPeer   int
+	MaxUpstreamsPerPeer int
 	// DataPath picks the fast paths' implementation: DataPathFast (the default) or the
 	// standard library's DataPathStd.
 	DataPath DataPath
@@ -142,6 +147,12 @@ func (c Config) WithDefaults() Config {
 	if c.HBONEPoolIdleTimeout == 0 {
 		c.HBONEPoolIdleTimeout = defaultHBONEPoolIdleTimeout
 	}
+	if c.MaxStreamsPerPeer == 0 {
+		c.MaxStreamsPerPeer = defaultMaxStreamsPerPeer
+	}
+	if c.MaxUpstreamsPerPeer == 0 {
+		c.MaxUpstreamsPerPeer = defaultMaxUpstreamsPerPeer
+	}
 	return c
 }
 
@@ -169,6 +180,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HBONEConnsPerPeer, "hbone-conns-per-peer", c.HBONEConnsPerPeer, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
 	fs.DurationVar(&c.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", c.HBONEPoolIdleTimeout, "how long a pooled HBONE connection to a peer stays open without streams")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long shutdown waits for connections")
+	fs.IntVar(&c.MaxStreamsPerPeer, "max-streams-per-peer", c.MaxStreamsPerPeer, "concurrent inbound HBONE streams one peer identity may hold (over all its connections)")
+	fs.IntVar(&c.MaxUpstreamsPerPeer, "max-upstreams-per-peer", c.MaxUpstreamsPerPeer, "sockets to local pods ztunnel holds open on one peer identity's behalf")
 	fs.TextVar(&c.DataPath, "datapath", c.DataPath, `data path implementation: "fast" (own TLS records, raw sockets) or "std" (crypto/tls, net package sockets)`)
 }
 
@@ -196,6 +209,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: hbone connections per peer %d: want 1 to %d", ErrConfig, c.HBONEConnsPerPeer, maxConnsPerPeer)
 	case c.HBONEPoolIdleTimeout < 0:
 		return fmt.Errorf("%w: hbone pool idle timeout %s: must not be negative", ErrConfig, c.HBONEPoolIdleTimeout)
+	case c.MaxStreamsPerPeer < 0:
+		return fmt.Errorf("%w: max streams per peer %d: must not be negative", ErrConfig, c.MaxStreamsPerPeer)
+	case c.MaxUpstreamsPerPeer < 0:
+		return fmt.Errorf("%w: max upstreams per peer %d: must not be negative", ErrConfig, c.MaxUpstreamsPerPeer)
 	case !c.DataPath.valid():
 		return fmt.Errorf("%w: unknown %s", ErrConfig, c.DataPath)
 	}

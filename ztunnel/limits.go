@@ -12,8 +12,7 @@ import (
 // descriptors and goroutines: concurrent inbound HBONE streams from one identity
 // (over all its connections), and concurrent upstream sockets ztunnel holds open to
 // local pods on one identity's behalf (inbound HBONE and same node). Generous: a
-// busy peer is far below them. They become Config fields (MaxStreamsPerPeer,
-// MaxUpstreamsPerPeer); until then these defaults apply.
+// busy peer is far below them (Config.MaxStreamsPerPeer, MaxUpstreamsPerPeer).
 const (
 	defaultMaxStreamsPerPeer   = 4096
 	defaultMaxUpstreamsPerPeer = 4096

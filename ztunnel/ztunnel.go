@@ -26,6 +26,7 @@ import (
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
 	"github.com/ambitmesh/ambit/internal/relay"
+	"github.com/ambitmesh/ambit/internal/sockio"
 	"github.com/ambitmesh/ambit/internal/workers"
 )
 
@@ -130,9 +131,9 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		dialT:         deps.DialTransparent,
 		dial:          deps.Dial,
 		conns:         newConnTable(),
-		limits:        newPeerLimits(defaultMaxStreamsPerPeer, defaultMaxUpstreamsPerPeer),
+		limits:        newPeerLimits(cfg.MaxStreamsPerPeer, cfg.MaxUpstreamsPerPeer),
 		// The streams' receive paths write straight into the sockets they relay to.
-		relay: &relay.Relay{NonBlocking: func(w io.Writer) relay.TryWriter { return hbone.NonBlocking(w) }},
+		relay: &relay.Relay{NonBlocking: sockio.NonBlocking},
 	}
 	if z.log == nil {
 		z.log = slog.New(slog.DiscardHandler)

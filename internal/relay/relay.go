@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // CloseWriter ends a connection's write side: a TCP FIN, an HBONE stream's END_STREAM.
@@ -55,23 +57,16 @@ type TCPConverter interface {
 }
 
 // TryWriter writes what its destination takes right now without blocking: n < len(p)
-// and a nil error when it is full. A Stream's receive path hands data to one directly
-// (hbone.TryWriter has the same method set).
-type TryWriter interface {
-	TryWrite(p []byte) (n int, err error)
-}
+// and a nil error when it is full. A Stream's receive path hands data to one directly.
+type TryWriter = sockio.TryWriter
 
-// BuffersTryWriter is a TryWriter that also takes several buffers in one call
-// (writev; hbone.BuffersTryWriter).
-type BuffersTryWriter interface {
-	TryWriter
-	TryWriteBuffers(bufs [][]byte) (n int, err error)
-}
+// BuffersTryWriter is a TryWriter that also takes several buffers in one call (writev).
+type BuffersTryWriter = sockio.BuffersTryWriter
 
 // Relay pumps connections. The zero value works, without the non-blocking writes.
 type Relay struct {
 	// NonBlocking returns a TryWriter for w when w is a socket, and nil otherwise
-	// (hbone.NonBlocking). With it, a Stream's receive path writes into the socket
+	// (sockio.NonBlocking). With it, a Stream's receive path writes into the socket
 	// on the other side itself: one goroutine and a wake-up less per connection and
 	// batch. Nil: a Stream is copied to a socket by a goroutine of the relay.
 	NonBlocking func(w io.Writer) TryWriter

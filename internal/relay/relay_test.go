@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/internal/relay/relaytest"
+	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 // pumping is a Pump under way.
@@ -113,7 +114,7 @@ func (s fakeStream) ReadFrom(r io.Reader) (int64, error) {
 var relays = []struct {
 	name string
 	r    *Relay
-}{{"nonblocking", &Relay{NonBlocking: testNonBlocking}}, {"zero", &Relay{}}}
+}{{"nonblocking", &Relay{NonBlocking: sockio.NonBlocking}}, {"zero", &Relay{}}}
 
 // TestHalfClose: the shutdown sends FIN and leaves the other direction open, for plain
 // and counted sockets; a socket already closed is not an error (the other direction
@@ -255,7 +256,7 @@ func TestPumpAbortOnReset(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			client, down := relaytest.TCPPair(t)
 			up, server := relaytest.TCPPair(t)
-			p := startPump(&Relay{NonBlocking: testNonBlocking}, down, tc.up(up))
+			p := startPump(&Relay{NonBlocking: sockio.NonBlocking}, down, tc.up(up))
 			// An abortive close on one side must tear down the other promptly.
 			server.SetLinger(0)
 			server.Close()
@@ -282,7 +283,7 @@ func TestPumpCountsDirectWrites(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			client, down := relaytest.TCPPair(t)
 			up, server := relaytest.TCPPair(t)
-			p := startPump(&Relay{NonBlocking: testNonBlocking}, down, tc.up(up))
+			p := startPump(&Relay{NonBlocking: sockio.NonBlocking}, down, tc.up(up))
 			resp := make([]byte, 300000) // not one repeated byte: order matters
 			for i := range resp {
 				resp[i] = byte(i % 251)
@@ -316,7 +317,7 @@ func TestPumpAsync(t *testing.T) {
 	var calls atomic.Int32
 	done := make(chan error, 2)
 	returned := make(chan struct{})
-	r := &Relay{NonBlocking: testNonBlocking}
+	r := &Relay{NonBlocking: sockio.NonBlocking}
 	go func() {
 		r.PumpAsync(down, newFakeStream(up), &sent, &recv, func(err error) {
 			calls.Add(1)
