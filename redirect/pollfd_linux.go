@@ -79,7 +79,7 @@ var pollInit sync.Once
 // included. The runtime's own system-call path wakes its sysmon thread when it is the
 // first call after the process went idle, and sysmon then naps every 20 us while the
 // process is busy: with os.File, each proxied connection's close did that at light load
-// (docs/performance.md, round 10).
+// (docs/performance.md, "Design decisions of the fast paths").
 type pollFD struct {
 	fd int
 	pd uintptr // the runtime's poll descriptor

@@ -23,7 +23,7 @@ import (
 // same calls through the runtime's system-call path, and the first such call after a
 // process went idle wakes the runtime's sysmon thread, which then naps every 20 us while
 // the process is busy: at light load once per connection and tunnel end
-// (docs/performance.md, rounds 8 and 10).
+// (docs/performance.md, "Raw system calls, own poller entry").
 //
 // Socket implements net.Conn plus CloseWrite, CloseRead and syscall.Conn.
 type Socket struct {

@@ -304,7 +304,7 @@ func TestSocketTCPConn(t *testing.T) {
 // same one once tcp_tw_reuse allows. A bind to port 0 wants a port no socket on the
 // address holds and scanned the range past every TIME_WAIT socket, in a raw system call:
 // at 2,000 connections per second from one client that took the server side's ztunnel
-// most of a CPU, then failed (docs/performance.md, round 10).
+// most of a CPU, then failed (docs/performance.md, "Design decisions of the fast paths").
 func TestDialTransparentPortAtConnect(t *testing.T) { eachStack(t, testDialTransparentPortAtConnect) }
 
 func testDialTransparentPortAtConnect(t *testing.T, s redirect.SocketStack) {

@@ -5,7 +5,7 @@
 // tunnel at light load sees a network event, works for microseconds and sleeps again,
 // thousands of times per second, and with several Ps most events then wake two threads
 // instead of one. On a VM each wake-up of an idle vCPU is an exit to the hypervisor:
-// docs/performance.md (round 6) measured 11 context switches per tunnelled connection
+// docs/performance.md ("Adaptive GOMAXPROCS") has 11 context switches per tunnelled connection
 // and tunnel end with two Ps against 8 with one, and no less throughput.
 // Scaler runs the process with one P while its work fits on one and goes back to the
 // runtime's default (which follows CPU count, affinity and cgroup quota) as soon as it

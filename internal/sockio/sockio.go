@@ -9,7 +9,7 @@
 // process makes after all its Ps went idle wakes the runtime's sysmon thread, which
 // then naps every 20 us while the process is busy. A tunnel end sees several such
 // bursts per connection, and on a 2-vCPU VM each wake-up of a sleeping thread is a
-// cross-CPU interrupt (docs/performance.md, rounds 8 and 10).
+// cross-CPU interrupt (docs/performance.md, "Raw system calls, own poller entry").
 package sockio
 
 import "io"
