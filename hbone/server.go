@@ -38,7 +38,10 @@ type ServerConfig struct {
 	PingInterval, PingTimeout time.Duration // default 30s / 10s; negative interval disables
 	MaxConcurrentStreams      uint32        // per connection; default 1000
 	HandshakeTimeout          time.Duration // default 10s
-	Logger                    *slog.Logger
+	// Records picks the TLS record layer (default RecordsOwn, hbone's own). Clients
+	// may pick either: the wire protocol is the same.
+	Records RecordLayer
+	Logger  *slog.Logger
 }
 
 // ConnectRequest is a validated CONNECT request.
@@ -176,6 +179,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Handler == nil {
 		return nil, errors.New("hbone: server config: Handler is required")
 	}
+	if err := cfg.Records.check(); err != nil {
+		return nil, fmt.Errorf("hbone: server config: %w", err)
+	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 10 * time.Minute
 	}
@@ -254,7 +260,7 @@ func (srv *Server) Serve(l net.Listener) error {
 // returns when it is closed and its handlers have returned.
 func (srv *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	hctx, cancel := context.WithTimeout(ctx, srv.cfg.HandshakeTimeout)
-	rl, st, err := handshake(hctx, nc, srv.tlsCfg, false)
+	rl, st, err := handshake(hctx, nc, srv.tlsCfg, false, srv.cfg.Records)
 	cancel()
 	if err != nil {
 		srv.log.Debug("hbone tls handshake failed", "remote", nc.RemoteAddr().String(), "error", err)
@@ -397,8 +403,8 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 		Header:           make(http.Header, len(f.Fields)),
 		Peer:             c.peer,
 		PeerCertificates: c.peerCerts,
-		LocalAddr:        c.rl.nc.LocalAddr(),
-		RemoteAddr:       c.rl.nc.RemoteAddr(),
+		LocalAddr:        c.nc.LocalAddr(),
+		RemoteAddr:       c.nc.RemoteAddr(),
 	}
 	for _, hf := range f.RegularFields() {
 		req.Header.Add(http.CanonicalHeaderKey(hf.Name), hf.Value)

@@ -18,7 +18,9 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-func TestStatusCodes(t *testing.T) {
+func TestStatusCodes(t *testing.T) { onLayers(t, testStatusCodes) }
+
+func testStatusCodes(t *testing.T) {
 	var calls atomic.Int32
 	h := HandlerFunc(func(s *Stream) {
 		calls.Add(1)
@@ -101,7 +103,9 @@ func TestStatusFor(t *testing.T) {
 	}
 }
 
-func TestRequestHeadersReachHandler(t *testing.T) {
+func TestRequestHeadersReachHandler(t *testing.T) { onLayers(t, testRequestHeadersReachHandler) }
+
+func testRequestHeadersReachHandler(t *testing.T) {
 	reqs := make(chan *ConnectRequest, 2)
 	h := HandlerFunc(func(s *Stream) {
 		reqs <- s.Request()
@@ -260,7 +264,9 @@ func (rc *rawClient) awaitStatus(t *testing.T, id uint32) (status string, goAway
 	}
 }
 
-func TestServerRobustness(t *testing.T) {
+func TestServerRobustness(t *testing.T) { onLayers(t, testServerRobustness) }
+
+func testServerRobustness(t *testing.T) {
 	var calls atomic.Int32
 	h := HandlerFunc(func(s *Stream) { calls.Add(1); s.Accept() })
 	_, addr := startServer(t, h, nil)
@@ -361,6 +367,10 @@ func TestServerRobustness(t *testing.T) {
 }
 
 func TestServerRejectsClientWithoutSpiffeID(t *testing.T) {
+	onLayers(t, testServerRejectsClientWithoutSpiffeID)
+}
+
+func testServerRejectsClientWithoutSpiffeID(t *testing.T) {
 	ca := theCA(t)
 	// Server that trusts any client certificate, so the check is ours.
 	scfg := ca.serverTLS(t, idServer)
@@ -396,6 +406,12 @@ func TestNewConfigErrors(t *testing.T) {
 	}
 	if _, err := NewServer(ServerConfig{TLSConfig: &tls.Config{}}); err == nil {
 		t.Error("NewServer without Handler succeeded")
+	}
+	if _, err := NewPool(ClientConfig{TLSConfig: testClientTLS(t), Records: 2}); err == nil || !strings.Contains(err.Error(), "unknown record layer 2") {
+		t.Errorf("NewPool with an unknown record layer: %v", err)
+	}
+	if _, err := NewServer(ServerConfig{TLSConfig: &tls.Config{}, Handler: echoHandler, Records: 9}); err == nil || !strings.Contains(err.Error(), "unknown record layer 9") {
+		t.Errorf("NewServer with an unknown record layer: %v", err)
 	}
 	p := newTestPool(t, nil)
 	if _, err := p.Dial(context.Background(), Request{Authority: "1.2.3.4:5"}); err == nil {
