@@ -52,11 +52,10 @@ func TestMain(m *testing.M) {
 // testLayers are the record layers connection tests run on (see onLayers).
 var testLayers = []RecordLayer{RecordsOwn, RecordsCryptoTLS}
 
-// onLayers runs f as one subtest per record layer, named after it. The fixtures
+// onLayers runs f as one subtest (or sub-benchmark) per record layer, named after it. The fixtures
 // (startServer, newTestPool, makePipe) give both ends of their connections the layer
 // of the innermost such subtest, so that f's own subtests run on it too.
-func onLayers(t *testing.T, f func(t *testing.T)) {
-	t.Helper()
+func onLayers[T interface{ Run(string, func(T)) bool }](t T, f func(T)) {
 	for _, l := range testLayers {
 		t.Run(l.String(), f)
 	}
