@@ -98,9 +98,11 @@ func tlsHandshake(ctx context.Context, tc *tls.Conn) (tls.ConnectionState, error
 
 func handshakeCryptoTLS(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (recordLayer, tls.ConnectionState, error) {
 	sock := &hookConn{Conn: nc}
-	tc := tls.Server(sock, cfg)
+	var tc *tls.Conn
 	if client {
 		tc = tls.Client(sock, cfg)
+	} else {
+		tc = tls.Server(sock, cfg)
 	}
 	st, err := tlsHandshake(ctx, tc)
 	if err != nil {

@@ -177,9 +177,11 @@ func readSome(r io.Reader, b []byte) (int, error) {
 // handshakeConn.
 func handshakeOwn(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (*records, tls.ConnectionState, error) {
 	hc := newHandshakeConn(nc)
-	tc := tls.Server(hc, cfg)
+	var tc *tls.Conn
 	if client {
 		tc = tls.Client(hc, hc.keyLog(cfg))
+	} else {
+		tc = tls.Server(hc, cfg)
 	}
 	st, err := tlsHandshake(ctx, tc)
 	var rl *records
