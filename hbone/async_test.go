@@ -34,7 +34,9 @@ func writeToAsync(c *Conn, w io.Writer) (<-chan asyncResult, *atomic.Int32) {
 // WriteToAsync delivers every byte once, in order, and calls done once with the count,
 // whether the destination takes everything (the read loop writes it all), part of it,
 // or nothing at once (WriteTo's goroutine takes over).
-func TestWriteToAsync(t *testing.T) {
+func TestWriteToAsync(t *testing.T) { onLayers(t, testWriteToAsync) }
+
+func testWriteToAsync(t *testing.T) {
 	const size = 4 << 20
 	for _, tc := range []struct {
 		name string
@@ -68,7 +70,9 @@ func TestWriteToAsync(t *testing.T) {
 
 // Data and the peer's END_STREAM that arrived before the call are written out by the
 // caller, and done runs without anything further arriving.
-func TestWriteToAsyncDataAlreadyHere(t *testing.T) {
+func TestWriteToAsyncDataAlreadyHere(t *testing.T) { onLayers(t, testWriteToAsyncDataAlreadyHere) }
+
+func testWriteToAsyncDataAlreadyHere(t *testing.T) {
 	c, _ := dialEcho(t, echoHandler)
 	payload := bytes.Repeat([]byte("early "), 1000)
 	if _, err := c.Write(payload); err != nil {
@@ -112,7 +116,9 @@ func TestWriteToAsyncDataAlreadyHere(t *testing.T) {
 // An asynchronous WriteTo has no goroutine waiting on its stream; it still ends, with
 // WriteTo's error, when a deadline passes, the stream is closed or its connection is
 // lost.
-func TestWriteToAsyncEnds(t *testing.T) {
+func TestWriteToAsyncEnds(t *testing.T) { onLayers(t, testWriteToAsyncEnds) }
+
+func testWriteToAsyncEnds(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		end  func(c *Conn, srv *Server)

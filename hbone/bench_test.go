@@ -7,7 +7,9 @@ import (
 )
 
 // BenchmarkThroughput: one stream, client -> server, bytes/s via SetBytes.
-func BenchmarkThroughput(b *testing.B) {
+func BenchmarkThroughput(b *testing.B) { onLayers(b, benchmarkThroughput) }
+
+func benchmarkThroughput(b *testing.B) {
 	done := make(chan int64, 1)
 	h := HandlerFunc(func(s *Stream) {
 		s.Accept()
@@ -40,7 +42,9 @@ func BenchmarkThroughput(b *testing.B) {
 
 // BenchmarkDialPooled: open a CONNECT stream on a warm pooled connection,
 // exchange one byte, close.
-func BenchmarkDialPooled(b *testing.B) {
+func BenchmarkDialPooled(b *testing.B) { onLayers(b, benchmarkDialPooled) }
+
+func benchmarkDialPooled(b *testing.B) {
 	_, addr := startServer(b, echoHandler, nil)
 	p := newTestPool(b, nil)
 	req := testReq(addr)
@@ -66,7 +70,9 @@ func BenchmarkDialPooled(b *testing.B) {
 }
 
 // BenchmarkDialEarlyPooled: as BenchmarkDialPooled with DialEarly.
-func BenchmarkDialEarlyPooled(b *testing.B) {
+func BenchmarkDialEarlyPooled(b *testing.B) { onLayers(b, benchmarkDialEarlyPooled) }
+
+func benchmarkDialEarlyPooled(b *testing.B) {
 	_, addr := startServer(b, echoHandler, nil)
 	p := newTestPool(b, nil)
 	req := testReq(addr)

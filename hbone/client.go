@@ -44,7 +44,10 @@ type ClientConfig struct {
 	// and read loop, so parallel flows between the same two workloads would otherwise
 	// be held to one core per end.
 	ConnsPerDest int
-	Logger       *slog.Logger
+	// Records picks the TLS record layer (default RecordsOwn, hbone's own). The server
+	// may pick either: the wire protocol is the same.
+	Records RecordLayer
+	Logger  *slog.Logger
 }
 
 // PoolStats is a snapshot of a Pool.
@@ -85,6 +88,9 @@ type Conn struct{ *stream }
 func NewPool(cfg ClientConfig) (*Pool, error) {
 	if cfg.TLSConfig == nil {
 		return nil, errors.New("hbone: client config: TLSConfig is required")
+	}
+	if err := cfg.Records.check(); err != nil {
+		return nil, fmt.Errorf("hbone: client config: %w", err)
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{}).DialContext
@@ -417,7 +423,7 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", req.Addr, err)
 	}
-	rl, st, err := handshake(ctx, nc, hboneTLS(tcfg), true)
+	rl, st, err := handshake(ctx, nc, hboneTLS(tcfg), true, p.cfg.Records)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +93,8 @@ type connOptions struct {
 // conn is one HTTP/2 connection, either side.
 type conn struct {
 	connOptions
-	rl *records // the TLS records over the TCP connection rl.nc
+	rl recordLayer // the TLS records over nc
+	nc net.Conn
 
 	fr *http2.Framer // read side, owned by the read loop
 
@@ -152,13 +154,14 @@ type conn struct {
 	handlers   sync.WaitGroup
 }
 
-func newConn(rl *records, o connOptions) *conn {
+func newConn(rl recordLayer, o connOptions) *conn {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	c := &conn{
 		connOptions:    o,
 		rl:             rl,
+		nc:             rl.netConn(),
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: 100,
 		peerInitWindow: defaultWindow,
@@ -183,8 +186,7 @@ func newConn(rl *records, o connOptions) *conn {
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.wfr = http2.NewFramer(rl, nil)
 	// A KeyUpdate answer waits in the record layer for the writer's next flush.
-	rl.pending = func() { c.enqueue(wreq{kind: wRaw}) }
-	rl.beforeRead = c.flushDeferred
+	rl.hook(func() { c.enqueue(wreq{kind: wRaw}) }, c.flushDeferred)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -572,7 +574,7 @@ func (c *conn) closeWith(err error) {
 	c.wStop = true
 	c.wqCond.Broadcast()
 	c.wqMu.Unlock()
-	c.rl.nc.Close()
+	c.nc.Close()
 	for _, s := range streams {
 		s.connClosed(err)
 	}
@@ -677,7 +679,7 @@ func (c *conn) frameErr(err error) error {
 
 func (c *conn) readFrames() error {
 	if !c.client {
-		c.rl.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+		c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
 		var buf [len(http2.ClientPreface)]byte
 		if _, err := io.ReadFull(c.rl, buf[:]); err != nil {
 			return fmt.Errorf("hbone: read preface: %w", err)
@@ -699,7 +701,7 @@ func (c *conn) readFrames() error {
 			}
 			first = false
 			if !c.client {
-				c.rl.nc.SetReadDeadline(time.Time{})
+				c.nc.SetReadDeadline(time.Time{})
 			}
 		}
 		switch {

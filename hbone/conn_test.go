@@ -15,8 +15,8 @@ import (
 	"golang.org/x/net/nettest"
 )
 
-// makePipe builds a real client/server pair over TLS on loopback (inside the
-// test's private netns): c1 is the client *Conn, c2 the server *Stream.
+// makePipe builds a real client/server pair over TLS on loopback, on t's record
+// layer: c1 is the client *Conn, c2 the server *Stream.
 func makePipe(t *testing.T) nettest.MakePipe {
 	return func() (c1, c2 net.Conn, stop func(), err error) {
 		streams := make(chan *Stream, 1)
@@ -33,13 +33,13 @@ func makePipe(t *testing.T) nettest.MakePipe {
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		srv, err := NewServer(ServerConfig{TLSConfig: theCA(t).serverTLS(t, idServer), Handler: h})
+		srv, err := NewServer(ServerConfig{TLSConfig: theCA(t).serverTLS(t, idServer), Handler: h, Records: layerOf(t)})
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		served := make(chan struct{})
 		go func() { defer close(served); srv.Serve(l) }()
-		pool, err := NewPool(ClientConfig{TLSConfig: testClientTLS(t)})
+		pool, err := NewPool(ClientConfig{TLSConfig: testClientTLS(t), Records: layerOf(t)})
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -59,8 +59,9 @@ func makePipe(t *testing.T) nettest.MakePipe {
 	}
 }
 
-func TestConnNettest(t *testing.T) {
-	needNet(t)
+func TestConnNettest(t *testing.T) { onLayers(t, testConnNettest) }
+
+func testConnNettest(t *testing.T) {
 	nettest.TestConn(t, makePipe(t))
 }
 
@@ -76,7 +77,9 @@ func dialEcho(t *testing.T, h Handler) (*Conn, *Pool) {
 	return c, p
 }
 
-func TestHalfCloseClientFirst(t *testing.T) {
+func TestHalfCloseClientFirst(t *testing.T) { onLayers(t, testHalfCloseClientFirst) }
+
+func testHalfCloseClientFirst(t *testing.T) {
 	got := make(chan string, 1)
 	h := HandlerFunc(func(s *Stream) {
 		s.Accept()
@@ -109,7 +112,9 @@ func TestHalfCloseClientFirst(t *testing.T) {
 	}
 }
 
-func TestHalfCloseServerFirst(t *testing.T) {
+func TestHalfCloseServerFirst(t *testing.T) { onLayers(t, testHalfCloseServerFirst) }
+
+func testHalfCloseServerFirst(t *testing.T) {
 	got := make(chan string, 1)
 	h := HandlerFunc(func(s *Stream) {
 		s.Accept()
@@ -137,7 +142,9 @@ func TestHalfCloseServerFirst(t *testing.T) {
 	}
 }
 
-func TestCloseReadDiscards(t *testing.T) {
+func TestCloseReadDiscards(t *testing.T) { onLayers(t, testCloseReadDiscards) }
+
+func testCloseReadDiscards(t *testing.T) {
 	finished := make(chan struct{})
 	h := HandlerFunc(func(s *Stream) {
 		defer close(finished)
@@ -164,7 +171,9 @@ func TestCloseReadDiscards(t *testing.T) {
 	<-finished
 }
 
-func TestLargeTransfer(t *testing.T) {
+func TestLargeTransfer(t *testing.T) { onLayers(t, testLargeTransfer) }
+
+func testLargeTransfer(t *testing.T) {
 	const size = 64 << 20
 	c, _ := dialEcho(t, echoHandler)
 	sent := make(chan []byte, 1)
@@ -183,7 +192,9 @@ func TestLargeTransfer(t *testing.T) {
 	}
 }
 
-func TestStreamErrorsAfterClose(t *testing.T) {
+func TestStreamErrorsAfterClose(t *testing.T) { onLayers(t, testStreamErrorsAfterClose) }
+
+func testStreamErrorsAfterClose(t *testing.T) {
 	c, _ := dialEcho(t, echoHandler)
 	c.Close()
 	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {

@@ -10,9 +10,11 @@
 // is writing, else by the connection's writer goroutine), keepalive PINGs and
 // graceful GOAWAY. Streams implement io.WriterTo, so io.Copy from a stream
 // writes straight out of its receive buffer. crypto/tls performs the TLS
-// handshake; the records after it are this package's own (record.go), so that a
-// batch of frames is sealed in one buffer and received records are opened
-// straight into the stream buffers.
+// handshake; the records after it are by default this package's own (record.go),
+// so that a batch of frames is sealed in one buffer and received records are opened
+// straight into the stream buffers. RecordsCryptoTLS (ClientConfig.Records,
+// ServerConfig.Records) keeps crypto/tls's tls.Conn for the whole connection
+// instead; the two interoperate.
 //
 // Client side: a Pool dials CONNECT streams (*Conn) over connections pooled
 // by (source identity, destination identity, address); Dial waits for the

@@ -15,15 +15,14 @@ import (
 
 const testAuthority = "198.18.0.9:8080"
 
-// startServer runs a Server on testAddr with handler h.
+// startServer runs a Server on testAddr with handler h, on tb's record layer.
 func startServer(tb testing.TB, h Handler, mod func(*ServerConfig)) (*Server, string) {
 	tb.Helper()
-	needNet(tb)
 	l, err := net.Listen("tcp", testAddr+":0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg := ServerConfig{TLSConfig: theCA(tb).serverTLS(tb, idServer), Handler: h}
+	cfg := ServerConfig{TLSConfig: theCA(tb).serverTLS(tb, idServer), Handler: h, Records: layerOf(tb)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -45,7 +44,6 @@ func startServer(tb testing.TB, h Handler, mod func(*ServerConfig)) (*Server, st
 // tcpPair returns both ends of a TCP connection over the test address.
 func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
 	tb.Helper()
-	needNet(tb)
 	l, err := net.Listen("tcp", testAddr+":0")
 	if err != nil {
 		tb.Fatal(err)
@@ -64,12 +62,10 @@ func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
 	return a.(*net.TCPConn), b.(*net.TCPConn)
 }
 
+// newTestPool returns a Pool on tb's record layer.
 func newTestPool(tb testing.TB, mod func(*ClientConfig)) *Pool {
 	tb.Helper()
-	ca := theCA(tb)
-	cfg := ClientConfig{
-		TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) { return ca.clientTLS(tb, src, dst), nil },
-	}
+	cfg := ClientConfig{TLSConfig: testClientTLS(tb), Records: layerOf(tb)}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -18,7 +18,9 @@ import (
 // that is not ours, in both directions over TLS 1.3 + ALPN h2.
 
 // (a) an x/net http2.Transport CONNECT client talks to our Server.
-func TestInteropXNetClientToOurServer(t *testing.T) {
+func TestInteropXNetClientToOurServer(t *testing.T) { onLayers(t, testInteropXNetClientToOurServer) }
+
+func testInteropXNetClientToOurServer(t *testing.T) {
 	reqs := make(chan *ConnectRequest, 1)
 	h := HandlerFunc(func(s *Stream) {
 		reqs <- s.Request()
@@ -69,8 +71,9 @@ func TestInteropXNetClientToOurServer(t *testing.T) {
 
 // (b) our Pool talks to an x/net http2.Server that answers CONNECT with 200
 // and echoes the body, flushing after each write.
-func TestInteropOurPoolToXNetServer(t *testing.T) {
-	needNet(t)
+func TestInteropOurPoolToXNetServer(t *testing.T) { onLayers(t, testInteropOurPoolToXNetServer) }
+
+func testInteropOurPoolToXNetServer(t *testing.T) {
 	l, err := net.Listen("tcp", testAddr+":0")
 	if err != nil {
 		t.Fatal(err)

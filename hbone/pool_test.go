@@ -11,7 +11,9 @@ import (
 	"time"
 )
 
-func TestPoolConcurrentStreams(t *testing.T) {
+func TestPoolConcurrentStreams(t *testing.T) { onLayers(t, testPoolConcurrentStreams) }
+
+func testPoolConcurrentStreams(t *testing.T) {
 	const n = 500
 	_, addr := startServer(t, echoHandler, nil)
 	p := newTestPool(t, func(c *ClientConfig) { c.MaxStreamsPerConn = 100 })
@@ -65,7 +67,9 @@ func TestPoolConcurrentStreams(t *testing.T) {
 	}
 }
 
-func TestPoolSequentialReuse(t *testing.T) {
+func TestPoolSequentialReuse(t *testing.T) { onLayers(t, testPoolSequentialReuse) }
+
+func testPoolSequentialReuse(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
 	p := newTestPool(t, nil)
 	for i := 0; i < 20; i++ {
@@ -100,6 +104,10 @@ func TestPoolSequentialReuse(t *testing.T) {
 }
 
 func TestPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
+	onLayers(t, testPoolHonoursServerMaxConcurrentStreams)
+}
+
+func testPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
 	_, addr := startServer(t, echoHandler, func(c *ServerConfig) { c.MaxConcurrentStreams = 3 })
 	// No spreading: full connections alone decide when another one opens.
 	p := newTestPool(t, func(c *ClientConfig) { c.ConnsPerDest = 1 })
@@ -119,7 +127,9 @@ func TestPoolHonoursServerMaxConcurrentStreams(t *testing.T) {
 	}
 }
 
-func TestPoolIdleTimeout(t *testing.T) {
+func TestPoolIdleTimeout(t *testing.T) { onLayers(t, testPoolIdleTimeout) }
+
+func testPoolIdleTimeout(t *testing.T) {
 	// The connection's timer sleeps until its next keepalive check (or an hour
 	// without keepalives); the last stream's end must bring the idle close forward.
 	for _, tc := range []struct {
@@ -237,7 +247,9 @@ func (fp *freezeProxy) pump(dst, src net.Conn) {
 	}
 }
 
-func TestPoolDeadPeerPingTimeout(t *testing.T) {
+func TestPoolDeadPeerPingTimeout(t *testing.T) { onLayers(t, testPoolDeadPeerPingTimeout) }
+
+func testPoolDeadPeerPingTimeout(t *testing.T) {
 	_, addr := startServer(t, echoHandler, func(c *ServerConfig) { c.PingInterval = -1 })
 	fp := startFreezeProxy(t, addr)
 	p := newTestPool(t, func(c *ClientConfig) {
@@ -265,7 +277,9 @@ func TestPoolDeadPeerPingTimeout(t *testing.T) {
 	fp.frozen.Store(false)
 }
 
-func TestServerShutdownGraceful(t *testing.T) {
+func TestServerShutdownGraceful(t *testing.T) { onLayers(t, testServerShutdownGraceful) }
+
+func testServerShutdownGraceful(t *testing.T) {
 	srv, addr := startServer(t, echoHandler, nil)
 	p := newTestPool(t, nil)
 	c, err := p.Dial(context.Background(), testReq(addr))
@@ -303,7 +317,9 @@ func TestServerShutdownGraceful(t *testing.T) {
 	}
 }
 
-func TestPoolCloseIdempotent(t *testing.T) {
+func TestPoolCloseIdempotent(t *testing.T) { onLayers(t, testPoolCloseIdempotent) }
+
+func testPoolCloseIdempotent(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
 	p := newTestPool(t, nil)
 	c, err := p.Dial(context.Background(), testReq(addr))
@@ -323,7 +339,9 @@ func TestPoolCloseIdempotent(t *testing.T) {
 // TestPoolSpreadsConcurrentStreams: concurrent streams to one destination spread over up
 // to ConnsPerDest connections, then share the least loaded; a failed extra dial falls back
 // to a working connection instead of failing the stream.
-func TestPoolSpreadsConcurrentStreams(t *testing.T) {
+func TestPoolSpreadsConcurrentStreams(t *testing.T) { onLayers(t, testPoolSpreadsConcurrentStreams) }
+
+func testPoolSpreadsConcurrentStreams(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
 	var failDials atomic.Bool
 	p := newTestPool(t, func(c *ClientConfig) {

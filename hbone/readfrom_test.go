@@ -132,7 +132,9 @@ func expectEcho(t *testing.T, c *Conn, want []byte, errc <-chan error) {
 // ReadFrom a socket moves every byte, in order, through record slots (one slot while
 // reads are small, bulk slots after), reports them to a byte counter, and falls back
 // to ordinary writes for what the peer's windows do not take at once.
-func TestStreamReadFromSocket(t *testing.T) {
+func TestStreamReadFromSocket(t *testing.T) { onLayers(t, testStreamReadFromSocket) }
+
+func testStreamReadFromSocket(t *testing.T) {
 	for _, size := range []int{1, slotPayload, slotPayload + 1, slotsBulk*slotPayload + 5, 9<<20 + 3} {
 		c, _ := dialEcho(t, echoHandler)
 		payload := make([]byte, size)
@@ -149,6 +151,10 @@ func TestStreamReadFromSocket(t *testing.T) {
 // When the windows take only part of what one read brought, the records that fit go
 // out sealed in place and the rest as ordinary writes once the peer reads again.
 func TestStreamReadFromSocketWindowBound(t *testing.T) {
+	onLayers(t, testStreamReadFromSocketWindowBound)
+}
+
+func testStreamReadFromSocketWindowBound(t *testing.T) {
 	release := make(chan struct{})
 	c, _ := dialEcho(t, HandlerFunc(func(s *Stream) {
 		if err := s.Accept(); err != nil {
@@ -173,7 +179,9 @@ func TestStreamReadFromSocketWindowBound(t *testing.T) {
 // Short of window, sendSlots sends the whole slots the window covers and, once the
 // window is back, the rest of the batch in one write: not one write per record, as
 // when the rest went the copying way.
-func TestSendSlotsShortWindow(t *testing.T) {
+func TestSendSlotsShortWindow(t *testing.T) { onLayers(t, testSendSlotsShortWindow) }
+
+func testSendSlotsShortWindow(t *testing.T) {
 	got := make(chan []byte, 1)
 	release := make(chan struct{})
 	_, addr := startServer(t, HandlerFunc(func(s *Stream) {
@@ -227,8 +235,9 @@ func TestSendSlotsShortWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Three whole slots; half a slot, the copying way; after the update its other half
-	// and then the other 28 slots in one batch.
-	if n := writes.Load() - before; n > 6 {
+	// and then the other 28 slots in one batch. (crypto/tls writes each record of its
+	// own with a system call of its own.)
+	if n := writes.Load() - before; n > 6 && layerOf(t) == RecordsOwn {
 		t.Errorf("%d socket writes for %d records, want at most 6", n, slotsBulk)
 	}
 	close(release)
@@ -241,7 +250,9 @@ func TestSendSlotsShortWindow(t *testing.T) {
 }
 
 // ReadFrom a reader that is not a socket copies through a buffer, like io.Copy.
-func TestStreamReadFromReader(t *testing.T) {
+func TestStreamReadFromReader(t *testing.T) { onLayers(t, testStreamReadFromReader) }
+
+func testStreamReadFromReader(t *testing.T) {
 	c, _ := dialEcho(t, echoHandler)
 	payload := make([]byte, 1<<20+17)
 	rand.Read(payload)

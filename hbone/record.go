@@ -21,7 +21,8 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// An HBONE connection's TLS 1.3 handshake is crypto/tls's; its records are ours.
+// An HBONE connection's TLS 1.3 handshake is crypto/tls's; with RecordsOwn (the
+// default) its records are ours. RecordsCryptoTLS keeps tls.Conn instead (layer.go).
 //
 // Once the handshake is done, the connection's traffic secrets (taken from the key log
 // callback crypto/tls offers for exactly this kind of export) key the record layer
@@ -170,10 +171,11 @@ func readSome(r io.Reader, b []byte) (int, error) {
 	return 0, err
 }
 
-// handshake runs crypto/tls's handshake on nc and returns the connection's record layer
-// and TLS state; on error nc is closed. A server's cfg comes from hboneTLS, whose
-// GetConfigForClient routes each handshake's key log to its handshakeConn.
-func handshake(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (*records, tls.ConnectionState, error) {
+// handshakeOwn runs crypto/tls's handshake on nc and returns the connection's own
+// record layer and TLS state; on error nc is closed. A server's cfg comes from
+// hboneTLS, whose GetConfigForClient routes each handshake's key log to its
+// handshakeConn.
+func handshakeOwn(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (*records, tls.ConnectionState, error) {
 	hc := newHandshakeConn(nc)
 	var tc *tls.Conn
 	if client {
@@ -181,14 +183,7 @@ func handshake(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (
 	} else {
 		tc = tls.Server(hc, cfg)
 	}
-	err := tc.HandshakeContext(ctx)
-	if err != nil {
-		err = fmt.Errorf("tls handshake: %w", err)
-	}
-	st := tc.ConnectionState()
-	if err == nil {
-		err = checkNegotiated(st)
-	}
+	st, err := tlsHandshake(ctx, tc)
 	var rl *records
 	if err == nil {
 		rl, err = establish(hc, st, client)
@@ -705,14 +700,24 @@ func (rl *records) flushLocked() error {
 
 // releaseOutLocked gives the output buffer back: idle connections do not pin one.
 func (rl *records) releaseOutLocked() {
-	if rl.out == nil {
-		return
+	if rl.out != nil {
+		putOut(rl.out)
+		rl.out = nil
 	}
-	*rl.out = (*rl.out)[:0]
-	if cap(*rl.out) == recordFlushAt+2*maxRecord {
-		outPool.Put(rl.out)
+}
+
+// putOut returns an output buffer to outPool unless it was outgrown.
+func putOut(b *[]byte) {
+	*b = (*b)[:0]
+	if cap(*b) == recordFlushAt+2*maxRecord {
+		outPool.Put(b)
 	}
-	rl.out = nil
+}
+
+func (rl *records) netConn() net.Conn { return rl.nc }
+
+func (rl *records) hook(pending, beforeRead func()) {
+	rl.pending, rl.beforeRead = pending, beforeRead
 }
 
 // Records laid out by the sender itself (see stream.ReadFrom): one HTTP/2 DATA frame

@@ -32,7 +32,7 @@ func recordPair(tb testing.TB, oursClient bool) (*records, *tls.Conn) {
 			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 			cfg.SessionTicketsDisabled = false
 		}
-		rl, _, err := handshake(context.Background(), nc, cfg, client)
+		rl, _, err := handshakeOwn(context.Background(), nc, cfg, client)
 		ch <- res{rl: rl, err: err}
 	}
 	peer := func(nc net.Conn, client bool) {

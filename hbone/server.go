@@ -38,7 +38,10 @@ type ServerConfig struct {
 	PingInterval, PingTimeout time.Duration // default 30s / 10s; negative interval disables
 	MaxConcurrentStreams      uint32        // per connection; default 1000
 	HandshakeTimeout          time.Duration // default 10s
-	Logger                    *slog.Logger
+	// Records picks the TLS record layer (default RecordsOwn, hbone's own). Clients
+	// may pick either: the wire protocol is the same.
+	Records RecordLayer
+	Logger  *slog.Logger
 }
 
 // ConnectRequest is a validated CONNECT request.
@@ -176,6 +179,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Handler == nil {
 		return nil, errors.New("hbone: server config: Handler is required")
 	}
+	if err := cfg.Records.check(); err != nil {
+		return nil, fmt.Errorf("hbone: server config: %w", err)
+	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 10 * time.Minute
 	}
@@ -254,7 +260,7 @@ func (srv *Server) Serve(l net.Listener) error {
 // returns when it is closed and its handlers have returned.
 func (srv *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	hctx, cancel := context.WithTimeout(ctx, srv.cfg.HandshakeTimeout)
-	rl, st, err := handshake(hctx, nc, srv.tlsCfg, false)
+	rl, st, err := handshake(hctx, nc, srv.tlsCfg, false, srv.cfg.Records)
 	cancel()
 	if err != nil {
 		srv.log.Debug("hbone tls handshake failed", "remote", nc.RemoteAddr().String(), "error", err)
@@ -365,7 +371,9 @@ func (srv *Server) runHandler(s *stream) {
 // only :method=CONNECT and :authority (an ip:port) are allowed.
 func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, string) {
 	if f.Truncated {
-		return nil, http.StatusBadRequest, "header list too large"
+		// Over SETTINGS_MAX_HEADER_LIST_SIZE, but decoded to its end (the HPACK state
+		// stays in step): answered as RFC 9113 section 10.5.1 suggests.
+		return nil, http.StatusRequestHeaderFieldsTooLarge, "header list too large"
 	}
 	var method, authority string
 	for _, hf := range f.PseudoFields() {
@@ -384,9 +392,9 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 	if authority == "" {
 		return nil, http.StatusBadRequest, "missing :authority"
 	}
-	target, err := netip.ParseAddrPort(authority)
-	if err != nil || target.Port() == 0 {
-		return nil, http.StatusBadRequest, "authority is not ip:port"
+	target, err := parseAuthority(authority)
+	if err != nil {
+		return nil, http.StatusBadRequest, err.Error()
 	}
 	if c.peer.IsZero() {
 		return nil, http.StatusUnauthorized, "client has no spiffe identity"
@@ -397,8 +405,8 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 		Header:           make(http.Header, len(f.Fields)),
 		Peer:             c.peer,
 		PeerCertificates: c.peerCerts,
-		LocalAddr:        c.rl.nc.LocalAddr(),
-		RemoteAddr:       c.rl.nc.RemoteAddr(),
+		LocalAddr:        c.nc.LocalAddr(),
+		RemoteAddr:       c.nc.RemoteAddr(),
 	}
 	for _, hf := range f.RegularFields() {
 		req.Header.Add(http.CanonicalHeaderKey(hf.Name), hf.Value)
@@ -408,6 +416,31 @@ func parseConnect(c *conn, f *http2.MetaHeadersFrame) (*ConnectRequest, int, str
 	}
 	req.EarlyData = req.Header.Get(headerEarlyData) == "1"
 	return req, 0, ""
+}
+
+// parseAuthority reads a CONNECT target: an IP address without zone (IPv4 not mapped
+// into IPv6) and a port from 1 to 65535 written without leading zeros, which
+// netip.ParseAddrPort alone accepts ("198.18.0.1:0080" for port 80).
+func parseAuthority(s string) (netip.AddrPort, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return netip.AddrPort{}, errors.New("authority is not ip:port")
+	}
+	if port := s[i+1:]; len(port) > 1 && port[0] == '0' {
+		return netip.AddrPort{}, errors.New("authority port has leading zeros")
+	}
+	ap, err := netip.ParseAddrPort(s)
+	switch {
+	case err != nil:
+		return netip.AddrPort{}, errors.New("authority is not ip:port")
+	case ap.Port() == 0:
+		return netip.AddrPort{}, errors.New("authority port is 0")
+	case ap.Addr().Zone() != "":
+		return netip.AddrPort{}, errors.New("authority has an ipv6 zone")
+	case ap.Addr().Is4In6():
+		return netip.AddrPort{}, errors.New("authority is an ipv4-mapped ipv6 address")
+	}
+	return ap, nil
 }
 
 // parseForwarded reads for= and host= from the first element of an RFC 7239

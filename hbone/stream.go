@@ -1057,10 +1057,10 @@ func (s *stream) Close() error {
 }
 
 // LocalAddr is the local address of the underlying TCP connection.
-func (s *stream) LocalAddr() net.Addr { return s.c.rl.nc.LocalAddr() }
+func (s *stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
 
 // RemoteAddr is the remote address of the underlying TCP connection.
-func (s *stream) RemoteAddr() net.Addr { return s.c.rl.nc.RemoteAddr() }
+func (s *stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
 
 func (s *stream) SetDeadline(t time.Time) error {
 	s.rdl.set(t)

@@ -13,10 +13,10 @@ const alpnH2 = "h2"
 
 // hboneTLS returns a copy of cfg pinned to what HBONE requires: TLS 1.3 and ALPN h2.
 // Session tickets are off: HBONE connections are not resumed, and a ticket crypto/tls
-// sent after the handshake would use record sequence numbers the record layer (which
-// takes over once the handshake is done, see record.go) does not know about. On the
-// server side every handshake gets its own copy of the configuration whose key log
-// feeds that connection's record layer.
+// sent after the handshake would use record sequence numbers the own record layer
+// (which takes over once the handshake is done, see record.go) does not know about. On
+// the server side every handshake gets its own copy of the configuration, whose key log
+// feeds that connection's own record layer (with RecordsCryptoTLS nothing reads it).
 func hboneTLS(cfg *tls.Config) *tls.Config {
 	pin := func(c *tls.Config) *tls.Config {
 		c.MinVersion = tls.VersionTLS13

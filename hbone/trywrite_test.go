@@ -116,7 +116,9 @@ func sendRandom(tb testing.TB, c io.Writer, size int, seed byte) []byte {
 // TestWriteToDirectDelivery checks the read loop's direct delivery into WriteTo's
 // destination: whatever share of each batch the destination takes without blocking,
 // every byte arrives once, in order, and WriteTo counts it.
-func TestWriteToDirectDelivery(t *testing.T) {
+func TestWriteToDirectDelivery(t *testing.T) { onLayers(t, testWriteToDirectDelivery) }
+
+func testWriteToDirectDelivery(t *testing.T) {
 	const size = 16 << 20
 	for _, tc := range []struct {
 		name   string
@@ -166,7 +168,9 @@ func TestWriteToDirectDelivery(t *testing.T) {
 
 // The read loop hands every chunk it holds to a BuffersTryWriter in one call, and a
 // short write leaves the rest where it ended, inside any chunk.
-func TestDeliverGathersChunks(t *testing.T) {
+func TestDeliverGathersChunks(t *testing.T) { onLayers(t, testDeliverGathersChunks) }
+
+func testDeliverGathersChunks(t *testing.T) {
 	c, _ := dialEcho(t, echoHandler)
 	s := c.stream // idle: the peer sends nothing, so only this test touches the buffer
 	sink := &sinkWriterV{sinkWriter: &sinkWriter{h: sha256.New()}}
@@ -209,7 +213,9 @@ func TestDeliverGathersChunks(t *testing.T) {
 
 // TestWriteToSocketSlowReader delivers into a real TCP socket whose reader is slow, so
 // non-blocking writes meet a full socket buffer and WriteTo takes over.
-func TestWriteToSocketSlowReader(t *testing.T) {
+func TestWriteToSocketSlowReader(t *testing.T) { onLayers(t, testWriteToSocketSlowReader) }
+
+func testWriteToSocketSlowReader(t *testing.T) {
 	const size = 32 << 20
 	c, _ := dialEcho(t, echoHandler)
 	l, err := net.Listen("tcp", testAddr+":0")
@@ -267,7 +273,9 @@ func TestWriteToSocketSlowReader(t *testing.T) {
 // The read loop writes a stream's data out once per burst of records it holds, not
 // once per DATA frame: with one 16 KiB frame per record from the sender, a bulk
 // transfer reaches the socket in far fewer writes than frames.
-func TestDirectDeliveryCoalescesFrames(t *testing.T) {
+func TestDirectDeliveryCoalescesFrames(t *testing.T) { onLayers(t, testDirectDeliveryCoalescesFrames) }
+
+func testDirectDeliveryCoalescesFrames(t *testing.T) {
 	const size = 16 << 20
 	sink := &sinkWriter{h: sha256.New(), take: func(n int) int { return n }}
 	done := make(chan error, 1)
@@ -297,7 +305,9 @@ func TestDirectDeliveryCoalescesFrames(t *testing.T) {
 		t.Fatalf("sink got %d bytes (or other bytes), want %d", sink.n, size)
 	}
 	frames := (size + slotPayload - 1) / slotPayload
-	if sink.tries*2 > frames {
+	// crypto/tls reads what it needs for the record at hand, little more: the own
+	// record layer's bulk reads are what bring many records per socket read.
+	if sink.tries*2 > frames && layerOf(t) == RecordsOwn {
 		t.Fatalf("%d frames reached the destination in %d writes; want fewer than half as many", frames, sink.tries)
 	}
 	t.Logf("%d frames, %d writes", frames, sink.tries)
