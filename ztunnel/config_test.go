@@ -1,6 +1,7 @@
 package ztunnel
 
 import (
+	"errors"
 	"flag"
 	"io"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/internal/serve"
 	"github.com/ambitmesh/ambit/redirect"
 )
@@ -179,5 +181,31 @@ func TestRegisterCaptureFlags(t *testing.T) {
 		if a, b := fs.Lookup(n), full.Lookup(n); a.DefValue != b.DefValue || a.Usage != b.Usage {
 			t.Errorf("-%s differs between the capture flags and ztunnel's", n)
 		}
+	}
+}
+
+func TestDataPathImplementations(t *testing.T) {
+	tests := []struct {
+		dp      DataPath
+		records hbone.RecordLayer
+		sockets redirect.SocketStack
+	}{
+		{DataPathFast, hbone.RecordsOwn, redirect.SocketsRaw},
+		{DataPathStd, hbone.RecordsCryptoTLS, redirect.SocketsStd},
+	}
+	for _, tc := range tests {
+		if got := tc.dp.records(); got != tc.records {
+			t.Errorf("%s: record layer %s, want %s", tc.dp, got, tc.records)
+		}
+		if got := tc.dp.sockets(); got != tc.sockets {
+			t.Errorf("%s: socket stack %s, want %s", tc.dp, got, tc.sockets)
+		}
+		var back DataPath
+		if err := back.UnmarshalText([]byte(tc.dp.String())); err != nil || back != tc.dp {
+			t.Errorf("%s: round trip gave %s, %v", tc.dp, back, err)
+		}
+	}
+	if err := (Config{NodeName: "n", DataPath: 7}).WithDefaults().Validate(); err == nil || !errors.Is(err, ErrConfig) {
+		t.Errorf("unknown data path: error %v, want ErrConfig", err)
 	}
 }

@@ -3,6 +3,7 @@ package ztunnel
 import (
 	"fmt"
 
+	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/redirect"
 )
 
@@ -53,4 +54,12 @@ func (d DataPath) sockets() redirect.SocketStack {
 		return redirect.SocketsStd
 	}
 	return redirect.SocketsRaw
+}
+
+// records is hbone's record layer of d.
+func (d DataPath) records() hbone.RecordLayer {
+	if d == DataPathStd {
+		return hbone.RecordsCryptoTLS
+	}
+	return hbone.RecordsOwn
 }

@@ -24,6 +24,7 @@ func (z *Ztunnel) startHTTP() (*serve.Servers, error) {
 type ConfigDump struct {
 	Node         string                 `json:"node"`
 	TrustDomain  string                 `json:"trustDomain"`
+	DataPath     string                 `json:"dataPath"`
 	Ready        string                 `json:"ready"`
 	ModelVersion uint64                 `json:"modelVersion"`
 	Workloads    []dumpWorkload         `json:"workloads"`
@@ -60,6 +61,7 @@ func (z *Ztunnel) Dump() ConfigDump {
 	d := ConfigDump{
 		Node:         z.cfg.NodeName,
 		TrustDomain:  z.cfg.TrustDomain,
+		DataPath:     z.cfg.DataPath.String(),
 		Ready:        "ok",
 		ModelVersion: snap.Version,
 		Certificates: z.ident.Certificates(),

@@ -179,6 +179,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		},
 		ConnsPerDest: cfg.HBONEConnsPerPeer,
 		IdleTimeout:  cfg.HBONEPoolIdleTimeout,
+		Records:      cfg.DataPath.records(),
 		Logger:       z.log,
 	})
 	if err != nil {
@@ -188,6 +189,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 	srv, err := hbone.NewServer(hbone.ServerConfig{
 		TLSConfig: identity.ServerTLSConfig(z.ident, td, z.pickServerIdentity),
 		Handler:   hbone.HandlerFunc(func(s *hbone.Stream) { z.serveHBONE(s) }),
+		Records:   cfg.DataPath.records(),
 		Logger:    z.log,
 	})
 	if err != nil {

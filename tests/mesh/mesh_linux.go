@@ -308,7 +308,22 @@ func (m *Mesh) StartZtunnel(ctx context.Context, n *netns.Node) error {
 	m.mu.Lock()
 	m.zt[n.Name] = p
 	m.mu.Unlock()
-	return waitFor(ctx, p, 30*time.Second, func() bool { return m.Ready(ctx, n) == nil }, "ztunnel on "+n.Name)
+	if err := waitFor(ctx, p, 30*time.Second, func() bool { return m.Ready(ctx, n) == nil }, "ztunnel on "+n.Name); err != nil {
+		return err
+	}
+	want := os.Getenv(DataPathEnv)
+	if want == "" {
+		return nil
+	}
+	// The suites' second run must really be on that data path.
+	d, err := m.Dump(ctx, n)
+	if err != nil {
+		return fmt.Errorf("config_dump of %s: %w", n.Name, err)
+	}
+	if d.DataPath != want {
+		return fmt.Errorf("ztunnel on %s runs data path %q, want %q (%s)", n.Name, d.DataPath, want, DataPathEnv)
+	}
+	return nil
 }
 
 // Ztunnel returns the node's ztunnel process, or nil.
