@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ambitmesh/ambit/identity"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -427,7 +428,8 @@ func (p *Pool) dialConn(ctx context.Context, req Request) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: %s: %w", req.Addr, err)
 	}
-	peer, certs, _ := peerIdentity(st)
+	peer, _ := identity.PeerID(st)
+	certs := st.PeerCertificates
 	pi := p.cfg.PingInterval
 	if pi < 0 {
 		pi = 0

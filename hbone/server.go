@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/internal/workers"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
@@ -266,7 +267,8 @@ func (srv *Server) ServeConn(ctx context.Context, nc net.Conn) {
 		srv.log.Debug("hbone tls handshake failed", "remote", nc.RemoteAddr().String(), "error", err)
 		return
 	}
-	peer, certs, perr := peerIdentity(st)
+	peer, perr := identity.PeerID(st)
+	certs := st.PeerCertificates
 	if perr != nil {
 		srv.log.Debug("hbone peer without spiffe id", "remote", nc.RemoteAddr().String(), "error", perr)
 	}

@@ -2,14 +2,10 @@ package hbone
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/ambitmesh/ambit/identity"
 )
-
-const alpnH2 = "h2"
 
 // hboneTLS returns a copy of cfg pinned to what HBONE requires: TLS 1.3 and ALPN h2.
 // Session tickets are off: HBONE connections are not resumed, and a ticket crypto/tls
@@ -23,7 +19,7 @@ func hboneTLS(cfg *tls.Config) *tls.Config {
 		if c.MaxVersion != 0 && c.MaxVersion < tls.VersionTLS13 {
 			c.MaxVersion = tls.VersionTLS13
 		}
-		c.NextProtos = []string{alpnH2}
+		c.NextProtos = []string{identity.ALPN}
 		c.SessionTicketsDisabled = true
 		c.ClientSessionCache = nil
 		return c
@@ -52,25 +48,12 @@ func hboneTLS(cfg *tls.Config) *tls.Config {
 	return c
 }
 
-// peerIdentity extracts the SPIFFE ID of the verified peer leaf certificate.
-func peerIdentity(st tls.ConnectionState) (spiffeid.ID, []*x509.Certificate, error) {
-	certs := st.PeerCertificates
-	if len(certs) == 0 {
-		return spiffeid.ID{}, nil, fmt.Errorf("peer presented no certificate")
-	}
-	id, err := x509svid.IDFromCert(certs[0])
-	if err != nil {
-		return spiffeid.ID{}, certs, fmt.Errorf("peer spiffe id: %w", err)
-	}
-	return id, certs, nil
-}
-
 func checkNegotiated(st tls.ConnectionState) error {
 	if st.Version != tls.VersionTLS13 {
 		return fmt.Errorf("negotiated tls version %#x, want tls 1.3", st.Version)
 	}
-	if st.NegotiatedProtocol != alpnH2 {
-		return fmt.Errorf("negotiated alpn %q, want %q", st.NegotiatedProtocol, alpnH2)
+	if st.NegotiatedProtocol != identity.ALPN {
+		return fmt.Errorf("negotiated alpn %q, want %q", st.NegotiatedProtocol, identity.ALPN)
 	}
 	return nil
 }

@@ -12,8 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// ALPN protocol spoken over HBONE connections.
-const alpnH2 = "h2"
+// ALPN is the application protocol negotiated on HBONE connections (HTTP/2).
+const ALPN = "h2"
 
 // ClientTLSConfig returns an HBONE client configuration (TLS 1.3 only, ALPN h2)
 // that presents self's certificate, fetched from src at handshake time (and
@@ -24,7 +24,7 @@ func ClientTLSConfig(src Source, self, dst spiffeid.ID) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		MaxVersion: tls.VersionTLS13,
-		NextProtos: []string{alpnH2},
+		NextProtos: []string{ALPN},
 		// Standard hostname verification does not apply to SPIFFE; the chain is
 		// verified in VerifyConnection instead.
 		InsecureSkipVerify: true,
@@ -60,7 +60,7 @@ func ServerTLSConfig(src Source, td spiffeid.TrustDomain, pick func(*tls.ClientH
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		MaxVersion: tls.VersionTLS13,
-		NextProtos: []string{alpnH2},
+		NextProtos: []string{ALPN},
 		ClientAuth: tls.RequireAnyClientCert,
 		// Without resumption every connection's peer is verified afresh.
 		SessionTicketsDisabled: true,
