@@ -82,8 +82,8 @@ func TestRegisterFlagsNames(t *testing.T) {
 		"hbone-pool-idle-timeout": "1m0s",
 		"drain-timeout":           "5s",
 		"datapath":                "fast",
-		"max-streams-per-peer":    "4096",
-		"max-upstreams-per-peer":  "4096",
+		"max-streams-per-peer":    "32768",
+		"max-upstreams-per-peer":  "32768",
 	}
 	got := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { got[f.Name] = f.DefValue })

@@ -14,8 +14,8 @@ import (
 // local pods on one identity's behalf (inbound HBONE and same node). Generous: a
 // busy peer is far below them (Config.MaxStreamsPerPeer, MaxUpstreamsPerPeer).
 const (
-	defaultMaxStreamsPerPeer   = 4096
-	defaultMaxUpstreamsPerPeer = 4096
+	defaultMaxStreamsPerPeer   = 32768
+	defaultMaxUpstreamsPerPeer = 32768
 )
 
 // errPeerLimit marks a connection refused because its peer is at a cap (503).

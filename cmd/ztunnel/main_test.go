@@ -35,7 +35,7 @@ func TestFlagNames(t *testing.T) {
 		"outbound-addr": "127.0.0.1:15001", "inbound-addr": "127.0.0.1:15006", "hbone-addr": "127.0.0.1:15008",
 		"readiness-addr": ":15021", "metrics-addr": ":15020", "admin-addr": "127.0.0.1:15000",
 		"hbone-conns-per-peer": "4", "hbone-pool-idle-timeout": "1m0s", "drain-timeout": "5s",
-		"datapath": "fast", "max-streams-per-peer": "4096", "max-upstreams-per-peer": "4096", "gomaxprocs": "auto", "log-json": "false", "log-level": "INFO", "log-flush-interval": "100ms",
+		"datapath": "fast", "max-streams-per-peer": "32768", "max-upstreams-per-peer": "32768", "gomaxprocs": "auto", "log-json": "false", "log-level": "INFO", "log-flush-interval": "100ms",
 	}
 	if !maps.Equal(got, want) {
 		for _, k := range slices.Sorted(maps.Keys(want)) {
@@ -65,7 +65,7 @@ func TestFlagsParse(t *testing.T) {
 				"-ca-token-file=/var/run/secrets/ambit/token", "-ca-root-file=/var/run/ambit/ca/root.pem", "-uplinks=eth0",
 				"-bpf-pin-path=/sys/fs/bpf/ambit", "-mark=0x400", "-mark-mask=0xf00", "-route-table=133", "-metrics-addr=:15020",
 				"-readiness-addr=:15021", "-drain-timeout=5s", "-hbone-conns-per-peer=4", "-hbone-pool-idle-timeout=60s",
-				"-gomaxprocs=auto", "-datapath=fast", "-max-streams-per-peer=4096", "-max-upstreams-per-peer=4096", "-log-level=info", "-log-json=false"},
+				"-gomaxprocs=auto", "-datapath=fast", "-max-streams-per-peer=32768", "-max-upstreams-per-peer=32768", "-log-level=info", "-log-json=false"},
 			check: func(c ztunnel.Config, p daemon.Config, s sources) bool {
 				return s.kube && c.CAAddr == "ambit-ca.ambit-system.svc:15012" && c.HBONEPoolIdleTimeout == time.Minute &&
 					p.GOMAXPROCS == daemon.ProcsAuto && p.LogLevel == slog.LevelInfo && !p.LogJSON
