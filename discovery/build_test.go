@@ -224,6 +224,9 @@ func TestBuildErrors(t *testing.T) {
 			{Name: "a", Namespace: "ns", VIPs: addrs("198.19.0.1")},
 			{Name: "b", Namespace: "ns", VIPs: addrs("::ffff:198.19.0.1")},
 		}}, []string{"services[1].vips[0]: 198.19.0.1 of service ns/b is already used by service ns/a (services[0].vips[0])"}},
+		{"a node listing an address twice", Input{Nodes: []*Node{
+			{Name: "n1", Addresses: addrs("198.18.0.1", "198.18.0.1")},
+		}}, []string{"nodes[0].addresses[1]: 198.18.0.1 is listed twice (nodes[0].addresses[0])"}},
 		{"nil entries and invalid addresses", Input{
 			Workloads:  []*Workload{nil, {Name: "a", Namespace: "ns", IPs: []netip.Addr{{}}}},
 			Services:   []*Service{nil, {Name: "s", Namespace: "ns", Ports: []ServicePort{{Port: 0}}}},

@@ -152,116 +152,51 @@ func (p *parser) document(data []byte) (Input, bool) {
 	if isNull(root) {
 		return in, true
 	}
-	p.fields(root, "", func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "namespaces":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				in.Namespaces = append(in.Namespaces, p.namespace(item, path))
-			})
-		case "nodes":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				in.Nodes = append(in.Nodes, p.node(item, path))
-			})
-		case "workloads":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				in.Workloads = append(in.Workloads, p.workload(item, path))
-			})
-		case "services":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				in.Services = append(in.Services, p.service(item, path))
-			})
-		default:
-			return false
-		}
-		return true
+	p.fields(root, "", fieldSet{
+		"namespaces": list(p, &in.Namespaces, p.namespace),
+		"nodes":      list(p, &in.Nodes, p.node),
+		"workloads":  list(p, &in.Workloads, p.workload),
+		"services":   list(p, &in.Services, p.service),
 	})
 	return in, true
 }
 
 func (p *parser) namespace(n *yaml.Node, path string) *Namespace {
 	ns := &Namespace{}
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "name":
-			ns.Name = p.str(v, path)
-		case "labels":
-			ns.Labels = p.strMap(v, path)
-		default:
-			return false
-		}
-		return true
-	})
+	p.fields(n, path, fieldSet{"name": p.toStr(&ns.Name), "labels": p.toStrMap(&ns.Labels)})
 	return ns
 }
 
 func (p *parser) node(n *yaml.Node, path string) *Node {
 	node := &Node{}
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "name":
-			node.Name = p.str(v, path)
-		case "addresses":
-			node.Addresses = p.addrs(v, path)
-		default:
-			return false
-		}
-		return true
-	})
+	p.fields(n, path, fieldSet{"name": p.toStr(&node.Name), "addresses": p.toAddrs(&node.Addresses)})
 	return node
 }
 
 func (p *parser) workload(n *yaml.Node, path string) *Workload {
 	w := &Workload{}
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "name":
-			w.Name = p.str(v, path)
-		case "namespace":
-			w.Namespace = p.str(v, path)
-		case "serviceAccount":
-			w.ServiceAccount = p.str(v, path)
-		case "node":
-			w.Node = p.str(v, path)
-		case "ips":
-			w.IPs = p.addrs(v, path)
-		case "labels":
-			w.Labels = p.strMap(v, path)
-		case "uid":
-			w.UID = p.str(v, path)
-		default:
-			return false
-		}
-		return true
+	p.fields(n, path, fieldSet{
+		"name":           p.toStr(&w.Name),
+		"namespace":      p.toStr(&w.Namespace),
+		"serviceAccount": p.toStr(&w.ServiceAccount),
+		"node":           p.toStr(&w.Node),
+		"ips":            p.toAddrs(&w.IPs),
+		"labels":         p.toStrMap(&w.Labels),
+		"uid":            p.toStr(&w.UID),
 	})
 	return w
 }
 
 func (p *parser) service(n *yaml.Node, path string) *Service {
 	s := &Service{}
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "name":
-			s.Name = p.str(v, path)
-		case "namespace":
-			s.Namespace = p.str(v, path)
-		case "hostname":
-			s.Hostname = p.str(v, path)
-		case "vips":
-			s.VIPs = p.addrs(v, path)
-		case "ports":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				s.Ports = append(s.Ports, p.servicePort(item, path))
-			})
-		case "selector":
-			s.Selector = p.strMap(v, path)
-		case "endpoints":
-			p.seq(v, path, func(item *yaml.Node, path string) {
-				s.Endpoints = append(s.Endpoints, p.endpoint(item, path))
-			})
-		default:
-			return false
-		}
-		return true
+	p.fields(n, path, fieldSet{
+		"name":      p.toStr(&s.Name),
+		"namespace": p.toStr(&s.Namespace),
+		"hostname":  p.toStr(&s.Hostname),
+		"vips":      p.toAddrs(&s.VIPs),
+		"ports":     list(p, &s.Ports, p.servicePort),
+		"selector":  p.toStrMap(&s.Selector),
+		"endpoints": list(p, &s.Endpoints, p.endpoint),
 	})
 	return s
 }
@@ -269,23 +204,19 @@ func (p *parser) service(n *yaml.Node, path string) *Service {
 func (p *parser) servicePort(n *yaml.Node, path string) ServicePort {
 	var sp ServicePort
 	havePort := false
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "name":
-			sp.Name = p.str(v, path)
-		case "port":
+	p.fields(n, path, fieldSet{
+		"name": p.toStr(&sp.Name),
+		"port": func(v *yaml.Node, path string) {
 			havePort = true
 			sp.Port = p.port(v, path)
-		case "targetPort":
+		},
+		"targetPort": func(v *yaml.Node, path string) {
 			if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
 				p.fail(v, path, fmt.Sprintf("%q: named target ports are not supported in the mesh model file, use a number", v.Value))
-				return true
+				return
 			}
 			sp.TargetPort = p.port(v, path)
-		default:
-			return false
-		}
-		return true
+		},
 	})
 	if !havePort && n.Kind == yaml.MappingNode {
 		p.fail(n, path+".port", msgRequired)
@@ -295,29 +226,62 @@ func (p *parser) servicePort(n *yaml.Node, path string) ServicePort {
 
 func (p *parser) endpoint(n *yaml.Node, path string) Endpoint {
 	var ep Endpoint
-	p.fields(n, path, func(key string, v *yaml.Node, path string) bool {
-		switch key {
-		case "workload":
-			ep.WorkloadUID = p.str(v, path)
-		case "ip":
+	p.fields(n, path, fieldSet{
+		"workload": p.toStr(&ep.WorkloadUID),
+		"ip": func(v *yaml.Node, path string) {
 			if s := p.str(v, path); s != "" {
 				ep.Addr = p.addr(v, path, s)
 			}
-		default:
-			return false
-		}
-		return true
+		},
 	})
 	return ep
 }
 
-// fields walks a mapping, calling f for each key with the value and its
-// path; it rejects duplicate keys and those f does not know (returns false), and
-// records each field's line.
-func (p *parser) fields(n *yaml.Node, path string, f func(key string, v *yaml.Node, path string) bool) {
+// fieldSet maps the keys a mapping may have to the parsers of their values.
+type fieldSet map[string]func(v *yaml.Node, path string)
+
+func (p *parser) toStr(dst *string) func(*yaml.Node, string) {
+	return func(v *yaml.Node, path string) { *dst = p.str(v, path) }
+}
+
+func (p *parser) toStrMap(dst *map[string]string) func(*yaml.Node, string) {
+	return func(v *yaml.Node, path string) { *dst = p.strMap(v, path) }
+}
+
+func (p *parser) toAddrs(dst *[]netip.Addr) func(*yaml.Node, string) {
+	return func(v *yaml.Node, path string) { *dst = p.addrs(v, path) }
+}
+
+// list parses a list whose items item parses, appending them to dst.
+func list[T any](p *parser, dst *[]T, item func(*yaml.Node, string) T) func(*yaml.Node, string) {
+	return func(v *yaml.Node, path string) {
+		p.seq(v, path, func(n *yaml.Node, path string) { *dst = append(*dst, item(n, path)) })
+	}
+}
+
+// fields walks a mapping, parsing each key's value with its entry in known; it
+// rejects duplicate keys and those known lacks, and records each field's line.
+func (p *parser) fields(n *yaml.Node, path string, known fieldSet) {
 	if !p.kind(n, path, yaml.MappingNode) {
 		return
 	}
+	p.entries(n, path, fieldPath, func(k, v *yaml.Node, fp string) {
+		if v.Kind == yaml.AliasNode {
+			p.fail(v, fp, "YAML aliases are not supported")
+			return
+		}
+		parse, ok := known[k.Value]
+		if !ok {
+			p.fail(k, fp, "unknown field")
+			return
+		}
+		parse(v, fp)
+	})
+}
+
+// entries calls f for each entry of mapping n with the path keyPath gives its key,
+// rejecting keys that are not strings and duplicate ones, and records each key's line.
+func (p *parser) entries(n *yaml.Node, path string, keyPath func(path, key string) string, f func(k, v *yaml.Node, path string)) {
 	seen := make(map[string]int, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -325,24 +289,23 @@ func (p *parser) fields(n *yaml.Node, path string, f func(key string, v *yaml.No
 			p.fail(k, path, "keys must be strings, got "+describe(k))
 			continue
 		}
-		fp := k.Value
-		if path != "" {
-			fp = path + "." + k.Value
-		}
+		kp := keyPath(path, k.Value)
 		if first, dup := seen[k.Value]; dup {
-			p.fail(k, fp, fmt.Sprintf("set twice (first at line %d)", first))
+			p.fail(k, kp, fmt.Sprintf("set twice (first at line %d)", first))
 			continue
 		}
 		seen[k.Value] = k.Line
-		p.lines[fp] = k.Line
-		if v.Kind == yaml.AliasNode {
-			p.fail(v, fp, "YAML aliases are not supported")
-			continue
-		}
-		if !f(k.Value, v, fp) {
-			p.fail(k, fp, "unknown field")
-		}
+		p.lines[kp] = k.Line
+		f(k, v, kp)
 	}
+}
+
+// fieldPath names a field of the mapping at path, e.g. `services[0].name`.
+func fieldPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
 }
 
 // seq walks a list (null is an empty list), calling f for each item.
@@ -387,22 +350,7 @@ func (p *parser) strMap(n *yaml.Node, path string) map[string]string {
 	if !p.kind(n, path, yaml.MappingNode) {
 		return m
 	}
-	seen := make(map[string]int, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode || isNull(k) {
-			p.fail(k, path, "keys must be strings, got "+describe(k))
-			continue
-		}
-		kp := labelPath(path, k.Value)
-		if first, dup := seen[k.Value]; dup {
-			p.fail(k, kp, fmt.Sprintf("set twice (first at line %d)", first))
-			continue
-		}
-		seen[k.Value] = k.Line
-		p.lines[kp] = k.Line
-		m[k.Value] = p.str(v, kp)
-	}
+	p.entries(n, path, labelPath, func(k, v *yaml.Node, kp string) { m[k.Value] = p.str(v, kp) })
 	return m
 }
 

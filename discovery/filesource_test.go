@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ambitmesh/ambit/tests/background"
 )
 
 func TestMain(m *testing.M) {
@@ -92,6 +94,7 @@ func startSource(tb testing.TB, path string, cfg FileSourceConfig) *runningSourc
 	tb.Helper()
 	rs := &runningSource{store: NewStore(), logs: make(chan string, 64)}
 	ch, cancelWatch := rs.store.Watch()
+	tb.Cleanup(cancelWatch)
 	rs.ch = ch
 	cfg.Path = path
 	cfg.Logger = slog.New(logRecorder{rs.logs})
@@ -105,16 +108,7 @@ func startSource(tb testing.TB, path string, cfg FileSourceConfig) *runningSourc
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Run: %v", err)
-		}
-		cancelWatch()
-	})
+	background.Run(tb, src.Run)
 	rs.waitFor(tb, "first load", func(s *Snapshot) bool { return s.Version > 0 })
 	return rs
 }

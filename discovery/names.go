@@ -14,16 +14,20 @@ func isAlnumLower(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <=
 func isAlnum(c byte) bool { return isAlnumLower(c) || c >= 'A' && c <= 'Z' }
 
 // isDNS1123Label: at most 63 of [a-z0-9-], starting and ending alphanumeric.
-func isDNS1123Label(s string) bool {
+func isDNS1123Label(s string) bool { return isName(s, isAlnumLower, "-") }
+
+// isName: 1 to 63 characters, alnum at both ends and alnum or one of inner
+// in between.
+func isName(s string, alnum func(byte) bool, inner string) bool {
 	if len(s) == 0 || len(s) > 63 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if isAlnumLower(c) {
+		if alnum(c) {
 			continue
 		}
-		if c == '-' && i > 0 && i < len(s)-1 {
+		if strings.IndexByte(inner, c) >= 0 && i > 0 && i < len(s)-1 {
 			continue
 		}
 		return false
@@ -46,22 +50,7 @@ func isDNS1123Subdomain(s string) bool {
 
 // isQualifiedName is a label key's name part or a non-empty label value: at
 // most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric.
-func isQualifiedName(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if isAlnum(c) {
-			continue
-		}
-		if (c == '-' || c == '_' || c == '.') && i > 0 && i < len(s)-1 {
-			continue
-		}
-		return false
-	}
-	return true
-}
+func isQualifiedName(s string) bool { return isName(s, isAlnum, "-_.") }
 
 func isLabelKey(k string) bool {
 	prefix, name, found := strings.Cut(k, "/")
@@ -82,20 +71,21 @@ const (
 )
 
 func checkLabelName(errs *fieldErrors, path, v string) {
-	switch {
-	case v == "":
-		errs.add(path, msgRequired)
-	case !isDNS1123Label(v):
-		errs.add(path, fmt.Sprintf(msgLabel, v))
-	}
+	checkName(errs, path, v, isDNS1123Label, msgLabel)
 }
 
 func checkSubdomain(errs *fieldErrors, path, v string) {
+	checkName(errs, path, v, isDNS1123Subdomain, msgSubdomain)
+}
+
+// checkName records an error when the required name v is empty or not valid
+// (msg, formatted with v, says why).
+func checkName(errs *fieldErrors, path, v string, valid func(string) bool, msg string) {
 	switch {
 	case v == "":
 		errs.add(path, msgRequired)
-	case !isDNS1123Subdomain(v):
-		errs.add(path, fmt.Sprintf(msgSubdomain, v))
+	case !valid(v):
+		errs.add(path, fmt.Sprintf(msg, v))
 	}
 }
 

@@ -88,80 +88,47 @@ func (b *builder) build(in Input) *Snapshot {
 
 func (b *builder) namespaces(s *Snapshot, in []*Namespace) {
 	first := make(map[string]string, len(in))
-	for i, n := range in {
-		path := fmt.Sprintf("namespaces[%d]", i)
-		if n == nil {
-			b.errs.add(path, "must not be nil")
-			continue
-		}
+	each(b, "namespaces", in, func(path string, n *Namespace) {
 		ns := &Namespace{Name: n.Name, Labels: maps.Clone(n.Labels)}
 		checkLabelName(&b.errs, path+".name", ns.Name)
 		checkLabels(&b.errs, path+".labels", ns.Labels)
-		if prev, dup := first[ns.Name]; dup && ns.Name != "" {
-			b.errs.addRef(path+".name", fmt.Sprintf("namespace %q is already declared", ns.Name), prev)
-			continue
+		if !b.declare(first, path, "namespace", ns.Name) {
+			return
 		}
-		first[ns.Name] = path + ".name"
 		s.Namespaces = append(s.Namespaces, ns)
 		s.nsByName[ns.Name] = ns
-	}
+	})
 }
 
 func (b *builder) nodes(s *Snapshot, in []*Node) {
 	first := make(map[string]string, len(in))
 	addrOwner := make(map[netip.Addr]ref)
-	for i, n := range in {
-		path := fmt.Sprintf("nodes[%d]", i)
-		if n == nil {
-			b.errs.add(path, "must not be nil")
-			continue
-		}
-		node := &Node{Name: n.Name, Addresses: make([]netip.Addr, 0, len(n.Addresses))}
+	each(b, "nodes", in, func(path string, n *Node) {
+		node := &Node{Name: n.Name}
 		checkSubdomain(&b.errs, path+".name", node.Name)
-		for j, a := range n.Addresses {
-			ap := fmt.Sprintf("%s.addresses[%d]", path, j)
-			a, ok := checkAddr(&b.errs, ap, a)
-			if !ok {
-				continue
-			}
-			if prev, dup := addrOwner[a]; dup {
-				b.errs.addRef(ap, fmt.Sprintf("%s of node %s is already used by %s", a, node.Name, prev.what), prev.path)
-				continue
-			}
-			addrOwner[a] = ref{ap, "node " + node.Name}
-			node.Addresses = append(node.Addresses, a)
+		node.Addresses = b.claimAddrs(path+".addresses", "node "+node.Name, n.Addresses, false, addrOwner)
+		if !b.declare(first, path, "node", node.Name) {
+			return
 		}
-		if prev, dup := first[node.Name]; dup && node.Name != "" {
-			b.errs.addRef(path+".name", fmt.Sprintf("node %q is already declared", node.Name), prev)
-			continue
-		}
-		first[node.Name] = path + ".name"
 		s.Nodes = append(s.Nodes, node)
 		s.nodeByName[node.Name] = node
 		for _, a := range node.Addresses {
 			s.nodeByIP[a] = node
 		}
-	}
+	})
 }
 
 // workloads returns who owns each workload IP, for conflicts with VIPs.
 func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map[netip.Addr]ref {
-	firstName := make(map[string]string, len(in))
-	firstUID := make(map[string]ref, len(in))
+	first := newUniques("uid", len(in))
 	ipOwner := make(map[netip.Addr]ref, len(in))
-	for i, w := range in {
-		path := fmt.Sprintf("workloads[%d]", i)
-		if w == nil {
-			b.errs.add(path, "must not be nil")
-			continue
-		}
+	each(b, "workloads", in, func(path string, w *Workload) {
 		wl := &Workload{
 			UID:            w.UID,
 			Name:           w.Name,
 			Namespace:      w.Namespace,
 			ServiceAccount: cmp.Or(w.ServiceAccount, DefaultServiceAccount),
 			Node:           w.Node,
-			IPs:            make([]netip.Addr, 0, len(w.IPs)),
 			Labels:         maps.Clone(w.Labels),
 			Waypoint:       w.Waypoint,
 		}
@@ -180,37 +147,13 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 			}
 		}
 		checkLabels(&b.errs, path+".labels", wl.Labels)
-		dup := false
-		if prev, ok := firstName[key]; ok && wl.Name != "" && wl.Namespace != "" {
-			b.errs.addRef(path+".name", fmt.Sprintf("workload %s is already declared", key), prev)
-			dup = true
-		} else if prev, ok := firstUID[wl.UID]; ok {
-			b.errs.addRef(path+".uid", fmt.Sprintf("uid %q of workload %s is already used by %s", wl.UID, key, prev.what), prev.path)
-			dup = true
-		}
 		what := "workload " + key
-		for j, a := range w.IPs {
-			ap := fmt.Sprintf("%s.ips[%d]", path, j)
-			a, ok := checkAddr(&b.errs, ap, a)
-			if !ok || dup {
-				continue
-			}
-			if prev, taken := ipOwner[a]; taken {
-				if prev.what == what {
-					b.errs.addRef(ap, fmt.Sprintf("%s is listed twice", a), prev.path)
-				} else {
-					b.errs.addRef(ap, fmt.Sprintf("%s of %s is already used by %s", a, what, prev.what), prev.path)
-				}
-				continue
-			}
-			ipOwner[a] = ref{ap, what}
-			wl.IPs = append(wl.IPs, a)
-		}
+		dup := first.duplicate(b, path, key, what, wl.UID, wl.Name != "" && wl.Namespace != "")
+		wl.IPs = b.claimAddrs(path+".ips", what, w.IPs, dup, ipOwner)
 		if dup {
-			continue
+			return
 		}
-		firstName[key] = path + ".name"
-		firstUID[wl.UID] = ref{path + ".uid", what}
+		first.record(path, key, what, wl.UID)
 
 		var nsLabels map[string]string
 		if ns := s.nsByName[wl.Namespace]; ns != nil {
@@ -229,29 +172,22 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 		if wl.Node != "" {
 			s.workloadsOn[wl.Node] = append(s.workloadsOn[wl.Node], wl)
 		}
-	}
+	})
 	return ipOwner
 }
 
 func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]ref) {
-	firstName := make(map[string]string, len(in))
-	firstHost := make(map[string]ref, len(in))
+	first := newUniques("hostname", len(in))
 	vipOwner := make(map[netip.Addr]ref)
 	byNS := make(map[string][]*Workload)
 	for _, w := range s.Workloads {
 		byNS[w.Namespace] = append(byNS[w.Namespace], w)
 	}
-	for i, sv := range in {
-		path := fmt.Sprintf("services[%d]", i)
-		if sv == nil {
-			b.errs.add(path, "must not be nil")
-			continue
-		}
+	each(b, "services", in, func(path string, sv *Service) {
 		svc := &Service{
 			Name:      sv.Name,
 			Namespace: sv.Namespace,
 			Hostname:  sv.Hostname,
-			VIPs:      make([]netip.Addr, 0, len(sv.VIPs)),
 			Ports:     slices.Clone(sv.Ports),
 			Selector:  maps.Clone(sv.Selector),
 		}
@@ -266,49 +202,113 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 			b.errs.add(path+".hostname", fmt.Sprintf(msgSubdomain, sv.Hostname))
 		}
 		checkLabels(&b.errs, path+".selector", svc.Selector)
-		dup := false
-		if prev, ok := firstName[key]; ok && svc.Name != "" && svc.Namespace != "" {
-			b.errs.addRef(path+".name", fmt.Sprintf("service %s is already declared", key), prev)
-			dup = true
-		} else if prev, ok := firstHost[svc.Hostname]; ok {
-			b.errs.addRef(path+".hostname", fmt.Sprintf("hostname %q of %s is already used by %s", svc.Hostname, what, prev.what), prev.path)
-			dup = true
-		}
-		for j, a := range sv.VIPs {
-			ap := fmt.Sprintf("%s.vips[%d]", path, j)
-			a, ok := checkAddr(&b.errs, ap, a)
-			if !ok || dup {
-				continue
-			}
-			prev, taken := vipOwner[a]
-			if !taken {
-				prev, taken = ipOwner[a]
-			}
-			if taken {
-				if prev.what == what {
-					b.errs.addRef(ap, fmt.Sprintf("%s is listed twice", a), prev.path)
-				} else {
-					b.errs.addRef(ap, fmt.Sprintf("%s of %s is already used by %s", a, what, prev.what), prev.path)
-				}
-				continue
-			}
-			vipOwner[a] = ref{ap, what}
-			svc.VIPs = append(svc.VIPs, a)
-		}
+		dup := first.duplicate(b, path, key, what, svc.Hostname, svc.Name != "" && svc.Namespace != "")
+		svc.VIPs = b.claimAddrs(path+".vips", what, sv.VIPs, dup, vipOwner, ipOwner)
 		b.ports(path, svc)
 		b.endpoints(s, path, svc, sv.Endpoints, byNS[svc.Namespace])
 		if dup {
-			continue
+			return
 		}
-		firstName[key] = path + ".name"
-		firstHost[svc.Hostname] = ref{path + ".hostname", what}
+		first.record(path, key, what, svc.Hostname)
 		s.Services = append(s.Services, svc)
 		s.serviceByName[key] = svc
 		s.serviceByHost[svc.Hostname] = svc
 		for _, a := range svc.VIPs {
 			s.serviceByVIP[a] = svc
 		}
+	})
+}
+
+// declare records path as the first declaration of a kind's name, or
+// reports a repeated one and returns false. An empty name has an error of its
+// own.
+func (b *builder) declare(first map[string]string, path, kind, name string) bool {
+	if prev, dup := first[name]; dup && name != "" {
+		b.errs.addRef(path+".name", fmt.Sprintf("%s %q is already declared", kind, name), prev)
+		return false
 	}
+	first[name] = path + ".name"
+	return true
+}
+
+// uniques are the first entries of a list by namespace/name and by a second
+// unique field (a workload's uid, a service's hostname).
+type uniques struct {
+	field  string
+	names  map[string]string // key -> path of its name
+	values map[string]ref
+}
+
+func newUniques(field string, n int) *uniques {
+	return &uniques{field: field, names: make(map[string]string, n), values: make(map[string]ref, n)}
+}
+
+// duplicate reports whether the entry at path, what with namespace/name key
+// and value in the second field, repeats an earlier one, recording the error.
+// named: key is complete (an incomplete one has an error of its own).
+func (u *uniques) duplicate(b *builder, path, key, what, value string, named bool) bool {
+	if prev, ok := u.names[key]; ok && named {
+		b.errs.addRef(path+".name", what+" is already declared", prev)
+		return true
+	}
+	if prev, ok := u.values[value]; ok {
+		b.errs.addRef(path+"."+u.field, fmt.Sprintf("%s %q of %s is already used by %s", u.field, value, what, prev.what), prev.path)
+		return true
+	}
+	return false
+}
+
+// record makes the entry at path the first of its key and value.
+func (u *uniques) record(path, key, what, value string) {
+	u.names[key] = path + ".name"
+	u.values[value] = ref{path + "." + u.field, what}
+}
+
+// each calls f with each entry of in (the Input field named field) and its
+// path, reporting the nil ones.
+func each[T any](b *builder, field string, in []*T, f func(path string, v *T)) {
+	for i, v := range in {
+		path := fmt.Sprintf("%s[%d]", field, i)
+		if v == nil {
+			b.errs.add(path, "must not be nil")
+			continue
+		}
+		f(path, v)
+	}
+}
+
+// claimAddrs checks the addresses of the list at path and returns the valid
+// ones, claimed for what in owners[0]; an address an owner already holds is
+// refused. checkOnly (a duplicate entry) claims and returns nothing.
+func (b *builder) claimAddrs(path, what string, addrs []netip.Addr, checkOnly bool, owners ...map[netip.Addr]ref) []netip.Addr {
+	out := make([]netip.Addr, 0, len(addrs))
+	for j, a := range addrs {
+		ap := fmt.Sprintf("%s[%d]", path, j)
+		a, ok := checkAddr(&b.errs, ap, a)
+		if !ok || checkOnly {
+			continue
+		}
+		if prev, taken := owner(a, owners); taken {
+			if prev.what == what {
+				b.errs.addRef(ap, fmt.Sprintf("%s is listed twice", a), prev.path)
+			} else {
+				b.errs.addRef(ap, fmt.Sprintf("%s of %s is already used by %s", a, what, prev.what), prev.path)
+			}
+			continue
+		}
+		owners[0][a] = ref{ap, what}
+		out = append(out, a)
+	}
+	return out
+}
+
+func owner(a netip.Addr, owners []map[netip.Addr]ref) (ref, bool) {
+	for _, o := range owners {
+		if r, ok := o[a]; ok {
+			return r, true
+		}
+	}
+	return ref{}, false
 }
 
 func (b *builder) ports(path string, svc *Service) {
@@ -404,29 +404,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }
 
-// WorkloadByIP returns the workload owning ip, or nil.
-func (s *Snapshot) WorkloadByIP(ip netip.Addr) *Workload {
+// noSnapshot answers the lookups of a nil *Snapshot: every map is nil, so
+// every lookup finds nothing.
+var noSnapshot Snapshot
+
+// or lets the lookups below take a nil *Snapshot.
+func (s *Snapshot) or() *Snapshot {
 	if s == nil {
-		return nil
+		return &noSnapshot
 	}
-	return s.workloadByIP[ip.Unmap()]
+	return s
 }
 
+// WorkloadByIP returns the workload owning ip, or nil.
+func (s *Snapshot) WorkloadByIP(ip netip.Addr) *Workload { return s.or().workloadByIP[ip.Unmap()] }
+
 // WorkloadByUID returns the workload with uid, or nil.
-func (s *Snapshot) WorkloadByUID(uid string) *Workload {
-	if s == nil {
-		return nil
-	}
-	return s.workloadByUID[uid]
-}
+func (s *Snapshot) WorkloadByUID(uid string) *Workload { return s.or().workloadByUID[uid] }
 
 // ServiceByVIP returns the service owning ip and its port; (nil, nil) if ip
 // is no service VIP, (svc, nil) if the VIP is known but the port is not.
 func (s *Snapshot) ServiceByVIP(ip netip.Addr, port uint16) (*Service, *ServicePort) {
-	if s == nil {
-		return nil, nil
-	}
-	svc := s.serviceByVIP[ip.Unmap()]
+	svc := s.or().serviceByVIP[ip.Unmap()]
 	if svc == nil {
 		return nil, nil
 	}
@@ -435,52 +434,28 @@ func (s *Snapshot) ServiceByVIP(ip netip.Addr, port uint16) (*Service, *ServiceP
 
 // ServiceByName returns the service namespace/name, or nil.
 func (s *Snapshot) ServiceByName(namespace, name string) *Service {
-	if s == nil {
-		return nil
-	}
-	return s.serviceByName[namespace+"/"+name]
+	return s.or().serviceByName[namespace+"/"+name]
 }
 
 // ServiceByHostname returns the service with hostname, or nil.
 func (s *Snapshot) ServiceByHostname(hostname string) *Service {
-	if s == nil {
-		return nil
-	}
-	return s.serviceByHost[hostname]
+	return s.or().serviceByHost[hostname]
 }
 
 // WorkloadsOnNode returns the workloads scheduled on node, in Input order.
 // The slice is shared: do not modify it.
 func (s *Snapshot) WorkloadsOnNode(node string) []*Workload {
-	if s == nil {
-		return nil
-	}
-	return slices.Clip(s.workloadsOn[node])
+	return slices.Clip(s.or().workloadsOn[node])
 }
 
 // Node returns the node called name, or nil.
-func (s *Snapshot) Node(name string) *Node {
-	if s == nil {
-		return nil
-	}
-	return s.nodeByName[name]
-}
+func (s *Snapshot) Node(name string) *Node { return s.or().nodeByName[name] }
 
 // NodeByIP returns the node owning ip, or nil.
-func (s *Snapshot) NodeByIP(ip netip.Addr) *Node {
-	if s == nil {
-		return nil
-	}
-	return s.nodeByIP[ip.Unmap()]
-}
+func (s *Snapshot) NodeByIP(ip netip.Addr) *Node { return s.or().nodeByIP[ip.Unmap()] }
 
 // Namespace returns the namespace called name, or nil if it is not declared.
-func (s *Snapshot) Namespace(name string) *Namespace {
-	if s == nil {
-		return nil
-	}
-	return s.nsByName[name]
-}
+func (s *Snapshot) Namespace(name string) *Namespace { return s.or().nsByName[name] }
 
 // emptySnapshot is what a Store holds before its first Set.
 func emptySnapshot() *Snapshot {

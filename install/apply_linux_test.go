@@ -38,18 +38,7 @@ func TestApplyToRealAPIServer(t *testing.T) {
 	netns.RequireRoot(t)
 	b := requireBinaries(t)
 	ctx := t.Context()
-	c, err := kubetest.Start(ctx, kubetest.Options{Binaries: b})
-	if err != nil {
-		t.Fatalf("start kube-apiserver: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(c.Logs())
-		}
-		if err := c.Close(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
+	c := kubetest.StartForTest(t, ctx, kubetest.Options{Binaries: b})
 	dyn, err := dynamic.NewForConfig(c.AdminConfig)
 	if err != nil {
 		t.Fatal(err)

@@ -264,6 +264,32 @@ func flagArgs(t *testing.T, who string, args []string) map[string]string {
 	return out
 }
 
+// checkContainer checks that the pod has exactly one container with image, the flags
+// wantArgs (nil: any) and a securityContext with a read-only root filesystem; it returns
+// the container, its flags and its securityContext.
+func checkContainer(t *testing.T, who string, spec corev1.PodSpec, image string, wantArgs map[string]string) (corev1.Container, map[string]string, *corev1.SecurityContext) {
+	t.Helper()
+	if len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
+		t.Fatalf("%s: want exactly one container, got %d (+%d init)", who, len(spec.Containers), len(spec.InitContainers))
+	}
+	c := spec.Containers[0]
+	if c.Image != image {
+		t.Errorf("%s: image %q, want %q", who, c.Image, image)
+	}
+	args := flagArgs(t, who, c.Args)
+	if wantArgs != nil && !maps.Equal(args, wantArgs) {
+		t.Errorf("%s: args\n got %v\nwant %v", who, args, wantArgs)
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Fatalf("%s: no container securityContext", who)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("%s: readOnlyRootFilesystem is not true", who)
+	}
+	return c, args, sc
+}
+
 func checkZtunnel(t *testing.T, m manifest, ns string, want ztunnelWant) {
 	t.Helper()
 	ds := find[*appsv1.DaemonSet](t, m, ns, "ambit-ztunnel")
@@ -301,29 +327,11 @@ func checkZtunnel(t *testing.T, m manifest, ns string, want ztunnelWant) {
 			t.Errorf("ztunnel: pod template label %s would roll every node on a chart-only upgrade", k)
 		}
 	}
-	if len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
-		t.Fatalf("ztunnel: want exactly one container, got %d (+%d init)", len(spec.Containers), len(spec.InitContainers))
-	}
-	c := spec.Containers[0]
-	if c.Image != want.image {
-		t.Errorf("ztunnel: image %q, want %q", c.Image, want.image)
-	}
-	args := flagArgs(t, "ztunnel", c.Args)
-	if want.args != nil && !maps.Equal(args, want.args) {
-		t.Errorf("ztunnel: args\n got %v\nwant %v", args, want.args)
-	}
-
 	// Security context: root (capabilities of a non-root process are lost at exec) but
 	// with exactly the needed capabilities and an immutable root filesystem.
-	sc := c.SecurityContext
-	if sc == nil {
-		t.Fatal("ztunnel: no container securityContext")
-	}
+	c, args, sc := checkContainer(t, "ztunnel", spec, want.image, want.args)
 	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
 		t.Errorf("ztunnel: runAsUser %v, want 0", sc.RunAsUser)
-	}
-	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-		t.Error("ztunnel: readOnlyRootFilesystem is not true")
 	}
 	if sc.Privileged == nil || *sc.Privileged != want.privileged {
 		t.Errorf("ztunnel: privileged %v, want %v", sc.Privileged, want.privileged)
@@ -592,24 +600,7 @@ func checkCA(t *testing.T, m manifest, ns string, want caWant) {
 	if psc := spec.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
 		t.Errorf("ca: pod securityContext %+v, want non-root", psc)
 	}
-	if len(spec.Containers) != 1 {
-		t.Fatalf("ca: %d containers, want 1", len(spec.Containers))
-	}
-	c := spec.Containers[0]
-	if c.Image != want.image {
-		t.Errorf("ca: image %q, want %q", c.Image, want.image)
-	}
-	args := flagArgs(t, "ca", c.Args)
-	if want.args != nil && !maps.Equal(args, want.args) {
-		t.Errorf("ca: args\n got %v\nwant %v", args, want.args)
-	}
-	sc := c.SecurityContext
-	if sc == nil {
-		t.Fatal("ca: no container securityContext")
-	}
-	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-		t.Error("ca: readOnlyRootFilesystem is not true")
-	}
+	c, args, sc := checkContainer(t, "ca", spec, want.image, want.args)
 	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
 		t.Error("ca: allowPrivilegeEscalation is not false")
 	}

@@ -36,28 +36,19 @@ var tcpLabels = []string{
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_opened_total", Help: "TCP connections opened.",
-		}, tcpLabels),
-		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_connections_closed_total", Help: "TCP connections closed.",
-		}, tcpLabels),
-		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_sent_bytes_total", Help: "Bytes sent from client to server.",
-		}, tcpLabels),
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "istio_tcp_received_bytes_total", Help: "Bytes sent from server to client.",
-		}, tcpLabels),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ambit_connections_refused_total", Help: "Connections refused before proxying, by direction.",
-		}, []string{"direction"}),
-		series: map[seriesKey]*tcpSeries{},
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 	}
-	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ambit_peer_limit_refused_total",
-		Help: "Connections refused because their peer identity was at a per-peer cap (503), by cap.",
-	}, []string{"limit"})
+	m := &metrics{
+		opened:   counter("istio_tcp_connections_opened_total", "TCP connections opened.", tcpLabels...),
+		closed:   counter("istio_tcp_connections_closed_total", "TCP connections closed.", tcpLabels...),
+		sent:     counter("istio_tcp_sent_bytes_total", "Bytes sent from client to server.", tcpLabels...),
+		received: counter("istio_tcp_received_bytes_total", "Bytes sent from server to client.", tcpLabels...),
+		refused:  counter("ambit_connections_refused_total", "Connections refused before proxying, by direction.", "direction"),
+		series:   map[seriesKey]*tcpSeries{},
+	}
+	limited := counter("ambit_peer_limit_refused_total",
+		"Connections refused because their peer identity was at a per-peer cap (503), by cap.", "limit")
 	for k := range numLimits {
 		m.peerLimited[k] = limited.WithLabelValues(k.String())
 	}

@@ -24,19 +24,7 @@ func startCluster(tb testing.TB) *kubetest.Cluster {
 	if binariesErr != nil {
 		tb.Fatalf("kube test binaries: %v", binariesErr)
 	}
-	c, err := kubetest.Start(context.Background(), kubetest.Options{})
-	if err != nil {
-		tb.Fatalf("start cluster: %v", err)
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			tb.Logf("cluster logs:\n%s", c.Logs())
-		}
-		if err := c.Close(); err != nil {
-			tb.Errorf("close cluster: %v", err)
-		}
-	})
-	return c
+	return kubetest.StartForTest(tb, context.Background(), kubetest.Options{})
 }
 
 // readerClient returns a client for a service account that may only

@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"testing"
@@ -9,22 +8,17 @@ import (
 
 	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/netns"
+	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
 // binariesErr is why the real API server tests cannot run (nil when they can).
 var binariesErr error
 
 func TestMain(m *testing.M) {
-	// Find (or build, ~20 min cold) kube-apiserver and etcd in the outer
-	// process, where the module proxy is reachable; the re-executed child in
-	// its private network namespace finds them in the cache.
-	if os.Geteuid() == 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
-		_, binariesErr = kubetest.EnsureBinaries(ctx)
-		cancel()
-		if binariesErr != nil {
-			fmt.Fprintf(os.Stderr, "discovery/kube: %v\n", binariesErr)
-		}
+	// Find (or build, ~20 min cold) kube-apiserver and etcd; without them the real API
+	// server tests fail, the others still run.
+	if binariesErr = tooling.EnsureAsRoot(time.Hour, kubetest.EnsureBinaries); binariesErr != nil {
+		fmt.Fprintf(os.Stderr, "discovery/kube: %v\n", binariesErr)
 	}
 	netns.EnterPrivate()
 	os.Exit(m.Run())

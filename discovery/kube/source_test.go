@@ -10,7 +10,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/ambitmesh/ambit/discovery"
 	"go.uber.org/goleak"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +18,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/tests/background"
 )
 
 // waitTimeout only guards against hangs; nothing asserts on timing.
@@ -43,16 +45,18 @@ func runSource(tb testing.TB, client kubernetes.Interface, cfg Config) (*Source,
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Run: %v", err)
-		}
-	})
+	background.Run(tb, src.Run)
 	return src, store
+}
+
+// twoPods is a cluster with namespace ns (not enrolled) and its pods a
+// (198.18.0.1) and b (198.18.0.2).
+func twoPods() *fake.Clientset {
+	return fake.NewClientset(
+		newNamespace("ns", nil),
+		newPod("ns", "a", []string{"198.18.0.1"}),
+		newPod("ns", "b", []string{"198.18.0.2"}),
+	)
 }
 
 type tbWriter struct{ tb testing.TB }
@@ -158,11 +162,7 @@ func TestSourceModel(t *testing.T) {
 func TestSourceEnrollmentLive(t *testing.T) {
 	noLeaks(t)
 	ctx := context.Background()
-	client := fake.NewClientset(
-		newNamespace("ns", nil),
-		newPod("ns", "a", []string{"198.18.0.1"}),
-		newPod("ns", "b", []string{"198.18.0.2"}),
-	)
+	client := twoPods()
 	_, store := runSource(t, client, Config{})
 	opts := discovery.EnrollmentOptions{}.WithDefaults()
 	setNSLabels := func(l map[string]string) {
@@ -234,11 +234,7 @@ func TestSourceCustomLabels(t *testing.T) {
 func TestSourceConflictAndDelete(t *testing.T) {
 	noLeaks(t)
 	ctx := context.Background()
-	client := fake.NewClientset(
-		newNamespace("ns", nil),
-		newPod("ns", "a", []string{"198.18.0.1"}),
-		newPod("ns", "b", []string{"198.18.0.2"}),
-	)
+	client := twoPods()
 	src, store := runSource(t, client, Config{})
 	waitModel(t, store, "two workloads", func(s *discovery.Snapshot) bool { return len(s.Workloads) == 2 })
 

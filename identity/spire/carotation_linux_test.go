@@ -1,7 +1,6 @@
 package spire
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -23,35 +22,9 @@ import (
 // new CA, the established connection must keep working, and a new handshake must succeed
 // with the new SVID verified against the bundle.
 func TestRealSPIRECARotation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits for a real SPIRE CA rotation (~80 s)")
-	}
-	netns.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	srv, err := spiretest.StartServer(ctx, spiretest.Options{CATTL: 90 * time.Second, SVIDTTL: 30 * time.Second})
-	if err != nil {
-		t.Fatalf("start spire server: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("spire logs:\n%s", srv.Logs())
-		}
-		srv.Close()
-	})
-	tdom := spiffeid.RequireTrustDomainFromString(srv.TrustDomain)
-	tunnel, err := srv.RegisterTunnel(ctx, "node1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod := spiffeid.RequireFromPath(tdom, "/ns/foo/sa/bar")
-	if _, err := srv.CreateEntry(ctx, pod.String(), srv.NodeID("node1"), []string{"k8s:ns:foo", "k8s:sa:bar"}, 0); err != nil {
-		t.Fatal(err)
-	}
-	agent, err := srv.StartAgent(ctx, "node1", []string{tunnel})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, ctx := startReal(t, "waits for a real SPIRE CA rotation (~80 s)", 3*time.Minute,
+		spiretest.Options{CATTL: 90 * time.Second, SVIDTTL: 30 * time.Second})
+	tdom, pod, agent := r.td, r.pod, r.agent
 	s, err := New(Config{WorkloadSocket: agent.WorkloadAddr(), AdminSocket: agent.AdminAddr(), TrustDomain: tdom,
 		Logger: slog.New(slog.DiscardHandler), MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second})
 	if err != nil {
@@ -99,13 +72,8 @@ func TestRealSPIRECARotation(t *testing.T) {
 	}
 	echo := func(c net.Conn, msg string) {
 		t.Helper()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatalf("%s: %v", msg, err)
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, buf); err != nil {
-			t.Fatalf("%s: %v", msg, err)
+		if err := netns.Ping(c, msg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	established := dial()

@@ -2,7 +2,6 @@ package spire
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/ambitmesh/ambit/tests/background"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -154,9 +155,9 @@ type fakeAgent struct {
 	own        *issued
 	firstEmpty bool // send an empty update before the first real one, like SPIRE often does
 	deny       int  // refuse that many SVID subscriptions with "no identity issued"
-	svidSubs   map[*fakeStream]bool
-	bundleSubs map[*fakeStream]bool
-	wlSubs     map[*fakeStream]bool
+	svidSubs   map[*fakeStream[delegatedv1.SubscribeToX509SVIDsResponse]]bool
+	bundleSubs map[*fakeStream[delegatedv1.SubscribeToX509BundlesResponse]]bool
+	wlSubs     map[*fakeStream[workload.X509SVIDResponse]]bool
 	servers    []*grpc.Server
 }
 
@@ -165,10 +166,14 @@ type fakeEntry struct {
 	svid *issued
 }
 
-type fakeStream struct {
-	sels []string
-	q    chan *delegatedv1.SubscribeToX509SVIDsResponse // SVID updates to send, in order
-	kick chan struct{}                                  // bundle / workload streams: send the current state
+// fakeStream is one open subscription.
+type fakeStream[R any] struct {
+	sels []string // SVID subscriptions: the requested selectors
+	q    chan *R  // updates to send, in order
+}
+
+func newStream[R any](sels []string) *fakeStream[R] {
+	return &fakeStream[R]{sels: sels, q: make(chan *R, 128)}
 }
 
 func newFakeAgent(tb testing.TB, ca *testCA, own spiffeid.ID) *fakeAgent {
@@ -184,9 +189,9 @@ func newFakeAgent(tb testing.TB, ca *testCA, own spiffeid.ID) *fakeAgent {
 		entries:    make(map[spiffeid.ID]fakeEntry),
 		roots:      [][]byte{ca.cert.Raw},
 		own:        ca.issue(tb, own, time.Hour),
-		svidSubs:   make(map[*fakeStream]bool),
-		bundleSubs: make(map[*fakeStream]bool),
-		wlSubs:     make(map[*fakeStream]bool),
+		svidSubs:   make(map[*fakeStream[delegatedv1.SubscribeToX509SVIDsResponse]]bool),
+		bundleSubs: make(map[*fakeStream[delegatedv1.SubscribeToX509BundlesResponse]]bool),
+		wlSubs:     make(map[*fakeStream[workload.X509SVIDResponse]]bool),
 	}
 	f.start(tb)
 	tb.Cleanup(f.stop)
@@ -262,10 +267,10 @@ func (f *fakeAgent) setRoots(roots ...[]byte) {
 	defer f.mu.Unlock()
 	f.roots = roots
 	for st := range f.bundleSubs {
-		st.kick <- struct{}{}
+		st.q <- f.bundles()
 	}
 	for st := range f.wlSubs {
-		st.kick <- struct{}{}
+		st.q <- f.ownSVID()
 	}
 }
 
@@ -274,7 +279,7 @@ func (f *fakeAgent) setOwn(svid *issued) {
 	defer f.mu.Unlock()
 	f.own = svid
 	for st := range f.wlSubs {
-		st.kick <- struct{}{}
+		st.q <- f.ownSVID()
 	}
 }
 
@@ -314,7 +319,7 @@ func (f *fakeAgent) SubscribeToX509SVIDs(req *delegatedv1.SubscribeToX509SVIDsRe
 	for _, s := range req.GetSelectors() {
 		req2 = append(req2, s.GetType()+":"+s.GetValue())
 	}
-	st := &fakeStream{sels: req2, q: make(chan *delegatedv1.SubscribeToX509SVIDsResponse, 128)}
+	st := newStream[delegatedv1.SubscribeToX509SVIDsResponse](req2)
 	f.mu.Lock()
 	if f.deny > 0 {
 		f.deny--
@@ -325,11 +330,47 @@ func (f *fakeAgent) SubscribeToX509SVIDs(req *delegatedv1.SubscribeToX509SVIDsRe
 		st.q <- &delegatedv1.SubscribeToX509SVIDsResponse{}
 	}
 	st.q <- f.stateFor(req2)
-	f.svidSubs[st] = true
+	return serve(f, f.svidSubs, st, stream)
+}
+
+func (f *fakeAgent) SubscribeToX509Bundles(_ *delegatedv1.SubscribeToX509BundlesRequest, stream grpc.ServerStreamingServer[delegatedv1.SubscribeToX509BundlesResponse]) error {
+	st := newStream[delegatedv1.SubscribeToX509BundlesResponse](nil)
+	f.mu.Lock()
+	st.q <- f.bundles()
+	return serve(f, f.bundleSubs, st, stream)
+}
+
+func (f *fakeAgent) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	st := newStream[workload.X509SVIDResponse](nil)
+	f.mu.Lock()
+	st.q <- f.ownSVID()
+	return serve(f, f.wlSubs, st, stream)
+}
+
+// bundles is the bundle update; f.mu must be held.
+func (f *fakeAgent) bundles() *delegatedv1.SubscribeToX509BundlesResponse {
+	return &delegatedv1.SubscribeToX509BundlesResponse{CaCertificates: map[string][]byte{td.IDString(): bytes.Join(f.roots, nil)}}
+}
+
+// ownSVID is the Workload API update; f.mu must be held.
+func (f *fakeAgent) ownSVID() *workload.X509SVIDResponse {
+	return &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
+		SpiffeId:    f.own.id.String(),
+		X509Svid:    bytes.Join(f.own.chain, nil),
+		X509SvidKey: f.own.key,
+		Bundle:      bytes.Join(f.roots, nil),
+	}}}
+}
+
+// serve is called with f.mu held and st's first updates queued: it registers st in
+// subs (so no later update is missed), unlocks f.mu and sends st's updates until the
+// client goes away.
+func serve[R any](f *fakeAgent, subs map[*fakeStream[R]]bool, st *fakeStream[R], stream grpc.ServerStreamingServer[R]) error {
+	subs[st] = true
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
-		delete(f.svidSubs, st)
+		delete(subs, st)
 		f.mu.Unlock()
 	}()
 	for {
@@ -344,61 +385,16 @@ func (f *fakeAgent) SubscribeToX509SVIDs(req *delegatedv1.SubscribeToX509SVIDsRe
 	}
 }
 
-func (f *fakeAgent) SubscribeToX509Bundles(_ *delegatedv1.SubscribeToX509BundlesRequest, stream grpc.ServerStreamingServer[delegatedv1.SubscribeToX509BundlesResponse]) error {
-	st := &fakeStream{kick: make(chan struct{}, 128)}
-	f.mu.Lock()
-	st.kick <- struct{}{}
-	f.bundleSubs[st] = true
-	f.mu.Unlock()
-	defer func() {
-		f.mu.Lock()
-		delete(f.bundleSubs, st)
-		f.mu.Unlock()
-	}()
-	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-st.kick:
-			f.mu.Lock()
-			resp := &delegatedv1.SubscribeToX509BundlesResponse{CaCertificates: map[string][]byte{td.IDString(): bytes.Join(f.roots, nil)}}
-			f.mu.Unlock()
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-func (f *fakeAgent) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
-	st := &fakeStream{kick: make(chan struct{}, 128)}
-	f.mu.Lock()
-	st.kick <- struct{}{}
-	f.wlSubs[st] = true
-	f.mu.Unlock()
-	defer func() {
-		f.mu.Lock()
-		delete(f.wlSubs, st)
-		f.mu.Unlock()
-	}()
-	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-st.kick:
-			f.mu.Lock()
-			resp := &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-				SpiffeId:    f.own.id.String(),
-				X509Svid:    bytes.Join(f.own.chain, nil),
-				X509SvidKey: f.own.key,
-				Bundle:      bytes.Join(f.roots, nil),
-			}}}
-			f.mu.Unlock()
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
-		}
-	}
+// agentWithPodA is a fake agent of a new CA with one entry: pod foo/a (selectors
+// k8s:ns:foo and k8s:sa:a) and its SVID a1.
+func agentWithPodA(tb testing.TB) (ca *testCA, f *fakeAgent, a spiffeid.ID, a1 *issued) {
+	tb.Helper()
+	ca = newCA(tb)
+	f = newFakeAgent(tb, ca, tunnelID)
+	a = wid("foo", "a")
+	a1 = ca.issue(tb, a, time.Hour)
+	f.setEntry(a, a1, "k8s:ns:foo", "k8s:sa:a")
+	return ca, f, a, a1
 }
 
 // eventually polls cond until it holds; the bound only keeps a broken test
@@ -422,14 +418,6 @@ func eventuallyWithin(tb testing.TB, bound time.Duration, what string, cond func
 // runSource starts s.Run and stops it at cleanup, checking it returned nil.
 func runSource(tb testing.TB, s *Source) {
 	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Run: %v", err)
-		}
-		s.Close()
-	})
+	tb.Cleanup(func() { s.Close() }) // after Run has returned
+	background.Run(tb, s.Run)
 }

@@ -22,43 +22,12 @@ import (
 // the Delegated Identity API, a pod of another node never issued, and an
 // entry deletion revoking the identity.
 func TestRealSPIRE(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real SPIRE processes")
-	}
-	netns.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-
-	srv, err := spiretest.StartServer(ctx, spiretest.Options{})
-	if err != nil {
-		t.Fatalf("start spire server: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("spire logs:\n%s", srv.Logs())
-		}
-		if err := srv.Close(); err != nil {
-			t.Errorf("close spire server: %v", err)
-		}
-	})
-	tdom := spiffeid.RequireTrustDomainFromString(srv.TrustDomain)
-	tunnel, err := srv.RegisterTunnel(ctx, "node1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod := spiffeid.RequireFromPath(tdom, "/ns/foo/sa/bar")
-	podEntry, err := srv.CreateEntry(ctx, pod.String(), srv.NodeID("node1"), []string{"k8s:ns:foo", "k8s:sa:bar"}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, ctx := startReal(t, "starts real SPIRE processes", 2*time.Minute, spiretest.Options{})
+	srv, tdom, tunnel, pod, agent := r.srv, r.td, r.tunnel, r.pod, r.agent
 	// Parented to node2: node1's agent must never hand it out.
 	foreign := spiffeid.RequireFromPath(tdom, "/ns/foo/sa/elsewhere")
 	if _, err := srv.CreateEntry(ctx, foreign.String(), srv.NodeID("node2"), []string{"k8s:ns:foo", "k8s:sa:elsewhere"}, 0); err != nil {
 		t.Fatal(err)
-	}
-	agent, err := srv.StartAgent(ctx, "node1", []string{tunnel})
-	if err != nil {
-		t.Fatalf("start agent: %v", err)
 	}
 
 	const grace = 2 * time.Second
@@ -112,7 +81,7 @@ func TestRealSPIRE(t *testing.T) {
 	s.SetWanted([]spiffeid.ID{pod})
 	eventuallyWithin(t, time.Minute, "ready", s.Ready)
 
-	if err := srv.DeleteEntry(ctx, podEntry); err != nil {
+	if err := srv.DeleteEntry(ctx, r.podEntry); err != nil {
 		t.Fatal(err)
 	}
 	eventuallyWithin(t, time.Minute, "deleted entry revoked", func() bool {
@@ -121,4 +90,42 @@ func TestRealSPIRE(t *testing.T) {
 	if st := stateOf(s, pod); st != StateRevoked {
 		t.Errorf("state after deletion %q, want %q", st, StateRevoked)
 	}
+}
+
+// realSPIRE is a real SPIRE server and node1's agent, which serves the tunnel (unix uid 0)
+// and pod, spiffe://<td>/ns/foo/sa/bar on node1.
+type realSPIRE struct {
+	srv      *spiretest.Server
+	td       spiffeid.TrustDomain
+	tunnel   string // the tunnel's SPIFFE ID
+	pod      spiffeid.ID
+	podEntry string
+	agent    *spiretest.Agent
+}
+
+// startReal starts a realSPIRE that tb's cleanup stops, and returns it with a context
+// that ends after timeout (or with the test). With -short it skips tb, saying why the
+// test is long.
+func startReal(tb testing.TB, long string, timeout time.Duration, opts spiretest.Options) (*realSPIRE, context.Context) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip(long)
+	}
+	netns.RequireRoot(tb)
+	ctx, cancel := context.WithTimeout(tb.Context(), timeout)
+	tb.Cleanup(cancel)
+	r := &realSPIRE{srv: spiretest.StartServerForTest(tb, ctx, opts)}
+	r.td = spiffeid.RequireTrustDomainFromString(r.srv.TrustDomain)
+	var err error
+	if r.tunnel, err = r.srv.RegisterTunnel(ctx, "node1", 0); err != nil {
+		tb.Fatal(err)
+	}
+	r.pod = spiffeid.RequireFromPath(r.td, "/ns/foo/sa/bar")
+	if r.podEntry, err = r.srv.CreateEntry(ctx, r.pod.String(), r.srv.NodeID("node1"), []string{"k8s:ns:foo", "k8s:sa:bar"}, 0); err != nil {
+		tb.Fatal(err)
+	}
+	if r.agent, err = r.srv.StartAgent(ctx, "node1", []string{r.tunnel}); err != nil {
+		tb.Fatalf("start agent: %v", err)
+	}
+	return r, ctx
 }

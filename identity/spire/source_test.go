@@ -97,11 +97,7 @@ func roundTrip(tb testing.TB, client, server *tls.Conn) {
 }
 
 func TestDelegatedSVIDChainsToBundle(t *testing.T) {
-	ca := newCA(t)
-	f := newFakeAgent(t, ca, tunnelID)
-	a := wid("foo", "a")
-	a1 := ca.issue(t, a, time.Hour)
-	f.setEntry(a, a1, "k8s:ns:foo", "k8s:sa:a")
+	ca, f, a, a1 := agentWithPodA(t)
 	// An entry with fewer selectors also matches a's subscription; it must not be taken for a.
 	f.setEntry(wid("foo", "ns-wide"), ca.issue(t, wid("foo", "ns-wide"), time.Hour), "k8s:ns:foo")
 	s := newSource(t, f, a)
@@ -145,11 +141,8 @@ func TestDelegatedSVIDChainsToBundle(t *testing.T) {
 }
 
 func TestRotationKeepsEstablishedConnections(t *testing.T) {
-	ca := newCA(t)
-	f := newFakeAgent(t, ca, tunnelID)
-	a := wid("foo", "a")
-	a1, a2 := ca.issue(t, a, time.Hour), ca.issue(t, a, time.Hour)
-	f.setEntry(a, a1, "k8s:ns:foo", "k8s:sa:a")
+	ca, f, a, a1 := agentWithPodA(t)
+	a2 := ca.issue(t, a, time.Hour)
 	s := newSource(t, f, a)
 	waitReady(t, s)
 	oldClient, oldServer := handshake(t, s, a)
@@ -262,11 +255,7 @@ func TestEntryDeletedRefusesNewConnections(t *testing.T) {
 }
 
 func TestAgentOutage(t *testing.T) {
-	ca := newCA(t)
-	f := newFakeAgent(t, ca, tunnelID)
-	a := wid("foo", "a")
-	a1 := ca.issue(t, a, time.Hour)
-	f.setEntry(a, a1, "k8s:ns:foo", "k8s:sa:a")
+	_, f, a, a1 := agentWithPodA(t)
 	s := newSource(t, f, a)
 	waitReady(t, s)
 

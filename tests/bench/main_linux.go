@@ -23,11 +23,7 @@ import (
 )
 
 func main() {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces, eBPF); run: sudo make bench")
-		os.Exit(1)
-	}
-	netns.EnterPrivate()
+	netns.EnterPrivateAsRoot("bench", "network namespaces, eBPF", "sudo make bench")
 	code, err := run(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

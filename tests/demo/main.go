@@ -25,11 +25,7 @@ import (
 )
 
 func main() {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "demo: needs root (network namespaces, eBPF, tcpdump); run: sudo make demo")
-		os.Exit(1)
-	}
-	netns.EnterPrivate()
+	netns.EnterPrivateAsRoot("demo", "network namespaces, eBPF, tcpdump", "sudo make demo")
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/ambitmesh/ambit/tests/netns"
 	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
@@ -67,29 +69,24 @@ type Cluster struct {
 	AdminConfig *rest.Config
 	Dir         string
 
-	opts      Options
-	pki       *pki
-	client    kubernetes.Interface
-	ctx       context.Context // lives until Close; the servers' commands use it
-	cancel    context.CancelFunc
-	removeDir bool
-	etcdPort  int
-	apiLog    io.Writer
-	etcdLog   io.Writer
-	apiTail   *tooling.TailBuffer
-	etcdTail  *tooling.TailBuffer
-	logFiles  []*os.File
+	opts     Options
+	pki      *pki
+	client   kubernetes.Interface
+	ws       *tooling.Workspace // its context lives until Close; the servers' commands use it
+	etcdPort int
+	apiLog   io.Writer
+	etcdLog  io.Writer
+	apiTail  *netns.TailBuffer
+	etcdTail *netns.TailBuffer
 
 	mu        sync.Mutex
 	apiserver *tooling.Proc
-	etcd      *tooling.Proc
-	closed    bool
 }
 
 // Start runs etcd and kube-apiserver and waits until the apiserver is ready and the
 // "default" namespace exists (~5-10 s). Close it when done.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
-	ctx, cancel := withDefaultTimeout(ctx)
+	ctx, cancel := tooling.WithDefaultTimeout(ctx, startTimeout)
 	defer cancel()
 	if !opts.BindAddress.IsValid() {
 		opts.BindAddress = netip.AddrFrom4([4]byte{127, 0, 0, 1})
@@ -111,7 +108,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Port == 0 {
 		opts.Port = DefaultPort
 		if opts.BindAddress.IsLoopback() {
-			ports, err := freeLoopbackPorts(1)
+			ports, err := tooling.FreeLoopbackPorts(1)
 			if err != nil {
 				return nil, err
 			}
@@ -119,29 +116,19 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}
 
+	ws, err := tooling.NewWorkspace(opts.Dir, "kubetest-", stopGrace)
+	if err != nil {
+		return nil, fmt.Errorf("create cluster dir: %w", err)
+	}
 	c := &Cluster{
 		URL:      "https://" + netip.AddrPortFrom(opts.BindAddress, opts.Port).String(),
-		Dir:      opts.Dir,
+		Dir:      ws.Dir,
 		opts:     opts,
-		apiTail:  &tooling.TailBuffer{Max: 64 << 10},
-		etcdTail: &tooling.TailBuffer{Max: 64 << 10},
+		ws:       ws,
+		apiTail:  &netns.TailBuffer{Max: 64 << 10},
+		etcdTail: &netns.TailBuffer{Max: 64 << 10},
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if c.Dir == "" {
-		if c.Dir, err = os.MkdirTemp("", "kubetest-"); err != nil {
-			c.cancel()
-			return nil, fmt.Errorf("create cluster dir: %w", err)
-		}
-		c.removeDir = true
-	}
-	defer func() {
-		if err != nil {
-			if logs := c.Logs(); logs != "" {
-				err = fmt.Errorf("%w\n%s", err, logs)
-			}
-			_ = c.Close()
-		}
-	}()
+	defer tooling.CloseOnError(&err, c)
 	if err := c.prepare(); err != nil {
 		return nil, err
 	}
@@ -152,6 +139,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// StartForTest is Start for a test: a cluster that does not start fails tb, and the
+// cluster is closed at tb's cleanup, after logging the servers' output if the test failed.
+func StartForTest(tb testing.TB, ctx context.Context, opts Options) *Cluster {
+	tb.Helper()
+	return tooling.StartForTest(tb, "cluster", func() (*Cluster, error) { return Start(ctx, opts) })
 }
 
 // prepare writes the credentials and builds the admin client and the apiserver's flags.
@@ -174,17 +168,11 @@ func (c *Cluster) prepare() error {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}
-	for _, l := range []struct {
-		name string
-		tail *tooling.TailBuffer
-		w    *io.Writer
-	}{{"kube-apiserver.log", c.apiTail, &c.apiLog}, {"etcd.log", c.etcdTail, &c.etcdLog}} {
-		f, err := os.OpenFile(filepath.Join(c.Dir, l.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("open %s: %w", l.name, err)
-		}
-		c.logFiles = append(c.logFiles, f)
-		*l.w = io.MultiWriter(l.tail, f)
+	if c.apiLog, err = c.ws.Log(filepath.Join(c.Dir, "kube-apiserver.log"), c.apiTail); err != nil {
+		return err
+	}
+	if c.etcdLog, err = c.ws.Log(filepath.Join(c.Dir, "etcd.log"), c.etcdTail); err != nil {
+		return err
 	}
 
 	c.AdminConfig = &rest.Config{
@@ -208,7 +196,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 	// The ports are probed in this process's namespace; when etcd runs elsewhere a clash is
 	// unlikely but possible, so a start that fails is retried on other ports.
 	for range 3 {
-		ports, err := freeLoopbackPorts(2)
+		ports, err := tooling.FreeLoopbackPorts(2)
 		if err != nil {
 			return err
 		}
@@ -229,16 +217,13 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 			"--unsafe-no-fsync", // test data; fsync would dominate start-up and writes
 			"--log-level=warn",
 		}
-		p, err := tooling.Start("etcd", c.opts.Command(c.ctx, c.opts.Binaries.Etcd, args...), c.etcdLog)
+		p, err := c.ws.Start("etcd", c.opts.Command(c.ws.Ctx, c.opts.Binaries.Etcd, args...), c.etcdLog)
 		if err != nil {
 			return err
 		}
-		c.mu.Lock()
-		c.etcd = p
-		c.mu.Unlock()
 		// etcd's loopback may be in another namespace than Dial reaches; /proc/<pid>/net
 		// shows the sockets of the process's own namespace.
-		lastErr = waitFor(ctx, p, func(context.Context) error {
+		lastErr = p.WaitFor(ctx, pollInterval, checkTimeout, func(context.Context) error {
 			return listening(p.Cmd.Process.Pid, ports[0])
 		})
 		if lastErr == nil {
@@ -283,25 +268,21 @@ func (c *Cluster) apiServerArgs() []string {
 
 // StartAPIServer starts the apiserver (after StopAPIServer) and waits until it is ready.
 func (c *Cluster) StartAPIServer(ctx context.Context) error {
-	ctx, cancel := withDefaultTimeout(ctx)
+	ctx, cancel := tooling.WithDefaultTimeout(ctx, startTimeout)
 	defer cancel()
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return errors.New("start kube-apiserver: cluster closed")
-	}
 	if c.apiserver != nil && !c.apiserver.Exited() {
 		c.mu.Unlock()
 		return errors.New("start kube-apiserver: already running")
 	}
-	p, err := tooling.Start("kube-apiserver", c.opts.Command(c.ctx, c.opts.Binaries.APIServer, c.apiServerArgs()...), c.apiLog)
+	p, err := c.ws.Start("kube-apiserver", c.opts.Command(c.ws.Ctx, c.opts.Binaries.APIServer, c.apiServerArgs()...), c.apiLog)
 	if err != nil {
 		c.mu.Unlock()
 		return err
 	}
 	c.apiserver = p
 	c.mu.Unlock()
-	if err := waitFor(ctx, p, c.ready); err != nil {
+	if err := p.WaitFor(ctx, pollInterval, checkTimeout, c.ready); err != nil {
 		return fmt.Errorf("wait for kube-apiserver at %s: %w", c.URL, err)
 	}
 	return nil
@@ -339,31 +320,7 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 }
 
 // Close stops the apiserver, then etcd, and removes Dir if Start created it. Idempotent.
-func (c *Cluster) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.closed = true
-	api, etcd := c.apiserver, c.etcd
-	c.mu.Unlock()
-	var errs []error
-	if api != nil {
-		errs = append(errs, api.Stop(syscall.SIGTERM, stopGrace))
-	}
-	if etcd != nil {
-		errs = append(errs, etcd.Stop(syscall.SIGTERM, stopGrace))
-	}
-	c.cancel()
-	for _, f := range c.logFiles {
-		errs = append(errs, f.Close())
-	}
-	if c.removeDir {
-		errs = append(errs, os.RemoveAll(c.Dir))
-	}
-	return errors.Join(errs...)
-}
+func (c *Cluster) Close() error { return c.ws.Close() }
 
 // Client returns a client with the admin (system:masters) credentials.
 func (c *Cluster) Client() kubernetes.Interface { return c.client }
@@ -457,7 +414,7 @@ func (c *Cluster) Logs() string {
 	var b strings.Builder
 	for _, l := range []struct {
 		name string
-		tail *tooling.TailBuffer
+		tail *netns.TailBuffer
 	}{{"kube-apiserver", c.apiTail}, {"etcd", c.etcdTail}} {
 		s := l.tail.String()
 		if s == "" {
@@ -471,36 +428,12 @@ func (c *Cluster) Logs() string {
 	return b.String()
 }
 
-// withDefaultTimeout bounds waits for servers that neither start nor exit, when the caller
-// gave no deadline.
-func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, 3*time.Minute)
-}
-
-// waitFor polls check until it returns nil, p exits, or ctx ends.
-func waitFor(ctx context.Context, p *tooling.Proc, check func(context.Context) error) error {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	var last error
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		last = check(cctx)
-		cancel()
-		if last == nil {
-			return nil
-		}
-		select {
-		case <-p.Done():
-			return fmt.Errorf("%w (last check: %v)", p.ExitError(), last)
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
-		case <-t.C:
-		}
-	}
-}
+// Bounds of the waits for the servers.
+const (
+	startTimeout = 3 * time.Minute // for servers that neither start nor exit, when the caller gave no deadline
+	pollInterval = 100 * time.Millisecond
+	checkTimeout = 5 * time.Second
+)
 
 // listening reports nil when a TCP socket listens on port in pid's network namespace.
 func listening(pid, port int) error {
@@ -522,26 +455,6 @@ func listening(pid, port int) error {
 		}
 	}
 	return fmt.Errorf("nothing listens on port %d yet", port)
-}
-
-// freeLoopbackPorts returns n distinct TCP ports free on 127.0.0.1 right now.
-func freeLoopbackPorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free loopback port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // stopGrace is how long a TERMed server gets before SIGKILL.

@@ -22,24 +22,6 @@ import (
 	"github.com/ambitmesh/ambit/tests/netns"
 )
 
-// startCluster starts a cluster closed at cleanup; on failure it logs the servers' output.
-func startCluster(tb testing.TB, ctx context.Context, opts kubetest.Options) *kubetest.Cluster {
-	tb.Helper()
-	c, err := kubetest.Start(ctx, opts)
-	if err != nil {
-		tb.Fatalf("start cluster: %v", err)
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			tb.Logf("cluster logs:\n%s", c.Logs())
-		}
-		if err := c.Close(); err != nil {
-			tb.Errorf("close cluster: %v", err)
-		}
-	})
-	return c
-}
-
 func testPod(ns, name, node, sa string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}},
@@ -85,7 +67,7 @@ func TestCluster(t *testing.T) {
 	netns.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	c := startCluster(t, ctx, kubetest.Options{})
+	c := kubetest.StartForTest(t, ctx, kubetest.Options{})
 	cs := c.Client()
 
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
@@ -202,7 +184,7 @@ func TestClusterInUnderlay(t *testing.T) {
 		t.Fatalf("add %s to br0: %v: %s", apiAddr, err, out)
 	}
 	node := topo.Nodes[0]
-	c := startCluster(t, ctx, kubetest.Options{
+	c := kubetest.StartForTest(t, ctx, kubetest.Options{
 		BindAddress: apiAddr,
 		Command:     topo.Underlay.Command,
 		Dial:        node.DialContext,

@@ -12,10 +12,10 @@
 // child only finds the cached files.
 //
 //	func TestMain(m *testing.M) {
-//		if os.Geteuid() == 0 {
-//			if _, err := kubetest.EnsureBinaries(context.Background()); err != nil { ... }
-//		}
+//		if err := tooling.EnsureAsRoot(time.Hour, kubetest.EnsureBinaries); err != nil { ... }
 //		netns.EnterPrivate()
 //		os.Exit(m.Run())
 //	}
+//
+// StartForTest starts a cluster that a test's cleanup closes.
 package kubetest

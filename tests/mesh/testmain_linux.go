@@ -10,7 +10,18 @@ import (
 	kubetest "github.com/ambitmesh/ambit/tests/kube"
 	"github.com/ambitmesh/ambit/tests/netns"
 	spiretest "github.com/ambitmesh/ambit/tests/spire"
+	"github.com/ambitmesh/ambit/tests/tooling"
 )
+
+// Require is for the tests of a package run by TestMain: it skips tb when not root and
+// fails it when TestMain could not start m.
+func Require(tb testing.TB, m *Mesh) {
+	tb.Helper()
+	netns.RequireRoot(tb)
+	if m == nil {
+		tb.Fatal("mesh not started")
+	}
+}
 
 // TestMain runs a test package that shares one mesh: as root it enters a private network
 // namespace (building the Kubernetes tools first when opts.Kube, while the module proxy is
@@ -18,20 +29,14 @@ import (
 // logs when a test failed (or AMBIT_E2E_LOGS is set). Not root: the tests run and skip.
 // It returns the exit code for os.Exit.
 func TestMain(tm *testing.M, opts Options, setup func(context.Context, *Mesh) (cleanup func(), err error)) int {
-	if opts.Kube && os.Geteuid() == 0 && !netns.InPrivate() {
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-		_, err := kubetest.EnsureBinaries(ctx)
-		cancel()
-		if err != nil {
+	if opts.Kube {
+		if err := tooling.EnsureAsRoot(40*time.Minute, kubetest.EnsureBinaries); err != nil {
 			fmt.Fprintln(os.Stderr, "kube binaries:", err)
 			return 1
 		}
 	}
-	if opts.SPIRE != nil && os.Geteuid() == 0 && !netns.InPrivate() {
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-		_, err := spiretest.EnsureBinaries(ctx)
-		cancel()
-		if err != nil {
+	if opts.SPIRE != nil {
+		if err := tooling.EnsureAsRoot(40*time.Minute, spiretest.EnsureBinaries); err != nil {
 			fmt.Fprintln(os.Stderr, "spire binaries:", err)
 			return 1
 		}

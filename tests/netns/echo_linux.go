@@ -1,12 +1,15 @@
 package netns
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 )
 
 // EchoServer is a TCP echo server in a namespace that records the peers it saw.
@@ -90,6 +93,62 @@ func (e *EchoServer) Peers() []netip.AddrPort {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return append([]netip.AddrPort(nil), e.peers...)
+}
+
+// LastPeer returns the remote address of the last accepted connection; none fails tb.
+func (e *EchoServer) LastPeer(tb testing.TB) netip.Addr {
+	tb.Helper()
+	peers := e.Peers()
+	if len(peers) == 0 {
+		tb.Fatalf("echo server %s saw no connection", e.Addr)
+	}
+	return peers[len(peers)-1].Addr()
+}
+
+// pingTimeout bounds a Ping only against hangs.
+const pingTimeout = 10 * time.Second
+
+// Ping writes msg on c, a connection to an echo server, and checks that msg comes back.
+// It leaves c open for more.
+func Ping(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(pingTimeout))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("ping %q: write: %w", msg, err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("ping %q: read back: %w", msg, err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("ping %q: read back %q", msg, buf)
+	}
+	return nil
+}
+
+// Pinger is a test's connection to an echo server.
+type Pinger struct {
+	net.Conn
+	tb testing.TB
+}
+
+// DialPinger connects from ns to the echo server at addr for tb, failing it when that
+// fails; the connection is closed at tb's cleanup.
+func (ns *NS) DialPinger(tb testing.TB, addr netip.AddrPort) *Pinger {
+	tb.Helper()
+	c, err := ns.Dial(context.Background(), "tcp", addr.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return &Pinger{Conn: c, tb: tb}
+}
+
+// Ping is the package's Ping on the connection; a failure fails the test.
+func (p *Pinger) Ping(msg string) {
+	p.tb.Helper()
+	if err := Ping(p.Conn, msg); err != nil {
+		p.tb.Fatal(err)
+	}
 }
 
 // Close stops accepting, closes open connections and waits for the goroutines.

@@ -132,12 +132,7 @@ func (ns *NS) Do(fn func() error) error {
 
 // Listen creates a listener whose socket lives in ns.
 func (ns *NS) Listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := ns.Do(func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	})
+	l, err := in(ns, func() (net.Listener, error) { return net.Listen(network, addr) })
 	if err != nil {
 		return nil, fmt.Errorf("listen %s %s in netns %s: %w", network, addr, ns.Name, err)
 	}
@@ -146,12 +141,7 @@ func (ns *NS) Listen(network, addr string) (net.Listener, error) {
 
 // ListenPacket creates a packet socket (UDP) in ns.
 func (ns *NS) ListenPacket(network, addr string) (net.PacketConn, error) {
-	var c net.PacketConn
-	err := ns.Do(func() error {
-		var err error
-		c, err = net.ListenPacket(network, addr)
-		return err
-	})
+	c, err := in(ns, func() (net.PacketConn, error) { return net.ListenPacket(network, addr) })
 	if err != nil {
 		return nil, fmt.Errorf("listen %s %s in netns %s: %w", network, addr, ns.Name, err)
 	}
@@ -165,12 +155,9 @@ func (ns *NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 
 // DialContext is Dial with the signature of net.Dialer.DialContext, to inject as a dial func.
 func (ns *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
+	c, err := in(ns, func() (net.Conn, error) {
 		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
+		return d.DialContext(ctx, network, addr)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s %s from netns %s: %w", network, addr, ns.Name, err)
@@ -193,12 +180,7 @@ func (ns *NS) Sysctl(key, value string) error {
 
 // sysctl writes a sysctl in the calling thread's namespace.
 func sysctl(key, value string) error {
-	rel := key
-	if !strings.Contains(key, "/") {
-		rel = strings.ReplaceAll(key, ".", "/")
-	}
-	p := filepath.Join("/proc/sys", rel)
-	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+	if err := os.WriteFile(sysctlPath(key), []byte(value), 0o644); err != nil {
 		return fmt.Errorf("set sysctl %s=%s: %w", key, value, err)
 	}
 	return nil
@@ -206,18 +188,31 @@ func sysctl(key, value string) error {
 
 // SysctlGet reads a sysctl in ns (same key forms as Sysctl).
 func (ns *NS) SysctlGet(key string) (string, error) {
-	var v string
-	err := ns.Do(func() error {
-		rel := key
-		if !strings.Contains(key, "/") {
-			rel = strings.ReplaceAll(key, ".", "/")
-		}
-		b, err := os.ReadFile(filepath.Join("/proc/sys", rel))
+	return in(ns, func() (string, error) {
+		b, err := os.ReadFile(sysctlPath(key))
 		if err != nil {
-			return fmt.Errorf("read sysctl %s: %w", key, err)
+			return "", fmt.Errorf("read sysctl %s: %w", key, err)
 		}
-		v = strings.TrimSpace(string(b))
-		return nil
+		return strings.TrimSpace(string(b)), nil
+	})
+}
+
+// sysctlPath is the file of a sysctl key in either form.
+func sysctlPath(key string) string {
+	rel := key
+	if !strings.Contains(key, "/") {
+		rel = strings.ReplaceAll(key, ".", "/")
+	}
+	return filepath.Join("/proc/sys", rel)
+}
+
+// in returns what f creates in ns (a socket, a value read there).
+func in[T any](ns *NS, f func() (T, error)) (T, error) {
+	var v T
+	err := ns.Do(func() error {
+		var err error
+		v, err = f()
+		return err
 	})
 	return v, err
 }

@@ -48,6 +48,16 @@ func EnterPrivate() {
 	os.Exit(reexec())
 }
 
+// EnterPrivateAsRoot is EnterPrivate for the main of a tool that needs root: when not
+// root it says so ("name: needs root (why); run: how") and exits 1.
+func EnterPrivateAsRoot(name, why, how string) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintf(os.Stderr, "%s: needs root (%s); run: %s\n", name, why, how)
+		os.Exit(1)
+	}
+	EnterPrivate()
+}
+
 func reexec() int {
 	exe, err := os.Executable()
 	if err != nil {

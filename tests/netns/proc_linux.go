@@ -22,7 +22,7 @@ const outputCap = 256 << 10
 type Proc struct {
 	Cmd *exec.Cmd
 
-	out     *tailBuffer
+	out     *TailBuffer
 	done    chan struct{}
 	waitErr error
 	mu      sync.Mutex
@@ -38,7 +38,7 @@ func (t *Topology) Start(cmd *exec.Cmd) (*Proc, error) {
 		return nil, errors.New("start process: topology closed")
 	}
 	t.mu.Unlock()
-	p := &Proc{Cmd: cmd, out: &tailBuffer{max: outputCap}, done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, out: &TailBuffer{Max: outputCap}, done: make(chan struct{})}
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.out
 	}
@@ -49,26 +49,11 @@ func (t *Topology) Start(cmd *exec.Cmd) (*Proc, error) {
 		// A grandchild holding the output pipe must not block Wait forever.
 		cmd.WaitDelay = 2 * time.Second
 	}
-	// A test binary that dies (a panic skips every cleanup) must not leave its processes
-	// running: they get SIGKILL when the thread that forked them exits. That thread is
-	// locked for exactly the life of the process (fork and wait happen on it).
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.waitErr = cmd.Wait()
+	err := StartTied(cmd, func(err error) {
+		p.waitErr = err
 		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	t.mu.Lock()
@@ -82,6 +67,30 @@ func (t *Topology) Start(cmd *exec.Cmd) (*Proc, error) {
 		return nil, errors.New("start process: topology closed")
 	}
 	return p, nil
+}
+
+// StartTied starts cmd so that it cannot outlive the test binary, and calls exited with
+// cmd.Wait's result once the process has ended. A test binary that dies (a panic skips
+// every cleanup) must not leave its processes running: they get SIGKILL when the thread
+// that forked them exits (Pdeathsig), so the fork and the wait happen on one locked
+// thread that lives exactly as long as the process.
+func StartTied(cmd *exec.Cmd, exited func(error)) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		exited(cmd.Wait())
+	}()
+	return <-started
 }
 
 // Pid is the process ID.
@@ -153,26 +162,28 @@ func (p *Proc) result() error {
 	return p.waitErr
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// TailBuffer keeps the last Max bytes written to it, for failure messages.
+type TailBuffer struct {
+	Max int
+
 	mu      sync.Mutex
-	max     int
 	buf     []byte
 	dropped int64
 }
 
-func (b *tailBuffer) Write(p []byte) (int, error) {
+func (b *TailBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
-	if over := len(b.buf) - b.max; over > 0 {
+	if over := len(b.buf) - b.Max; over > 0 {
 		b.dropped += int64(over)
 		b.buf = append(b.buf[:0], b.buf[over:]...)
 	}
 	return len(p), nil
 }
 
-func (b *tailBuffer) String() string {
+// String returns what is kept, after a line counting the dropped bytes if any were.
+func (b *TailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.dropped > 0 {

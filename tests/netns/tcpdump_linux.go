@@ -54,7 +54,7 @@ func (ns *NS) Tcpdump(ctx context.Context, iface, file string, filter ...string)
 	args = append(args, filter...)
 	cmd := ns.Command(context.WithoutCancel(ctx), "tcpdump", args...)
 	pr, pw := io.Pipe()
-	out := &tailBuffer{max: 64 << 10}
+	out := &TailBuffer{Max: 64 << 10}
 	cmd.Stdout = out
 	cmd.Stderr = pw
 
@@ -116,7 +116,7 @@ func (ns *NS) Tcpdump(ctx context.Context, iface, file string, filter ...string)
 }
 
 func startProc(cmd *exec.Cmd) (*Proc, error) {
-	p := &Proc{Cmd: cmd, out: &tailBuffer{max: outputCap}, done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, out: &TailBuffer{Max: outputCap}, done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}

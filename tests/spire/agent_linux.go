@@ -17,6 +17,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambitmesh/ambit/tests/netns"
 	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
@@ -36,7 +37,7 @@ type Agent struct {
 	delegates []string
 	dataDir   string
 	config    string
-	tail      *tooling.TailBuffer
+	tail      *netns.TailBuffer
 	log       io.Writer
 
 	mu    sync.Mutex
@@ -55,7 +56,7 @@ func (a *Agent) AdminAddr() string { return "unix://" + a.AdminSocket }
 // IDs in delegates (authorized_delegates). It waits until both sockets exist; the agent
 // may still be syncing its entries then. Server.Close stops it.
 func (s *Server) StartAgent(ctx context.Context, node string, delegates []string) (_ *Agent, err error) {
-	ctx, cancel := withDefaultTimeout(ctx)
+	ctx, cancel := tooling.WithDefaultTimeout(ctx, startTimeout)
 	defer cancel()
 	if _, err := spiffeid.FromSegments(s.td, "node", node); err != nil {
 		return nil, fmt.Errorf("start agent: node name %q: %w", node, err)
@@ -72,9 +73,8 @@ func (s *Server) StartAgent(ctx context.Context, node string, delegates []string
 			return nil, fmt.Errorf("start agent %s: the node already has an agent", node)
 		}
 	}
-	closed := s.closed
 	s.mu.Unlock()
-	if closed {
+	if s.ws.Closed() {
 		return nil, fmt.Errorf("start agent %s: server closed", node)
 	}
 
@@ -90,7 +90,7 @@ func (s *Server) StartAgent(ctx context.Context, node string, delegates []string
 		delegates:      append([]string(nil), delegates...),
 		dataDir:        filepath.Join(dir, "data"),
 		config:         filepath.Join(dir, "agent.conf"),
-		tail:           &tooling.TailBuffer{Max: 64 << 10},
+		tail:           &netns.TailBuffer{Max: 64 << 10},
 	}
 	for _, p := range []string{a.WorkloadSocket, a.AdminSocket} {
 		if err := checkSocketPath(p); err != nil {
@@ -109,11 +109,11 @@ func (s *Server) StartAgent(ctx context.Context, node string, delegates []string
 	if err := os.WriteFile(filepath.Join(dir, "bundle.pem"), bundlePEM(bundle), 0o644); err != nil {
 		return nil, fmt.Errorf("start agent %s: write trust bundle: %w", node, err)
 	}
-	if a.log, err = s.logWriter(filepath.Join(s.Dir, "agent-"+node+".log"), a.tail); err != nil {
+	if a.log, err = s.ws.Log(filepath.Join(s.Dir, "agent-"+node+".log"), a.tail); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.agents = append(s.agents, a) // from here Close stops it and Logs shows it
+	s.agents = append(s.agents, a) // from here Logs shows it
 	s.mu.Unlock()
 	if err := a.Start(ctx); err != nil {
 		return nil, err
@@ -126,17 +126,14 @@ func (s *Server) StartAgent(ctx context.Context, node string, delegates []string
 // attests with a new join token with the same alias (a used token cannot be reused), and
 // SPIFFEID changes. It waits until both sockets exist.
 func (a *Agent) Start(ctx context.Context) error {
-	ctx, cancel := withDefaultTimeout(ctx)
+	ctx, cancel := tooling.WithDefaultTimeout(ctx, startTimeout)
 	defer cancel()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.proc != nil && !a.proc.Exited() {
 		return fmt.Errorf("start agent %s: already running", a.Node)
 	}
-	a.server.mu.Lock()
-	closed := a.server.closed
-	a.server.mu.Unlock()
-	if closed {
+	if a.server.ws.Closed() {
 		return fmt.Errorf("start agent %s: server closed", a.Node)
 	}
 	if svid, err := a.cachedSVID(); a.token == "" || err != nil || time.Until(svid.NotAfter) < 5*time.Second {
@@ -156,7 +153,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}
 	s := a.server
-	p, err := tooling.Start("spire-agent "+a.Node, s.opts.Command(s.ctx, s.opts.Binaries.Agent, "run", "-config", a.config), a.log)
+	p, err := s.ws.Start("spire-agent "+a.Node, s.opts.Command(s.ws.Ctx, s.opts.Binaries.Agent, "run", "-config", a.config), a.log)
 	if err != nil {
 		return err
 	}
@@ -206,26 +203,18 @@ func (a *Agent) agentConfig() string {
 }
 
 func (a *Agent) waitSockets(ctx context.Context, p *tooling.Proc) error {
-	for {
-		ready := true
+	err := p.WaitFor(ctx, 50*time.Millisecond, time.Second, func(context.Context) error {
 		for _, path := range []string{a.WorkloadSocket, a.AdminSocket} {
 			if st, err := os.Stat(path); err != nil || st.Mode().Type() != os.ModeSocket {
-				ready = false
+				return fmt.Errorf("no socket %s yet", path)
 			}
 		}
-		if ready {
-			return nil
-		}
-		if p.Exited() {
-			return p.ExitError()
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for the agent's sockets: %w", ctx.Err())
-		case <-p.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for the agent's sockets: %w", err)
 	}
+	return nil
 }
 
 // cachedSVID reads the agent's own SVID from its data directory (agent-data.json, PEM).

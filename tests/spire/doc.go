@@ -7,16 +7,11 @@
 //
 // The server listens on loopback TCP (127.0.0.1, a free port) and the agents serve unix
 // sockets, so run every process in the test's own private network namespace. Because the Go
-// module proxy is unreachable from there, TestMain must call EnsureBinaries before
-// netns.EnterPrivate: the outer process builds, the re-executed child only finds.
+// module proxy is unreachable from there, the binaries must be found (or built) before
+// netns.EnterPrivate: the outer process builds, the re-executed child only finds. TestMain
+// does that (and checks for leaked goroutines):
 //
-//	func TestMain(m *testing.M) {
-//		if os.Geteuid() == 0 {
-//			if _, err := spiretest.EnsureBinaries(context.Background()); err != nil { ... }
-//		}
-//		netns.EnterPrivate()
-//		os.Exit(m.Run())
-//	}
+//	func TestMain(m *testing.M) { spiretest.TestMain(m) }
 //
 // Registration layout (the one docs/spire.md recommends): each agent attests with a join
 // token minted with -spiffeID spiffe://<td>/node/<node>, so every node has a stable alias

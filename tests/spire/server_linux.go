@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -28,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthv1 "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/ambitmesh/ambit/tests/netns"
 	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
@@ -40,9 +40,6 @@ const DefaultTrustDomain = "cluster.local"
 
 // DefaultCATTL is the server's ca_ttl when Options.CATTL is zero.
 const DefaultCATTL = 24 * time.Hour
-
-// startTimeout bounds StartServer and StartAgent when their context has no deadline.
-const startTimeout = time.Minute
 
 // maxSocketPath is the longest usable unix socket path (sun_path is 108 bytes with the NUL).
 const maxSocketPath = 107
@@ -87,25 +84,20 @@ type Server struct {
 	Addr        string // 127.0.0.1:port, the agents' server_address
 	SocketPath  string // the server API socket (admin access, no authentication)
 
-	opts      Options
-	td        spiffeid.TrustDomain
-	ctx       context.Context // lives until Close; the processes' commands use it
-	cancel    context.CancelFunc
-	removeDir bool
-	conn      *grpc.ClientConn
-	tail      *tooling.TailBuffer
-	logFiles  []*os.File
+	opts Options
+	td   spiffeid.TrustDomain
+	ws   *tooling.Workspace // its context lives until Close; the processes' commands use it
+	conn *grpc.ClientConn
+	tail *netns.TailBuffer
 
 	mu     sync.Mutex
-	proc   *tooling.Proc
 	agents []*Agent
-	closed bool
 }
 
 // StartServer runs spire-server and waits until its API reports SERVING (~1 s). Close it
 // when done.
 func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
-	ctx, cancel := withDefaultTimeout(ctx)
+	ctx, cancel := tooling.WithDefaultTimeout(ctx, startTimeout)
 	defer cancel()
 	if opts.TrustDomain == "" {
 		opts.TrustDomain = DefaultTrustDomain
@@ -136,29 +128,19 @@ func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("spire binaries %v missing: run spiretest.EnsureBinaries or tests/tools/build.sh spire", missing)
 	}
 
+	ws, err := tooling.NewWorkspace(opts.Dir, "spiretest-", stopGrace)
+	if err != nil {
+		return nil, fmt.Errorf("create spire dir: %w", err)
+	}
 	s := &Server{
-		Dir:         opts.Dir,
+		Dir:         ws.Dir,
 		TrustDomain: td.Name(),
 		opts:        opts,
 		td:          td,
-		tail:        &tooling.TailBuffer{Max: 64 << 10},
+		ws:          ws,
+		tail:        &netns.TailBuffer{Max: 64 << 10},
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if s.Dir == "" {
-		if s.Dir, err = os.MkdirTemp("", "spiretest-"); err != nil {
-			s.cancel()
-			return nil, fmt.Errorf("create spire dir: %w", err)
-		}
-		s.removeDir = true
-	}
-	defer func() {
-		if err != nil {
-			if logs := s.Logs(); logs != "" {
-				err = fmt.Errorf("%w\nspire logs:\n%s", err, logs)
-			}
-			_ = s.Close()
-		}
-	}()
+	defer tooling.CloseOnError(&err, s)
 	if s.Dir, err = filepath.Abs(s.Dir); err != nil {
 		return nil, fmt.Errorf("spire dir: %w", err)
 	}
@@ -170,16 +152,17 @@ func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
 		return nil, fmt.Errorf("create server dir: %w", err)
 	}
-	port, err := freeLoopbackPort()
+	ports, err := tooling.FreeLoopbackPorts(1)
 	if err != nil {
 		return nil, err
 	}
+	port := ports[0]
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	config := filepath.Join(dir, "server.conf")
 	if err := os.WriteFile(config, []byte(s.serverConfig(dir, port)), 0o600); err != nil {
 		return nil, fmt.Errorf("write server config: %w", err)
 	}
-	w, err := s.logWriter(filepath.Join(s.Dir, "server.log"), s.tail)
+	w, err := s.ws.Log(filepath.Join(s.Dir, "server.log"), s.tail)
 	if err != nil {
 		return nil, err
 	}
@@ -193,17 +176,22 @@ func StartServer(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create server API client: %w", err)
 	}
-	p, err := tooling.Start("spire-server", opts.Command(s.ctx, opts.Binaries.Server, "run", "-config", config), w)
+	p, err := s.ws.Start("spire-server", opts.Command(s.ws.Ctx, opts.Binaries.Server, "run", "-config", config), w)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	s.proc = p
-	s.mu.Unlock()
 	if err := s.waitHealthy(ctx, p); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// StartServerForTest is StartServer for a test: a server that does not start fails tb,
+// and the server is closed at tb's cleanup, after logging the processes' output if the
+// test failed.
+func StartServerForTest(tb testing.TB, ctx context.Context, opts Options) *Server {
+	tb.Helper()
+	return tooling.StartForTest(tb, "spire server", func() (*Server, error) { return StartServer(ctx, opts) })
 }
 
 func (s *Server) serverConfig(dir string, port int) string {
@@ -231,82 +219,30 @@ func (s *Server) serverConfig(dir string, port int) string {
 
 func (s *Server) waitHealthy(ctx context.Context, p *tooling.Proc) error {
 	health := healthv1.NewHealthClient(s.conn)
-	var last error
-	for {
-		if p.Exited() {
-			return p.ExitError()
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := health.Check(cctx, &healthv1.HealthCheckRequest{})
-		cancel()
+	err := p.WaitFor(ctx, pollInterval, time.Second, func(ctx context.Context) error {
+		resp, err := health.Check(ctx, &healthv1.HealthCheckRequest{})
 		switch {
 		case err != nil:
-			last = err
-		case resp.GetStatus() == healthv1.HealthCheckResponse_SERVING:
-			return nil
-		default:
-			last = fmt.Errorf("status %v", resp.GetStatus())
+			return err
+		case resp.GetStatus() != healthv1.HealthCheckResponse_SERVING:
+			return fmt.Errorf("status %v", resp.GetStatus())
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for spire-server to be healthy: %w (last: %v)", ctx.Err(), last)
-		case <-p.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// logWriter opens (appending) a log file under Dir and returns it teed with tail.
-func (s *Server) logWriter(path string, tail *tooling.TailBuffer) (io.Writer, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("open log %s: %w", path, err)
+		return fmt.Errorf("wait for spire-server to be healthy: %w", err)
 	}
-	s.mu.Lock()
-	s.logFiles = append(s.logFiles, f)
-	s.mu.Unlock()
-	return io.MultiWriter(tail, f), nil
+	return nil
 }
 
 // Close stops the agents and the server and removes Dir if StartServer created it. It is
 // idempotent.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	agents, p := s.agents, s.proc
-	s.mu.Unlock()
-
-	var errs []error
-	for _, a := range agents {
-		if err := a.Stop(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if p != nil {
-		if err := p.Stop(syscall.SIGTERM, stopGrace); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err := s.ws.Close()
 	if s.conn != nil {
 		_ = s.conn.Close()
 	}
-	s.cancel()
-	s.mu.Lock()
-	for _, f := range s.logFiles {
-		_ = f.Close()
-	}
-	s.logFiles = nil
-	s.mu.Unlock()
-	if s.removeDir {
-		if err := os.RemoveAll(s.Dir); err != nil {
-			errs = append(errs, fmt.Errorf("remove spire dir: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // Logs returns the tails of the server's and the agents' output.
@@ -490,21 +426,11 @@ func checkSocketPath(p string) error {
 	return nil
 }
 
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, startTimeout)
-}
+// Bounds of the waits for the processes.
+const (
+	startTimeout = time.Minute // StartServer and StartAgent, when their context has no deadline
+	pollInterval = 100 * time.Millisecond
+)
 
 // stopGrace is how long a TERMed process gets before SIGKILL.
 const stopGrace = 10 * time.Second

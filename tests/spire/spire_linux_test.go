@@ -25,24 +25,6 @@ import (
 	spiretest "github.com/ambitmesh/ambit/tests/spire"
 )
 
-// startServer starts a server closed at cleanup; on failure it logs the processes' output.
-func startServer(tb testing.TB, ctx context.Context, opts spiretest.Options) *spiretest.Server {
-	tb.Helper()
-	s, err := spiretest.StartServer(ctx, opts)
-	if err != nil {
-		tb.Fatalf("start spire server: %v", err)
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			tb.Logf("spire logs:\n%s", s.Logs())
-		}
-		if err := s.Close(); err != nil {
-			tb.Errorf("close spire server: %v", err)
-		}
-	})
-	return s
-}
-
 func startAgent(tb testing.TB, ctx context.Context, s *spiretest.Server, node string, delegates ...string) *spiretest.Agent {
 	tb.Helper()
 	a, err := s.StartAgent(ctx, node, delegates)
@@ -205,7 +187,7 @@ func TestSPIRE(t *testing.T) {
 	defer cancel()
 	const svidTTL = time.Minute
 	start := time.Now()
-	srv := startServer(t, ctx, spiretest.Options{SVIDTTL: svidTTL})
+	srv := spiretest.StartServerForTest(t, ctx, spiretest.Options{SVIDTTL: svidTTL})
 	t.Logf("server up in %v", time.Since(start))
 	td := srv.TrustDomain
 	bundle, err := srv.Bundle(ctx)

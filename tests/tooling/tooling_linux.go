@@ -1,6 +1,7 @@
 // Package tooling is what the test harnesses for real components (tests/kube, tests/spire)
-// share: finding or building their binaries in the versioned tool cache, and running server
-// processes that cannot outlive the test.
+// share: finding or building their binaries in the versioned tool cache, running server
+// processes that cannot outlive the test, waiting for them to be ready, the directory,
+// context and logs they live with, and starting them for a test.
 package tooling
 
 import (
@@ -9,12 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -110,29 +114,15 @@ type Proc struct {
 }
 
 // Start starts cmd with its output into w. The process gets SIGKILL if the test process
-// dies, so a crashed test leaves no server behind. Pdeathsig fires when the forking *thread*
-// exits, so the fork and the wait happen on one locked thread that lives exactly as long as
-// the process.
+// dies, so a crashed test leaves no server behind (netns.StartTied).
 func Start(name string, cmd *exec.Cmd, w io.Writer) (*Proc, error) {
 	p := &Proc{Name: name, Cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = w, w
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.err = cmd.Wait()
+	err := netns.StartTied(cmd, func(err error) {
+		p.err = err
 		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	return p, nil
@@ -179,25 +169,204 @@ func (p *Proc) Stop(sig syscall.Signal, grace time.Duration) error {
 	return nil
 }
 
-// TailBuffer keeps the last Max bytes written, for failure messages.
-type TailBuffer struct {
-	Max int
-	mu  sync.Mutex
-	b   []byte
-}
-
-func (t *TailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.Max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
+// WaitFor polls check (each call bounded by checkTimeout) every interval until it
+// returns nil; it fails early when the process exits or ctx ends, with check's last
+// error.
+func (p *Proc) WaitFor(ctx context.Context, interval, checkTimeout time.Duration, check func(context.Context) error) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		last := check(cctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%w (last check: %v)", p.ExitError(), last)
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
+		case <-t.C:
+		}
 	}
-	return len(p), nil
 }
 
-func (t *TailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
+// ErrClosed is returned (wrapped) by Workspace.Start after Close.
+var ErrClosed = errors.New("harness closed")
+
+// Workspace is what a harness of server processes holds for its life: a directory (a
+// temporary one, removed by Close, when none is given), a context for the processes'
+// commands that Close cancels, the log files, and the processes, which Close stops.
+type Workspace struct {
+	Dir string
+	Ctx context.Context
+
+	cancel    context.CancelFunc
+	removeDir bool
+	stopGrace time.Duration
+	mu        sync.Mutex
+	logs      []*os.File
+	procs     []*Proc
+	closed    bool
+}
+
+// NewWorkspace uses dir, or a new temporary directory named after prefix when dir is "".
+// Close gives each process stopGrace after SIGTERM.
+func NewWorkspace(dir, prefix string, stopGrace time.Duration) (*Workspace, error) {
+	w := &Workspace{Dir: dir, stopGrace: stopGrace}
+	if w.Dir == "" {
+		var err error
+		if w.Dir, err = os.MkdirTemp("", prefix); err != nil {
+			return nil, fmt.Errorf("create temporary directory: %w", err)
+		}
+		w.removeDir = true
+	}
+	w.Ctx, w.cancel = context.WithCancel(context.Background())
+	return w, nil
+}
+
+// Log opens (appending) the log file path and returns it teed with tail.
+func (w *Workspace) Log(path string, tail io.Writer) (io.Writer, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log %s: %w", path, err)
+	}
+	w.mu.Lock()
+	w.logs = append(w.logs, f)
+	w.mu.Unlock()
+	return io.MultiWriter(tail, f), nil
+}
+
+// Start is the package's Start for a process that Close stops; after Close it fails
+// with ErrClosed. Build cmd with Ctx.
+func (w *Workspace) Start(name string, cmd *exec.Cmd, out io.Writer) (*Proc, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil, fmt.Errorf("start %s: %w", name, ErrClosed)
+	}
+	p, err := Start(name, cmd, out)
+	if err != nil {
+		return nil, err
+	}
+	w.procs = append(w.procs, p)
+	return p, nil
+}
+
+// Closed reports whether Close was called.
+func (w *Workspace) Closed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closed
+}
+
+// Close stops the processes, newest first (TERM, then KILL after the grace period),
+// cancels Ctx, closes the logs and removes Dir if it is temporary. It is idempotent.
+func (w *Workspace) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	procs, logs := w.procs, w.logs
+	w.logs = nil
+	w.mu.Unlock()
+	var errs []error
+	for _, p := range slices.Backward(procs) {
+		errs = append(errs, p.Stop(syscall.SIGTERM, w.stopGrace))
+	}
+	w.cancel()
+	for _, f := range logs {
+		errs = append(errs, f.Close())
+	}
+	if w.removeDir {
+		if err := os.RemoveAll(w.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", w.Dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WithDefaultTimeout bounds waits for servers that neither start nor exit, when the
+// caller gave ctx no deadline.
+func WithDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// FreeLoopbackPorts returns n distinct TCP ports free on 127.0.0.1 right now.
+func FreeLoopbackPorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free loopback port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// EnsureAsRoot is for a TestMain before netns.EnterPrivate: as root (where the tests that
+// need a harness's binaries run) it calls the harness's EnsureBinaries with a deadline of
+// limit. In the outer process that may build them; in the re-executed child, where the
+// module proxy is unreachable, it only finds what the outer one built.
+func EnsureAsRoot[B any](limit time.Duration, ensure func(context.Context) (B, error)) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	_, err := ensure(ctx)
+	return err
+}
+
+// Harness is a started set of server processes, such as a Kubernetes cluster or a SPIRE
+// server.
+type Harness interface {
+	Logs() string
+	Close() error
+}
+
+// CloseOnError is deferred by a harness's start function with its named error result:
+// when the start failed, it appends the processes' output to the error and closes h.
+func CloseOnError(err *error, h Harness) {
+	if *err == nil {
+		return
+	}
+	if logs := h.Logs(); logs != "" {
+		*err = fmt.Errorf("%w\n%s", *err, logs)
+	}
+	_ = h.Close()
+}
+
+// StartForTest calls start, failing tb if it fails, and closes what it started at tb's
+// cleanup, after logging the processes' output if the test failed. what names the harness
+// in messages.
+func StartForTest[H Harness](tb testing.TB, what string, start func() (H, error)) H {
+	tb.Helper()
+	h, err := start()
+	if err != nil {
+		tb.Fatalf("start %s: %v", what, err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("%s logs:\n%s", what, h.Logs())
+		}
+		if err := h.Close(); err != nil {
+			tb.Errorf("close %s: %v", what, err)
+		}
+	})
+	return h
 }
