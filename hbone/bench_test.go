@@ -42,42 +42,29 @@ func benchmarkThroughput(b *testing.B) {
 
 // BenchmarkDialPooled: open a CONNECT stream on a warm pooled connection,
 // exchange one byte, close.
-func BenchmarkDialPooled(b *testing.B) { onLayers(b, benchmarkDialPooled) }
-
-func benchmarkDialPooled(b *testing.B) {
-	_, addr := startServer(b, echoHandler, nil)
-	p := newTestPool(b, nil)
-	req := testReq(addr)
-	one := []byte{1}
-	warm, err := p.Dial(context.Background(), req)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer warm.Close()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		c, err := p.Dial(context.Background(), req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.Write(one)
-		if _, err := io.ReadFull(c, one); err != nil {
-			b.Fatal(err)
-		}
-		c.Close()
-	}
+func BenchmarkDialPooled(b *testing.B) {
+	onLayers(b, func(b *testing.B) {
+		benchmarkDialPooled(b, func(p *Pool, req Request) (*Conn, error) {
+			return p.Dial(context.Background(), req)
+		})
+	})
 }
 
 // BenchmarkDialEarlyPooled: as BenchmarkDialPooled with DialEarly.
-func BenchmarkDialEarlyPooled(b *testing.B) { onLayers(b, benchmarkDialEarlyPooled) }
+func BenchmarkDialEarlyPooled(b *testing.B) {
+	onLayers(b, func(b *testing.B) {
+		benchmarkDialPooled(b, func(p *Pool, req Request) (*Conn, error) {
+			return p.DialEarly(context.Background(), req, nil)
+		})
+	})
+}
 
-func benchmarkDialEarlyPooled(b *testing.B) {
+func benchmarkDialPooled(b *testing.B, dial func(*Pool, Request) (*Conn, error)) {
 	_, addr := startServer(b, echoHandler, nil)
 	p := newTestPool(b, nil)
 	req := testReq(addr)
 	one := []byte{1}
-	warm, err := p.Dial(context.Background(), req)
+	warm, err := dial(p, req)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,7 +72,7 @@ func benchmarkDialEarlyPooled(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c, err := p.DialEarly(context.Background(), req, nil)
+		c, err := dial(p, req)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -128,8 +128,7 @@ type conn struct {
 	peerMaxStreams uint32
 	peerInitWindow int64
 	sendWindow     int64
-	recvAvail      int64
-	recvUnacked    int64
+	recv           recvWindow
 	goAwaySent     bool
 	goAwayRecv     bool
 	idleSince      time.Time
@@ -166,7 +165,7 @@ func newConn(rl recordLayer, o connOptions) *conn {
 		peerMaxStreams: 100,
 		peerInitWindow: defaultWindow,
 		sendWindow:     defaultWindow,
-		recvAvail:      connWindow,
+		recv:           recvWindow{avail: connWindow},
 		idleSince:      time.Now(),
 		settingsCh:     make(chan struct{}),
 		closedCh:       make(chan struct{}),
@@ -963,11 +962,11 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 	}
 	length := int64(fh.Length)
 	c.mu.Lock()
-	if length > c.recvAvail {
+	if length > c.recv.avail {
 		c.mu.Unlock()
 		return connError{http2.ErrCodeFlowControl, "connection window exceeded"}
 	}
-	c.recvAvail -= length
+	c.recv.avail -= length
 	s := c.streams[id]
 	idle := c.isIdleStreamLocked(id)
 	c.mu.Unlock()
@@ -1027,21 +1026,31 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 	return nil
 }
 
-// creditConn returns n consumed bytes to the peer's connection window, in
-// batches of a quarter of the window.
+// creditConn returns n consumed bytes to the peer's connection window.
 func (c *conn) creditConn(n int64) {
 	c.mu.Lock()
-	c.recvUnacked += n
-	var inc int64
-	if c.recvUnacked >= connWindow/creditDivisor {
-		inc = c.recvUnacked
-		c.recvAvail += inc
-		c.recvUnacked = 0
-	}
+	inc := c.recv.credit(n, connWindow)
 	c.mu.Unlock()
 	if inc > 0 {
 		c.enqueue(wreq{kind: wWindowUpdate, streamID: 0, val: uint32(inc)})
 	}
+}
+
+// recvWindow is a receive window as the peer sees it: what it may still
+// send, and what was consumed but not yet credited back.
+type recvWindow struct{ avail, unacked int64 }
+
+// credit records n consumed bytes and returns the WINDOW_UPDATE increment to
+// send: the consumed bytes once they reach a quarter of size, else 0.
+func (w *recvWindow) credit(n, size int64) int64 {
+	w.unacked += n
+	if w.unacked < size/creditDivisor {
+		return 0
+	}
+	inc := w.unacked
+	w.avail += inc
+	w.unacked = 0
+	return inc
 }
 
 // removeIfDone drops s from the stream table once both directions ended.

@@ -41,27 +41,6 @@ func startServer(tb testing.TB, h Handler, mod func(*ServerConfig)) (*Server, st
 	return srv, l.Addr().String()
 }
 
-// tcpPair returns both ends of a TCP connection over the test address.
-func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
-	tb.Helper()
-	l, err := net.Listen("tcp", testAddr+":0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	a, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b, err := l.Accept()
-	if err != nil {
-		a.Close()
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { a.Close(); b.Close() })
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
-
 // newTestPool returns a Pool on tb's record layer.
 func newTestPool(tb testing.TB, mod func(*ClientConfig)) *Pool {
 	tb.Helper()

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+
+	"github.com/ambitmesh/ambit/internal/relay/relaytest"
 )
 
 // slotBatch is one writeSlots call: a slot buffer and the payload bytes in it.
@@ -82,7 +84,7 @@ func TestRecordsSlotsInteropCryptoTLS(t *testing.T) {
 // and then half-closed.
 func tcpSource(tb testing.TB, payload []byte) *net.TCPConn {
 	tb.Helper()
-	w, r := tcpPair(tb)
+	w, r := relaytest.TCPPair(tb)
 	go func() {
 		w.Write(payload)
 		w.CloseWrite()

@@ -10,13 +10,15 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/ambitmesh/ambit/internal/relay/relaytest"
 )
 
 // recordPair connects our record layer (client or server side) to a plain crypto/tls
 // peer over TCP. The peer server sends session tickets, which our client must ignore.
 func recordPair(tb testing.TB, oursClient bool) (*records, *tls.Conn) {
 	tb.Helper()
-	cc, sc := tcpPair(tb)
+	cc, sc := relaytest.TCPPair(tb)
 	ca := theCA(tb)
 	type res struct {
 		rl   *records

@@ -474,17 +474,7 @@ func parseForwarded(v string) (netip.AddrPort, string) {
 // Shutdown stops accepting, sends GOAWAY on every connection and waits for
 // their streams to finish or ctx to end (then closes hard).
 func (srv *Server) Shutdown(ctx context.Context) error {
-	srv.mu.Lock()
-	srv.shutdown = true
-	for l := range srv.listeners {
-		l.Close()
-	}
-	conns := make([]*conn, 0, len(srv.conns))
-	for c := range srv.conns {
-		conns = append(conns, c)
-	}
-	srv.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range srv.stopAccepting(&srv.shutdown) {
 		c.goAway()
 	}
 	t := time.NewTicker(10 * time.Millisecond)
@@ -510,16 +500,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 // Close closes listeners and connections immediately and waits for the
 // connections served by Serve to finish. It is idempotent.
 func (srv *Server) Close() error {
-	srv.mu.Lock()
-	srv.closed = true
-	for l := range srv.listeners {
-		l.Close()
-	}
-	conns := make([]*conn, 0, len(srv.conns))
-	for c := range srv.conns {
-		conns = append(conns, c)
-	}
-	srv.mu.Unlock()
+	conns := srv.stopAccepting(&srv.closed)
 	srv.cancel()
 	for _, c := range conns {
 		c.closeWith(errServerClosed)
@@ -527,4 +508,20 @@ func (srv *Server) Close() error {
 	srv.wg.Wait()
 	srv.workers.Close()
 	return nil
+}
+
+// stopAccepting sets flag, closes the listeners and returns the connections
+// open at that moment.
+func (srv *Server) stopAccepting(flag *bool) []*conn {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	*flag = true
+	for l := range srv.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(srv.conns))
+	for c := range srv.conns {
+		conns = append(conns, c)
+	}
+	return conns
 }

@@ -7,11 +7,12 @@ import (
 	"net"
 	"testing"
 
+	"github.com/ambitmesh/ambit/internal/relay/relaytest"
 	"github.com/ambitmesh/ambit/internal/sockio"
 )
 
 func TestSockIOPicksRawSocket(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := relaytest.TCPPair(t)
 	if _, ok := sockIO(a).(sockio.Raw); !ok {
 		t.Errorf("sockIO(*net.TCPConn) = %T, want sockio.Raw", sockIO(a))
 	}

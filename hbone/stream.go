@@ -119,30 +119,29 @@ type stream struct {
 	c  *conn
 	id uint32
 
-	mu          sync.Mutex
-	chunks      [][]byte // received, unread data; the last chunk may be filling
-	roff        int
-	rlen        int
-	filling     bool
-	remoteEnd   bool  // END_STREAM or RST received (or we stopped caring)
-	rErr        error // returned by Read once the buffer is drained
-	rDone       chan struct{}
-	rWake       chan struct{}
-	recvAvail   int64
-	recvUnacked int64
-	readClosed  bool
-	writingOut  bool          // WriteTo or the read loop is writing from chunks[0] without the lock
-	sink        TryWriter     // WriteTo's destination while it runs, when it takes non-blocking writes
-	parked      bool          // WriteTo waits for data: the read loop may deliver to sink itself
-	delivered   int64         // bytes the read loop wrote to sink, for WriteTo's count
-	deferred    bool          // in c.deferred, to be delivered before the read loop's next socket read
-	async       *asyncWriteTo // WriteToAsync's, while it has no goroutine
-	localEnd    bool          // END_STREAM or RST sent
-	wErr        error         // write-side failure (reset, connection closed)
-	closed      bool
-	closedCh    chan struct{}
-	removed     bool
-	canSend     bool // client: got 200; server: accepted
+	mu         sync.Mutex
+	chunks     [][]byte // received, unread data; the last chunk may be filling
+	roff       int
+	rlen       int
+	filling    bool
+	remoteEnd  bool  // END_STREAM or RST received (or we stopped caring)
+	rErr       error // returned by Read once the buffer is drained
+	rDone      chan struct{}
+	rWake      chan struct{}
+	recv       recvWindow
+	readClosed bool
+	writingOut bool          // WriteTo or the read loop is writing from chunks[0] without the lock
+	sink       TryWriter     // WriteTo's destination while it runs, when it takes non-blocking writes
+	parked     bool          // WriteTo waits for data: the read loop may deliver to sink itself
+	delivered  int64         // bytes the read loop wrote to sink, for WriteTo's count
+	deferred   bool          // in c.deferred, to be delivered before the read loop's next socket read
+	async      *asyncWriteTo // WriteToAsync's, while it has no goroutine
+	localEnd   bool          // END_STREAM or RST sent
+	wErr       error         // write-side failure (reset, connection closed)
+	closed     bool
+	closedCh   chan struct{}
+	removed    bool
+	canSend    bool // client: got 200; server: accepted
 
 	sendWindow int64 // guarded by c.mu
 	wWake      chan struct{}
@@ -172,7 +171,7 @@ func newStream(c *conn, id uint32) *stream {
 		id:         id,
 		rDone:      make(chan struct{}),
 		rWake:      make(chan struct{}, 1),
-		recvAvail:  streamWindow,
+		recv:       recvWindow{avail: streamWindow},
 		closedCh:   make(chan struct{}),
 		sendWindow: c.peerInitWindow,
 		wWake:      make(chan struct{}, 1),
@@ -258,10 +257,10 @@ func (s *stream) admit(length int64) (keep bool, code http2.ErrCode) {
 		return false, 0
 	case s.remoteEnd:
 		return false, http2.ErrCodeStreamClosed
-	case length > s.recvAvail:
+	case length > s.recv.avail:
 		return false, http2.ErrCodeFlowControl
 	}
-	s.recvAvail -= length
+	s.recv.avail -= length
 	if s.readClosed {
 		return false, 0
 	}
@@ -420,21 +419,14 @@ func (s *stream) deliver() {
 	}
 }
 
-// creditStream returns consumed bytes to the peer's stream window in batches
-// of a quarter of the window.
+// creditStream returns consumed bytes to the peer's stream window.
 func (s *stream) creditStream(n int64) {
 	s.mu.Lock()
 	if s.remoteEnd {
 		s.mu.Unlock()
 		return
 	}
-	s.recvUnacked += n
-	var inc int64
-	if s.recvUnacked >= streamWindow/creditDivisor {
-		inc = s.recvUnacked
-		s.recvAvail += inc
-		s.recvUnacked = 0
-	}
+	inc := s.recv.credit(n, streamWindow)
 	s.mu.Unlock()
 	if inc > 0 {
 		s.c.enqueue(wreq{kind: wWindowUpdate, streamID: s.id, val: uint32(inc)})
@@ -479,18 +471,7 @@ func (s *stream) onReset(code http2.ErrCode) {
 // fail ends the stream locally with err (GOAWAY-refused streams).
 func (s *stream) fail(err error) {
 	s.mu.Lock()
-	if !s.remoteEnd {
-		s.setREndLocked(err)
-	}
-	s.localEnd = true
-	if s.wErr == nil {
-		s.wErr = err
-	}
-	if !s.gotResp && s.respCh != nil {
-		s.gotResp = true
-		s.respErr = err
-		close(s.respCh)
-	}
+	s.endLocked(err, err)
 	s.mu.Unlock()
 	s.wakeReader()
 	s.wakeWriter()
@@ -499,22 +480,29 @@ func (s *stream) fail(err error) {
 
 func (s *stream) connClosed(err error) {
 	s.mu.Lock()
+	s.endLocked(err, err)
+	s.removed = true
+	s.mu.Unlock()
+	s.wakeReader()
+	s.wakeWriter()
+}
+
+// endLocked ends both directions: readers and writers see err unless an
+// earlier error is already recorded, and a client still waiting for the
+// response gets respErr.
+func (s *stream) endLocked(err, respErr error) {
 	if !s.remoteEnd {
 		s.setREndLocked(err)
 	}
 	s.localEnd = true
-	s.removed = true
 	if s.wErr == nil {
 		s.wErr = err
 	}
 	if !s.gotResp && s.respCh != nil {
 		s.gotResp = true
-		s.respErr = err
+		s.respErr = respErr
 		close(s.respCh)
 	}
-	s.mu.Unlock()
-	s.wakeReader()
-	s.wakeWriter()
 }
 
 // resetLocal sends RST_STREAM(code) and ends both directions.
@@ -522,20 +510,10 @@ func (s *stream) resetLocal(code http2.ErrCode) {
 	s.mu.Lock()
 	send := !s.localEnd || !s.remoteEnd
 	s.releaseAnswerLocked(true) // the client learns the tunnel was open, then why it ended
-	s.localEnd = true
-	if s.wErr == nil {
-		s.wErr = resetError{uint32(code)}
-	}
-	if !s.remoteEnd {
-		s.setREndLocked(resetError{uint32(code)})
-	}
+	err := resetError{uint32(code)}
+	s.endLocked(err, err)
 	if send {
 		s.c.enqueue(wreq{kind: wRST, streamID: s.id, val: uint32(code)})
-	}
-	if !s.gotResp && s.respCh != nil {
-		s.gotResp = true
-		s.respErr = resetError{uint32(code)}
-		close(s.respCh)
 	}
 	s.mu.Unlock()
 	s.wakeReader()

@@ -4,11 +4,13 @@ import (
 	"io"
 	"syscall"
 	"testing"
+
+	"github.com/ambitmesh/ambit/internal/relay/relaytest"
 )
 
 // Readv fills the buffers in order and reports the end of the stream as io.EOF.
 func TestRawReadv(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := relaytest.TCPPair(t)
 	b.Write([]byte("abcdefgh"))
 	b.CloseWrite()
 	r := rawOf(t, a)

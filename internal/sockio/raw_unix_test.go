@@ -12,29 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambitmesh/ambit/internal/relay/relaytest"
 	"github.com/ambitmesh/ambit/internal/sockio"
 )
-
-// tcpPair is a connected pair of loopback sockets, closed in cleanup.
-func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	a, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b, err := l.Accept()
-	if err != nil {
-		a.Close()
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { a.Close(); b.Close() })
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
 
 func rawOf(tb testing.TB, c net.Conn) sockio.Raw {
 	tb.Helper()
@@ -69,7 +49,7 @@ func slowRead(c net.Conn, pause time.Duration) <-chan []byte {
 // room, deadlines, EOF, errors after Close.
 func TestRawSemantics(t *testing.T) {
 	t.Run("large write to a slow reader", func(t *testing.T) {
-		a, b := tcpPair(t)
+		a, b := relaytest.TCPPair(t)
 		payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: beyond the socket buffers
 		got := slowRead(b, 50*time.Microsecond)
 		n, err := rawOf(t, a).Write(payload)
@@ -84,7 +64,7 @@ func TestRawSemantics(t *testing.T) {
 	t.Run("pair of writes to a slow reader", func(t *testing.T) {
 		// WritePair's writev resumes after partial writes, within a and across into b.
 		for _, sizes := range [][2]int{{100, 2 << 20}, {2 << 20, 100}, {1 << 20, 1 << 20}, {0, 1 << 20}} {
-			a, b := tcpPair(t)
+			a, b := relaytest.TCPPair(t)
 			first := bytes.Repeat([]byte{'a'}, sizes[0])
 			second := bytes.Repeat([]byte("0123456789abcdef"), sizes[1]/16)
 			got := slowRead(b, 20*time.Microsecond)
@@ -99,7 +79,7 @@ func TestRawSemantics(t *testing.T) {
 		}
 	})
 	t.Run("read waits for data, then EOF", func(t *testing.T) {
-		a, b := tcpPair(t)
+		a, b := relaytest.TCPPair(t)
 		go func() {
 			time.Sleep(20 * time.Millisecond)
 			b.Write([]byte("late"))
@@ -116,14 +96,14 @@ func TestRawSemantics(t *testing.T) {
 		}
 	})
 	t.Run("read deadline", func(t *testing.T) {
-		a, _ := tcpPair(t)
+		a, _ := relaytest.TCPPair(t)
 		a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		if _, err := rawOf(t, a).Read(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("Read past the deadline = %v, want os.ErrDeadlineExceeded", err)
 		}
 	})
 	t.Run("write deadline", func(t *testing.T) {
-		a, _ := tcpPair(t) // nobody reads the other end
+		a, _ := relaytest.TCPPair(t) // nobody reads the other end
 		a.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 		_, err := rawOf(t, a).Write(make([]byte, 64<<20))
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -131,7 +111,7 @@ func TestRawSemantics(t *testing.T) {
 		}
 	})
 	t.Run("closed", func(t *testing.T) {
-		a, _ := tcpPair(t)
+		a, _ := relaytest.TCPPair(t)
 		rw := rawOf(t, a)
 		a.Close()
 		if _, err := rw.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
@@ -145,7 +125,7 @@ func TestRawSemantics(t *testing.T) {
 		}
 	})
 	t.Run("reset by peer", func(t *testing.T) {
-		a, b := tcpPair(t)
+		a, b := relaytest.TCPPair(t)
 		b.SetLinger(0)
 		b.Close() // RST
 		rw := rawOf(t, a)
@@ -170,7 +150,7 @@ func TestRawSemantics(t *testing.T) {
 // gathered write takes its buffers in order, skipping empty ones.
 func TestRawTryWrite(t *testing.T) {
 	t.Run("full socket", func(t *testing.T) {
-		a, _ := tcpPair(t) // nobody reads the other end
+		a, _ := relaytest.TCPPair(t) // nobody reads the other end
 		r := rawOf(t, a)
 		chunk := make([]byte, 1<<20)
 		var short bool
@@ -193,7 +173,7 @@ func TestRawTryWrite(t *testing.T) {
 		}
 	})
 	t.Run("gather", func(t *testing.T) {
-		a, b := tcpPair(t)
+		a, b := relaytest.TCPPair(t)
 		r := rawOf(t, a)
 		bufs := [][]byte{[]byte("one "), nil, []byte("two "), {}, []byte("three")}
 		n, err := r.TryWriteBuffers(bufs)
@@ -213,7 +193,7 @@ func TestRawTryWrite(t *testing.T) {
 
 // ReadReady takes what has arrived and never waits.
 func TestRawReadReady(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := relaytest.TCPPair(t)
 	r := rawOf(t, a)
 	buf := make([]byte, 16)
 	if n := r.ReadReady(buf); n != 0 {
@@ -232,7 +212,7 @@ func TestRawReadReady(t *testing.T) {
 
 // NonBlocking: a TryWriter as it is, a socket as a Raw, anything else nil.
 func TestNonBlocking(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := relaytest.TCPPair(t)
 	var buf bytes.Buffer
 	r := rawOf(t, a)
 	if _, ok := sockio.NonBlocking(a).(sockio.BuffersTryWriter); !ok {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/pcap"
+	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
 )
 
@@ -361,13 +362,8 @@ func TestModelChangeKeepsConnections(t *testing.T) {
 	defer c.Close()
 	ping := func(msg string) {
 		t.Helper()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatalf("write %q: %v", msg, err)
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-			t.Fatalf("read back %q: %q, %v", msg, buf, err)
+		if err := mesh.EchoOn(c, msg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ping("before")

@@ -52,6 +52,23 @@ func Echo(ctx context.Context, from *netns.Pod, addr netip.AddrPort) error {
 	return nil
 }
 
+// EchoOn writes msg on an open connection to an echo server and checks that
+// the same bytes come back within 10 seconds.
+func EchoOn(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("write %q: %w", msg, err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read back %q: %w", msg, err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("read back %q: got %q", msg, buf)
+	}
+	return nil
+}
+
 // WaitCaptured waits until the node's ztunnel reports ip as captured (or not).
 func (m *Mesh) WaitCaptured(ctx context.Context, n *netns.Node, ip netip.Addr, want bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)

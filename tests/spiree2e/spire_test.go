@@ -206,13 +206,8 @@ func TestAgentKilledAndRestarted(t *testing.T) {
 	defer c.Close()
 	ping := func(msg string) {
 		t.Helper()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatalf("%s: %v", msg, err)
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, buf); err != nil {
-			t.Fatalf("%s: %v", msg, err)
+		if err := mesh.EchoOn(c, msg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ping("before")
