@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ambitmesh/ambit/policy"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -35,8 +36,14 @@ func LoadFile(path string, opts EnrollmentOptions) (*Snapshot, error) {
 // joined. Unknown fields, duplicate keys, YAML aliases and several
 // documents are rejected.
 func Parse(filename string, data []byte, opts EnrollmentOptions) (*Snapshot, error) {
+	return parse(filename, data, opts, nil, nil)
+}
+
+// parse is Parse with the policies in force.
+func parse(filename string, data []byte, opts EnrollmentOptions, pol *policy.Set, problems []string) (*Snapshot, error) {
 	p := &parser{file: filename, lines: make(map[string]int)}
 	in, ok := p.document(data)
+	in.Policies, in.PolicyProblems = pol, problems
 	if ok && len(p.errs) == 0 {
 		p.checkNamespacesDeclared(in)
 		if _, err := Build(in, opts); err != nil {
@@ -55,7 +62,7 @@ func Parse(filename string, data []byte, opts EnrollmentOptions) (*Snapshot, err
 		if n := len(p.errs) - maxReportedErrors; n > 0 {
 			p.errs = append(p.errs[:maxReportedErrors], &FieldError{File: filename, Msg: fmt.Sprintf("and %d more errors", n)})
 		}
-		return nil, p.errs.err()
+		return nil, p.errs.Err()
 	}
 	return Build(in, opts)
 }

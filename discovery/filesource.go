@@ -23,7 +23,13 @@ const (
 type FileSourceConfig struct {
 	Path    string
 	Options EnrollmentOptions
-	Logger  *slog.Logger // default: discard
+	// PolicyPath, when set, is a file or a directory of PeerAuthentication and
+	// AuthorizationPolicy manifests, reloaded with the model.
+	PolicyPath string
+	// RootNamespace is the policies' root namespace (policy.DefaultRootNamespace
+	// when empty).
+	RootNamespace string
+	Logger        *slog.Logger // default: discard
 	// PollInterval is how often the file is re-read even without a change
 	// event: the safety net for missed events (and the only mechanism when
 	// inotify is unavailable). Default DefaultPollInterval.
@@ -95,11 +101,11 @@ func (f *FileSource) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read mesh model: %w", err)
 	}
-	snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
+	snap, content, err := f.load(data)
 	if err != nil {
 		return err
 	}
-	f.publish(data, snap)
+	f.publish(content, snap)
 
 	poll := time.NewTicker(f.cfg.PollInterval)
 	defer poll.Stop()
@@ -138,13 +144,52 @@ func (f *FileSource) watch() *fsnotify.Watcher {
 		f.log.Warn("mesh model file watch unavailable, polling only", "error", err)
 		return nil
 	}
-	if err := w.Add(filepath.Dir(f.cfg.Path)); err != nil {
-		f.log.Warn("mesh model file watch unavailable, polling only", "error", err)
-		w.Close()
-		return nil
+	dirs := []string{filepath.Dir(f.cfg.Path)}
+	if p := f.cfg.PolicyPath; p != "" {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			dirs = append(dirs, p)
+		} else {
+			dirs = append(dirs, filepath.Dir(p))
+		}
+	}
+	for _, d := range dirs {
+		if err := w.Add(d); err != nil {
+			f.log.Warn("mesh model file watch unavailable, polling only", "error", err)
+			w.Close()
+			return nil
+		}
 	}
 	return w
 }
+
+// load parses the model in data and the policies, returning the snapshot and
+// the content it was made from (for change detection).
+func (f *FileSource) load(data []byte) (*Snapshot, []byte, error) {
+	if f.cfg.PolicyPath == "" {
+		snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
+		return snap, data, err
+	}
+	files, err := readPolicyFiles(f.cfg.PolicyPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	content := fingerprint(data, files)
+	if f.seen != nil && bytes.Equal(content, f.seen) {
+		return nil, content, errUnchanged
+	}
+	set, problems, err := parsePolicies(files, f.cfg.RootNamespace)
+	if err != nil {
+		return nil, content, err
+	}
+	for _, p := range problems {
+		f.log.Error("policy refused, failing closed", "error", p)
+	}
+	snap, err := parse(f.cfg.Path, data, f.cfg.Options, set, problems)
+	return snap, content, err
+}
+
+// errUnchanged is load's answer when nothing changed since the last read.
+var errUnchanged = errors.New("unchanged")
 
 // reload reads the file and publishes it if its content changed and is valid.
 func (f *FileSource) reload() {
@@ -163,20 +208,25 @@ func (f *FileSource) reload() {
 		// next event or poll sees the content. An empty model is "{}".
 		return
 	}
-	if f.seen != nil && bytes.Equal(data, f.seen) {
+	if f.cfg.PolicyPath == "" && f.seen != nil && bytes.Equal(data, f.seen) {
 		return
 	}
-	f.seen = data
-	if bytes.Equal(data, f.applied) {
+	snap, content, err := f.load(data)
+	if errors.Is(err, errUnchanged) {
+		return
+	}
+	if content != nil {
+		f.seen = content
+	}
+	if bytes.Equal(content, f.applied) {
 		f.log.Info("mesh model file back to the loaded content", "version", f.store.Load().Version)
 		return
 	}
-	snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
 	if err != nil {
 		f.log.Error("mesh model reload failed, keeping previous model", "error", err)
 		return
 	}
-	f.publish(data, snap)
+	f.publish(content, snap)
 }
 
 func (f *FileSource) publish(data []byte, snap *Snapshot) {
@@ -184,5 +234,7 @@ func (f *FileSource) publish(data []byte, snap *Snapshot) {
 	f.store.Set(snap)
 	f.log.Info("mesh model loaded", "version", snap.Version,
 		"workloads", len(snap.Workloads), "services", len(snap.Services),
-		"namespaces", len(snap.Namespaces), "nodes", len(snap.Nodes))
+		"namespaces", len(snap.Namespaces), "nodes", len(snap.Nodes),
+		"authorizationPolicies", len(snap.Policies.AuthorizationPolicies()),
+		"peerAuthentications", len(snap.Policies.PeerAuthentications()))
 }

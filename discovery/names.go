@@ -83,9 +83,9 @@ func checkSubdomain(errs *fieldErrors, path, v string) {
 func checkName(errs *fieldErrors, path, v string, valid func(string) bool, msg string) {
 	switch {
 	case v == "":
-		errs.add(path, msgRequired)
+		errs.Add(path, msgRequired)
 	case !valid(v):
-		errs.add(path, fmt.Sprintf(msg, v))
+		errs.Add(path, fmt.Sprintf(msg, v))
 	}
 }
 
@@ -97,10 +97,10 @@ func checkLabels(errs *fieldErrors, path string, labels map[string]string) {
 		v := labels[k]
 		p := labelPath(path, k)
 		if !isLabelKey(k) {
-			errs.add(p, fmt.Sprintf(msgLabelKey, k))
+			errs.Add(p, fmt.Sprintf(msgLabelKey, k))
 		}
 		if !isLabelValue(v) {
-			errs.add(p, fmt.Sprintf(msgLabelVal, v))
+			errs.Add(p, fmt.Sprintf(msgLabelVal, v))
 		}
 	}
 }
@@ -109,15 +109,15 @@ func checkLabels(errs *fieldErrors, path string, labels map[string]string) {
 // IPv6 unmapped), or false after recording an error.
 func checkAddr(errs *fieldErrors, path string, a netip.Addr) (netip.Addr, bool) {
 	if !a.IsValid() {
-		errs.add(path, "not a valid IP address")
+		errs.Add(path, "not a valid IP address")
 		return a, false
 	}
 	if a.Zone() != "" {
-		errs.add(path, fmt.Sprintf("%q has a zone, which is not allowed", a.String()))
+		errs.Add(path, fmt.Sprintf("%q has a zone, which is not allowed", a.String()))
 		return a, false
 	}
 	if a.IsUnspecified() {
-		errs.add(path, fmt.Sprintf("%s is the unspecified address", a))
+		errs.Add(path, fmt.Sprintf("%s is the unspecified address", a))
 		return a, false
 	}
 	return a.Unmap(), true

@@ -6,6 +6,9 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
+
+	"github.com/ambitmesh/ambit/policy"
 )
 
 // Snapshot is one consistent view of the mesh. It is immutable once built
@@ -17,7 +20,13 @@ type Snapshot struct {
 	Services   []*Service   `json:"services"`
 	Namespaces []*Namespace `json:"namespaces"`
 	Nodes      []*Node      `json:"nodes"`
+	// Policies are the PeerAuthentications and AuthorizationPolicies in force;
+	// nil for none.
+	Policies *policy.Set `json:"-"`
+	// PolicyProblems are the policy objects' problems (they fail closed).
+	PolicyProblems []string `json:"policyProblems,omitempty"`
 
+	applied       *sync.Map // *Workload -> *policy.Applied; shared by copies
 	workloadByIP  map[netip.Addr]*Workload
 	workloadByUID map[string]*Workload
 	workloadsOn   map[string][]*Workload
@@ -35,6 +44,9 @@ type Input struct {
 	Services   []*Service
 	Namespaces []*Namespace
 	Nodes      []*Node
+	// Policies and PolicyProblems are carried into the snapshot as they are.
+	Policies       *policy.Set
+	PolicyProblems []string
 }
 
 // Build validates in, fills defaults (workload UID and service account,
@@ -47,7 +59,7 @@ func Build(in Input, opts EnrollmentOptions) (*Snapshot, error) {
 	opts = opts.WithDefaults()
 	b := builder{opts: opts}
 	s := b.build(in)
-	if err := b.errs.err(); err != nil {
+	if err := b.errs.Err(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -65,19 +77,22 @@ type ref struct {
 
 func (b *builder) build(in Input) *Snapshot {
 	s := &Snapshot{
-		Workloads:     make([]*Workload, 0, len(in.Workloads)),
-		Services:      make([]*Service, 0, len(in.Services)),
-		Namespaces:    make([]*Namespace, 0, len(in.Namespaces)),
-		Nodes:         make([]*Node, 0, len(in.Nodes)),
-		workloadByIP:  make(map[netip.Addr]*Workload),
-		workloadByUID: make(map[string]*Workload, len(in.Workloads)),
-		workloadsOn:   make(map[string][]*Workload),
-		serviceByVIP:  make(map[netip.Addr]*Service),
-		serviceByName: make(map[string]*Service, len(in.Services)),
-		serviceByHost: make(map[string]*Service, len(in.Services)),
-		nodeByName:    make(map[string]*Node, len(in.Nodes)),
-		nodeByIP:      make(map[netip.Addr]*Node),
-		nsByName:      make(map[string]*Namespace, len(in.Namespaces)),
+		Workloads:      make([]*Workload, 0, len(in.Workloads)),
+		Services:       make([]*Service, 0, len(in.Services)),
+		Namespaces:     make([]*Namespace, 0, len(in.Namespaces)),
+		Nodes:          make([]*Node, 0, len(in.Nodes)),
+		workloadByIP:   make(map[netip.Addr]*Workload),
+		workloadByUID:  make(map[string]*Workload, len(in.Workloads)),
+		workloadsOn:    make(map[string][]*Workload),
+		serviceByVIP:   make(map[netip.Addr]*Service),
+		serviceByName:  make(map[string]*Service, len(in.Services)),
+		serviceByHost:  make(map[string]*Service, len(in.Services)),
+		nodeByName:     make(map[string]*Node, len(in.Nodes)),
+		nodeByIP:       make(map[netip.Addr]*Node),
+		nsByName:       make(map[string]*Namespace, len(in.Namespaces)),
+		applied:        new(sync.Map),
+		Policies:       in.Policies,
+		PolicyProblems: slices.Clone(in.PolicyProblems),
 	}
 	b.namespaces(s, in.Namespaces)
 	b.nodes(s, in.Nodes)
@@ -141,9 +156,9 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 		checkSubdomain(&b.errs, path+".serviceAccount", wl.ServiceAccount)
 		if wl.Node != "" {
 			if !isDNS1123Subdomain(wl.Node) {
-				b.errs.add(path+".node", fmt.Sprintf(msgSubdomain, wl.Node))
+				b.errs.Add(path+".node", fmt.Sprintf(msgSubdomain, wl.Node))
 			} else if nodesDeclared && s.nodeByName[wl.Node] == nil {
-				b.errs.add(path+".node", fmt.Sprintf("node %q is not declared in nodes", wl.Node))
+				b.errs.Add(path+".node", fmt.Sprintf("node %q is not declared in nodes", wl.Node))
 			}
 		}
 		checkLabels(&b.errs, path+".labels", wl.Labels)
@@ -199,7 +214,7 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 		checkLabelName(&b.errs, path+".name", svc.Name)
 		checkLabelName(&b.errs, path+".namespace", svc.Namespace)
 		if sv.Hostname != "" && !isDNS1123Subdomain(sv.Hostname) {
-			b.errs.add(path+".hostname", fmt.Sprintf(msgSubdomain, sv.Hostname))
+			b.errs.Add(path+".hostname", fmt.Sprintf(msgSubdomain, sv.Hostname))
 		}
 		checkLabels(&b.errs, path+".selector", svc.Selector)
 		dup := first.duplicate(b, path, key, what, svc.Hostname, svc.Name != "" && svc.Namespace != "")
@@ -224,7 +239,7 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 // own.
 func (b *builder) declare(first map[string]string, path, kind, name string) bool {
 	if prev, dup := first[name]; dup && name != "" {
-		b.errs.addRef(path+".name", fmt.Sprintf("%s %q is already declared", kind, name), prev)
+		b.errs.AddRef(path+".name", fmt.Sprintf("%s %q is already declared", kind, name), prev)
 		return false
 	}
 	first[name] = path + ".name"
@@ -248,11 +263,11 @@ func newUniques(field string, n int) *uniques {
 // named: key is complete (an incomplete one has an error of its own).
 func (u *uniques) duplicate(b *builder, path, key, what, value string, named bool) bool {
 	if prev, ok := u.names[key]; ok && named {
-		b.errs.addRef(path+".name", what+" is already declared", prev)
+		b.errs.AddRef(path+".name", what+" is already declared", prev)
 		return true
 	}
 	if prev, ok := u.values[value]; ok {
-		b.errs.addRef(path+"."+u.field, fmt.Sprintf("%s %q of %s is already used by %s", u.field, value, what, prev.what), prev.path)
+		b.errs.AddRef(path+"."+u.field, fmt.Sprintf("%s %q of %s is already used by %s", u.field, value, what, prev.what), prev.path)
 		return true
 	}
 	return false
@@ -270,7 +285,7 @@ func each[T any](b *builder, field string, in []*T, f func(path string, v *T)) {
 	for i, v := range in {
 		path := fmt.Sprintf("%s[%d]", field, i)
 		if v == nil {
-			b.errs.add(path, "must not be nil")
+			b.errs.Add(path, "must not be nil")
 			continue
 		}
 		f(path, v)
@@ -290,9 +305,9 @@ func (b *builder) claimAddrs(path, what string, addrs []netip.Addr, checkOnly bo
 		}
 		if prev, taken := owner(a, owners); taken {
 			if prev.what == what {
-				b.errs.addRef(ap, fmt.Sprintf("%s is listed twice", a), prev.path)
+				b.errs.AddRef(ap, fmt.Sprintf("%s is listed twice", a), prev.path)
 			} else {
-				b.errs.addRef(ap, fmt.Sprintf("%s of %s is already used by %s", a, what, prev.what), prev.path)
+				b.errs.AddRef(ap, fmt.Sprintf("%s of %s is already used by %s", a, what, prev.what), prev.path)
 			}
 			continue
 		}
@@ -319,17 +334,17 @@ func (b *builder) ports(path string, svc *Service) {
 		pp := fmt.Sprintf("%s.ports[%d]", path, j)
 		if p.Name != "" {
 			if !isDNS1123Label(p.Name) {
-				b.errs.add(pp+".name", fmt.Sprintf(msgLabel, p.Name))
+				b.errs.Add(pp+".name", fmt.Sprintf(msgLabel, p.Name))
 			} else if prev, dup := byName[p.Name]; dup {
-				b.errs.addRef(pp+".name", fmt.Sprintf("port name %q is already declared", p.Name), prev)
+				b.errs.AddRef(pp+".name", fmt.Sprintf("port name %q is already declared", p.Name), prev)
 			} else {
 				byName[p.Name] = pp + ".name"
 			}
 		}
 		if p.Port == 0 {
-			b.errs.add(pp+".port", "0 is not a valid port (1-65535)")
+			b.errs.Add(pp+".port", "0 is not a valid port (1-65535)")
 		} else if prev, dup := byPort[p.Port]; dup {
-			b.errs.addRef(pp+".port", fmt.Sprintf("port %d is already declared", p.Port), prev)
+			b.errs.AddRef(pp+".port", fmt.Sprintf("port %d is already declared", p.Port), prev)
 		} else {
 			byPort[p.Port] = pp + ".port"
 		}
@@ -355,17 +370,17 @@ func (b *builder) endpoints(s *Snapshot, path string, svc *Service, explicit []E
 		if ep.WorkloadUID != "" {
 			w = s.workloadByUID[ep.WorkloadUID]
 			if w == nil {
-				b.errs.add(epp+".workload", fmt.Sprintf("workload %q is not declared", ep.WorkloadUID))
+				b.errs.Add(epp+".workload", fmt.Sprintf("workload %q is not declared", ep.WorkloadUID))
 				continue
 			}
 		}
 		switch {
 		case w == nil && !ep.Addr.IsValid():
-			b.errs.add(epp, "must set workload or ip")
+			b.errs.Add(epp, "must set workload or ip")
 			continue
 		case w != nil && !ep.Addr.IsValid():
 			if len(w.IPs) == 0 {
-				b.errs.add(epp+".ip", fmt.Sprintf("must be set: workload %s has no IPs", ep.WorkloadUID))
+				b.errs.Add(epp+".ip", fmt.Sprintf("must be set: workload %s has no IPs", ep.WorkloadUID))
 				continue
 			}
 			ep.Addr = w.IPs[0]
@@ -376,7 +391,7 @@ func (b *builder) endpoints(s *Snapshot, path string, svc *Service, explicit []E
 			}
 			ep.Addr = a
 			if w != nil && !slices.Contains(w.IPs, a) {
-				b.errs.add(epp+".ip", fmt.Sprintf("%s is not an IP of workload %s", a, ep.WorkloadUID))
+				b.errs.Add(epp+".ip", fmt.Sprintf("%s is not an IP of workload %s", a, ep.WorkloadUID))
 				continue
 			}
 		}
@@ -453,6 +468,20 @@ func (s *Snapshot) Node(name string) *Node { return s.or().nodeByName[name] }
 
 // NodeByIP returns the node owning ip, or nil.
 func (s *Snapshot) NodeByIP(ip netip.Addr) *Node { return s.or().nodeByIP[ip.Unmap()] }
+
+// PoliciesFor returns the policies that apply to w, a workload of this
+// snapshot, computed once per snapshot and workload.
+func (s *Snapshot) PoliciesFor(w *Workload) *policy.Applied {
+	if s.applied == nil {
+		return s.Policies.For(w.Namespace, w.Labels)
+	}
+	if v, ok := s.applied.Load(w); ok {
+		return v.(*policy.Applied)
+	}
+	a := s.Policies.For(w.Namespace, w.Labels)
+	v, _ := s.applied.LoadOrStore(w, a)
+	return v.(*policy.Applied)
+}
 
 // Namespace returns the namespace called name, or nil if it is not declared.
 func (s *Snapshot) Namespace(name string) *Namespace { return s.or().nsByName[name] }

@@ -14,6 +14,7 @@ import (
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/internal/flagvalue"
 	"github.com/ambitmesh/ambit/internal/serve"
+	"github.com/ambitmesh/ambit/policy"
 	"github.com/ambitmesh/ambit/redirect"
 )
 
@@ -50,6 +51,11 @@ type Config struct {
 	// (Kubernetes) is supplied.
 	ModelPath  string
 	Enrollment discovery.EnrollmentOptions
+	// PolicyPath is a file or directory of PeerAuthentication and AuthorizationPolicy
+	// manifests (local mode), reloaded with the model.
+	PolicyPath string
+	// RootNamespace is the policies' root namespace: its policies apply mesh-wide.
+	RootNamespace string
 
 	// CAAddr is the built-in CA ("unix:///path" or "host:port"); CATokenFile authenticates this node
 	// to it; CARootFile holds the PEM root used to verify the CA and to seed the trust bundle.
@@ -107,6 +113,9 @@ func (c Config) WithDefaults() Config {
 		c.TrustDomain = identity.DefaultTrustDomain
 	}
 	c.Enrollment = c.Enrollment.WithDefaults()
+	if c.RootNamespace == "" {
+		c.RootNamespace = policy.DefaultRootNamespace
+	}
 	if c.BPFPinPath == "" {
 		c.BPFPinPath = redirect.DefaultPinPath
 	}
@@ -166,6 +175,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeName, "node", c.NodeName, "name of this node in the mesh model (env NODE_NAME)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
 	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "path of the YAML mesh model (local mode)")
+	fs.StringVar(&c.PolicyPath, "policies", c.PolicyPath, "file or directory of PeerAuthentication and AuthorizationPolicy manifests (local mode)")
+	fs.StringVar(&c.RootNamespace, "root-namespace", c.RootNamespace, "namespace whose policies apply to the whole mesh")
 	e := &c.Enrollment
 	fs.Var(flagvalue.KeyValueVar(&e.NamespaceLabel, &e.EnrollValue), "enroll-namespace-label", "namespace label key=value that enrolls a namespace's pods")
 	fs.Var(flagvalue.KeyValueVar(&e.PodLabel, &e.OptOutValue), "opt-out-pod-label", "pod label key=value that opts a pod out")

@@ -62,6 +62,8 @@ func TestRegisterFlagsNames(t *testing.T) {
 		"node":                    "",
 		"trust-domain":            "cluster.local",
 		"model":                   "",
+		"policies":                "",
+		"root-namespace":          "istio-system",
 		"enroll-namespace-label":  "istio.io/dataplane-mode=ambient",
 		"opt-out-pod-label":       "istio.io/dataplane-mode=none",
 		"ca-addr":                 "",

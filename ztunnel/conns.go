@@ -46,6 +46,19 @@ func (t *connTable) snapshot() []ConnInfo {
 	return out
 }
 
+// inbound returns the connections to local pods.
+func (t *connTable) inbound() []*record {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*record
+	for _, r := range t.conns {
+		if r.Direction != dirOutbound {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // drain waits for connections to finish until ctx ends, then closes the rest.
 func (t *connTable) drain(ctx context.Context) {
 	done := make(chan struct{})

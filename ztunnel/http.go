@@ -34,6 +34,11 @@ type ConfigDump struct {
 	Connections  []ConnInfo             `json:"connections"`
 	Pool         map[string]interface{} `json:"hbonePool"`
 	Problems     any                    `json:"modelProblems,omitempty"`
+	// Policies are every PeerAuthentication and AuthorizationPolicy of the model;
+	// PolicyProblems the local files' problems (Kubernetes reports them in
+	// modelProblems).
+	Policies       []DumpPolicy `json:"policies"`
+	PolicyProblems []string     `json:"policyProblems,omitempty"`
 }
 
 type dumpWorkload struct {
@@ -46,6 +51,8 @@ type dumpWorkload struct {
 	Protocol       string   `json:"protocol"`
 	Identity       string   `json:"identity,omitempty"`
 	Local          bool     `json:"local"`
+	// For local workloads: the policies that apply ("kind namespace/name").
+	Policies []string `json:"policies,omitempty"`
 }
 
 type dumpService struct {
@@ -80,6 +87,9 @@ func (z *Ztunnel) Dump() ConfigDump {
 		if id, err := identity.WorkloadID(z.td, w.Namespace, w.ServiceAccount); err == nil {
 			dw.Identity = id.String()
 		}
+		if dw.Local {
+			dw.Policies = appliedRefs(snap.PoliciesFor(w))
+		}
 		d.Workloads = append(d.Workloads, dw)
 	}
 	for _, s := range snap.Services {
@@ -105,6 +115,8 @@ func (z *Ztunnel) Dump() ConfigDump {
 	if z.problems != nil {
 		d.Problems = z.problems()
 	}
+	d.Policies = dumpPolicies(snap.Policies)
+	d.PolicyProblems = snap.PolicyProblems
 	st := z.pool.Stats()
 	d.Pool = map[string]interface{}{"connections": st.Conns, "streams": st.Streams}
 	return d

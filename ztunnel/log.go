@@ -14,6 +14,8 @@ const (
 	msgUntrustedFwd   = "untrusted forwarded address ignored"
 	msgModelUpdated   = "mesh model applied"
 	msgCertificateErr = "certificate error"
+	msgPolicyShadow   = "policy audit or dry run"
+	msgPolicyClosed   = "connection closed by policy"
 )
 
 // Log keys; the access log's are Istio ztunnel's.
@@ -45,4 +47,8 @@ const (
 	keyVersion      = "version"
 	keyIdentity     = "identity"
 	keyAddr         = "addr"
+	keyPolicy       = "policy"   // the deciding policy of a connection to a local pod
+	keyDecision     = "decision" // a policy decision
+	keyAudit        = "audit"    // AUDIT policies that matched
+	keyDryRun       = "dry_run"  // the decision with dry-run policies enforced
 )

@@ -13,6 +13,7 @@ type metrics struct {
 	opened, closed *prometheus.CounterVec
 	sent, received *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	failed         *prometheus.CounterVec // tcpLabels and response_flags
 	peerLimited    [numLimits]prometheus.Counter
 
 	mu     sync.Mutex
@@ -45,36 +46,28 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sent:     counter("istio_tcp_sent_bytes_total", "Bytes sent from client to server.", tcpLabels...),
 		received: counter("istio_tcp_received_bytes_total", "Bytes sent from server to client.", tcpLabels...),
 		refused:  counter("ambit_connections_refused_total", "Connections refused before proxying, by direction.", "direction"),
-		series:   map[seriesKey]*tcpSeries{},
+		failed: counter("istio_tcp_connections_failed_total",
+			"TCP connections refused or closed, by Istio's response_flags (DENY: by policy).", append(tcpLabels[:len(tcpLabels):len(tcpLabels)], "response_flags")...),
+		series: map[seriesKey]*tcpSeries{},
 	}
 	limited := counter("ambit_peer_limit_refused_total",
 		"Connections refused because their peer identity was at a per-peer cap (503), by cap.", "limit")
 	for k := range numLimits {
 		m.peerLimited[k] = limited.WithLabelValues(k.String())
 	}
-	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, limited)
+	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, m.failed, limited)
 	return m
 }
 
 // forConn returns the counters of rec's label set.
 func (m *metrics) forConn(rec *record) *tcpSeries {
-	k := seriesKey{
-		rec.Direction.reporter(),
-		orUnknown(rec.SrcWorkload.Name), orUnknown(rec.SrcWorkload.Namespace), orUnknown(rec.SrcID.String()),
-		orUnknown(rec.DstWorkload.Name), orUnknown(rec.DstWorkload.Namespace), orUnknown(rec.DstID.String()),
-		orUnknown(rec.Service.Hostname), rec.security(), rec.Direction.String(),
-	}
+	k := keyOf(rec)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if s, ok := m.series[k]; ok {
 		return s
 	}
-	// Prometheus refuses (WithLabelValues panics on) values that are not UTF-8; names
-	// and identities come from API objects and peer certificates.
-	vals := make([]string, len(k))
-	for i, v := range k {
-		vals[i] = strings.ToValidUTF8(v, "\uFFFD")
-	}
+	vals := k.values()
 	s := &tcpSeries{
 		opened:   m.opened.WithLabelValues(vals...),
 		closed:   m.closed.WithLabelValues(vals...),
@@ -83,6 +76,32 @@ func (m *metrics) forConn(rec *record) *tcpSeries {
 	}
 	m.series[k] = s
 	return s
+}
+
+// denied counts rec as refused or closed by policy. Denials are rare: the series
+// is not cached.
+func (m *metrics) denied(rec *record) {
+	m.failed.WithLabelValues(append(keyOf(rec).values(), "DENY")...).Inc()
+}
+
+func keyOf(rec *record) seriesKey {
+	return seriesKey{
+		rec.Direction.reporter(),
+		orUnknown(rec.SrcWorkload.Name), orUnknown(rec.SrcWorkload.Namespace), orUnknown(rec.SrcID.String()),
+		orUnknown(rec.DstWorkload.Name), orUnknown(rec.DstWorkload.Namespace), orUnknown(rec.DstID.String()),
+		orUnknown(rec.Service.Hostname), rec.security(), rec.Direction.String(),
+	}
+}
+
+// values are k's label values. Prometheus refuses (WithLabelValues panics on)
+// values that are not UTF-8; names and identities come from API objects and peer
+// certificates.
+func (k seriesKey) values() []string {
+	vals := make([]string, len(k), len(k)+1)
+	for i, v := range k {
+		vals[i] = strings.ToValidUTF8(v, "\uFFFD")
+	}
+	return vals
 }
 
 func orUnknown(s string) string {

@@ -112,17 +112,27 @@ func (z *Ztunnel) closed(rec *record, series *tcpSeries, err error) {
 		z.log.LogAttrs(context.Background(), slog.LevelWarn, msgRefused, attrs...)
 		return
 	}
-	if err != nil && !relay.IsClosed(err) {
+	if rec.revoked.Load() {
+		attrs = append(attrs, slog.String(keyReason, "closed: no longer allowed by policy"))
+	} else if err != nil && !relay.IsClosed(err) {
 		attrs = append(attrs, slog.String(keyError, err.Error()))
 	}
 	z.log.LogAttrs(context.Background(), slog.LevelInfo, msgConnection, attrs...)
 }
 
-// refuse closes c, a connection not relayed, and accounts for it.
+// refuse closes c, a connection not relayed, and accounts for it. A plaintext
+// client denied by policy gets a reset.
 func (z *Ztunnel) refuse(c net.Conn, rec *record, reason error) {
+	denied := errors.Is(reason, ErrDenied)
+	if denied && !rec.MutualTLS {
+		resetOnClose(c)
+	}
 	_ = c.Close()
 	z.limits.release(rec)
 	z.m.refused.WithLabelValues(rec.Direction.String()).Inc()
+	if denied {
+		z.m.denied(rec)
+	}
 	attrs := logAttrs(rec)
 	attrs = append(attrs, slog.String(keyReason, reason.Error()))
 	z.log.LogAttrs(context.Background(), slog.LevelWarn, msgRefused, attrs...)
@@ -153,6 +163,9 @@ func logAttrs(rec *record) []slog.Attr {
 	}
 	if rec.HBONEAddr.IsValid() {
 		attrs = append(attrs, slog.String(keyDstHBONE, rec.HBONEAddr.String()))
+	}
+	if d := rec.decision; d.Policy != "" {
+		attrs = append(attrs, slog.String(keyPolicy, d.String()))
 	}
 	return attrs
 }

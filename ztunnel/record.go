@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/policy"
 )
 
 // direction is which way a connection passes this node.
@@ -102,6 +103,10 @@ type record struct {
 	claimedSrc netip.AddrPort
 	closers    []net.Conn // closed when draining
 	held       peerHold   // per-peer slots given back when it ends
+	// decision is the policy's, for connections to a local pod; revoked is set
+	// when a policy change closed the connection.
+	decision policy.Decision
+	revoked  atomic.Bool
 }
 
 func newRecord(dir direction, src, dst netip.AddrPort) *record {
@@ -133,6 +138,7 @@ type ConnInfo struct {
 	Start       time.Time `json:"start"`
 	Sent        int64     `json:"bytesSent"` // client -> server
 	Received    int64     `json:"bytesReceived"`
+	Policy      string    `json:"policy,omitempty"` // the authorization decision, for connections to a local pod
 }
 
 // info is the admin view of r, with its byte counts as of now.
@@ -157,6 +163,9 @@ func (r *record) info() ConnInfo {
 	}
 	if r.HBONEAddr.IsValid() {
 		ci.HBONEAddr = r.HBONEAddr.String()
+	}
+	if r.decision.Policy != "" || r.decision.Reason != "" {
+		ci.Policy = r.decision.String()
 	}
 	return ci
 }

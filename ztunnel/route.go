@@ -164,7 +164,7 @@ func (z *Ztunnel) routeInboundPlain(snap *discovery.Snapshot, rec *record) decis
 }
 
 // toLocal ends every path to a local pod (inbound HBONE, inbound plaintext, same
-// node): the authorizer's say, then delivery from bind. Policy plugs in here.
+// node): the authorizer's say (policy), then delivery from bind.
 func (z *Ztunnel) toLocal(snap *discovery.Snapshot, rec *record, bind netip.Addr) decision {
 	if z.authorize != nil {
 		if err := z.authorize(snap, rec); err != nil {

@@ -96,8 +96,8 @@ type Ztunnel struct {
 	relay  *relay.Relay
 	conns  *connTable
 	limits *peerLimits
-	// authorize is asked on every path to a local pod (see toLocal); nil allows all.
-	// Policy (AuthorizationPolicy, PeerAuthentication) plugs in here.
+	// authorize is asked on every path to a local pod (see toLocal): the policies
+	// (authorizePolicy) unless a test replaces it.
 	authorize authorizer
 
 	captureMu sync.Mutex
@@ -143,6 +143,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		z.reg = prometheus.NewRegistry()
 	}
 	z.m = newMetrics(z.reg)
+	z.authorize = z.authorizePolicy
 	if z.dial == nil {
 		d := &net.Dialer{Timeout: cfg.ConnectTimeout}
 		z.dial = d.DialContext
@@ -156,9 +157,11 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		}
 		z.store = discovery.NewStore()
 		fs, err := discovery.NewFileSource(discovery.FileSourceConfig{
-			Path:    cfg.ModelPath,
-			Options: cfg.Enrollment,
-			Logger:  z.log,
+			Path:          cfg.ModelPath,
+			Options:       cfg.Enrollment,
+			PolicyPath:    cfg.PolicyPath,
+			RootNamespace: cfg.RootNamespace,
+			Logger:        z.log,
 		}, z.store)
 		if err != nil {
 			return nil, fmt.Errorf("model source: %w", err)
@@ -286,6 +289,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return z.reconcileLoop(ctx) })
+	g.Go(func() error { return z.recheckLoop(ctx) })
 
 	z.log.Info(msgStarted,
 		keyOutbound, z.cfg.OutboundAddr.String(),

@@ -24,7 +24,9 @@ var mayImport = []struct {
 	{"internal/serve", nil},
 	{"internal/procs", nil},
 	{"pcap", nil},
-	{"discovery", nil},
+	{"internal/fielderr", nil},
+	// The model carries the compiled policies.
+	{"discovery", []string{"internal/fielderr", "policy"}},
 	{"identity", nil},
 	// The tunnel protocol knows sockets and goroutines, not the mesh.
 	{"hbone/...", []string{"internal/sockio", "internal/workers", "identity", "hbone/..."}},
@@ -32,11 +34,12 @@ var mayImport = []struct {
 	{"redirect", []string{"internal/sockio"}},
 	// The byte pump is shared by ztunnel and the waypoint: no tunnel implementation.
 	{"internal/relay/...", []string{"internal/sockio", "internal/relay/..."}},
-	// The authorization evaluator is pure: the model and identities only.
-	{"policy/...", []string{"discovery", "identity", "policy/..."}},
+	// The authorization evaluator is pure: Istio's types in, decisions out; it knows
+	// no model, no transport.
+	{"policy/...", []string{"internal/fielderr", "policy/..."}},
 	{"identity/ca", []string{"discovery", "identity"}},
 	{"identity/spire", []string{"identity"}},
-	{"discovery/kube", []string{"discovery"}},
+	{"discovery/kube", []string{"discovery", "policy"}},
 }
 
 // forbidden names, per package pattern, module packages it must not import directly.

@@ -63,12 +63,14 @@ type Mesh struct {
 	Entries  map[string]string
 	spireDir string
 
-	opts    Options
-	bpffs   string
-	ca      *netns.Proc
-	mu      sync.Mutex
-	zt      map[string]*netns.Proc
-	closeMu sync.Once
+	opts  Options
+	bpffs string
+	ca    *netns.Proc
+	mu    sync.Mutex
+	zt    map[string]*netns.Proc
+	// policyRefs are the policies of each file written by ApplyPolicies.
+	policyRefs map[string][]string
+	closeMu    sync.Once
 }
 
 // TrustDomain of every test mesh.
@@ -167,6 +169,9 @@ func Start(ctx context.Context, opts Options) (_ *Mesh, err error) {
 			m.Model = DefaultModel(topo)
 		}
 		if err := m.Apply(); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(m.PolicyDir(), 0o755); err != nil {
 			return nil, err
 		}
 		if err := m.writeTokens(); err != nil {
@@ -271,7 +276,7 @@ const DataPathEnv = "AMBIT_TEST_DATAPATH"
 
 // ZtunnelArgs is the command line of a node's ztunnel.
 func (m *Mesh) ZtunnelArgs(n *netns.Node) []string {
-	model := []string{"-model", m.ModelPath()}
+	model := []string{"-model", m.ModelPath(), "-policies", m.PolicyDir()}
 	if m.Kube != nil {
 		model = []string{"-kubeconfig", filepath.Join(m.Dir, "ztunnel.kubeconfig")}
 	}

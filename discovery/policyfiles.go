@@ -1,0 +1,86 @@
+package discovery
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/ambitmesh/ambit/policy"
+)
+
+// policyFile is one file of policy manifests.
+type policyFile struct {
+	name string
+	data []byte
+}
+
+// readPolicyFiles reads path: one file, or every *.yaml, *.yml and *.json
+// file of a directory (not below it), by name.
+func readPolicyFiles(path string) ([]policyFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policies: %w", err)
+	}
+	names := []string{path}
+	if fi.IsDir() {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
+		names = names[:0]
+		for _, e := range entries {
+			switch strings.ToLower(filepath.Ext(e.Name())) {
+			case ".yaml", ".yml", ".json":
+				if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+					names = append(names, filepath.Join(path, e.Name()))
+				}
+			}
+		}
+		slices.Sort(names)
+	}
+	files := make([]policyFile, 0, len(names))
+	for _, n := range names {
+		data, err := os.ReadFile(n)
+		if err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
+		files = append(files, policyFile{name: n, data: data})
+	}
+	return files, nil
+}
+
+// fingerprint is the files' names and contents, to tell a change.
+func fingerprint(model []byte, files []policyFile) []byte {
+	var b bytes.Buffer
+	b.Write(model)
+	for _, f := range files {
+		b.WriteString("\x00" + f.name + "\x00")
+		b.Write(f.data)
+	}
+	return b.Bytes()
+}
+
+// parsePolicies decodes the files. A file that is not YAML fails the whole
+// load (the caller keeps what it had); objects that cannot be used are kept,
+// failing closed, and their problems returned.
+func parsePolicies(files []policyFile, root string) (*policy.Set, []string, error) {
+	var authz []*policy.Authorization
+	var peer []*policy.PeerAuthentication
+	var problems []string
+	seq := 0
+	for _, f := range files {
+		m, probs, err := policy.ParseManifests(f.name, f.data, &seq)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range probs {
+			problems = append(problems, p.Error())
+		}
+		authz = append(authz, m.Authorizations...)
+		peer = append(peer, m.PeerAuthentications...)
+	}
+	return policy.NewSet(root, authz, peer), problems, nil
+}

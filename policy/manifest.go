@@ -1,0 +1,442 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigyaml "sigs.k8s.io/yaml"
+
+	"github.com/ambitmesh/ambit/internal/fielderr"
+)
+
+// Kinds and API versions of the objects a manifest may hold (Istio serves
+// security.istio.io at v1 and v1beta1 with the same schema).
+const (
+	Group                = "security.istio.io"
+	KindAuthorizationObj = "AuthorizationPolicy"
+	KindPeerAuthObj      = "PeerAuthentication"
+	defaultNamespace     = "default" // as kubectl applies an object without one
+)
+
+// Manifests is what ParseManifests found.
+type Manifests struct {
+	Authorizations      []*Authorization
+	PeerAuthentications []*PeerAuthentication
+}
+
+// ParseManifests decodes the Kubernetes-style YAML documents in data, the same
+// AuthorizationPolicy and PeerAuthentication objects a user applies to a
+// cluster, strictly and with Istio's types. seq numbers the objects (their
+// order among equals) and is advanced.
+//
+// A file that is not YAML returns an error and nothing else. A document that is
+// not one of the two kinds is left out and reported. An object that cannot be
+// used (unknown field, wrong type, invalid value) is returned with Invalid set,
+// naming file:line, field and problem, so that it fails closed; its problems
+// are reported too.
+func ParseManifests(file string, data []byte, seq *int) (Manifests, fielderr.List, error) {
+	var out Manifests
+	var problems fielderr.List
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := decodeNode(dec, &doc)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return Manifests{}, nil, syntaxError(file, err)
+		}
+		root := &doc
+		if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+			root = root.Content[0]
+		}
+		if root.Kind == yaml.DocumentNode || root.Tag == "!!null" {
+			continue // an empty document
+		}
+		d := &document{file: file, lines: map[string]int{}}
+		*seq++
+		ap, pa := d.object(root, *seq)
+		switch {
+		case ap != nil:
+			out.Authorizations = append(out.Authorizations, ap)
+			d.locate(ap.Invalid)
+		case pa != nil:
+			out.PeerAuthentications = append(out.PeerAuthentications, pa)
+			d.locate(pa.Invalid)
+		}
+		problems = append(problems, d.errs...)
+		for _, e := range fielderr.All(invalidOf(ap, pa)) {
+			problems = append(problems, e)
+		}
+	}
+	return out, problems, nil
+}
+
+func invalidOf(ap *Authorization, pa *PeerAuthentication) error {
+	if ap != nil {
+		return ap.Invalid
+	}
+	if pa != nil {
+		return pa.Invalid
+	}
+	return nil
+}
+
+var yamlLineErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func syntaxError(file string, err error) error {
+	msg := err.Error()
+	fe := &fielderr.Error{File: file, Msg: strings.TrimPrefix(msg, "yaml: ")}
+	if m := yamlLineErr.FindStringSubmatch(msg); m != nil {
+		fe.Line, _ = strconv.Atoi(m[1])
+		fe.Msg = m[2]
+	}
+	return fe
+}
+
+// decodeNode reads one document, turning a panic of the YAML library into an
+// error: no input may crash the caller.
+func decodeNode(dec *yaml.Decoder, n *yaml.Node) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("yaml: invalid YAML: %v", r)
+		}
+	}()
+	return dec.Decode(n)
+}
+
+// document decodes one object, remembering the line of every field path.
+type document struct {
+	file  string
+	lines map[string]int
+	errs  fielderr.List // problems that are not the object's own (kind, envelope)
+	own   fielderr.List // problems of the object: they make it Invalid
+}
+
+func (d *document) fail(own bool, n *yaml.Node, path, msg string) {
+	e := &fielderr.Error{File: d.file, Line: n.Line, Path: path, Msg: msg}
+	if own {
+		d.own = append(d.own, e)
+	} else {
+		d.errs = append(d.errs, e)
+	}
+}
+
+func (d *document) object(root *yaml.Node, seq int) (*Authorization, *PeerAuthentication) {
+	if root.Kind != yaml.MappingNode {
+		d.fail(false, root, "", "a document must be a Kubernetes object (a mapping with apiVersion and kind)")
+		return nil, nil
+	}
+	var apiVersion, kind string
+	var metaNode, specNode *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		d.lines[k.Value] = k.Line
+		switch k.Value {
+		case "apiVersion":
+			apiVersion = v.Value
+		case "kind":
+			kind = v.Value
+		case "metadata":
+			metaNode = v
+		case "spec":
+			specNode = v
+		case "status":
+		default:
+			d.fail(true, k, k.Value, "unknown field")
+		}
+	}
+	group, version, _ := strings.Cut(apiVersion, "/")
+	if group != Group || (version != "v1" && version != "v1beta1") {
+		d.fail(false, root, "apiVersion", fmt.Sprintf("%q is not %s/v1 or %s/v1beta1", apiVersion, Group, Group))
+		return nil, nil
+	}
+	var msg proto.Message
+	switch kind {
+	case KindAuthorizationObj:
+		msg = &securityv1beta1.AuthorizationPolicy{}
+	case KindPeerAuthObj:
+		msg = &securityv1beta1.PeerAuthentication{}
+	default:
+		d.fail(false, root, "kind", fmt.Sprintf("%q is not %s or %s", kind, KindAuthorizationObj, KindPeerAuthObj))
+		return nil, nil
+	}
+	obj := Object{Meta: Meta{Seq: seq, Origin: fmt.Sprintf("%s:%d", d.file, root.Line)}}
+	d.metadata(metaNode, root, &obj)
+	if specNode != nil && specNode.Tag != "!!null" {
+		d.spec(specNode, msg)
+	}
+	var ap *Authorization
+	var pa *PeerAuthentication
+	switch m := msg.(type) {
+	case *securityv1beta1.AuthorizationPolicy:
+		ap = CompileAuthorization(obj, m)
+		ap.Invalid = joinOwn(d.own, ap.Invalid)
+		if ap.Invalid != nil {
+			ap.Rules = nil
+		}
+	case *securityv1beta1.PeerAuthentication:
+		pa = CompilePeerAuthentication(obj, m)
+		pa.Invalid = joinOwn(d.own, pa.Invalid)
+		if pa.Invalid != nil {
+			pa.Ports = nil
+		}
+	}
+	return ap, pa
+}
+
+func joinOwn(own fielderr.List, compiled error) error {
+	if len(own) == 0 {
+		return compiled
+	}
+	return errors.Join(own.Err(), compiled)
+}
+
+func (d *document) metadata(n, root *yaml.Node, obj *Object) {
+	if n == nil {
+		d.fail(true, root, "metadata", "is required (name, namespace)")
+		return
+	}
+	d.walkPaths(n, "metadata")
+	var meta metav1.ObjectMeta
+	if err := strictJSON(n, &meta); err != nil {
+		d.fail(true, n, "metadata", err.Error())
+		return
+	}
+	obj.Name, obj.Namespace, obj.Annotations = meta.Name, meta.Namespace, meta.Annotations
+	if obj.Namespace == "" {
+		obj.Namespace = defaultNamespace
+	}
+	if !meta.CreationTimestamp.IsZero() {
+		obj.Created = meta.CreationTimestamp.Time
+	}
+}
+
+// walkPaths records the line of every mapping key below n, named as compile
+// names paths (matchLabels["k"], portLevelMtls[8080], rules[0]).
+func (d *document) walkPaths(n *yaml.Node, path string) {
+	d.lines[path] = n.Line
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			d.lines[childPath(path, n.Content[i].Value, false)] = n.Content[i].Line
+			d.walkPaths(n.Content[i+1], childPath(path, n.Content[i].Value, false))
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			d.walkPaths(c, fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+}
+
+func childPath(path, key string, mapKey bool) string {
+	if mapKey {
+		if _, err := strconv.Atoi(key); err == nil {
+			return fmt.Sprintf("%s[%s]", path, key)
+		}
+		return fmt.Sprintf("%s[%q]", path, key)
+	}
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// strictJSON decodes n into v through JSON, refusing unknown fields.
+func strictJSON(n *yaml.Node, v any) error {
+	data, err := nodeJSON(n)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return nil
+}
+
+func nodeJSON(n *yaml.Node) ([]byte, error) {
+	raw, err := yaml.Marshal(n)
+	if err != nil {
+		return nil, err
+	}
+	return sigyaml.YAMLToJSON(raw)
+}
+
+// spec checks the spec's fields and types against the message's descriptor
+// (so that each problem has its line) and then decodes it strictly.
+func (d *document) spec(n *yaml.Node, msg proto.Message) {
+	before := len(d.own)
+	d.message(n, "spec", msg.ProtoReflect().Descriptor())
+	if len(d.own) > before {
+		return
+	}
+	data, err := nodeJSON(n)
+	if err == nil {
+		err = protojson.Unmarshal(data, msg)
+	}
+	if err != nil {
+		d.fail(true, n, "spec", err.Error())
+	}
+}
+
+func (d *document) message(n *yaml.Node, path string, md protoreflect.MessageDescriptor) {
+	d.lines[path] = n.Line
+	if n.Kind != yaml.MappingNode {
+		d.fail(true, n, path, fmt.Sprintf("expected an object, got %s", describe(n)))
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		fp := childPath(path, k.Value, false)
+		d.lines[fp] = k.Line
+		fd := md.Fields().ByJSONName(k.Value)
+		if fd == nil {
+			fd = md.Fields().ByName(protoreflect.Name(k.Value))
+		}
+		if fd == nil {
+			d.fail(true, k, fp, "unknown field")
+			continue
+		}
+		d.field(v, fp, fd)
+	}
+}
+
+func (d *document) field(n *yaml.Node, path string, fd protoreflect.FieldDescriptor) {
+	if n.Tag == "!!null" {
+		return
+	}
+	switch {
+	case fd.IsMap():
+		if n.Kind != yaml.MappingNode {
+			d.fail(true, n, path, fmt.Sprintf("expected a map, got %s", describe(n)))
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			kp := childPath(path, k.Value, true)
+			d.lines[kp] = k.Line
+			d.value(k, kp, fd.MapKey())
+			d.value(v, kp, fd.MapValue())
+		}
+	case fd.IsList():
+		if n.Kind != yaml.SequenceNode {
+			d.fail(true, n, path, fmt.Sprintf("expected a list, got %s", describe(n)))
+			return
+		}
+		for i, c := range n.Content {
+			d.value(c, fmt.Sprintf("%s[%d]", path, i), fd)
+		}
+	default:
+		d.value(n, path, fd)
+	}
+}
+
+// value checks one value of fd's kind (a list's item, a map's key or value).
+func (d *document) value(n *yaml.Node, path string, fd protoreflect.FieldDescriptor) {
+	d.lines[path] = n.Line
+	if n.Tag == "!!null" {
+		return
+	}
+	want := ""
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		if strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.") {
+			return // well-known types have their own JSON forms; protojson checks them
+		}
+		d.message(n, path, fd.Message())
+		return
+	case protoreflect.EnumKind:
+		if n.Kind == yaml.ScalarNode && (fd.Enum().Values().ByName(protoreflect.Name(n.Value)) != nil || n.Tag == "!!int") {
+			return
+		}
+		var names []string
+		vals := fd.Enum().Values()
+		for i := 0; i < vals.Len(); i++ {
+			names = append(names, string(vals.Get(i).Name()))
+		}
+		d.fail(true, n, path, fmt.Sprintf("%s is not one of %s", describe(n), strings.Join(names, ", ")))
+		return
+	case protoreflect.StringKind, protoreflect.BytesKind:
+		want = "!!str"
+	case protoreflect.BoolKind:
+		want = "!!bool"
+	case protoreflect.FloatKind, protoreflect.DoubleKind:
+		if n.Tag == "!!float" {
+			return
+		}
+		want = "!!int"
+	default: // the integer kinds
+		want = "!!int"
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag != want {
+		if want == "!!int" && n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+			if _, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
+				return // map keys of portLevelMtls are written either way
+			}
+		}
+		d.fail(true, n, path, fmt.Sprintf("expected %s, got %s", map[string]string{"!!str": "a string", "!!bool": "true or false", "!!int": "a number"}[want], describe(n)))
+	}
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "an object"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	switch n.Tag {
+	case "!!int", "!!float":
+		return fmt.Sprintf("the number %s", n.Value)
+	case "!!bool":
+		return fmt.Sprintf("the boolean %s", n.Value)
+	}
+	return strconv.Quote(n.Value)
+}
+
+// locate gives the compiler's problems in err the file and the line of their
+// path (or its nearest ancestor that has one).
+func (d *document) locate(err error) {
+	for _, e := range fielderr.All(err) {
+		if e.File != "" {
+			continue
+		}
+		e.File = d.file
+		for p := e.Path; p != ""; p = parentPath(p) {
+			if l, ok := d.lines[p]; ok {
+				e.Line = l
+				break
+			}
+		}
+	}
+}
+
+// parentPath strips the last ".field" or "[index]" of p.
+func parentPath(p string) string {
+	if strings.HasSuffix(p, "]") {
+		if i := strings.LastIndexByte(p, '['); i >= 0 {
+			return p[:i]
+		}
+	}
+	if i := strings.LastIndexByte(p, '.'); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}

@@ -1,0 +1,268 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+)
+
+// DefaultRootNamespace is Istio's root namespace: its policies without a
+// selector apply to the whole mesh, those with one to matching workloads of
+// every namespace.
+const DefaultRootNamespace = "istio-system"
+
+// Set is every policy in force, indexed by namespace. It is immutable.
+type Set struct {
+	root  string
+	authz []*Authorization
+	peer  []*PeerAuthentication
+	// By namespace, ztunnel's only (no targetRefs), in source order.
+	authzByNS map[string][]*Authorization
+	peerByNS  map[string][]*PeerAuthentication
+}
+
+// NewSet indexes the policies; root is the root namespace (DefaultRootNamespace
+// when empty). The slices are kept, not copied.
+func NewSet(root string, authz []*Authorization, peer []*PeerAuthentication) *Set {
+	if root == "" {
+		root = DefaultRootNamespace
+	}
+	s := &Set{root: root, authz: authz, peer: peer,
+		authzByNS: map[string][]*Authorization{}, peerByNS: map[string][]*PeerAuthentication{}}
+	for _, a := range authz {
+		if len(a.TargetRefs) == 0 {
+			s.authzByNS[a.Namespace] = append(s.authzByNS[a.Namespace], a)
+		}
+	}
+	for _, p := range peer {
+		s.peerByNS[p.Namespace] = append(s.peerByNS[p.Namespace], p)
+	}
+	return s
+}
+
+// RootNamespace is the namespace whose policies apply mesh-wide.
+func (s *Set) RootNamespace() string {
+	if s == nil {
+		return DefaultRootNamespace
+	}
+	return s.root
+}
+
+// AuthorizationPolicies returns every AuthorizationPolicy, including those for
+// the waypoint.
+func (s *Set) AuthorizationPolicies() []*Authorization {
+	if s == nil {
+		return nil
+	}
+	return s.authz
+}
+
+// PeerAuthentications returns every PeerAuthentication.
+func (s *Set) PeerAuthentications() []*PeerAuthentication {
+	if s == nil {
+		return nil
+	}
+	return s.peer
+}
+
+// selects reports whether sc, of an object in namespace ns, applies to a
+// workload in wns with labels. An empty selector is the namespace (or, from
+// the root namespace, the mesh).
+func (s *Set) selects(sc *Scope, ns, wns string, labels map[string]string) bool {
+	if ns != wns && ns != s.root {
+		return false
+	}
+	if len(sc.Selector) == 0 {
+		return true
+	}
+	for k, v := range sc.Selector {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// For returns the policies that apply at ztunnel to a workload in namespace ns
+// with labels. The result can be kept for as long as the workload and the Set
+// stay the same.
+func (s *Set) For(ns string, labels map[string]string) *Applied {
+	a := &Applied{}
+	if s == nil {
+		return a
+	}
+	for _, list := range [][]*Authorization{s.authzByNS[s.root], s.authzByNS[ns]} {
+		for _, p := range list {
+			if !s.selects(&p.Scope, p.Namespace, ns, labels) {
+				continue
+			}
+			a.all = append(a.all, p)
+			if p.DryRun {
+				// Even when invalid: a dry run never changes traffic.
+				a.dry = append(a.dry, p)
+				continue
+			}
+			switch {
+			case p.Action == ActionDeny:
+				a.deny = append(a.deny, p)
+			case p.Action == ActionAllow:
+				a.allow = append(a.allow, p)
+			case p.Action == ActionAudit && p.Invalid == nil:
+				a.audit = append(a.audit, p)
+			}
+		}
+		if ns == s.root {
+			break
+		}
+	}
+	s.resolvePeer(a, ns, labels)
+	return a
+}
+
+// resolvePeer picks the PeerAuthentications that decide ns/labels's mode: the
+// oldest selecting it by label, the oldest of its namespace and the oldest of
+// the root namespace (both without selector).
+func (s *Set) resolvePeer(a *Applied, ns string, labels map[string]string) {
+	pick := func(cur **PeerAuthentication, p *PeerAuthentication) {
+		if *cur == nil || p.older(&(*cur).Meta) {
+			*cur = p
+		}
+	}
+	for _, list := range [][]*PeerAuthentication{s.peerByNS[s.root], s.peerByNS[ns]} {
+		for _, p := range list {
+			switch {
+			case len(p.Selector) > 0:
+				if s.selects(&p.Scope, p.Namespace, ns, labels) {
+					pick(&a.peerWorkload, p)
+				}
+			case p.Namespace == ns && ns != s.root:
+				pick(&a.peerNamespace, p)
+			case p.Namespace == s.root:
+				pick(&a.peerMesh, p)
+			}
+		}
+		if ns == s.root {
+			break
+		}
+	}
+}
+
+// Applied is the policies of one workload.
+type Applied struct {
+	all                         []*Authorization
+	deny, allow, audit, dry     []*Authorization
+	peerWorkload, peerNamespace *PeerAuthentication
+	peerMesh                    *PeerAuthentication
+}
+
+// Authorizations returns the AuthorizationPolicies that apply, in evaluation
+// order (root namespace first, then source order).
+func (a *Applied) Authorizations() []*Authorization { return a.all }
+
+// PeerAuthentications returns the PeerAuthentications in effect, most specific
+// first (workload, namespace, mesh), omitting levels that have none.
+func (a *Applied) PeerAuthentications() []*PeerAuthentication {
+	var out []*PeerAuthentication
+	for _, p := range []*PeerAuthentication{a.peerWorkload, a.peerNamespace, a.peerMesh} {
+		if p != nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// MTLS returns the mutual TLS mode for connections to port (the workload's
+// port) and the PeerAuthentication that set it (nil: Istio's default,
+// PERMISSIVE).
+func (a *Applied) MTLS(port uint16) (Mode, *PeerAuthentication) {
+	mode, by := ModePermissive, (*PeerAuthentication)(nil)
+	for _, p := range []*PeerAuthentication{a.peerMesh, a.peerNamespace, a.peerWorkload} {
+		if p == nil {
+			continue
+		}
+		if p.Invalid != nil {
+			return ModeStrict, p // fail closed
+		}
+		if p.Mode != ModeUnset {
+			mode, by = p.Mode, p
+		}
+		if p == a.peerWorkload {
+			if m, ok := p.Ports[port]; ok && m != ModeUnset {
+				mode, by = m, p
+			}
+		}
+	}
+	return mode, by
+}
+
+// Evaluate decides in against the AuthorizationPolicies: any matching DENY
+// rejects; else any matching ALLOW admits; else it is denied if an ALLOW
+// policy applies, admitted if none does. AUDIT policies and dry-run policies
+// are reported, never enforced.
+func (a *Applied) Evaluate(in *Input) Decision {
+	c := &evalCtx{in: in, peer: parsePeer(in.Principal)}
+	d := decide(c, a.deny, a.allow)
+	for _, p := range a.audit {
+		if _, ok := p.match(c); ok {
+			d.Audit = append(d.Audit, p.Ref())
+		}
+	}
+	if len(a.dry) > 0 {
+		deny, allow := slices.Clone(a.deny), slices.Clone(a.allow)
+		for _, p := range a.dry {
+			switch p.Action {
+			case ActionDeny:
+				deny = append(deny, p)
+			case ActionAllow:
+				allow = append(allow, p)
+			}
+		}
+		dry := decide(c, deny, allow)
+		d.DryRun = &dry
+	}
+	return d
+}
+
+func decide(c *evalCtx, deny, allow []*Authorization) Decision {
+	for _, p := range deny {
+		if rule, ok := p.match(c); ok {
+			return p.decision(false, rule)
+		}
+	}
+	for _, p := range allow {
+		if rule, ok := p.match(c); ok {
+			return p.decision(true, rule)
+		}
+	}
+	if len(allow) == 0 {
+		return Decision{Allow: true, Rule: -1, Reason: "no ALLOW policy applies"}
+	}
+	refs := make([]string, len(allow))
+	for i, p := range allow {
+		refs[i] = p.Ref()
+	}
+	return Decision{Rule: -1, Reason: "no ALLOW policy matched (applying: " + strings.Join(refs, ", ") + ")"}
+}
+
+func (p *Authorization) decision(allow bool, rule int) Decision {
+	d := Decision{Allow: allow, Policy: p.Ref(), Kind: KindAuthorization, Rule: rule}
+	if p.Invalid != nil {
+		d.Reason = "invalid policy denies everything it selects: " + p.Invalid.Error()
+	}
+	return d
+}
+
+// match returns the index of the first matching rule. An invalid DENY matches
+// everything (rule -1), an invalid ALLOW or AUDIT nothing.
+func (p *Authorization) match(c *evalCtx) (int, bool) {
+	if p.Invalid != nil {
+		return -1, p.Action == ActionDeny
+	}
+	lenient := p.Action == ActionDeny
+	for i := range p.Rules {
+		r := &p.Rules[i]
+		if r.match(c, len(r.http) > 0, lenient) {
+			return i, true
+		}
+	}
+	return -1, false
+}
