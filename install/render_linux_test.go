@@ -67,6 +67,7 @@ func TestRender(t *testing.T) {
 				"mark":                    "0x400",
 				"mark-mask":               "0xf00",
 				"route-table":             "133",
+				"root-namespace":          "istio-system",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "20s",
@@ -122,6 +123,7 @@ func TestRender(t *testing.T) {
 			// --set would make "true" a boolean, which the schema refuses.
 			"--set-string", "enrollment.podOptOutLabel.key=mesh.example/skip,enrollment.podOptOutLabel.value=true",
 			"--set", "ca.persistence.enabled=true,ca.persistence.storageClassName=fast,ca.leafTTL=12h",
+			"--set", "policy.rootNamespace=mesh-root",
 		},
 		ztunnel: ztunnelWant{
 			image: "registry.example/zt:v9.9.9",
@@ -138,6 +140,7 @@ func TestRender(t *testing.T) {
 				"mark":                    "0x10000",
 				"mark-mask":               "0xf0000",
 				"route-table":             "200",
+				"root-namespace":          "mesh-root",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "45s",
@@ -553,6 +556,8 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 		"/pods:get", "/pods:list", "/pods:watch",
 		"/services:get", "/services:list", "/services:watch",
 		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
+		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
+		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
 	})
 	crb := find[*rbacv1.ClusterRoleBinding](t, m, "", "ambit-ztunnel")
 	checkBinding(t, "ClusterRoleBinding ambit-ztunnel", crb.RoleRef, crb.Subjects, "ClusterRole", "ambit-ztunnel", ns)

@@ -5,10 +5,12 @@ import (
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/discovery/kube"
+	"github.com/ambitmesh/ambit/discovery/kube/istiopolicy"
 	"github.com/ambitmesh/ambit/identity/spire"
 	"github.com/ambitmesh/ambit/internal/flagvalue"
 	"github.com/ambitmesh/ambit/ztunnel"
@@ -41,7 +43,7 @@ func (s *sources) registerFlags(fs *flag.FlagSet) {
 func (s *sources) wire(deps *ztunnel.Deps, cfg ztunnel.Config) error {
 	switch {
 	case s.kube || s.kubeconfig != "":
-		if err := s.kubeModel(deps, cfg.Enrollment); err != nil {
+		if err := s.kubeModel(deps, cfg); err != nil {
 			return err
 		}
 	case cfg.ModelPath == "":
@@ -62,7 +64,7 @@ func (s *sources) wire(deps *ztunnel.Deps, cfg ztunnel.Config) error {
 }
 
 // kubeModel feeds ztunnel's model from the Kubernetes API.
-func (s *sources) kubeModel(deps *ztunnel.Deps, opts discovery.EnrollmentOptions) error {
+func (s *sources) kubeModel(deps *ztunnel.Deps, cfg ztunnel.Config) error {
 	rc, err := kube.RestConfig(s.kubeconfig)
 	if err != nil {
 		return err
@@ -72,8 +74,13 @@ func (s *sources) kubeModel(deps *ztunnel.Deps, opts discovery.EnrollmentOptions
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	istio, err := istioclient.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("istio client: %w", err)
+	}
 	store := discovery.NewStore()
-	src, err := kube.New(kube.Config{Client: client, Options: opts, Logger: deps.Logger}, store)
+	src, err := kube.New(kube.Config{Client: client, Policies: istiopolicy.New(istio, client.Discovery(), cfg.RootNamespace),
+		Options: cfg.Enrollment, Logger: deps.Logger}, store)
 	if err != nil {
 		return err
 	}

@@ -45,12 +45,13 @@ func build(objs objects, opts discovery.EnrollmentOptions, domain string) (build
 	excluded := make(map[objKey]string)
 	for round := 1; ; round++ {
 		m := mapObjects(objs, domain, excluded)
+		m.in.Policies = objs.policies
 		snap, err := discovery.Build(m.in, opts)
 		if err == nil {
 			for k, reason := range excluded {
 				m.problem(k, reason)
 			}
-			probs := m.problems
+			probs := append(m.problems, objs.policyProblems...)
 			slices.SortFunc(probs, compareProblems)
 			probs = slices.Compact(probs)
 			return buildResult{snap: snap, in: m.in, problems: probs}, nil

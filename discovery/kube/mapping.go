@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/policy"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -32,6 +33,9 @@ type objects struct {
 	pods       []*corev1.Pod
 	services   []*corev1.Service
 	slices     []*discoveryv1.EndpointSlice
+	// policies are compiled already; their problems join the model's.
+	policies       *policy.Set
+	policyProblems []Problem
 }
 
 type objKey struct{ kind, namespace, name string }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/policy"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
@@ -31,6 +32,9 @@ const (
 // Config configures a Source.
 type Config struct {
 	Client kubernetes.Interface
+	// Policies, when set, feeds Istio's PeerAuthentications and
+	// AuthorizationPolicies into the model (package istiopolicy).
+	Policies PolicySource
 	// Options are the enrollment labels (unset fields take
 	// EnrollmentOptions.WithDefaults).
 	Options discovery.EnrollmentOptions
@@ -46,6 +50,17 @@ type Config struct {
 	ResyncPeriod time.Duration
 }
 
+// PolicySource feeds compiled policies into the model.
+type PolicySource interface {
+	// Start watches and waits for the first lists, then calls onChange on every
+	// change; served is false (nothing watched) when the cluster has no policy API.
+	Start(ctx context.Context, onChange func()) (served bool, err error)
+	// Policies returns the policies in force and the objects that cannot be used.
+	Policies() (*policy.Set, []Problem, error)
+	// Shutdown waits for the watches to end once Start's context has.
+	Shutdown()
+}
+
 // Source keeps a discovery.Store in sync with the Kubernetes API.
 type Source struct {
 	cfg   Config
@@ -57,6 +72,7 @@ type Source struct {
 	podList   corelisters.PodLister
 	svcList   corelisters.ServiceLister
 	sliceList discoverylisters.EndpointSliceLister
+	policies  PolicySource // nil: no policies watched
 
 	changed chan struct{} // capacity 1: a change is pending
 	running atomic.Bool
@@ -131,6 +147,7 @@ func New(cfg Config, store *discovery.Store) (*Source, error) {
 			return nil, fmt.Errorf("kube source: watch %s: %w", name, err)
 		}
 	}
+	s.policies = cfg.Policies
 	return s, nil
 }
 
@@ -188,6 +205,19 @@ func (s *Source) Run(ctx context.Context) error {
 				return fmt.Errorf("kube source: sync %v cache", typ)
 			}
 			return nil
+		}
+	}
+	if s.policies != nil {
+		defer s.policies.Shutdown()
+		served, err := s.policies.Start(ctx, s.notify)
+		switch {
+		case err != nil:
+			return fmt.Errorf("kube source: policies: %w", err)
+		case ctx.Err() != nil:
+			return nil
+		case !served:
+			s.log.Warn("Istio security CRDs not served: no PeerAuthentication or AuthorizationPolicy in force (install them, e.g. the chart's istioCRDs.install, and restart)")
+			s.policies = nil
 		}
 	}
 	s.log.Info("kube caches synced")
@@ -258,6 +288,11 @@ func (s *Source) list() (objects, error) {
 	}
 	if o.slices, err = s.sliceList.List(labels.Everything()); err != nil {
 		return o, fmt.Errorf("list endpointslices: %w", err)
+	}
+	if s.policies != nil {
+		if o.policies, o.policyProblems, err = s.policies.Policies(); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }

@@ -40,6 +40,7 @@ var mayImport = []struct {
 	{"identity/ca", []string{"discovery", "identity"}},
 	{"identity/spire", []string{"identity"}},
 	{"discovery/kube", []string{"discovery", "policy"}},
+	{"discovery/kube/istiopolicy", []string{"discovery/kube", "policy"}},
 }
 
 // forbidden names, per package pattern, module packages it must not import directly.
@@ -58,9 +59,9 @@ var heavy = []struct {
 	lib   string
 	users []string
 }{
-	{"k8s.io/client-go", []string{"cmd/...", "discovery/kube", "identity/kubeauth", "identity/ca/service", "install/...", "tests/..."}},
+	{"k8s.io/client-go", []string{"cmd/...", "discovery/kube/...", "identity/kubeauth", "identity/ca/service", "install/...", "tests/..."}},
 	{"github.com/quic-go/quic-go", []string{"hbone/...", "cmd/...", "tests/..."}},
-	{"istio.io/client-go", []string{"cmd/...", "discovery/kube", "tests/...", "install/..."}},
+	{"istio.io/client-go", []string{"cmd/...", "discovery/kube/istiopolicy", "tests/...", "install/..."}},
 }
 
 // match reports whether module-relative p matches pattern (exact, or "dir/..." for dir

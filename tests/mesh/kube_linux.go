@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,14 +38,16 @@ const (
 	ztunnelPodPrefix = "ztunnel-"
 )
 
-// rbacKinds are the chart objects a test cluster needs: the identities and permissions
-// the real install gives ztunnel and the CA (workloads run as processes, not pods).
-var rbacKinds = map[string]schema.GroupVersionResource{
-	"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
-	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Role":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
-	"RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+// chartKinds are the chart objects a test cluster needs: the identities and permissions
+// the real install gives ztunnel and the CA (workloads run as processes, not pods), and
+// Istio's security CRDs.
+var chartKinds = map[string]schema.GroupVersionResource{
+	"CustomResourceDefinition": {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+	"ServiceAccount":           {Version: "v1", Resource: "serviceaccounts"},
+	"ClusterRole":              {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":       {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Role":                     {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"RoleBinding":              {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
 }
 
 func (m *Mesh) startKube(ctx context.Context) error {
@@ -64,7 +67,7 @@ func (m *Mesh) startKube(ctx context.Context) error {
 		return err
 	}
 	m.Kube = c
-	if err := m.applyChartRBAC(ctx, bins.Helm); err != nil {
+	if err := m.applyChart(ctx, bins.Helm); err != nil {
 		return err
 	}
 	client := c.Client()
@@ -124,14 +127,15 @@ func (m *Mesh) CAToken(ctx context.Context, node string) (string, error) {
 	return tr.Status.Token, nil
 }
 
-// applyChartRBAC renders install/helm/ambit and creates its service accounts and RBAC.
-func (m *Mesh) applyChartRBAC(ctx context.Context, helm string) error {
+// applyChart renders install/helm/ambit (with istioCRDs.install) and creates its
+// service accounts, RBAC and CRDs, then waits until the API server serves the CRDs.
+func (m *Mesh) applyChart(ctx context.Context, helm string) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
 	out, err := exec.CommandContext(ctx, helm, "template", "ambit", filepath.Join(root, "install", "helm", "ambit"),
-		"--namespace", SystemNamespace).Output()
+		"--namespace", SystemNamespace, "--set", "istioCRDs.install=true").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -156,7 +160,7 @@ func (m *Mesh) applyChartRBAC(ctx context.Context, helm string) error {
 			}
 			return fmt.Errorf("decode rendered chart: %w", err)
 		}
-		gvr, ok := rbacKinds[obj.GetKind()]
+		gvr, ok := chartKinds[obj.GetKind()]
 		if !ok {
 			continue
 		}
@@ -175,5 +179,22 @@ func (m *Mesh) applyChartRBAC(ctx context.Context, helm string) error {
 	if applied == 0 {
 		return errors.New("the rendered chart has no RBAC objects")
 	}
-	return nil
+	return m.waitServed(ctx, "security.istio.io/v1")
+}
+
+// waitServed waits until the API server serves groupVersion (a new CRD's).
+func (m *Mesh) waitServed(ctx context.Context, groupVersion string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		_, err := m.Kube.Client().Discovery().ServerResourcesForGroupVersion(groupVersion)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("API server does not serve %s: %w", groupVersion, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -1,0 +1,148 @@
+package kubee2e
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambitmesh/ambit/tests/mesh"
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+func istio(t *testing.T) istioclient.Interface {
+	t.Helper()
+	c, err := istioclient.NewForConfig(m.Kube.AdminConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitPolicies waits until node2's ztunnel has exactly the named policies in force.
+func waitPolicies(t *testing.T, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var got []string
+		if d, err := m.Dump(context.Background(), m.Topo.Nodes[1]); err == nil {
+			for _, p := range d.Policies {
+				got = append(got, p.Name)
+			}
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node2 has policies %v, want %v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// createAP creates the AuthorizationPolicy name whose spec fill writes, deleted at cleanup.
+func createAP(t *testing.T, ic istioclient.Interface, name string, fill func(*securityv1beta1.AuthorizationPolicy)) {
+	t.Helper()
+	ap := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS}}
+	fill(&ap.Spec)
+	if _, err := ic.SecurityV1().AuthorizationPolicies(appNS).Create(context.Background(), ap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = ic.SecurityV1().AuthorizationPolicies(appNS).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+// refused sends payload from a pod and fails the test if any of it came back.
+func refused(t *testing.T, from *netns.Pod, payload, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if got, err := mesh.RoundTrip(ctx, from, podAddr(server), []byte(payload)); err == nil && len(got) > 0 {
+		t.Fatalf("%s: connection carried %q; want it refused", what, got)
+	}
+}
+
+// Policies from the API server (the CRDs shipped in istio.io/api, installed by the chart):
+// STRICT refuses plaintext, deny-all plus an ALLOW for one principal admits only that
+// client, and an object ztunnel cannot use fails closed and shows in modelProblems.
+func TestKubePolicies(t *testing.T) {
+	requireMesh(t)
+	ic := istio(t)
+	ctx := context.Background()
+	ns, err := kc.CoreV1().Namespaces().Get(ctx, appNS, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := ns.Labels["istio.io/dataplane-mode"]; ok {
+		t.Cleanup(func() { labelNamespace(t, &v) })
+	} else {
+		t.Cleanup(func() { labelNamespace(t, nil) })
+	}
+	labelNamespace(t, ptr("ambient"))
+	// "other" on node1 starts opted out: a plaintext client from outside the mesh.
+	other := m.Topo.Nodes[0].Pods[1]
+	if err := createPod(ctx, "other", "other", other, map[string]string{"app": "other", "istio.io/dataplane-mode": "none"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kc.CoreV1().Pods(appNS).Delete(ctx, "other", metav1.DeleteOptions{}) })
+	for _, p := range []*netns.Pod{client, server} {
+		waitCaptured(t, p, true)
+	}
+	echo(t, client, podAddr(server))
+	echo(t, other, podAddr(server)) // PERMISSIVE
+
+	pa := &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: "strict", Namespace: appNS}}
+	pa.Spec.Mtls = &securityv1beta1.PeerAuthentication_MutualTLS{Mode: securityv1beta1.PeerAuthentication_MutualTLS_STRICT}
+	if _, err := ic.SecurityV1().PeerAuthentications(appNS).Create(ctx, pa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPolicies(t, appNS+"/strict")
+	refused(t, other, "plaintext under STRICT", "plaintext under STRICT")
+	echo(t, client, podAddr(server))
+	if err := ic.SecurityV1().PeerAuthentications(appNS).Delete(ctx, "strict", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPolicies(t)
+	echo(t, other, podAddr(server))
+
+	echoSel := &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "echo"}}
+	createAP(t, ic, "deny-all", func(s *securityv1beta1.AuthorizationPolicy) { s.Selector = echoSel })
+	createAP(t, ic, "allow-client", func(s *securityv1beta1.AuthorizationPolicy) {
+		s.Selector = echoSel
+		s.Rules = []*securityv1beta1.Rule{{From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{
+			Principals: []string{mesh.TrustDomain + "/ns/" + appNS + "/sa/client"}}}}}}
+	})
+	waitPolicies(t, appNS+"/deny-all", appNS+"/allow-client")
+	echo(t, client, podAddr(server))
+	// Enrolled, with its own principal: refused at node2 (401 to node1).
+	labelPod(t, "other", nil)
+	waitCaptured(t, other, true)
+	refused(t, other, "other principal", "another principal")
+
+	createAP(t, ic, "bad-deny", func(s *securityv1beta1.AuthorizationPolicy) {
+		s.Selector, s.Action = echoSel, securityv1beta1.AuthorizationPolicy_DENY
+		s.Rules = []*securityv1beta1.Rule{{From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{
+			IpBlocks: []string{"not-a-cidr"}}}}}}
+	})
+	waitPolicies(t, appNS+"/deny-all", appNS+"/allow-client", appNS+"/bad-deny")
+	refused(t, client, "under an invalid DENY", "under an invalid DENY")
+	d, err := m.Dump(ctx, m.Topo.Nodes[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs, _ := json.Marshal(d.Problems)
+	if !strings.Contains(string(probs), `"name":"bad-deny"`) || !strings.Contains(string(probs), "not-a-cidr") {
+		t.Errorf("modelProblems %s: want bad-deny's invalid ipBlocks", probs)
+	}
+}
