@@ -1,7 +1,8 @@
 //go:build ignore
 
 // TC ingress programs that steer enrolled pods' IPv4 TCP into ztunnel's transparent
-// listeners in the node network namespace. See redirect/doc.go for the data paths.
+// listeners in the node network namespace, and drop their IPv6 (not captured yet). See
+// redirect/doc.go for the data paths.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -81,21 +82,14 @@ static __always_inline void set_mark(struct __sk_buff *skb)
 	skb->mark = (skb->mark & ~mark_mask) | mark;
 }
 
-// assign_own hands the packet to the node socket that already owns its exact tuple:
-// established or time-wait (a SYN reusing a TIME_WAIT tuple must go to that socket, or
-// the client stalls), or a request socket mid-handshake. Listeners are ignored.
-// It returns 1 when the packet was assigned.
-static __always_inline int assign_own(struct __sk_buff *skb, struct pkt *p)
+// assign hands the packet to the node socket found for tuple t, when it is a listener
+// exactly if want_listener. It returns 1 when the packet was assigned.
+static __always_inline int assign(struct __sk_buff *skb, struct bpf_sock_tuple *t, int want_listener)
 {
-	struct bpf_sock_tuple t = {};
-	t.ipv4.saddr = p->saddr;
-	t.ipv4.daddr = p->daddr;
-	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
-	if (sk->state == BPF_TCP_LISTEN) {
+	if ((sk->state == BPF_TCP_LISTEN) != want_listener) {
 		bpf_sk_release(sk);
 		return 0;
 	}
@@ -107,8 +101,21 @@ static __always_inline int assign_own(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
+// assign_own hands the packet to the node socket that already owns its exact tuple:
+// established or time-wait (a SYN reusing a TIME_WAIT tuple must go to that socket, or
+// the client stalls), or a request socket mid-handshake. Listeners are ignored.
+static __always_inline int assign_own(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	return assign(skb, &t, 0);
+}
+
 // assign_listener hands a new connection to ztunnel's listener on 127.0.0.1:port.
-// It returns 1 when assigned, 0 when no such listener exists (ztunnel down).
+// It returns 0 when no such listener exists (ztunnel down).
 static __always_inline int assign_listener(struct __sk_buff *skb, struct pkt *p, __u16 port)
 {
 	struct bpf_sock_tuple t = {};
@@ -116,19 +123,7 @@ static __always_inline int assign_listener(struct __sk_buff *skb, struct pkt *p,
 	t.ipv4.sport = p->sport;
 	t.ipv4.daddr = LOOPBACK_BE;
 	t.ipv4.dport = bpf_htons(port);
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	if (sk->state != BPF_TCP_LISTEN) {
-		bpf_sk_release(sk);
-		return 0;
-	}
-	long err = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (err)
-		return 0;
-	set_mark(skb);
-	return 1;
+	return assign(skb, &t, 1);
 }
 
 static __always_inline int is_syn(struct pkt *p)
@@ -141,8 +136,10 @@ SEC("tc")
 int capture_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return TC_ACT_SHOT; // IPv6 is not captured yet: it must not leave in clear
 	if (!parse(skb, &p))
-		return TC_ACT_UNSPEC; // not IPv4: untouched (IPv6 is not captured yet)
+		return TC_ACT_UNSPEC; // not IP (ARP): untouched
 
 	__u32 ifindex = skb->ifindex;
 	__u32 *pod_ip = bpf_map_lookup_elem(&pod_by_ifindex, &ifindex);

@@ -651,3 +651,81 @@ func TestListenTransparentKeepAlive(t *testing.T) {
 	defer a.Close()
 	checkProxiedSockopts(t, "accepted", a)
 }
+
+// IPv6 is not captured: an enrolled pod's IPv6 is dropped at its veth, so it can never
+// leave in clear, while a pod outside the mesh keeps using it.
+func TestIPv6DroppedFromEnrolledPod(t *testing.T) {
+	topo := netns.New(t, netns.Options{Nodes: 1, PodsPerNode: 2})
+	node := topo.Nodes[0]
+	enrolled, outside := node.Pods[0], node.Pods[1]
+	nodeLL, podLL := netip.MustParseAddr("fe80::1"), netip.MustParseAddr("fe80::2")
+	for _, p := range []*netns.Pod{enrolled, outside} {
+		if err := p.Do(func() error { return linkLocal(nil, "eth0", podLL) }); err != nil {
+			t.Fatalf("IPv6 in %s: %v", p.Name, err)
+		}
+		if err := node.Do(func() error { return linkLocal(&p.HostIfindex, "", nodeLL) }); err != nil {
+			t.Fatalf("IPv6 on %s's veth: %v", p.Name, err)
+		}
+	}
+	var l net.Listener
+	if err := node.Do(func() (err error) { l, err = net.Listen("tcp6", "[::]:9000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	peers := make(chan net.Addr, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			peers <- c.RemoteAddr()
+			c.Close()
+		}
+	}()
+	dial := func(p *netns.Pod) error {
+		return p.Do(func() error {
+			c, err := net.DialTimeout("tcp6", "[fe80::1%eth0]:9000", failTimeout)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if err := dial(outside); err != nil {
+		t.Fatalf("IPv6 from a pod outside the mesh: %v", err)
+	}
+	<-peers
+	c := newCapture(t, node, captureConfig(t, node, redirect.AttachAuto))
+	enroll(t, c, enrolled)
+	if err := dial(enrolled); err == nil {
+		t.Fatal("an enrolled pod's IPv6 connection got through")
+	}
+	select {
+	case a := <-peers:
+		t.Fatalf("the node accepted IPv6 from the enrolled pod (%s)", a)
+	default:
+	}
+	if err := dial(outside); err != nil {
+		t.Fatalf("IPv6 from the pod outside the mesh after enrolling the other: %v", err)
+	}
+}
+
+// linkLocal enables IPv6 on the link (by name, or by index when ifindex is set) of the
+// current namespace and gives it addr/64 without duplicate detection.
+func linkLocal(ifindex *int, name string, addr netip.Addr) error {
+	var l netlink.Link
+	var err error
+	if ifindex != nil {
+		l, err = netlink.LinkByIndex(*ifindex)
+	} else {
+		l, err = netlink.LinkByName(name)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+l.Attrs().Name+"/disable_ipv6", []byte("0"), 0o644); err != nil {
+		return err
+	}
+	return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD})
+}

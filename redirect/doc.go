@@ -18,7 +18,8 @@
 //
 // Links, programs and maps are pinned under Config.PinPath so capture survives a ztunnel
 // restart (and keeps failing closed while it is down); New takes the pins over atomically.
-// IPv6 is not captured yet and passes untouched.
+// IPv6 is not captured yet: an enrolled pod's IPv6 is dropped at its veth (fail closed),
+// while pods outside the mesh keep it.
 package redirect
 
 // Regenerate the committed eBPF objects (needs clang; `make generate`). The -I directory
