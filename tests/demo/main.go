@@ -157,6 +157,47 @@ func run() error {
 		return fmt.Errorf("the wire is NOT proven encrypted")
 	}
 	fmt.Println("  VERDICT: node-to-node traffic is HBONE (mTLS 1.3 on :15008) only; the marker never appeared in clear")
+	return demoPolicy(ctx, m, client, other, server)
+}
+
+// demoPolicy applies an ALLOW policy to the server, which then refuses every caller it
+// does not name, and shows both sides.
+func demoPolicy(ctx context.Context, m *mesh.Mesh, client, other, server *netns.Pod) error {
+	principal := fmt.Sprintf("%s/ns/mesh/sa/%s", mesh.TrustDomain, client.Name)
+	step(fmt.Sprintf("AuthorizationPolicy: only %s may call %s", principal, server.Name))
+	manifests := fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-%[1]s, namespace: mesh}
+spec:
+  selector:
+    matchLabels: {app: %[2]s}
+  rules:
+  - from:
+    - source:
+        principals: [%[3]q]
+`, client.Name, server.Name, principal)
+	for _, line := range strings.Split(strings.TrimSpace(manifests), "\n") {
+		fmt.Printf("    %s\n", line)
+	}
+	if err := m.WritePolicies("demo.yaml", manifests, "mesh/allow-"+client.Name); err != nil {
+		return err
+	}
+	to := netip.AddrPortFrom(server.IP, echoPort)
+	marker := []byte("policy demo")
+	if _, err := exchange(ctx, client, to, marker, 0); err != nil {
+		return fmt.Errorf("%s, allowed by the policy: %w", client.Name, err)
+	}
+	fmt.Printf("  %-8s -> %s  allowed\n", client.Name, to)
+	if n, err := exchange(ctx, other, to, marker, 0); err == nil && n > 0 {
+		return fmt.Errorf("%s reached %s although no policy allows it", other.Name, server.Name)
+	}
+	fmt.Printf("  %-8s -> %s  refused (HBONE 401 from %s's ztunnel)\n", other.Name, to, server.Node.Name)
+	time.Sleep(100 * time.Millisecond) // the log line is written asynchronously
+	for _, line := range strings.Split(m.Ztunnel(server.Node.Name).Output(), "\n") {
+		if strings.Contains(line, "connection refused") && strings.Contains(line, "denied by policy") {
+			fmt.Printf("    %s\n", trimLog(line))
+		}
+	}
 	return nil
 }
 

@@ -16,39 +16,50 @@ import (
 // PolicyDir is the local mode's policy directory (ztunnel -policies).
 func (m *Mesh) PolicyDir() string { return filepath.Join(m.Dir, "policies") }
 
-// ApplyPolicies writes manifests (Kubernetes-style YAML documents) as the policy file
-// name and waits until every running ztunnel has the policies refs ("namespace/name")
-// of all files in force. At cleanup the file is removed and the wait repeated.
+// ApplyPolicies is WritePolicies for a test, which removes the file at cleanup (and
+// waits for every ztunnel to drop its policies).
 func (m *Mesh) ApplyPolicies(tb testing.TB, name, manifests string, refs ...string) {
 	tb.Helper()
+	if err := m.WritePolicies(name, manifests, refs...); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := m.RemovePolicies(name); err != nil {
+			tb.Error(err)
+		}
+	})
+}
+
+// WritePolicies writes manifests (Kubernetes-style YAML documents) as the policy file
+// name and waits until every running ztunnel has the policies refs ("namespace/name")
+// of all files in force.
+func (m *Mesh) WritePolicies(name, manifests string, refs ...string) error {
 	m.mu.Lock()
 	if m.policyRefs == nil {
 		m.policyRefs = map[string][]string{}
 	}
 	m.policyRefs[name] = refs
 	m.mu.Unlock()
-	path := filepath.Join(m.PolicyDir(), name)
 	tmp := filepath.Join(m.PolicyDir(), "."+name+".tmp") // dot files are not read
 	if err := os.WriteFile(tmp, []byte(manifests), 0o644); err != nil {
-		tb.Fatal(err)
+		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		tb.Fatal(err)
+	if err := os.Rename(tmp, filepath.Join(m.PolicyDir(), name)); err != nil {
+		return err
 	}
-	if err := m.WaitPolicies(context.Background()); err != nil {
-		tb.Fatal(err)
+	return m.WaitPolicies(context.Background())
+}
+
+// RemovePolicies removes the policy file name and waits until no ztunnel has its
+// policies.
+func (m *Mesh) RemovePolicies(name string) error {
+	m.mu.Lock()
+	delete(m.policyRefs, name)
+	m.mu.Unlock()
+	if err := os.Remove(filepath.Join(m.PolicyDir(), name)); err != nil {
+		return err
 	}
-	tb.Cleanup(func() {
-		m.mu.Lock()
-		delete(m.policyRefs, name)
-		m.mu.Unlock()
-		if err := os.Remove(path); err != nil {
-			tb.Error(err)
-		}
-		if err := m.WaitPolicies(context.Background()); err != nil {
-			tb.Error(err)
-		}
-	})
+	return m.WaitPolicies(context.Background())
 }
 
 // WaitPolicies waits until every running ztunnel's /config_dump lists exactly the
