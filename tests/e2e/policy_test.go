@@ -225,7 +225,7 @@ func TestPeerAuthenticationStrict(t *testing.T) {
 }
 
 // A policy change closes the open connections it no longer allows, HBONE and plaintext,
-// and leaves the allowed ones alone.
+// even in the middle of a transfer, and leaves the allowed ones alone.
 func TestPolicyClosesLiveConnections(t *testing.T) {
 	requireMesh(t)
 	open := func(from *netns.Pod) net.Conn {
@@ -240,17 +240,50 @@ func TestPolicyClosesLiveConnections(t *testing.T) {
 		}
 		return c
 	}
-	kept, cut, plain := open(client), open(local), open(plainc)
-	m.ApplyPolicies(t, "allow-client.yaml", authz("allow-client", allowClient)+
-		peerAuthn("strict", "spec:\n  mtls: {mode: STRICT}"), "mesh/allow-client", "mesh/strict")
-	for name, c := range map[string]net.Conn{"denied HBONE": cut, "plaintext under STRICT": plain} {
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadAll(c); err != nil && isTimeout(err) {
-			t.Errorf("%s connection still open after the policy change", name)
-		}
+	// stream keeps a transfer running on c until it fails, and reports how it ended.
+	stream := func(c net.Conn) <-chan error {
+		ended := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 32<<10)
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+			for {
+				_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+				if _, err := c.Write(buf); err != nil {
+					ended <- err
+					return
+				}
+			}
+		}()
+		return ended
 	}
-	if err := mesh.EchoOn(kept, "after"); err != nil {
-		t.Errorf("allowed connection: %v", err)
+	cut, plain := open(local), open(plainc)
+	cutEnded, plainEnded := stream(cut), stream(plain)
+	// The policy lands while the allowed client's transfer runs (here, on the test's
+	// goroutine), and the denied ones stream.
+	applied := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		applied <- m.WritePolicies("allow-client.yaml", authz("allow-client", allowClient)+
+			peerAuthn("strict", "spec:\n  mtls: {mode: STRICT}"), "mesh/allow-client", "mesh/strict")
+	}()
+	t.Cleanup(func() {
+		if err := m.RemovePolicies("allow-client.yaml"); err != nil {
+			t.Error(err)
+		}
+	})
+	sha256Transfer(t, client, podAddr(echoA), 1<<30) // allowed before and after (a few seconds)
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	for name, ended := range map[string]<-chan error{"denied HBONE": cutEnded, "plaintext under STRICT": plainEnded} {
+		select {
+		case err := <-ended:
+			if isTimeout(err) {
+				t.Errorf("%s transfer stalled instead of being closed: %v", name, err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("%s transfer still running after the policy change", name)
+		}
 	}
 	waitLog(t, "node2", "connection closed by policy", "src.addr="+local.IP.String()+":")
 	waitLog(t, "node2", "connection closed by policy", "src.addr="+plainc.IP.String()+":")
