@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambitmesh/ambit/pcap"
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
 )
@@ -23,6 +24,9 @@ func authz(name, spec string) string {
 func peerAuthn(name, spec string) string {
 	return fmt.Sprintf("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: %s\n  namespace: mesh\n%s\n---\n", name, spec)
 }
+
+// tcpRST is the TCP RST flag in pcap.Packet.Flags.
+const tcpRST = 0x04
 
 const (
 	echoDenyAll = `spec:
@@ -210,7 +214,25 @@ func TestPeerAuthenticationStrict(t *testing.T) {
 	echoOK(t, plainc, podAddr(echoA)) // PERMISSIVE by default
 	m.ApplyPolicies(t, "strict.yaml", peerAuthn("strict", "spec:\n  mtls: {mode: STRICT}"), "mesh/strict")
 	before := deniedCount(t)
-	dialFails(t, plainc, podAddr(echoA))
+	// On the wire (tcpdump between the nodes): the plaintext client's connection ends in a
+	// reset from the pod's address, and nothing comes back.
+	file := captureUnderlay(t, func() { dialFails(t, plainc, podAddr(echoA)) })
+	pkts, err := pcap.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reset := false
+	for _, p := range pcap.Filter(pkts, pcap.Involving(plainc.IP)) {
+		if p.Src.Addr() == echoA.IP && p.Proto == pcap.ProtoTCP {
+			reset = reset || p.Flags&tcpRST != 0
+			if len(p.Payload) > 0 {
+				t.Errorf("STRICT pod answered plaintext with data: %s", p)
+			}
+		}
+	}
+	if !reset {
+		t.Errorf("no reset from %s to the plaintext client on the wire:\n%v", echoA.IP, pcap.Filter(pkts, pcap.Involving(plainc.IP)))
+	}
 	echoOK(t, client, podAddr(echoA))
 	if got := deniedCount(t); got < before+1 {
 		t.Errorf("DENY failures on node2 went from %v to %v, want +1", before, got)
