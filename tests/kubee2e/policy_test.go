@@ -3,6 +3,8 @@ package kubee2e
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -73,12 +75,10 @@ func refused(t *testing.T, from *netns.Pod, payload, what string) {
 	}
 }
 
-// Policies from the API server (the CRDs shipped in istio.io/api, installed by the chart):
-// STRICT refuses plaintext, deny-all plus an ALLOW for one principal admits only that
-// client, and an object ztunnel cannot use fails closed and shows in modelProblems.
-func TestKubePolicies(t *testing.T) {
-	requireMesh(t)
-	ic := istio(t)
+// enrolledWithPlainPod enrolls namespace apps for the test and adds pod "other" on node1,
+// opted out: a plaintext client from outside the mesh (remove its label to enroll it).
+func enrolledWithPlainPod(t *testing.T) *netns.Pod {
+	t.Helper()
 	ctx := context.Background()
 	ns, err := kc.CoreV1().Namespaces().Get(ctx, appNS, metav1.GetOptions{})
 	if err != nil {
@@ -90,18 +90,36 @@ func TestKubePolicies(t *testing.T) {
 		t.Cleanup(func() { labelNamespace(t, nil) })
 	}
 	labelNamespace(t, ptr("ambient"))
-	// "other" on node1 starts opted out: a plaintext client from outside the mesh.
 	other := m.Topo.Nodes[0].Pods[1]
 	if err := createPod(ctx, "other", "other", other, map[string]string{"app": "other", "istio.io/dataplane-mode": "none"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = kc.CoreV1().Pods(appNS).Delete(ctx, "other", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		// No kubelet ends a graceful deletion here: delete at once.
+		zero := int64(0)
+		if err := kc.CoreV1().Pods(appNS).Delete(ctx, "other", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Error(err)
+		}
+		waitCaptured(t, other, false)
+	})
 	for _, p := range []*netns.Pod{client, server} {
 		waitCaptured(t, p, true)
 	}
+	return other
+}
+
+// Policies from the API server (the CRDs shipped in istio.io/api, installed by the chart):
+// STRICT refuses plaintext, deny-all plus an ALLOW for one principal admits only that
+// client, and an object ztunnel cannot use fails closed and shows in modelProblems.
+func TestKubePolicies(t *testing.T) {
+	requireMesh(t)
+	ic := istio(t)
+	ctx := context.Background()
+	other := enrolledWithPlainPod(t)
 	echo(t, client, podAddr(server))
 	echo(t, other, podAddr(server)) // PERMISSIVE
 
+	var err error
 	pa := &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: "strict", Namespace: appNS}}
 	pa.Spec.Mtls = &securityv1beta1.PeerAuthentication_MutualTLS{Mode: securityv1beta1.PeerAuthentication_MutualTLS_STRICT}
 	if _, err := ic.SecurityV1().PeerAuthentications(appNS).Create(ctx, pa, metav1.CreateOptions{}); err != nil {
@@ -145,4 +163,75 @@ func TestKubePolicies(t *testing.T) {
 	if !strings.Contains(string(probs), `"name":"bad-deny"`) || !strings.Contains(string(probs), "not-a-cidr") {
 		t.Errorf("modelProblems %s: want bad-deny's invalid ipBlocks", probs)
 	}
+}
+
+// The same manifests as in local mode, applied through the API server: a DENY beats an
+// ALLOW, dry-run and AUDIT policies change nothing but are logged, a port-level
+// PERMISSIVE overrides a namespace STRICT, and a policy change closes a live connection
+// it no longer allows.
+func TestKubePolicyManifests(t *testing.T) {
+	requireMesh(t)
+	other := enrolledWithPlainPod(t)
+	doc := func(kind, name, spec string) string {
+		return "apiVersion: security.istio.io/v1\nkind: " + kind + "\nmetadata:\n  name: " + name + "\n  namespace: " + appNS + "\n" + spec + "\n---\n"
+	}
+	clientPrincipal := mesh.TrustDomain + "/ns/" + appNS + "/sa/client"
+	t.Run("deny beats allow", func(t *testing.T) {
+		m.ApplyPolicies(t, "deny.yaml", doc("AuthorizationPolicy", "allow-client", `spec:
+  selector: {matchLabels: {app: echo}}
+  rules: [{from: [{source: {principals: ["`+clientPrincipal+`"]}}]}]`)+
+			doc("AuthorizationPolicy", "deny-client-ip", `spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {ipBlocks: ["`+client.IP.String()+`/32"]}}], to: [{operation: {ports: ["8080"]}}]}]`),
+			appNS+"/allow-client", appNS+"/deny-client-ip")
+		refused(t, client, "denied", "DENY over ALLOW")
+	})
+	t.Run("dry run and audit", func(t *testing.T) {
+		m.ApplyPolicies(t, "shadow.yaml", doc("AuthorizationPolicy", "shadow", `  annotations: {istio.io/dry-run: "true"}
+spec:
+  selector: {matchLabels: {app: echo}}`)+doc("AuthorizationPolicy", "audit", `spec:
+  selector: {matchLabels: {app: echo}}
+  action: AUDIT
+  rules: [{}]`), appNS+"/shadow", appNS+"/audit")
+		echo(t, client, podAddr(server))
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			out := m.Ztunnel("node2").Output()
+			if strings.Contains(out, `dry_run="deny: no ALLOW policy matched (applying: `+appNS+`/shadow)"`) && strings.Contains(out, "audit="+appNS+"/audit") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node2 logged no dry-run and audit line:\n%s", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	t.Run("port-level override", func(t *testing.T) {
+		m.ApplyPolicies(t, "strict.yaml", doc("PeerAuthentication", "strict", "spec: {mtls: {mode: STRICT}}"), appNS+"/strict")
+		refused(t, other, "plaintext", "plaintext under STRICT")
+		m.ApplyPolicies(t, "port.yaml", doc("PeerAuthentication", "echo-port", `spec:
+  selector: {matchLabels: {app: echo}}
+  portLevelMtls:
+    8080: {mode: PERMISSIVE}`), appNS+"/echo-port")
+		echo(t, other, podAddr(server))
+	})
+	t.Run("live connection closed", func(t *testing.T) {
+		c, err := client.Dial(context.Background(), "tcp", podAddr(server).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := mesh.EchoOn(c, "before"); err != nil {
+			t.Fatal(err)
+		}
+		m.ApplyPolicies(t, "deny-client.yaml", doc("AuthorizationPolicy", "deny-client", `spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["`+clientPrincipal+`"]}}]}]`), appNS+"/deny-client")
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); err != nil && os.IsTimeout(err) {
+			t.Fatal("the denied connection is still open after the policy change")
+		}
+	})
 }

@@ -198,3 +198,47 @@ func (m *Mesh) waitServed(ctx context.Context, groupVersion string) error {
 		}
 	}
 }
+
+// policyResources are the API resources of the policy kinds.
+var policyResources = map[string]schema.GroupVersionResource{
+	"AuthorizationPolicy": {Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"},
+	"PeerAuthentication":  {Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"},
+}
+
+// kubePolicies creates (create) or deletes the policy objects of manifests through
+// the API server, as kubectl apply and delete would.
+func (m *Mesh) kubePolicies(ctx context.Context, manifests string, create bool) error {
+	dyn, err := dynamic.NewForConfig(m.Kube.AdminConfig)
+	if err != nil {
+		return err
+	}
+	dec := k8syaml.NewYAMLOrJSONDecoder(bytes.NewReader([]byte(manifests)), 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode policy manifests: %w", err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		gvr, ok := policyResources[obj.GetKind()]
+		if !ok {
+			return fmt.Errorf("%s %s: not a policy kind", obj.GetKind(), obj.GetName())
+		}
+		if obj.GetNamespace() == "" {
+			obj.SetNamespace("default")
+		}
+		ri := dyn.Resource(gvr).Namespace(obj.GetNamespace())
+		if create {
+			_, err = ri.Create(ctx, &obj, metav1.CreateOptions{})
+		} else if err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{}); apierrors.IsNotFound(err) {
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		}
+	}
+}

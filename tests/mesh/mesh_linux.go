@@ -69,8 +69,9 @@ type Mesh struct {
 	mu    sync.Mutex
 	zt    map[string]*netns.Proc
 	// policyRefs are the policies of each file written by ApplyPolicies.
-	policyRefs map[string][]string
-	closeMu    sync.Once
+	policyRefs  map[string][]string
+	policyFiles map[string]string // their manifests
+	closeMu     sync.Once
 }
 
 // TrustDomain of every test mesh.

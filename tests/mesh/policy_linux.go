@@ -31,15 +31,22 @@ func (m *Mesh) ApplyPolicies(tb testing.TB, name, manifests string, refs ...stri
 }
 
 // WritePolicies writes manifests (Kubernetes-style YAML documents) as the policy file
-// name and waits until every running ztunnel has the policies refs ("namespace/name")
-// of all files in force.
+// name (in Kubernetes mode: creates the objects through the API server) and waits until
+// every running ztunnel has the policies refs ("namespace/name") of all files in force.
 func (m *Mesh) WritePolicies(name, manifests string, refs ...string) error {
 	m.mu.Lock()
 	if m.policyRefs == nil {
 		m.policyRefs = map[string][]string{}
+		m.policyFiles = map[string]string{}
 	}
-	m.policyRefs[name] = refs
+	m.policyRefs[name], m.policyFiles[name] = refs, manifests
 	m.mu.Unlock()
+	if m.Kube != nil {
+		if err := m.kubePolicies(context.Background(), manifests, true); err != nil {
+			return err
+		}
+		return m.WaitPolicies(context.Background())
+	}
 	tmp := filepath.Join(m.PolicyDir(), "."+name+".tmp") // dot files are not read
 	if err := os.WriteFile(tmp, []byte(manifests), 0o644); err != nil {
 		return err
@@ -54,8 +61,16 @@ func (m *Mesh) WritePolicies(name, manifests string, refs ...string) error {
 // policies.
 func (m *Mesh) RemovePolicies(name string) error {
 	m.mu.Lock()
+	manifests := m.policyFiles[name]
 	delete(m.policyRefs, name)
+	delete(m.policyFiles, name)
 	m.mu.Unlock()
+	if m.Kube != nil {
+		if err := m.kubePolicies(context.Background(), manifests, false); err != nil {
+			return err
+		}
+		return m.WaitPolicies(context.Background())
+	}
 	if err := os.Remove(filepath.Join(m.PolicyDir(), name)); err != nil {
 		return err
 	}
