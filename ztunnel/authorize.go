@@ -25,7 +25,9 @@ func (z *Ztunnel) authorizePolicy(snap *discovery.Snapshot, rec *record) error {
 		return nil
 	}
 	rec.decision = d
-	z.logShadow(rec, d)
+	if !rec.explain {
+		z.logShadow(rec, d)
+	}
 	if d.Allow {
 		return nil
 	}
@@ -51,10 +53,17 @@ func (z *Ztunnel) decide(snap *discovery.Snapshot, rec *record) (policy.Decision
 		}
 	}
 	in := policy.Input{SrcIP: rec.Src.Addr(), DstIP: rec.Dst.Addr(), DstPort: rec.Dst.Port()}
-	if rec.MutualTLS {
-		in.Principal = strings.TrimPrefix(rec.SrcID.String(), "spiffe://")
-	}
+	in.Principal = principal(rec)
 	return applied.Evaluate(&in), true
+}
+
+// principal is rec's source as policies name it ("td/ns/NS/sa/SA"), empty for
+// plaintext.
+func principal(rec *record) string {
+	if !rec.MutualTLS {
+		return ""
+	}
+	return strings.TrimPrefix(rec.SrcID.String(), "spiffe://")
 }
 
 // logShadow logs what AUDIT and dry-run policies made of rec; they never change

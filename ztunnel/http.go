@@ -10,13 +10,16 @@ import (
 )
 
 // startHTTP starts readiness (:15021), metrics (:15020) and admin (localhost:15000,
-// with /config_dump).
+// with /config_dump and /policy/explain).
 func (z *Ztunnel) startHTTP() (*serve.Servers, error) {
 	return serve.Start(z.cfg.HTTP, serve.Handlers{
 		Ready:   z.Ready,
 		Metrics: z.reg,
-		Admin:   map[string]http.Handler{"/config_dump": http.HandlerFunc(z.serveConfigDump)},
-		Logger:  z.log,
+		Admin: map[string]http.Handler{
+			"/config_dump":    http.HandlerFunc(z.serveConfigDump),
+			"/policy/explain": http.HandlerFunc(z.serveExplain),
+		},
+		Logger: z.log,
 	})
 }
 
@@ -123,8 +126,13 @@ func (z *Ztunnel) Dump() ConfigDump {
 }
 
 func (z *Ztunnel) serveConfigDump(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, z.Dump())
+}
+
+// writeJSON answers v, indented for people.
+func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(z.Dump())
+	_ = enc.Encode(v)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -32,11 +33,7 @@ func (z *Ztunnel) pickServerIdentity(hello *tls.ClientHelloInfo) (spiffeid.ID, e
 // serveHBONE handles one CONNECT stream addressed to a local pod.
 func (z *Ztunnel) serveHBONE(s HBONEStream) {
 	req := s.Request()
-	rec := newRecord(dirInboundHBONE, addrPortOf(req.RemoteAddr), req.Target)
-	rec.SrcID = req.Peer
-	rec.HBONEAddr = addrPortOf(req.LocalAddr)
-	rec.claimedSrc = req.Forwarded
-	rec.MutualTLS = true
+	rec := hboneRecord(req.Peer, addrPortOf(req.RemoteAddr), addrPortOf(req.LocalAddr), req.Target, req.Forwarded)
 	if err := z.takeSlot(rec, limitStreams); err != nil {
 		z.reject(s, rec, http.StatusServiceUnavailable, err)
 		return
@@ -59,6 +56,17 @@ func (z *Ztunnel) serveHBONE(s HBONEStream) {
 		return
 	}
 	<-z.proxy(s, up, rec, nil) // the server closes s when this returns
+}
+
+// hboneRecord describes a CONNECT stream for target from peer, whose tunnel came
+// from remote to local (a pod's :15008), claiming the client address forwarded.
+func hboneRecord(peer spiffeid.ID, remote, local, target, forwarded netip.AddrPort) *record {
+	rec := newRecord(dirInboundHBONE, remote, target)
+	rec.SrcID = peer
+	rec.HBONEAddr = local
+	rec.claimedSrc = forwarded
+	rec.MutualTLS = true
+	return rec
 }
 
 // handleInboundPlain serves plaintext TCP from outside the mesh to a local enrolled pod.

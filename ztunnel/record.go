@@ -107,6 +107,9 @@ type record struct {
 	// when a policy change closed the connection.
 	decision policy.Decision
 	revoked  atomic.Bool
+	// explain marks a what-if record of /policy/explain: routed and decided as
+	// a real connection, never logged or connected.
+	explain bool
 }
 
 func newRecord(dir direction, src, dst netip.AddrPort) *record {

@@ -40,16 +40,14 @@ type arrival struct {
 }
 
 func (a arrival) record() *record {
-	rec := newRecord(a.dir, netip.MustParseAddrPort(a.src), netip.MustParseAddrPort(a.dst))
 	if a.dir == dirInboundHBONE {
-		rec.SrcID = a.peer
-		rec.HBONEAddr = netip.MustParseAddrPort(a.tunnelDst)
-		rec.MutualTLS = true
+		var fwd netip.AddrPort
 		if a.forwarded != "" {
-			rec.claimedSrc = netip.MustParseAddrPort(a.forwarded)
+			fwd = netip.MustParseAddrPort(a.forwarded)
 		}
+		return hboneRecord(a.peer, ap(a.src), ap(a.tunnelDst), ap(a.dst), fwd)
 	}
-	return rec
+	return newRecord(a.dir, ap(a.src), ap(a.dst))
 }
 
 func ip(s string) netip.Addr     { return netip.MustParseAddr(s) }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/policy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -51,6 +52,12 @@ func TestConfigValidate(t *testing.T) {
 
 func testSnapshot(t testing.TB) *discovery.Snapshot {
 	t.Helper()
+	return testSnapshotWith(t, nil)
+}
+
+// testSnapshotWith is testSnapshot with policies in force.
+func testSnapshotWith(t testing.TB, policies *policy.Set) *discovery.Snapshot {
+	t.Helper()
 	ambient := map[string]string{"istio.io/dataplane-mode": "ambient"}
 	ip := netip.MustParseAddr
 	snap, err := discovery.Build(discovery.Input{
@@ -73,6 +80,7 @@ func testSnapshot(t testing.TB) *discovery.Snapshot {
 			Name: "empty", Namespace: "mesh", VIPs: []netip.Addr{ip("198.19.0.11")},
 			Ports: []discovery.ServicePort{{Port: 80, TargetPort: 8080}}, Selector: map[string]string{"app": "nothing"},
 		}},
+		Policies: policies,
 	}, discovery.EnrollmentOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,9 @@ const usage = `usage: ambitctl <command> [flags]
 commands:
   status      show a node's workloads, certificates, captured pods and connections
   dump        print a node's raw /config_dump JSON
+  policy      explain -from SRC -to DST:PORT: would SRC reach DST:PORT, and which policy
+              decides (asks the destination's node); list [WORKLOAD]: the policies in
+              force per local workload
   verify      check a tcpdump capture of the wire between nodes: only HBONE on :15008,
               TLS 1.3, and a marker string nowhere in clear
   teardown    remove every eBPF program, pin, rule and route ztunnel installed on this node
@@ -29,6 +32,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = status(args[1:], stdout, false)
 	case "dump":
 		err = status(args[1:], stdout, true)
+	case "policy":
+		err = policyCmd(args[1:], stdout)
 	case "verify":
 		err = verify(args[1:], stdout)
 	case "teardown":

@@ -14,15 +14,25 @@ import (
 	"github.com/ambitmesh/ambit/ztunnel"
 )
 
+// admin is a fake ztunnel admin endpoint answering /config_dump with code and body.
 func admin(tb testing.TB, code int, body string) string {
 	tb.Helper()
+	return fakeAdmin(tb, map[string]http.HandlerFunc{"/config_dump": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(code)
+		w.Write([]byte(body))
+	}})
+}
+
+// fakeAdmin serves handlers by path and returns its address.
+func fakeAdmin(tb testing.TB, handlers map[string]http.HandlerFunc) string {
+	tb.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/config_dump" {
+		h, ok := handlers[r.URL.Path]
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}
-		w.WriteHeader(code)
-		w.Write([]byte(body))
+		h(w, r)
 	}))
 	tb.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
@@ -42,14 +52,7 @@ func TestCommands(t *testing.T) {
 		`"workloads":[{"uid":"default/client","name":"client","namespace":"default","serviceAccount":"client","node":"node1","ips":["198.18.1.10"],"protocol":"HBONE","local":true}]`, 1))
 	ok := admin(t, 200, string(dump))
 	broken := admin(t, 500, "boom")
-	tests := []struct {
-		name        string
-		args        []string
-		code        int
-		stdout      []string
-		stderr      string
-		exactStdout string
-	}{
+	runCommands(t, []cmdCase{
 		{name: "no command", code: 2, stderr: "usage: ambitctl"},
 		{name: "help", args: []string{"help"}, code: 0, stdout: []string{"commands:"}},
 		{name: "unknown", args: []string{"frobnicate"}, code: 2, stderr: `unknown command "frobnicate"`},
@@ -63,7 +66,22 @@ func TestCommands(t *testing.T) {
 		{name: "verify without marker", args: []string{"verify", "x.pcap"}, code: 1, stderr: "usage: ambitctl verify"},
 		{name: "verify missing file", args: []string{"verify", "-marker", "m", "/nonexistent.pcap"}, code: 1, stderr: "nonexistent.pcap"},
 		{name: "bad flag", args: []string{"teardown", "-mark=x"}, code: 1, stderr: "-mark: parse error"},
-	}
+	})
+}
+
+// cmdCase is one command line, its exit status and what it prints: stdout contains
+// each of stdout (or is exactStdout), stderr contains stderr.
+type cmdCase struct {
+	name        string
+	args        []string
+	code        int
+	stdout      []string
+	stderr      string
+	exactStdout string
+}
+
+func runCommands(t *testing.T, tests []cmdCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr strings.Builder

@@ -16,38 +16,70 @@ import (
 
 func status(args []string, stdout io.Writer, raw bool) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	admin := fs.String("admin", fmt.Sprintf("127.0.0.1:%d", ztunnel.PortAdmin), "ztunnel admin address")
+	admin := adminFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if raw {
+		body, err := adminGet(*admin, "/config_dump")
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(body)
+		return err
+	}
+	d, err := configDump(*admin)
+	if err != nil {
+		return err
+	}
+	printStatus(stdout, d)
+	return nil
+}
+
+// adminGet fetches pathQuery from a ztunnel admin endpoint; an answer other than
+// 200 is an error carrying its text.
+func adminGet(admin, pathQuery string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*admin+"/config_dump", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+pathQuery, nil)
 	if err != nil {
-		return fmt.Errorf("-admin %q: %w", *admin, err)
+		return nil, fmt.Errorf("-admin %q: %w", admin, err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("query ztunnel admin %s: %w", *admin, err)
+		return nil, fmt.Errorf("query ztunnel admin %s: %w", admin, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return fmt.Errorf("read ztunnel admin %s: %w", *admin, err)
+		return nil, fmt.Errorf("read ztunnel admin %s: %w", admin, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("query ztunnel admin %s: %s", *admin, resp.Status)
+		msg := strings.TrimSpace(string(body))
+		if msg == "" || len(msg) > 500 {
+			return nil, fmt.Errorf("query ztunnel admin %s: %s", admin, resp.Status)
+		}
+		return nil, fmt.Errorf("query ztunnel admin %s: %s: %s", admin, resp.Status, msg)
 	}
-	if raw {
-		_, err = stdout.Write(body)
-		return err
+	return body, nil
+}
+
+// configDump fetches and decodes /config_dump.
+func configDump(admin string) (*ztunnel.ConfigDump, error) {
+	body, err := adminGet(admin, "/config_dump")
+	if err != nil {
+		return nil, err
 	}
 	var d ztunnel.ConfigDump
 	if err := json.Unmarshal(body, &d); err != nil {
-		return fmt.Errorf("decode config dump: %w", err)
+		return nil, fmt.Errorf("decode config dump: %w", err)
 	}
-	printStatus(stdout, &d)
-	return nil
+	return &d, nil
+}
+
+// adminFlag registers -admin, the ztunnel admin address.
+func adminFlag(fs *flag.FlagSet) *string {
+	return fs.String("admin", fmt.Sprintf("127.0.0.1:%d", ztunnel.PortAdmin), "ztunnel admin address")
 }
 
 // printStatus renders a config dump for people.
