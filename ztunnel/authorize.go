@@ -89,6 +89,7 @@ func (z *Ztunnel) recheckLoop(ctx context.Context) error {
 	ch, cancel := z.store.Watch()
 	defer cancel()
 	last := z.store.Load()
+	z.logWarnings(last.Policies, nil)
 	for {
 		select {
 		case <-ctx.Done():
@@ -99,8 +100,29 @@ func (z *Ztunnel) recheckLoop(ctx context.Context) error {
 		if snap == last {
 			continue
 		}
+		if snap.Policies != last.Policies {
+			z.logWarnings(snap.Policies, last.Policies)
+		}
 		last = snap
 		z.recheck(snap)
+	}
+}
+
+// logWarnings logs what ztunnel ignores of the AuthorizationPolicies in cur (HTTP
+// fields), once per policy and warning: not again for those already in prev.
+func (z *Ztunnel) logWarnings(cur, prev *policy.Set) {
+	seen := map[string]bool{}
+	for _, p := range prev.AuthorizationPolicies() {
+		for _, w := range p.Warnings {
+			seen[p.Ref()+"\x00"+w] = true
+		}
+	}
+	for _, p := range cur.AuthorizationPolicies() {
+		for _, w := range p.Warnings {
+			if !seen[p.Ref()+"\x00"+w] {
+				z.log.Warn(msgPolicyWarning, keyPolicy, p.Ref(), keyReason, w)
+			}
+		}
 	}
 }
 

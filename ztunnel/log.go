@@ -16,6 +16,7 @@ const (
 	msgCertificateErr = "certificate error"
 	msgPolicyShadow   = "policy audit or dry run"
 	msgPolicyClosed   = "connection closed by policy"
+	msgPolicyWarning  = "policy enforced differently at L4"
 )
 
 // Log keys; the access log's are Istio ztunnel's.

@@ -337,3 +337,28 @@ func TestInvalidPolicyFailsClosed(t *testing.T) {
 		t.Errorf("policyProblems %q, want one ending %q", d.PolicyProblems, want)
 	}
 }
+
+// HTTP fields need a waypoint: at ztunnel an ALLOW rule with them never matches and a
+// DENY rule ignores them (both the safer outcome), with a warning naming the policy.
+func TestPolicyHTTPFieldsAtL4(t *testing.T) {
+	requireMesh(t)
+	m.ApplyPolicies(t, "l7-allow.yaml", authz("allow-get", `spec:
+  selector:
+    matchLabels: {app: echo}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/mesh/sa/client"]}}]
+    to: [{operation: {methods: ["GET"]}}]`), "mesh/allow-get")
+	dialFails(t, client, podAddr(echoA))
+	waitLog(t, "node2", "policy enforced differently at L4", "policy=mesh/allow-get", "never matches")
+	m.ApplyPolicies(t, "l7-deny.yaml", authz("deny-post", `spec:
+  selector:
+    matchLabels: {app: echo}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: ["POST"]}}]`)+authz("allow-all", `spec:
+  selector:
+    matchLabels: {app: echo}
+  rules: [{}]`), "mesh/deny-post", "mesh/allow-all")
+	dialFails(t, local, podAddr(echoA))
+	waitLog(t, "node2", "policy enforced differently at L4", "policy=mesh/deny-post", "denies more than written")
+}
