@@ -8,11 +8,11 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/ambitmesh/ambit/internal/yamldoc"
 	"github.com/ambitmesh/ambit/policy"
 	"go.yaml.in/yaml/v3"
 )
@@ -104,35 +104,14 @@ func (p *parser) line(path string) int {
 	return 0
 }
 
-var yamlLineErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-// syntaxError turns a yaml error into a FieldError with its line.
-func (p *parser) syntaxError(err error) {
-	msg := err.Error()
-	fe := &FieldError{File: p.file, Msg: strings.TrimPrefix(msg, "yaml: ")}
-	if m := yamlLineErr.FindStringSubmatch(msg); m != nil {
-		fe.Line, _ = strconv.Atoi(m[1])
-		fe.Msg = m[2]
-	}
-	p.errs = append(p.errs, fe)
-}
-
-// decode reads one YAML document into a node tree, turning a panic of the
-// YAML library into an error: Parse must survive any input.
-func decode(dec *yaml.Decoder, n *yaml.Node) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("yaml: invalid YAML: %v", r)
-		}
-	}()
-	return dec.Decode(n)
-}
+// syntaxError records a YAML syntax error with its line.
+func (p *parser) syntaxError(err error) { p.errs = append(p.errs, yamldoc.SyntaxError(p.file, err)) }
 
 func (p *parser) document(data []byte) (Input, bool) {
 	var in Input
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	switch err := decode(dec, &doc); {
+	switch err := yamldoc.Decode(dec, &doc); {
 	case errors.Is(err, io.EOF):
 		return in, true // empty file: empty model
 	case err != nil:
@@ -140,7 +119,7 @@ func (p *parser) document(data []byte) (Input, bool) {
 		return in, false
 	}
 	var extra yaml.Node
-	switch err := decode(dec, &extra); {
+	switch err := yamldoc.Decode(dec, &extra); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
 		p.syntaxError(err)
@@ -293,7 +272,7 @@ func (p *parser) entries(n *yaml.Node, path string, keyPath func(path, key strin
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind != yaml.ScalarNode || isNull(k) {
-			p.fail(k, path, "keys must be strings, got "+describe(k))
+			p.fail(k, path, "keys must be strings, got "+yamldoc.Describe(k))
 			continue
 		}
 		kp := keyPath(path, k.Value)
@@ -336,7 +315,7 @@ func (p *parser) kind(n *yaml.Node, path string, want yaml.Kind) bool {
 		return true
 	}
 	what := map[yaml.Kind]string{yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list", yaml.ScalarNode: "a string"}[want]
-	p.fail(n, path, fmt.Sprintf("must be %s, got %s", what, describe(n)))
+	p.fail(n, path, fmt.Sprintf("must be %s, got %s", what, yamldoc.Describe(n)))
 	return false
 }
 
@@ -388,7 +367,7 @@ func (p *parser) addr(n *yaml.Node, path, s string) netip.Addr {
 
 func (p *parser) port(n *yaml.Node, path string) uint16 {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
-		p.fail(n, path, "must be a port number, got "+describe(n))
+		p.fail(n, path, "must be a port number, got "+yamldoc.Describe(n))
 		return 0
 	}
 	v, err := strconv.ParseInt(n.Value, 0, 64)
@@ -401,30 +380,6 @@ func (p *parser) port(n *yaml.Node, path string) uint16 {
 
 func isNull(n *yaml.Node) bool {
 	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-// describe names a node's kind for type errors.
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.ScalarNode:
-		switch n.Tag {
-		case "!!null":
-			return "null"
-		case "!!int", "!!float":
-			return "the number " + n.Value
-		case "!!bool":
-			return "the boolean " + n.Value
-		default:
-			return strconv.Quote(n.Value)
-		}
-	}
-	return "nothing"
 }
 
 // checkNamespacesDeclared catches misspelt namespaces: once a file declares

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -19,6 +18,7 @@ import (
 	sigyaml "sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/internal/fielderr"
+	"github.com/ambitmesh/ambit/internal/yamldoc"
 )
 
 // Kinds and API versions of the objects a manifest may hold (Istio serves
@@ -52,12 +52,12 @@ func ParseManifests(file string, data []byte, seq *int) (Manifests, fielderr.Lis
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
-		err := decodeNode(dec, &doc)
+		err := yamldoc.Decode(dec, &doc)
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return Manifests{}, nil, syntaxError(file, err)
+			return Manifests{}, nil, yamldoc.SyntaxError(file, err)
 		}
 		root := &doc
 		if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
@@ -93,29 +93,6 @@ func invalidOf(ap *Authorization, pa *PeerAuthentication) error {
 		return pa.Invalid
 	}
 	return nil
-}
-
-var yamlLineErr = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-func syntaxError(file string, err error) error {
-	msg := err.Error()
-	fe := &fielderr.Error{File: file, Msg: strings.TrimPrefix(msg, "yaml: ")}
-	if m := yamlLineErr.FindStringSubmatch(msg); m != nil {
-		fe.Line, _ = strconv.Atoi(m[1])
-		fe.Msg = m[2]
-	}
-	return fe
-}
-
-// decodeNode reads one document, turning a panic of the YAML library into an
-// error: no input may crash the caller.
-func decodeNode(dec *yaml.Decoder, n *yaml.Node) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("yaml: invalid YAML: %v", r)
-		}
-	}()
-	return dec.Decode(n)
 }
 
 // document decodes one object, remembering the line of every field path.
@@ -297,7 +274,7 @@ func (d *document) spec(n *yaml.Node, msg proto.Message) {
 func (d *document) message(n *yaml.Node, path string, md protoreflect.MessageDescriptor) {
 	d.lines[path] = n.Line
 	if n.Kind != yaml.MappingNode {
-		d.fail(true, n, path, fmt.Sprintf("expected an object, got %s", describe(n)))
+		d.fail(true, n, path, fmt.Sprintf("expected a mapping, got %s", yamldoc.Describe(n)))
 		return
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -323,7 +300,7 @@ func (d *document) field(n *yaml.Node, path string, fd protoreflect.FieldDescrip
 	switch {
 	case fd.IsMap():
 		if n.Kind != yaml.MappingNode {
-			d.fail(true, n, path, fmt.Sprintf("expected a map, got %s", describe(n)))
+			d.fail(true, n, path, fmt.Sprintf("expected a map, got %s", yamldoc.Describe(n)))
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -335,7 +312,7 @@ func (d *document) field(n *yaml.Node, path string, fd protoreflect.FieldDescrip
 		}
 	case fd.IsList():
 		if n.Kind != yaml.SequenceNode {
-			d.fail(true, n, path, fmt.Sprintf("expected a list, got %s", describe(n)))
+			d.fail(true, n, path, fmt.Sprintf("expected a list, got %s", yamldoc.Describe(n)))
 			return
 		}
 		for i, c := range n.Content {
@@ -369,7 +346,7 @@ func (d *document) value(n *yaml.Node, path string, fd protoreflect.FieldDescrip
 		for i := 0; i < vals.Len(); i++ {
 			names = append(names, string(vals.Get(i).Name()))
 		}
-		d.fail(true, n, path, fmt.Sprintf("%s is not one of %s", describe(n), strings.Join(names, ", ")))
+		d.fail(true, n, path, fmt.Sprintf("%s is not one of %s", yamldoc.Describe(n), strings.Join(names, ", ")))
 		return
 	case protoreflect.StringKind, protoreflect.BytesKind:
 		want = "!!str"
@@ -389,26 +366,8 @@ func (d *document) value(n *yaml.Node, path string, fd protoreflect.FieldDescrip
 				return // map keys of portLevelMtls are written either way
 			}
 		}
-		d.fail(true, n, path, fmt.Sprintf("expected %s, got %s", map[string]string{"!!str": "a string", "!!bool": "true or false", "!!int": "a number"}[want], describe(n)))
+		d.fail(true, n, path, fmt.Sprintf("expected %s, got %s", map[string]string{"!!str": "a string", "!!bool": "true or false", "!!int": "a number"}[want], yamldoc.Describe(n)))
 	}
-}
-
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "an object"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	switch n.Tag {
-	case "!!int", "!!float":
-		return fmt.Sprintf("the number %s", n.Value)
-	case "!!bool":
-		return fmt.Sprintf("the boolean %s", n.Value)
-	}
-	return strconv.Quote(n.Value)
 }
 
 // locate gives the compiler's problems in err the file and the line of their

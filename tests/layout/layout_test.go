@@ -25,8 +25,9 @@ var mayImport = []struct {
 	{"internal/procs", nil},
 	{"pcap", nil},
 	{"internal/fielderr", nil},
+	{"internal/yamldoc", []string{"internal/fielderr"}},
 	// The model carries the compiled policies.
-	{"discovery", []string{"internal/fielderr", "policy"}},
+	{"discovery", []string{"internal/fielderr", "internal/yamldoc", "policy"}},
 	{"identity", nil},
 	// The tunnel protocol knows sockets and goroutines, not the mesh.
 	{"hbone/...", []string{"internal/sockio", "internal/workers", "identity", "hbone/..."}},
@@ -36,7 +37,7 @@ var mayImport = []struct {
 	{"internal/relay/...", []string{"internal/sockio", "internal/relay/..."}},
 	// The authorization evaluator is pure: Istio's types in, decisions out; it knows
 	// no model, no transport.
-	{"policy/...", []string{"internal/fielderr", "policy/..."}},
+	{"policy/...", []string{"internal/fielderr", "internal/yamldoc", "policy/..."}},
 	{"identity/ca", []string{"discovery", "identity"}},
 	{"identity/spire", []string{"identity"}},
 	{"discovery/kube", []string{"discovery", "policy"}},
