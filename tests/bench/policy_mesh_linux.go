@@ -126,9 +126,36 @@ func (pc *policyCase) set(ctx context.Context, on bool) error {
 		}
 	}
 	pc.on = on
-	// Let the reload's garbage go before the next measurement.
-	time.Sleep(time.Second)
+	for _, n := range pc.m.Topo.Nodes {
+		if err := waitOneP(ctx, pc.m, n); err != nil {
+			progress("  %s: ztunnel still on more than one P after the switch: %v", n.Name, err)
+		}
+	}
 	return nil
+}
+
+// waitOneP waits until node's ztunnel runs on one P again, as it did before the switch:
+// its adaptive scheduler (-gomaxprocs=auto) takes the runtime's default for the CPU
+// burst of a reload (and of the dumps read meanwhile) and gives it back after 2 s of
+// light load, and a measurement started before that runs on two Ps (a single stream then
+// costs the server end a fifth more CPU per GB). The scaler starts on one P and counts its
+// changes, so an even count is one P; without the counter (a fixed -gomaxprocs) there is
+// nothing to wait for.
+func waitOneP(ctx context.Context, m *mesh.Mesh, n *netns.Node) error {
+	const changes = "ambit_gomaxprocs_changes_total"
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for {
+		text, err := m.Metrics(ctx, n)
+		if err == nil && (!strings.Contains(text, changes) || int(sumMetric(text, changes))%2 == 0) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func waitDump(ctx context.Context, m *mesh.Mesh, n *netns.Node, ok func(*ztunnel.ConfigDump) bool) error {
