@@ -138,7 +138,7 @@ func (pc *policyCase) set(ctx context.Context, on bool) error {
 // its adaptive scheduler (-gomaxprocs=auto) takes the runtime's default for the CPU
 // burst of a reload (and of the dumps read meanwhile) and gives it back after 2 s of
 // light load, and a measurement started before that runs on two Ps (a single stream then
-// costs the server end a fifth more CPU per GB). The scaler starts on one P and counts its
+// cost the server end a fifth to a third more CPU per GB). The scaler starts on one P and counts its
 // changes, so an even count is one P; without the counter (a fixed -gomaxprocs) there is
 // nothing to wait for.
 func waitOneP(ctx context.Context, m *mesh.Mesh, n *netns.Node) error {
