@@ -44,7 +44,7 @@ demo: deps build
 	$(GO) run ./tests/demo -bin $(BIN)
 
 # Ambit against direct TCP, socat, ghostunnel, stunnel and Istio's Go HBONE in the same run
-# (root, ~13 min). Results: $(BIN)/bench.{json,svg,md}; see docs/performance.md.
+# (root, ~16 min). Results: $(BIN)/bench.{json,svg,md}; see docs/performance.md.
 bench: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
 	@./scripts/install-deps.sh bench

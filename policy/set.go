@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // DefaultRootNamespace is Istio's root namespace: its policies without a
@@ -152,7 +154,25 @@ type Applied struct {
 	deny, allow, audit, dry     []*Authorization
 	peerWorkload, peerNamespace *PeerAuthentication
 	peerMesh                    *PeerAuthentication
+
+	// decisions remembers Evaluate's answers at L4, where they depend on the Input
+	// alone and the same clients connect again and again: walking many policies costs
+	// a cache miss or more per field, a lookup costs one.
+	mu        sync.RWMutex
+	decisions map[l4Input]Decision
 }
+
+// l4Input is an Input without HTTP part, as a map key.
+type l4Input struct {
+	principal string
+	src, dst  netip.Addr
+	port      uint16
+}
+
+// maxDecisions bounds each workload's remembered decisions. When full they are
+// forgotten all at once: inputs that never repeat (a scan) cost an occasional reset,
+// not memory, and the clients that keep connecting are remembered again at once.
+const maxDecisions = 256
 
 // Authorizations returns the AuthorizationPolicies that apply, in evaluation
 // order (root namespace first, then source order).
@@ -197,8 +217,44 @@ func (a *Applied) MTLS(port uint16) (Mode, *PeerAuthentication) {
 // Evaluate decides in against the AuthorizationPolicies: any matching DENY
 // rejects; else any matching ALLOW admits; else it is denied if an ALLOW
 // policy applies, admitted if none does. AUDIT policies and dry-run policies
-// are reported, never enforced.
+// are reported, never enforced. It is safe for concurrent use.
 func (a *Applied) Evaluate(in *Input) Decision {
+	if in.HTTP != nil {
+		return a.evaluate(in)
+	}
+	k := l4Input{principal: in.Principal, src: in.SrcIP, dst: in.DstIP, port: in.DstPort}
+	a.mu.RLock()
+	d, ok := a.decisions[k]
+	a.mu.RUnlock()
+	if !ok {
+		d = a.evaluate(in)
+		a.mu.Lock()
+		if a.decisions == nil {
+			a.decisions = make(map[l4Input]Decision)
+		} else if len(a.decisions) >= maxDecisions {
+			clear(a.decisions)
+		}
+		a.decisions[k] = d
+		a.mu.Unlock()
+	}
+	return d.detached()
+}
+
+// detached returns d with slices and pointers of its own, so that callers of a
+// remembered decision cannot change it for the next ones.
+func (d Decision) detached() Decision {
+	if d.Audit != nil {
+		d.Audit = slices.Clone(d.Audit)
+	}
+	if d.DryRun != nil {
+		dry := d.DryRun.detached()
+		d.DryRun = &dry
+	}
+	return d
+}
+
+// evaluate is Evaluate without the remembered decisions.
+func (a *Applied) evaluate(in *Input) Decision {
 	c := &evalCtx{in: in, peer: parsePeer(in.Principal)}
 	d := decide(c, a.deny, a.allow)
 	for _, p := range a.audit {

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +54,9 @@ type benchPath struct {
 	echo   netip.AddrPort
 	ends   []tunnelEnd // none (direct) or two: ClientEnd, ServerEnd
 	noMem  string      // why idle-connection memory is not measured
+	note   string      // what the path measured, for the report
+	// prepare, when set, runs before each measurement of the path, outside it.
+	prepare func(context.Context) error
 }
 
 type bench struct {
@@ -167,7 +171,7 @@ func progress(format string, args ...any) {
 // Run sets everything up, measures and returns the report.
 func (b *bench) Run(ctx context.Context) (*Report, error) {
 	b.env = b.collectEnv()
-	if contains(b.cfg.Paths, "ambit") {
+	if slices.ContainsFunc(b.cfg.Paths, isAmbit) {
 		progress("starting the mesh: 2 nodes with 2 pods each, the CA and a ztunnel per node")
 	} else {
 		progress("building the topology: 2 nodes with 2 pods each")
@@ -178,7 +182,11 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	if b.fab.ambitErr != nil {
-		b.notes["ambit"] = "not measured: " + b.fab.ambitErr.Error()
+		for _, p := range b.cfg.Paths {
+			if isAmbit(p) {
+				b.notes[p] = "not measured: " + b.fab.ambitErr.Error()
+			}
+		}
 		progress("ambit unavailable, measuring the baselines only: %v", b.fab.ambitErr)
 	}
 	topo := b.fab.topo
@@ -202,11 +210,14 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 	for _, name := range b.cfg.Paths {
 		p, err := b.setupPath(ctx, name)
 		if err != nil {
-			if name != "ambit" || b.notes["ambit"] == "" {
+			if !isAmbit(name) || b.fab.ambitErr == nil {
 				b.notes[name] = "not measured: " + err.Error()
 			}
 			progress("%s: %v", name, err)
 			continue
+		}
+		if p.note != "" {
+			b.notes[name] = p.note
 		}
 		b.paths = append(b.paths, p)
 	}
@@ -290,7 +301,7 @@ func (b *bench) profiled(p *benchPath, test string, rep int, fn func(context.Con
 	case TestConnRate:
 		d = b.cfg.Conn
 	}
-	if b.cfg.Profile == "" || p.name != "ambit" || d == 0 || b.fab.profile == nil {
+	if b.cfg.Profile == "" || !isAmbit(p.name) || d == 0 || b.fab.profile == nil {
 		return fn
 	}
 	return func(ctx context.Context, p *benchPath) Run {
@@ -305,7 +316,11 @@ func (b *bench) profiled(p *benchPath, test string, rep int, fn func(context.Con
 		}
 		errc := make(chan error, len(nodes))
 		for _, n := range nodes {
-			file := filepath.Join(b.cfg.Profile, fmt.Sprintf("ztunnel-%s-%s-rep%d%s", n.Name, test, rep+1, ext))
+			name := fmt.Sprintf("ztunnel-%s-%s-rep%d%s", n.Name, test, rep+1, ext)
+			if p.name != "ambit" {
+				name = p.name + "-" + name
+			}
+			file := filepath.Join(b.cfg.Profile, name)
 			go func() { errc <- b.fab.profile(ctx, n, d, file) }()
 		}
 		r := fn(ctx, p)
@@ -320,6 +335,13 @@ func (b *bench) profiled(p *benchPath, test string, rep int, fn func(context.Con
 
 // record runs one measurement and keeps it, with the load average at its start.
 func (b *bench) record(ctx context.Context, p *benchPath, test string, rep int, fn func(context.Context, *benchPath) Run) {
+	if p.prepare != nil {
+		if err := p.prepare(ctx); err != nil {
+			progress("  %s %s: %v", p.name, test, err)
+			b.runs = append(b.runs, Run{Path: p.name, Test: test, Rep: rep, Error: "prepare the path: " + err.Error()})
+			return
+		}
+	}
 	load := loadavg()[0]
 	others, t0 := otherCPU(), time.Now()
 	r := fn(ctx, p)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ambitmesh/ambit/tests/mesh"
@@ -21,18 +22,9 @@ import (
 // does not come up, it falls back to the bare topology and says why in ambitErr, so the
 // baselines are still measured.
 func startFabric(ctx context.Context, cfg config) (*fabric, error) {
-	if contains(cfg.Paths, "ambit") {
+	if slices.ContainsFunc(cfg.Paths, isAmbit) {
 		m, err := mesh.Start(ctx, mesh.Options{
-			Nodes: 2, PodsPerNode: 2, BinDir: cfg.Bin, ExtraArgs: cfg.ZtunnelArgs,
-			Model: func(t *netns.Topology) *mesh.Model {
-				md := mesh.DefaultModel(t)
-				for i := range md.Workloads {
-					if isPlainPod(md.Workloads[i].Name) {
-						md.Workloads[i].Namespace = "plain"
-					}
-				}
-				return md
-			},
+			Nodes: 2, PodsPerNode: 2, BinDir: cfg.Bin, ExtraArgs: cfg.ZtunnelArgs, Model: benchModel,
 		})
 		if err == nil {
 			f := &fabric{topo: m.Topo, close: m.Close}
@@ -51,6 +43,12 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 			}
 			f.profile = profileZtunnel
 			f.podRoles()
+			pc, err := newPolicyCase(m, f.meshClient, f.meshServer, f.plainClient)
+			if err != nil {
+				m.Close()
+				return nil, fmt.Errorf("policy case: %w", err)
+			}
+			f.meshState, f.checkPolicies = pc.set, pc.check
 			return f, nil
 		}
 		f, berr := bareFabric()
@@ -61,6 +59,17 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 		return f, nil
 	}
 	return bareFabric()
+}
+
+// benchModel is the default model with pod1 of each node in namespace "plain".
+func benchModel(t *netns.Topology) *mesh.Model {
+	md := mesh.DefaultModel(t)
+	for i := range md.Workloads {
+		if isPlainPod(md.Workloads[i].Name) {
+			md.Workloads[i].Namespace = "plain"
+		}
+	}
+	return md
 }
 
 // profileZtunnel fetches a CPU profile of the node's ztunnel from its admin port

@@ -86,6 +86,15 @@ const (
 	TestIdle     = "idle-connections"
 )
 
+// PathPolicy is the ambit path with issue 19's policy case in force: 10,000 workloads in
+// the model and 1,000 AuthorizationPolicies, 100 of them applying to the destination
+// (tests/scale). The harness switches the mesh between the two before each measurement,
+// so both are measured in the same run.
+const PathPolicy = "ambit-policy"
+
+// isAmbit reports whether path runs through the mesh.
+func isAmbit(path string) bool { return path == "ambit" || path == PathPolicy }
+
 // Ends of a tunnel: the client side (node1) and the server side (node2).
 const (
 	ClientEnd = 0
@@ -285,15 +294,18 @@ func maxNum(a, b Num) Num {
 	return b
 }
 
-// targets judges the ambit path against issue 3.
+// targets judges the ambit path against issue 3, and the ambit-policy path against the
+// ambit path (issue 19).
 func targets(sums []Summary) []Target {
-	var ambit, ghost *Summary
+	var ambit, ghost, withPolicy *Summary
 	for i := range sums {
 		switch sums[i].Path {
 		case "ambit":
 			ambit = &sums[i]
 		case "ghostunnel":
 			ghost = &sums[i]
+		case PathPolicy:
+			withPolicy = &sums[i]
 		}
 	}
 	if ambit == nil {
@@ -314,6 +326,12 @@ func targets(sums []Summary) []Target {
 		ghostP50 = ghost.Lat200.P50
 	}
 	latGap := sub(ambit.Lat200.P50, ghostP50)
+	policyConn, policyStream := NA, NA
+	if withPolicy != nil {
+		policyConn = div(withPolicy.ConnPerSec, ambit.ConnPerSec)
+		policyStream = div(withPolicy.Stream1Gbps, ambit.Stream1Gbps)
+	}
+	const policyDetail = PathPolicy + " median over ambit median, same run"
 	return []Target{
 		judge(Target{Name: "single-stream throughput vs direct", Want: ">= 0.45x", Value: ambit.Stream1VsDirect, Unit: "x"}, atLeast(0.45)),
 		judge(Target{Name: "single-stream throughput vs ghostunnel", Want: ">= 1.0x", Value: ambit.Stream1VsGhost, Unit: "x"}, atLeast(1.0)),
@@ -323,18 +341,25 @@ func targets(sums []Summary) []Target {
 		judge(Target{Name: "cores per ztunnel per 1000 rps", Want: "<= 0.1", Value: maxNum(ambit.Lat1000.CoresPer1000[0], ambit.Lat1000.CoresPer1000[1]), Unit: "cores (busier end)"}, atMost(0.1)),
 		judge(Target{Name: "memory per idle connection per end", Want: "<= 40 KiB", Value: maxNum(ambit.KiBPerIdleConn[0], ambit.KiBPerIdleConn[1]), Unit: "KiB (larger end)"}, atMost(40)),
 		judge(Target{Name: "pooled connection rate vs direct", Want: ">= 0.5x", Value: ambit.ConnVsDirect, Unit: "x"}, atLeast(0.5)),
+		judge(Target{Name: "pooled connection rate, 1,000 policies vs none", Want: ">= 0.95x", Value: policyConn, Unit: "x", Detail: policyDetail}, atLeast(0.95)),
+		judge(Target{Name: "single-stream throughput, 1,000 policies vs none", Want: ">= 0.95x", Value: policyStream, Unit: "x", Detail: policyDetail}, atLeast(0.95)),
 	}
 }
 
-// sumMetric adds up every sample of a Prometheus counter in text exposition format.
-func sumMetric(text, name string) float64 {
+// sumMetric adds up the samples of a Prometheus counter in text exposition format,
+// those whose labels include every one of labels (`key="value"`) when given.
+func sumMetric(text, name string, labels ...string) float64 {
 	var sum float64
 	for _, line := range strings.Split(text, "\n") {
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
 			continue
 		}
-		fs := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		end := strings.LastIndexByte(rest, '}')
+		if !allIn(rest[:end+1], labels) {
+			continue
+		}
+		fs := strings.Fields(rest[end+1:])
 		if len(fs) == 0 {
 			continue
 		}
@@ -343,4 +368,13 @@ func sumMetric(text, name string) float64 {
 		}
 	}
 	return sum
+}
+
+func allIn(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }

@@ -70,7 +70,8 @@ func TestSummariseAndTargets(t *testing.T) {
 	runs = append(runs, runsFor("direct", 10, 0.1, na, 8000, na, na)...)
 	runs = append(runs, runsFor("ghostunnel", 4, 0.4, [2]Num{1, 1}, 2000, [2]Num{1000, 1000}, [2]Num{81000, 81000})...)
 	runs = append(runs, runsFor("ambit", 5, 0.45, [2]Num{0.5, 0.75}, 4000, [2]Num{2000, 2000}, [2]Num{32000, 52000})...)
-	sums := summarise([]string{"direct", "ghostunnel", "ambit"}, runs, map[string]string{"ghostunnel": "a note"})
+	runs = append(runs, runsFor(PathPolicy, 4.5, 0.45, [2]Num{0.5, 0.75}, 3900, [2]Num{2000, 2000}, [2]Num{32000, 52000})...)
+	sums := summarise([]string{"direct", "ghostunnel", "ambit", PathPolicy}, runs, map[string]string{"ghostunnel": "a note"})
 	a := sums[2]
 	near := func(what string, got Num, want float64) {
 		t.Helper()
@@ -102,6 +103,9 @@ func TestSummariseAndTargets(t *testing.T) {
 		"cores per ztunnel per 1000 rps":         true,  // 0.075
 		"memory per idle connection per end":     false, // 50 KiB on the server end
 		"pooled connection rate vs direct":       true,  // 0.5
+		// ambit-policy: 3900 conn/s and 4.5 Gbit/s against ambit's 4000 and 5.
+		"pooled connection rate, 1,000 policies vs none":   true,  // 0.975
+		"single-stream throughput, 1,000 policies vs none": false, // 0.9
 	}
 	ts := targets(sums)
 	if len(ts) != len(want) {
@@ -126,7 +130,7 @@ func TestReportOutputs(t *testing.T) {
 	r := &Report{Env: Env{Mode: "smoke", GoVersion: "go1.26.8"}, Summary: sums, Targets: targets(sums), Runs: runs}
 	var b strings.Builder
 	r.WriteTable(&b)
-	for _, s := range []string{"Throughput", "Latency", "Connections and memory", "targets of issue 3", "MET", "not measured", "2 measurement(s) failed"} {
+	for _, s := range []string{"Throughput", "Latency", "Connections and memory", "targets (issues 3 and 19)", "MET", "not measured", "2 measurement(s) failed"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, b.String())
 		}
@@ -153,6 +157,12 @@ istio_tcp_connections_closed_total 7
 	}
 	if got := sumMetric("istio_tcp_connections_opened_total 2\n", "istio_tcp_connections_opened_total"); got != 2 {
 		t.Fatalf("unlabelled sum = %v, want 2", got)
+	}
+	if got := sumMetric(text, "istio_tcp_connections_opened_total", `reporter="destination"`); got != 4.5 {
+		t.Fatalf("sum of one series = %v, want 4.5", got)
+	}
+	if got := sumMetric("istio_tcp_connections_opened_total 2\n", "istio_tcp_connections_opened_total", `reporter="source"`); got != 0 {
+		t.Fatalf("unlabelled sample counted for a label: %v", got)
 	}
 }
 

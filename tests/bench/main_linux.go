@@ -52,8 +52,8 @@ type config struct {
 // go-relay, the floor of a user-space relay in Go, would take it past its 15 minutes
 // and is there for A/B runs (-paths). A smoke run measures all, so CI keeps each working.
 var (
-	allPaths  = []string{"direct", "socat", "go-relay", "ghostunnel", "stunnel", "istio-hbone", "ambit"}
-	fullPaths = []string{"direct", "socat", "ghostunnel", "stunnel", "istio-hbone", "ambit"}
+	allPaths  = []string{"direct", "socat", "go-relay", "ghostunnel", "stunnel", "istio-hbone", "ambit", PathPolicy}
+	fullPaths = []string{"direct", "socat", "ghostunnel", "stunnel", "istio-hbone", "ambit", PathPolicy}
 )
 
 // allTests in the order each repetition runs them (the idle-connection test runs once, first).

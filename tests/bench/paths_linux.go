@@ -28,7 +28,7 @@ func (b *bench) setupPath(ctx context.Context, name string) (*benchPath, error) 
 	case "direct":
 		p = &benchPath{name: name, client: f.plainClient}
 		p.iperf, p.echo = plain(f.plainServer.IP)
-	case "ambit":
+	case "ambit", PathPolicy:
 		if f.ambitErr != nil {
 			return nil, f.ambitErr
 		}
@@ -41,6 +41,14 @@ func (b *bench) setupPath(ctx context.Context, name string) (*benchPath, error) 
 			}
 			p.ends = append(p.ends, tunnelEnd{pids: []int{pid}, echoPID: pid})
 		}
+		if f.meshState == nil {
+			return nil, errors.New("the mesh cannot switch to the policy case")
+		}
+		policies := name == PathPolicy
+		p.prepare = func(ctx context.Context) error { return f.meshState(ctx, policies) }
+		if err := p.prepare(ctx); err != nil {
+			return nil, err
+		}
 	default:
 		var err error
 		if p, err = b.startRelays(ctx, name); err != nil {
@@ -48,13 +56,13 @@ func (b *bench) setupPath(ctx context.Context, name string) (*benchPath, error) 
 		}
 	}
 	var opened float64
-	if name == "ambit" && f.connsOpened != nil {
+	if isAmbit(name) && f.connsOpened != nil {
 		opened, _ = f.connsOpened(ctx)
 	}
 	if err := echoCheck(ctx, p); err != nil {
 		return nil, err
 	}
-	if name == "ambit" && f.connsOpened != nil {
+	if isAmbit(name) && f.connsOpened != nil {
 		// The echo must have gone through ztunnel, not around it.
 		now, err := f.connsOpened(ctx)
 		if err != nil {
@@ -63,6 +71,13 @@ func (b *bench) setupPath(ctx context.Context, name string) (*benchPath, error) 
 		if now <= opened {
 			return nil, errors.New("the echo check did not go through node1's ztunnel (istio_tcp_connections_opened_total did not grow): traffic is not captured")
 		}
+	}
+	if name == PathPolicy {
+		note, err := f.checkPolicies(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("policy case: %w", err)
+		}
+		p.note = note
 	}
 	return p, nil
 }
@@ -179,9 +194,14 @@ type fabric struct {
 	ztunnelPID               func(node string) int
 	connsOpened              func(context.Context) (float64, error) // node1 ztunnel's counter
 	// profile saves a CPU profile of node's ztunnel over d to file (nil without the mesh).
-	profile  func(ctx context.Context, node *netns.Node, d time.Duration, file string) error
-	ambitErr error // why Ambit is not available
-	close    func() error
+	profile func(ctx context.Context, node *netns.Node, d time.Duration, file string) error
+	// meshState puts the mesh in the ambit path's state or, with policies, in the
+	// ambit-policy path's; checkPolicies verifies the latter on the running ztunnels and
+	// describes it (both nil without the mesh).
+	meshState     func(ctx context.Context, policies bool) error
+	checkPolicies func(ctx context.Context) (string, error)
+	ambitErr      error // why Ambit is not available
+	close         func() error
 }
 
 // podRoles names the pods: on each node pod0 is enrolled and pod1 is plain.

@@ -155,7 +155,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 
 	if len(r.Targets) > 0 {
-		fmt.Fprintln(w, "\nAmbit against the targets of issue 3")
+		fmt.Fprintln(w, "\nAmbit against its targets (issues 3 and 19)")
 		tw2 := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw2, "target\twant\tmeasured\tverdict")
 		for _, t := range r.Targets {
@@ -251,7 +251,7 @@ func chart(b *strings.Builder, y int, title, unit string, bars []bar, ref float6
 		}
 		w := math.Max(1, float64(x.value)/max*width)
 		color := "#7a8ca3"
-		if x.label == "ambit" {
+		if isAmbit(x.label) {
 			color = "#d9822b"
 		}
 		fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`+"\n", left, yy+2, w, color)
@@ -336,7 +336,7 @@ func (r *Report) WriteMarkdown(file string) error {
 		}
 	}
 	if len(r.Targets) > 0 {
-		b.WriteString("\n| target (issue 3) | want | measured | verdict |\n| --- | --- | ---: | --- |\n")
+		b.WriteString("\n| target (issues 3, 19) | want | measured | verdict |\n| --- | --- | ---: | --- |\n")
 		for _, t := range r.Targets {
 			fmt.Fprintf(&b, "| %s | %s | %s %s | **%s** |\n", t.Name, t.Want, f(t.Value, 3), t.Unit, verdict(t.Met))
 		}
