@@ -97,15 +97,15 @@ func (f *FileSource) Run(ctx context.Context) error {
 		events, watchErrs = w.Events, w.Errors
 	}
 
-	data, err := os.ReadFile(f.cfg.Path)
-	if err != nil {
-		return fmt.Errorf("read mesh model: %w", err)
-	}
-	snap, content, err := f.load(data)
+	model, policies, err := f.read()
 	if err != nil {
 		return err
 	}
-	f.publish(content, snap)
+	snap, err := f.parse(model, policies)
+	if err != nil {
+		return err
+	}
+	f.publish(fingerprint(model, policies), snap)
 
 	poll := time.NewTicker(f.cfg.PollInterval)
 	defer poll.Stop()
@@ -162,38 +162,34 @@ func (f *FileSource) watch() *fsnotify.Watcher {
 	return w
 }
 
-// load parses the model in data and the policies, returning the snapshot and
-// the content it was made from (for change detection).
-func (f *FileSource) load(data []byte) (*Snapshot, []byte, error) {
+// read reads the model file and the policy files.
+func (f *FileSource) read() ([]byte, []policyFile, error) {
+	model, err := os.ReadFile(f.cfg.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read mesh model: %w", err)
+	}
 	if f.cfg.PolicyPath == "" {
-		snap, err := Parse(f.cfg.Path, data, f.cfg.Options)
-		return snap, data, err
+		return model, nil, nil
 	}
-	files, err := readPolicyFiles(f.cfg.PolicyPath)
+	policies, err := readPolicyFiles(f.cfg.PolicyPath)
+	return model, policies, err
+}
+
+// parse builds the snapshot of the model and the policies.
+func (f *FileSource) parse(model []byte, policies []policyFile) (*Snapshot, error) {
+	set, problems, err := parsePolicies(policies, f.cfg.RootNamespace)
 	if err != nil {
-		return nil, nil, err
-	}
-	content := fingerprint(data, files)
-	if f.seen != nil && bytes.Equal(content, f.seen) {
-		return nil, content, errUnchanged
-	}
-	set, problems, err := parsePolicies(files, f.cfg.RootNamespace)
-	if err != nil {
-		return nil, content, err
+		return nil, err
 	}
 	for _, p := range problems {
 		f.log.Error("policy refused, failing closed", "error", p)
 	}
-	snap, err := parse(f.cfg.Path, data, f.cfg.Options, set, problems)
-	return snap, content, err
+	return parse(f.cfg.Path, model, f.cfg.Options, set, problems)
 }
 
-// errUnchanged is load's answer when nothing changed since the last read.
-var errUnchanged = errors.New("unchanged")
-
-// reload reads the file and publishes it if its content changed and is valid.
+// reload reads the files and publishes them if their content changed and is valid.
 func (f *FileSource) reload() {
-	data, err := os.ReadFile(f.cfg.Path)
+	model, policies, err := f.read()
 	if err != nil {
 		if msg := err.Error(); msg != f.seenErr {
 			f.seenErr = msg
@@ -203,25 +199,21 @@ func (f *FileSource) reload() {
 		return
 	}
 	f.seenErr = ""
-	if len(data) == 0 {
+	if len(model) == 0 {
 		// Most likely an in-place write between truncate and write; the
 		// next event or poll sees the content. An empty model is "{}".
 		return
 	}
-	if f.cfg.PolicyPath == "" && f.seen != nil && bytes.Equal(data, f.seen) {
+	content := fingerprint(model, policies)
+	if f.seen != nil && bytes.Equal(content, f.seen) {
 		return
 	}
-	snap, content, err := f.load(data)
-	if errors.Is(err, errUnchanged) {
-		return
-	}
-	if content != nil {
-		f.seen = content
-	}
+	f.seen = content
 	if bytes.Equal(content, f.applied) {
 		f.log.Info("mesh model file back to the loaded content", "version", f.store.Load().Version)
 		return
 	}
+	snap, err := f.parse(model, policies)
 	if err != nil {
 		f.log.Error("mesh model reload failed, keeping previous model", "error", err)
 		return

@@ -52,8 +52,12 @@ func readPolicyFiles(path string) ([]policyFile, error) {
 	return files, nil
 }
 
-// fingerprint is the files' names and contents, to tell a change.
+// fingerprint is the files' names and contents, to tell a change: the model itself
+// when there are no policy files.
 func fingerprint(model []byte, files []policyFile) []byte {
+	if len(files) == 0 {
+		return model
+	}
 	var b bytes.Buffer
 	b.Write(model)
 	for _, f := range files {
@@ -63,10 +67,13 @@ func fingerprint(model []byte, files []policyFile) []byte {
 	return b.Bytes()
 }
 
-// parsePolicies decodes the files. A file that is not YAML fails the whole
+// parsePolicies decodes the files (none: no policies). A file that is not YAML fails the whole
 // load (the caller keeps what it had); objects that cannot be used are kept,
 // failing closed, and their problems returned.
 func parsePolicies(files []policyFile, root string) (*policy.Set, []string, error) {
+	if len(files) == 0 {
+		return nil, nil, nil
+	}
 	var authz []*policy.Authorization
 	var peer []*policy.PeerAuthentication
 	var problems []string

@@ -162,7 +162,6 @@ func (c *compiler) scope(sel *typev1beta1.WorkloadSelector, ref *typev1beta1.Pol
 	set := 0
 	if sel != nil {
 		set++
-		s.HasSelector = true
 		s.Selector = sel.GetMatchLabels()
 		for k, v := range s.Selector {
 			path := fmt.Sprintf("spec.selector.matchLabels[%q]", k)

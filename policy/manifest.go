@@ -21,14 +21,13 @@ import (
 	"github.com/ambitmesh/ambit/internal/yamldoc"
 )
 
-// Kinds and API versions of the objects a manifest may hold (Istio serves
-// security.istio.io at v1 and v1beta1 with the same schema).
-const (
-	Group                = "security.istio.io"
-	KindAuthorizationObj = "AuthorizationPolicy"
-	KindPeerAuthObj      = "PeerAuthentication"
-	defaultNamespace     = "default" // as kubectl applies an object without one
-)
+// Group is the API group of the objects a manifest may hold (Istio serves it at
+// v1 and v1beta1 with the same schema; the kinds are KindAuthorization and
+// KindPeerAuth).
+const Group = "security.istio.io"
+
+// defaultNamespace is an object's without one, as kubectl applies it.
+const defaultNamespace = "default"
 
 // Manifests is what ParseManifests found.
 type Manifests struct {
@@ -143,12 +142,12 @@ func (d *document) object(root *yaml.Node, seq int) (*Authorization, *PeerAuthen
 	}
 	var msg proto.Message
 	switch kind {
-	case KindAuthorizationObj:
+	case KindAuthorization:
 		msg = &securityv1beta1.AuthorizationPolicy{}
-	case KindPeerAuthObj:
+	case KindPeerAuth:
 		msg = &securityv1beta1.PeerAuthentication{}
 	default:
-		d.fail(false, root, "kind", fmt.Sprintf("%q is not %s or %s", kind, KindAuthorizationObj, KindPeerAuthObj))
+		d.fail(false, root, "kind", fmt.Sprintf("%q is not %s or %s", kind, KindAuthorization, KindPeerAuth))
 		return nil, nil
 	}
 	obj := Object{Meta: Meta{Seq: seq, Origin: fmt.Sprintf("%s:%d", d.file, root.Line)}}
@@ -209,8 +208,9 @@ func (d *document) walkPaths(n *yaml.Node, path string) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			d.lines[childPath(path, n.Content[i].Value, false)] = n.Content[i].Line
-			d.walkPaths(n.Content[i+1], childPath(path, n.Content[i].Value, false))
+			kp := childPath(path, n.Content[i].Value, false)
+			d.walkPaths(n.Content[i+1], kp)
+			d.lines[kp] = n.Content[i].Line // the key's line, not its value's
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {

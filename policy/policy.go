@@ -67,11 +67,10 @@ func (a Action) String() string {
 
 // Scope is which workloads an object applies to.
 type Scope struct {
-	// Selector, when HasSelector, selects workloads by label (all of them for an
-	// empty selector); otherwise the object applies to its whole namespace (the
-	// whole mesh from the root namespace).
-	Selector    map[string]string
-	HasSelector bool
+	// Selector selects workloads by label; empty, the object applies to its whole
+	// namespace (the whole mesh from the root namespace), as Istio treats both an
+	// absent and an empty selector.
+	Selector map[string]string
 	// TargetRefs marks a policy attached to a Gateway, GatewayClass, Service or
 	// ServiceEntry: the waypoint enforces it, ztunnel does not.
 	TargetRefs []TargetRef

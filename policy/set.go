@@ -219,6 +219,9 @@ func (a *Applied) MTLS(port uint16) (Mode, *PeerAuthentication) {
 // policy applies, admitted if none does. AUDIT policies and dry-run policies
 // are reported, never enforced. It is safe for concurrent use.
 func (a *Applied) Evaluate(in *Input) Decision {
+	if len(a.all) == 0 {
+		return noPolicy // most workloads: nothing to walk, nothing to remember
+	}
 	if in.HTTP != nil {
 		return a.evaluate(in)
 	}
@@ -278,6 +281,9 @@ func (a *Applied) evaluate(in *Input) Decision {
 	return d
 }
 
+// noPolicy is the decision when no ALLOW policy applies and no DENY matches.
+var noPolicy = Decision{Allow: true, Rule: -1, Reason: "no ALLOW policy applies"}
+
 func decide(c *evalCtx, deny, allow []*Authorization) Decision {
 	for _, p := range deny {
 		if rule, ok := p.match(c); ok {
@@ -290,7 +296,7 @@ func decide(c *evalCtx, deny, allow []*Authorization) Decision {
 		}
 	}
 	if len(allow) == 0 {
-		return Decision{Allow: true, Rule: -1, Reason: "no ALLOW policy applies"}
+		return noPolicy
 	}
 	refs := make([]string, len(allow))
 	for i, p := range allow {

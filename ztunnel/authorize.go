@@ -103,8 +103,11 @@ func (z *Ztunnel) recheckLoop(ctx context.Context) error {
 		if snap.Policies != last.Policies {
 			z.logWarnings(snap.Policies, last.Policies)
 		}
+		noPolicies := snap.Policies == nil && last.Policies == nil
 		last = snap
-		z.recheck(snap)
+		if !noPolicies { // without policies every connection passes, as it did
+			z.recheck(snap)
+		}
 	}
 }
 
