@@ -79,7 +79,7 @@ func (s *sources) kubeModel(deps *ztunnel.Deps, cfg ztunnel.Config) error {
 		return fmt.Errorf("istio client: %w", err)
 	}
 	store := discovery.NewStore()
-	src, err := kube.New(kube.Config{Client: client, Policies: istiopolicy.New(istio, client.Discovery(), cfg.RootNamespace),
+	src, err := kube.New(kube.Config{Client: client, Policies: istiopolicy.New(istio, client.Discovery(), cfg.RootNamespace, deps.Logger),
 		Options: cfg.Enrollment, Logger: deps.Logger}, store)
 	if err != nil {
 		return err

@@ -53,7 +53,8 @@ type Config struct {
 // PolicySource feeds compiled policies into the model.
 type PolicySource interface {
 	// Start watches and waits for the first lists, then calls onChange on every
-	// change; served is false (nothing watched) when the cluster has no policy API.
+	// change; served is false when the cluster has no policy API yet, in which case
+	// the source keeps asking and calls onChange once it appears.
 	Start(ctx context.Context, onChange func()) (served bool, err error)
 	// Policies returns the policies in force and the objects that cannot be used.
 	Policies() (*policy.Set, []Problem, error)
@@ -216,8 +217,7 @@ func (s *Source) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case !served:
-			s.log.Warn("Istio security CRDs not served: no PeerAuthentication or AuthorizationPolicy in force (install them, e.g. the chart's istioCRDs.install, and restart)")
-			s.policies = nil
+			s.log.Warn("Istio security CRDs not served yet: no PeerAuthentication or AuthorizationPolicy in force until they are installed (the chart's istioCRDs.install)")
 		}
 	}
 	s.log.Info("kube caches synced")

@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -105,36 +101,8 @@ func waitPoolEmpty(t *testing.T, n *netns.Node) {
 // that what returns hashes the same.
 func sha256Transfer(t *testing.T, from *netns.Pod, addr netip.AddrPort, n int64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	c, err := from.Dial(ctx, "tcp", addr.String())
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
-	sent := sha256.New()
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.TeeReader(io.LimitReader(rand.Reader, n), sent))
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got := sha256.New()
-	rn, err := io.Copy(got, c)
-	if err != nil {
-		t.Fatalf("read after %d bytes: %v", rn, err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if rn != n {
-		t.Fatalf("received %d bytes, sent %d", rn, n)
-	}
-	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
-		t.Fatalf("checksum mismatch after %d bytes", n)
+	if err := mesh.Transfer(context.Background(), from, addr, n); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -189,21 +188,8 @@ func TestPolicyDryRunAndAudit(t *testing.T) {
 // waitLog waits for a line of the node's ztunnel output that contains every part.
 func waitLog(t *testing.T, node string, parts ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		for _, line := range strings.Split(m.Ztunnel(node).Output(), "\n") {
-			all := true
-			for _, p := range parts {
-				all = all && strings.Contains(line, p)
-			}
-			if all {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s logged no line with %q:\n%s", node, parts, m.Ztunnel(node).Output())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := m.WaitLog(node, parts...); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -262,24 +248,8 @@ func TestPolicyClosesLiveConnections(t *testing.T) {
 		}
 		return c
 	}
-	// stream keeps a transfer running on c until it fails, and reports how it ended.
-	stream := func(c net.Conn) <-chan error {
-		ended := make(chan error, 1)
-		go func() {
-			buf := make([]byte, 32<<10)
-			go func() { _, _ = io.Copy(io.Discard, c) }()
-			for {
-				_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
-				if _, err := c.Write(buf); err != nil {
-					ended <- err
-					return
-				}
-			}
-		}()
-		return ended
-	}
 	cut, plain := open(local), open(plainc)
-	cutEnded, plainEnded := stream(cut), stream(plain)
+	cutEnded, plainEnded := mesh.Stream(cut), mesh.Stream(plain)
 	// The policy lands while the allowed client's transfer runs (here, on the test's
 	// goroutine), and the denied ones stream.
 	applied := make(chan error, 1)

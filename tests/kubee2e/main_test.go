@@ -100,18 +100,24 @@ func createApps(ctx context.Context) error {
 }
 
 func createPod(ctx context.Context, name, sa string, p *netns.Pod, labels map[string]string) error {
+	return createPodIn(ctx, appNS, name, sa, p, labels)
+}
+
+// createPodIn creates pod ns/name running as sa on the netns pod p, with p's address as
+// its status (as a kubelet would report).
+func createPodIn(ctx context.Context, ns, name, sa string, p *netns.Pod, labels map[string]string) error {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
 		Spec: corev1.PodSpec{NodeName: p.Node.Name, ServiceAccountName: sa, Containers: []corev1.Container{{
 			Name: "app", Image: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: echoPort}},
 		}}},
 	}
-	created, err := kc.CoreV1().Pods(appNS).Create(ctx, pod, metav1.CreateOptions{})
+	created, err := kc.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create pod %s: %w", name, err)
 	}
 	created.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}}}
-	if _, err := kc.CoreV1().Pods(appNS).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	if _, err := kc.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("set status of pod %s: %w", name, err)
 	}
 	return nil

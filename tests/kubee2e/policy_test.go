@@ -3,7 +3,7 @@ package kubee2e
 import (
 	"context"
 	"encoding/json"
-	"io"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -14,6 +14,8 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambitmesh/ambit/tests/mesh"
@@ -108,6 +110,36 @@ func enrolledWithPlainPod(t *testing.T) *netns.Pod {
 	return other
 }
 
+// impostor adds, on node1, pod "client" of namespace "elsewhere" (enrolled) running as
+// service account "client": the allowed client's account name, another principal.
+func impostor(t *testing.T) *netns.Pod {
+	t.Helper()
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "elsewhere", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}
+	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	impostors++
+	p, err := m.Topo.Nodes[0].AddPod(fmt.Sprintf("impostor%d", impostors))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := createPodIn(ctx, "elsewhere", "client", "client", p, map[string]string{"app": "client"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		zero := int64(0)
+		if err := kc.CoreV1().Pods("elsewhere").Delete(ctx, "client", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Error(err)
+		}
+		waitCaptured(t, p, false)
+	})
+	waitCaptured(t, p, true)
+	return p
+}
+
+var impostors int
+
 // Policies from the API server (the CRDs shipped in istio.io/api, installed by the chart):
 // STRICT refuses plaintext, deny-all plus an ALLOW for one principal admits only that
 // client, and an object ztunnel cannot use fails closed and shows in modelProblems.
@@ -118,6 +150,8 @@ func TestKubePolicies(t *testing.T) {
 	other := enrolledWithPlainPod(t)
 	echo(t, client, podAddr(server))
 	echo(t, other, podAddr(server)) // PERMISSIVE
+	elsewhere := impostor(t)
+	echo(t, elsewhere, podAddr(server))
 
 	var err error
 	pa := &securityv1.PeerAuthentication{ObjectMeta: metav1.ObjectMeta{Name: "strict", Namespace: appNS}}
@@ -147,6 +181,10 @@ func TestKubePolicies(t *testing.T) {
 	labelPod(t, "other", nil)
 	waitCaptured(t, other, true)
 	refused(t, other, "other principal", "another principal")
+	refused(t, elsewhere, "client of elsewhere", "the client's account name in another namespace")
+	if err := m.WaitLog("node2", "src.addr="+elsewhere.IP.String()+":", "elsewhere/sa/client", "no ALLOW policy matched"); err != nil {
+		t.Error(err)
+	}
 
 	createAP(t, ic, "bad-deny", func(s *securityv1beta1.AuthorizationPolicy) {
 		s.Selector, s.Action = echoSel, securityv1beta1.AuthorizationPolicy_DENY
@@ -195,16 +233,11 @@ spec:
   action: AUDIT
   rules: [{}]`), appNS+"/shadow", appNS+"/audit")
 		echo(t, client, podAddr(server))
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			out := m.Ztunnel("node2").Output()
-			if strings.Contains(out, `dry_run="deny: no ALLOW policy matched (applying: `+appNS+`/shadow)"`) && strings.Contains(out, "audit="+appNS+"/audit") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node2 logged no dry-run and audit line:\n%s", out)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := m.WaitLog("node2", `dry_run="deny: no ALLOW policy matched (applying: `+appNS+`/shadow)"`); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.WaitLog("node2", "audit="+appNS+"/audit"); err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Run("port-level override", func(t *testing.T) {
@@ -216,8 +249,12 @@ spec:
     8080: {mode: PERMISSIVE}`), appNS+"/echo-port")
 		echo(t, other, podAddr(server))
 	})
-	t.Run("live connection closed", func(t *testing.T) {
-		c, err := client.Dial(context.Background(), "tcp", podAddr(server).String())
+	t.Run("live transfers", func(t *testing.T) {
+		// other, enrolled, streams; the DENY for its principal lands while client's long
+		// transfer runs: other's connection is closed, client's completes intact.
+		labelPod(t, "other", nil)
+		waitCaptured(t, other, true)
+		c, err := other.Dial(context.Background(), "tcp", podAddr(server).String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,13 +262,36 @@ spec:
 		if err := mesh.EchoOn(c, "before"); err != nil {
 			t.Fatal(err)
 		}
-		m.ApplyPolicies(t, "deny-client.yaml", doc("AuthorizationPolicy", "deny-client", `spec:
+		ended := mesh.Stream(c)
+		applied := make(chan error, 1)
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			applied <- m.WritePolicies("deny-other.yaml", doc("AuthorizationPolicy", "deny-other", `spec:
   selector: {matchLabels: {app: echo}}
   action: DENY
-  rules: [{from: [{source: {principals: ["`+clientPrincipal+`"]}}]}]`), appNS+"/deny-client")
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadAll(c); err != nil && os.IsTimeout(err) {
-			t.Fatal("the denied connection is still open after the policy change")
+  rules: [{from: [{source: {principals: ["`+mesh.TrustDomain+"/ns/"+appNS+`/sa/other"]}}]}]`), appNS+"/deny-other")
+		}()
+		t.Cleanup(func() {
+			if err := m.RemovePolicies("deny-other.yaml"); err != nil {
+				t.Error(err)
+			}
+		})
+		if err := mesh.Transfer(context.Background(), client, podAddr(server), 1<<30); err != nil {
+			t.Fatalf("allowed transfer across the policy change: %v", err)
+		}
+		if err := <-applied; err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-ended:
+			if os.IsTimeout(err) {
+				t.Errorf("denied transfer stalled instead of being closed: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("denied transfer still running after the policy change")
+		}
+		if err := m.WaitLog("node2", "connection closed by policy", "src.addr="+other.IP.String()+":"); err != nil {
+			t.Error(err)
 		}
 	})
 }

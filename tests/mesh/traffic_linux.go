@@ -3,10 +3,13 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -69,6 +72,62 @@ func EchoOn(c net.Conn, msg string) error {
 	return nil
 }
 
+// Transfer streams n random bytes from a pod to an echo server at addr and checks that
+// what returns hashes the same.
+func Transfer(ctx context.Context, from *netns.Pod, addr netip.AddrPort, n int64) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer c.Close()
+	dl, _ := ctx.Deadline()
+	_ = c.SetDeadline(dl)
+	sent := sha256.New()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.TeeReader(io.LimitReader(rand.Reader, n), sent))
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got := sha256.New()
+	rn, err := io.Copy(got, c)
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", rn, err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if rn != n {
+		return fmt.Errorf("received %d bytes, sent %d", rn, n)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		return fmt.Errorf("checksum mismatch after %d bytes", n)
+	}
+	return nil
+}
+
+// Stream keeps writing on c (and draining what comes back) until a write fails, and
+// reports that error: how the connection ended. A write blocked for 20 s is a timeout.
+func Stream(c net.Conn) <-chan error {
+	ended := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 32<<10)
+		go func() { _, _ = io.Copy(io.Discard, c) }()
+		for {
+			_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Write(buf); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	return ended
+}
+
 // WaitCaptured waits until the node's ztunnel reports ip as captured (or not).
 func (m *Mesh) WaitCaptured(ctx context.Context, n *netns.Node, ip netip.Addr, want bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -89,5 +148,26 @@ func (m *Mesh) WaitCaptured(ctx context.Context, n *netns.Node, ip netip.Addr, w
 			return fmt.Errorf("capture of %s on %s did not become %v: %v", ip, n.Name, want, last)
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// WaitLog waits up to 5 s for a line of the node's ztunnel output that contains every part.
+func (m *Mesh) WaitLog(node string, parts ...string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out := m.Ztunnel(node).Output()
+		for _, line := range strings.Split(out, "\n") {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ztunnel on %s logged no line with %q:\n%s", node, parts, out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

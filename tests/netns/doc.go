@@ -2,7 +2,8 @@
 // end-to-end tests, benchmarks and the demo: an underlay bridge joining "nodes", each node
 // with routed pods (a /32 per pod behind a host-side veth, default route via 169.254.1.1
 // with a static neighbour, as Calico and Cilium do). Addresses are in 198.18.0.0/15:
-// node i is 198.18.0.<i> on its "eth0", its pod j is 198.18.<i>.<10+j>.
+// node i is 198.18.0.<i> on its "eth0", its pod j is 198.18.<i>.<10+j>. IPv6 is off
+// unless a test calls Topology.EnableIPv6 (addresses from 2001:db8::/32 only).
 //
 // Everything runs inside a private network namespace entered by EnterPrivate, so nothing a
 // test does can reach the host network. Code that must run in a namespace goes through

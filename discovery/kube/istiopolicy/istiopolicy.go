@@ -7,8 +7,10 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -27,12 +29,21 @@ import (
 // securityGroupVersion is where Istio serves the policy CRDs.
 const securityGroupVersion = "security.istio.io/v1"
 
+// crdPollInterval is how often a cluster without the CRDs is asked again: installing
+// them later takes effect without restarting ztunnel.
+const crdPollInterval = 10 * time.Second
+
 // Source watches Istio's PeerAuthentication and AuthorizationPolicy objects and
 // compiles them, again only when one changed. It implements kube.PolicySource.
 type Source struct {
-	root    string
-	client  istioclient.Interface
-	disc    discoverer
+	root   string
+	client istioclient.Interface
+	disc   discoverer
+	log    *slog.Logger
+	poll   time.Duration
+	wg     sync.WaitGroup // the goroutine waiting for the CRDs
+
+	mu      sync.Mutex // guards the watch, which may start late
 	factory istioinformers.SharedInformerFactory
 	authz   securitylisters.AuthorizationPolicyLister
 	peer    securitylisters.PeerAuthenticationLister
@@ -51,24 +62,84 @@ type discoverer interface {
 // New returns a source of the policies in client's cluster; root is the root
 // namespace (policy.DefaultRootNamespace when empty). disc (the Kubernetes
 // client's Discovery()) tells whether the CRDs are served.
-func New(client istioclient.Interface, disc discoverer, root string) *Source {
-	return &Source{root: root, client: client, disc: disc}
+func New(client istioclient.Interface, disc discoverer, root string, log *slog.Logger) *Source {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{root: root, client: client, disc: disc, log: log, poll: crdPollInterval}
 }
 
 // Start watches the policies and waits for the first lists, calling onChange on
-// every change after that. It reports false, watching nothing, when the API server
-// does not serve security.istio.io/v1 (no CRDs: no policies).
+// every change after that. When the API server does not serve security.istio.io/v1
+// it reports false and asks again every poll interval until ctx ends; once the CRDs
+// are served it watches them and calls onChange.
 func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
+	served, err := p.served()
+	if err != nil {
+		return false, err
+	}
+	if served {
+		return true, p.watch(ctx, onChange)
+	}
+	p.wg.Add(1)
+	go p.awaitCRDs(ctx, onChange)
+	return false, nil
+}
+
+func (p *Source) served() (bool, error) {
 	switch _, err := p.disc.ServerResourcesForGroupVersion(securityGroupVersion); {
 	case apierrors.IsNotFound(err):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("discover %s: %w", securityGroupVersion, err)
 	}
-	p.factory = istioinformers.NewSharedInformerFactory(p.client, 0)
-	sec := p.factory.Security().V1()
+	return true, nil
+}
+
+func (p *Source) awaitCRDs(ctx context.Context, onChange func()) {
+	defer p.wg.Done()
+	t := time.NewTicker(p.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		served, err := p.served()
+		if err != nil {
+			p.log.Warn(msgDiscoverFailed, keyError, err)
+			continue
+		}
+		if !served {
+			continue
+		}
+		if err := p.watch(ctx, onChange); err != nil {
+			if ctx.Err() == nil {
+				p.log.Error(msgWatchFailed, keyError, err)
+			}
+			return
+		}
+		p.log.Info(msgCRDsServed, keyGroupVersion, securityGroupVersion)
+		onChange()
+		return
+	}
+}
+
+const (
+	msgDiscoverFailed = "Istio security API discovery failed"
+	msgWatchFailed    = "Istio security CRDs appeared but cannot be watched: no policies in force"
+	msgCRDsServed     = "Istio security CRDs served: policies watched"
+	keyError          = "error"
+	keyGroupVersion   = "group_version"
+)
+
+// watch starts the informers and waits for their first lists.
+func (p *Source) watch(ctx context.Context, onChange func()) error {
+	factory := istioinformers.NewSharedInformerFactory(p.client, 0)
+	sec := factory.Security().V1()
 	ap, pa := sec.AuthorizationPolicies(), sec.PeerAuthentications()
-	p.authz, p.peer = ap.Lister(), pa.Lister()
+	authz, peer := ap.Lister(), pa.Lister()
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { onChange() },
 		UpdateFunc: func(_, _ any) { onChange() },
@@ -76,32 +147,49 @@ func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
 	}
 	for name, inf := range map[string]cache.SharedIndexInformer{"authorizationpolicies": ap.Informer(), "peerauthentications": pa.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
-			return false, fmt.Errorf("watch %s: %w", name, err)
+			return fmt.Errorf("watch %s: %w", name, err)
 		}
 	}
-	p.factory.Start(ctx.Done())
-	for typ, ok := range p.factory.WaitForCacheSync(ctx.Done()) {
+	p.mu.Lock()
+	p.factory = factory
+	p.mu.Unlock()
+	factory.Start(ctx.Done())
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok && ctx.Err() == nil {
-			return false, fmt.Errorf("sync %v cache", typ)
+			return fmt.Errorf("sync %v cache", typ)
 		}
 	}
-	return true, nil
+	p.mu.Lock()
+	p.authz, p.peer = authz, peer
+	p.mu.Unlock()
+	return nil
 }
 
 // Shutdown waits for the informers to end, after Start's context ended.
 func (p *Source) Shutdown() {
-	if p.factory != nil {
-		p.factory.Shutdown()
+	p.wg.Wait()
+	p.mu.Lock()
+	f := p.factory
+	p.mu.Unlock()
+	if f != nil {
+		f.Shutdown()
 	}
 }
 
 // Policies returns the policies in force and the objects that cannot be used.
+// Before the CRDs are served there are none.
 func (p *Source) Policies() (*policy.Set, []kube.Problem, error) {
-	aps, err := p.authz.List(labels.Everything())
+	p.mu.Lock()
+	authzList, peerList := p.authz, p.peer
+	p.mu.Unlock()
+	if authzList == nil {
+		return nil, nil, nil
+	}
+	aps, err := authzList.List(labels.Everything())
 	if err != nil {
 		return nil, nil, fmt.Errorf("list authorizationpolicies: %w", err)
 	}
-	pas, err := p.peer.List(labels.Everything())
+	pas, err := peerList.List(labels.Everything())
 	if err != nil {
 		return nil, nil, fmt.Errorf("list peerauthentications: %w", err)
 	}
