@@ -16,11 +16,12 @@ import (
 
 // Pin layout under Config.PinPath.
 const (
-	linksDir     = "links"
-	mapsDir      = "maps"
-	progsDir     = "progs"
-	podPinPrefix = "pod_"
-	uplinkPrefix = "uplink_"
+	linksDir       = "links"
+	mapsDir        = "maps"
+	progsDir       = "progs"
+	podPinPrefix   = "pod_"
+	plainPinPrefix = "plain_"
+	uplinkPrefix   = "uplink_"
 )
 
 // clsact filter identity (fallback mode): Teardown finds filters by name.
@@ -49,6 +50,18 @@ func uplinkPinName(ifname string) string {
 func parseUplinkPinName(name string) (ifname string, ok bool) {
 	rest, ok := strings.CutPrefix(name, uplinkPrefix)
 	return strings.ReplaceAll(rest, ":", "."), ok && rest != ""
+}
+
+// plainPinName names the link of a local pod outside the mesh (the uplink program).
+func plainPinName(ifindex int) string { return plainPinPrefix + strconv.Itoa(ifindex) }
+
+func parsePlainPinName(name string) (ifindex int, ok bool) {
+	rest, found := strings.CutPrefix(name, plainPinPrefix)
+	if !found {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n > 0
 }
 
 func parsePodPinName(name string) (ifindex int, ip string, ok bool) {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -28,6 +29,9 @@ type Capture struct {
 	uplinks  map[string]link.Link // by name; nil values in clsact mode
 	podLinks map[int]link.Link    // by host ifindex; TCX mode only
 	pods     map[netip.Addr]int   // enrolled pod IP -> host ifindex
+	// plain holds the host veths of local pods outside the mesh (see SetPlainPods), by
+	// ifindex; nil values in clsact mode.
+	plain    map[int]link.Link
 	attached bool
 	closed   bool
 }
@@ -54,6 +58,7 @@ func New(cfg Config) (*Capture, error) {
 		uplinks:  map[string]link.Link{},
 		podLinks: map[int]link.Link{},
 		pods:     map[netip.Addr]int{},
+		plain:    map[int]link.Link{},
 	}
 	if err := c.start(); err != nil {
 		c.releaseHandles()
@@ -181,6 +186,11 @@ func (c *Capture) start() error {
 			return fmt.Errorf("re-enroll pod %s: %w", ip, err)
 		}
 	}
+	if c.mode != AttachClsact {
+		if err := c.recoverPlainLocked(); err != nil {
+			return err
+		}
+	}
 	// Stale entries whose IP is no longer enrolled, then attachments of the other mode.
 	c.pruneMaps()
 	if c.mode == AttachClsact {
@@ -237,6 +247,11 @@ func (c *Capture) allLinks() []link.Link {
 	}
 	for _, l := range c.podLinks {
 		ls = append(ls, l)
+	}
+	for _, l := range c.plain {
+		if l != nil {
+			ls = append(ls, l)
+		}
 	}
 	return ls
 }
@@ -433,6 +448,9 @@ func (c *Capture) enrollLocked(ip netip.Addr, ifindex int) error {
 		c.pods[ip] = ifindex
 		return nil
 	}
+	// A pod that joins the mesh leaves the plain set: in clsact mode the pod filter below
+	// replaces the plain one (same handle and priority); a TCX plain link goes after it.
+	defer c.dropPlainLocked(ifindex, false)
 	l, err := c.attachDevice(ifindex, c.pin(linksDir, podPinName(ifindex, ip.String())), clsactPodName, c.objs.CapturePod)
 	if err != nil {
 		c.forgetPod(ip, ifindex)
@@ -500,6 +518,125 @@ func (c *Capture) unenrollLocked(ip netip.Addr) error {
 	return nil
 }
 
+// SetPlainPods makes the host veths in ifindexes (those of the node's pods outside the
+// mesh) the exact set that carries the uplink program: a connection such a pod opens to
+// an enrolled pod of this node is captured as one from another node would be (:15006, or
+// :15008 for HBONE), so policy applies and the enrolled pod's replies have a socket to
+// reach. Veths of enrolled pods are skipped. It is idempotent.
+func (c *Capture) SetPlainPods(ifindexes []int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return c.ns.do(func() error {
+		enrolled := map[int]bool{}
+		for _, idx := range c.pods {
+			enrolled[idx] = true
+		}
+		want := map[int]bool{}
+		var errs []error
+		for _, idx := range ifindexes {
+			if idx <= 0 || enrolled[idx] || c.isUplink(idx) {
+				continue
+			}
+			want[idx] = true
+			if _, ok := c.plain[idx]; ok {
+				continue
+			}
+			l, err := c.attachDevice(idx, c.pin(linksDir, plainPinName(idx)), clsactUplinkName, c.objs.CaptureUplink)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("capture plain pod veth %d: %w", idx, err))
+				continue
+			}
+			c.plain[idx] = l
+		}
+		for idx := range c.plain {
+			if !want[idx] {
+				if err := c.dropPlainLocked(idx, !enrolled[idx]); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// PlainPods returns the host ifindexes SetPlainPods has attached.
+func (c *Capture) PlainPods() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]int, 0, len(c.plain))
+	for idx := range c.plain {
+		out = append(out, idx)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// dropPlainLocked detaches the plain program from ifindex; filter says whether a clsact
+// filter there is the plain one (not when the pod program has replaced it).
+func (c *Capture) dropPlainLocked(ifindex int, filter bool) error {
+	l, ok := c.plain[ifindex]
+	if !ok {
+		return nil
+	}
+	delete(c.plain, ifindex)
+	switch {
+	case l != nil:
+		if err := detachLink(l); err != nil {
+			return fmt.Errorf("release plain pod veth %d: %w", ifindex, err)
+		}
+	case filter:
+		if err := detachClsact(ifindex, clsactUplinkName); err != nil {
+			return fmt.Errorf("release plain pod veth %d: %w", ifindex, err)
+		}
+	}
+	return nil
+}
+
+func (c *Capture) isUplink(ifindex int) bool {
+	for name := range c.uplinks {
+		if dev, err := netlink.LinkByName(name); err == nil && dev.Attrs().Index == ifindex {
+			return true
+		}
+	}
+	return false
+}
+
+// recoverPlainLocked takes over the plain pod links pinned by a previous run (updated
+// in place, so those pods' connections to enrolled pods stay captured); pins of devices
+// that are gone or now enrolled are removed.
+func (c *Capture) recoverPlainLocked() error {
+	ents, err := os.ReadDir(c.pin(linksDir))
+	if err != nil {
+		return fmt.Errorf("read link pins: %w", err)
+	}
+	enrolled := map[int]bool{}
+	for _, idx := range c.pods {
+		enrolled[idx] = true
+	}
+	for _, e := range ents {
+		idx, ok := parsePlainPinName(e.Name())
+		if !ok {
+			continue
+		}
+		pin := c.pin(linksDir, e.Name())
+		if _, err := netlink.LinkByIndex(idx); err != nil || enrolled[idx] {
+			if err := detachPinnedLink(pin); err != nil {
+				return fmt.Errorf("drop plain pod link %d: %w", idx, err)
+			}
+			continue
+		}
+		l, err := attachTCX(idx, pin, c.objs.CaptureUplink)
+		if err != nil {
+			return fmt.Errorf("take over plain pod link %d: %w", idx, err)
+		}
+		c.plain[idx] = l
+	}
+	return nil
+}
+
 // Pods returns the enrolled pods (pod IP -> host ifindex), including those taken over
 // from a previous run, so the caller can reconcile.
 func (c *Capture) Pods() map[netip.Addr]int {
@@ -543,7 +680,7 @@ func (c *Capture) releaseHandles() {
 	for _, l := range c.allLinks() {
 		_ = l.Close()
 	}
-	c.uplinks, c.podLinks = map[string]link.Link{}, map[int]link.Link{}
+	c.uplinks, c.podLinks, c.plain = map[string]link.Link{}, map[int]link.Link{}, map[int]link.Link{}
 	_ = c.objs.Close()
 	c.ns.close()
 }

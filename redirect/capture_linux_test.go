@@ -729,3 +729,77 @@ func linkLocal(ifindex *int, name string, addr netip.Addr) error {
 	}
 	return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD})
 }
+
+// A pod outside the mesh reaching an enrolled pod of the same node passes no uplink:
+// SetPlainPods puts the uplink program on its veth, so the connection lands on the
+// inbound listener (and its source address reaches the pod). Without it the enrolled
+// pod's replies are dropped (fail closed). The plain link survives a restart, enrolling
+// the pod replaces it, and Teardown removes it.
+func TestPlainPodToEnrolledPodSameNode(t *testing.T) {
+	for _, mode := range []redirect.AttachMode{redirect.AttachTCX, redirect.AttachClsact} {
+		t.Run(mode.String(), func(t *testing.T) {
+			topo := netns.New(t, netns.Options{Nodes: 1, PodsPerNode: 2})
+			node := topo.Nodes[0]
+			server, plain := node.Pods[0], node.Pods[1]
+			echo := server.ServeEcho(t, netip.AddrPortFrom(server.IP, 7000).String())
+			cfg := captureConfig(t, node, mode)
+			c := newCapture(t, node, cfg)
+			enroll(t, c, server)
+			z := startZtunnel(t, node, false)
+			if _, _, err := roundTrip(plain.NS, netip.AddrPort{}, echo.Addr, "no plain capture", failTimeout); err == nil {
+				t.Fatal("same-node plaintext to an enrolled pod got through without capture")
+			}
+			if err := c.SetPlainPods([]int{plain.HostIfindex, server.HostIfindex}); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.PlainPods(); !slices.Equal(got, []int{plain.HostIfindex}) {
+				t.Fatalf("PlainPods() = %v, want only the plain pod's veth %d (the enrolled one is skipped)", got, plain.HostIfindex)
+			}
+			local := mustRoundTrip(t, plain.NS, echo.Addr, "captured")
+			if acc := z.Accepted(); len(acc) == 0 || acc[len(acc)-1] != (accepted{Port: redirect.DefaultInboundPort, Local: echo.Addr, Remote: local}) {
+				t.Fatalf("accepted %v, want the inbound listener from %s", acc, local)
+			}
+			if peers := echo.Peers(); peers[len(peers)-1].Addr() != plain.IP {
+				t.Fatalf("echo saw %v, want the plain pod's address last", peers)
+			}
+
+			c.Close()
+			c = newCapture(t, node, cfg)
+			if mode == redirect.AttachTCX {
+				if got := c.PlainPods(); !slices.Equal(got, []int{plain.HostIfindex}) {
+					t.Fatalf("PlainPods() after restart = %v, want %d taken over", got, plain.HostIfindex)
+				}
+			}
+			if err := c.SetPlainPods([]int{plain.HostIfindex}); err != nil {
+				t.Fatal(err)
+			}
+			mustRoundTrip(t, plain.NS, echo.Addr, "after restart")
+			if n := ourAttachments(t, node, plain.HostIfindex); n != 1 {
+				t.Fatalf("plain veth has %d attachments, want 1", n)
+			}
+			enroll(t, c, plain)
+			if err := c.SetPlainPods([]int{plain.HostIfindex}); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.PlainPods(); len(got) != 0 {
+				t.Fatalf("PlainPods() after enrolling it = %v, want none", got)
+			}
+			if n := ourAttachments(t, node, plain.HostIfindex); n != 1 {
+				t.Fatalf("enrolled veth has %d attachments, want 1 (the pod program)", n)
+			}
+			if err := c.UnenrollPod(plain.IP); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.SetPlainPods([]int{plain.HostIfindex}); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if err := node.Do(func() error { return redirect.Teardown(cfg) }); err != nil {
+				t.Fatal(err)
+			}
+			if n := ourAttachments(t, node, plain.HostIfindex); n != 0 {
+				t.Fatalf("after teardown the plain veth has %d attachments", n)
+			}
+		})
+	}
+}

@@ -20,6 +20,9 @@ func (*Capture) EnrollPod(netip.Addr, int) error { return ErrUnsupported }
 // UnenrollPod returns ErrUnsupported.
 func (*Capture) UnenrollPod(netip.Addr) error { return ErrUnsupported }
 
+// SetPlainPods returns ErrUnsupported.
+func (*Capture) SetPlainPods([]int) error { return ErrUnsupported }
+
 // Pods returns nil.
 func (*Capture) Pods() map[netip.Addr]int { return nil }
 

@@ -10,6 +10,7 @@ const (
 	msgEnrolled       = "pod enrolled"
 	msgUnenrolled     = "pod unenrolled"
 	msgEnrollError    = "enrollment error"
+	msgPlainPodsError = "capture of local pods outside the mesh incomplete"
 	msgHTTPError      = "http server error"
 	msgUntrustedFwd   = "untrusted forwarded address ignored"
 	msgModelUpdated   = "mesh model applied"

@@ -41,8 +41,10 @@ func (z *Ztunnel) reconcile() {
 	want := map[netip.Addr]string{}
 	var ids []spiffeid.ID
 	seen := map[spiffeid.ID]bool{}
+	var plain []netip.Addr
 	for _, w := range snap.WorkloadsOnNode(z.cfg.NodeName) {
 		if !w.Enrolled {
+			plain = append(plain, w.IPs...)
 			continue
 		}
 		for _, ip := range w.IPs {
@@ -88,5 +90,18 @@ func (z *Ztunnel) reconcile() {
 			continue
 		}
 		z.log.Info(msgUnenrolled, keyIP, ip.String())
+	}
+	// Local pods outside the mesh reach enrolled pods through capture too.
+	var plainVeths []int
+	for _, ip := range plain {
+		if !ip.Is4() {
+			continue
+		}
+		if ifindex, err := z.hostInterface(ip); err == nil {
+			plainVeths = append(plainVeths, ifindex)
+		}
+	}
+	if err := z.capture.SetPlainPods(plainVeths); err != nil && !errors.Is(err, context.Canceled) {
+		z.log.Warn(msgPlainPodsError, keyError, err)
 	}
 }

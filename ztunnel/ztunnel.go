@@ -35,6 +35,9 @@ type Capture interface {
 	EnrollPod(ip netip.Addr, hostIfindex int) error
 	UnenrollPod(ip netip.Addr) error
 	Pods() map[netip.Addr]int
+	// SetPlainPods sets the host veths of local pods outside the mesh, whose
+	// connections to enrolled pods are captured as inbound ones.
+	SetPlainPods(hostIfindexes []int) error
 	Attached() bool
 	Close() error
 }

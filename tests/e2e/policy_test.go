@@ -198,7 +198,14 @@ func waitLog(t *testing.T, node string, parts ...string) {
 func TestPeerAuthenticationStrict(t *testing.T) {
 	requireMesh(t)
 	echoOK(t, plainc, podAddr(echoA)) // PERMISSIVE by default
+	// From a pod outside the mesh on the same node too, with its address preserved.
+	echoOK(t, plainc, podAddr(local))
+	if got := lastPeer(t, "local"); got != plainc.IP {
+		t.Errorf("same-node plaintext delivered from %s, want the client's %s", got, plainc.IP)
+	}
 	m.ApplyPolicies(t, "strict.yaml", peerAuthn("strict", "spec:\n  mtls: {mode: STRICT}"), "mesh/strict")
+	dialFails(t, plainc, podAddr(local))
+	waitLog(t, "node1", `msg="connection refused"`, "src.addr="+plainc.IP.String()+":", "mTLS STRICT on port 8080: plaintext refused")
 	before := deniedCount(t)
 	// On the wire (tcpdump between the nodes): the plaintext client's connection ends in a
 	// reset from the pod's address, and nothing comes back.
