@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/ambitmesh/ambit/internal/yamldoc"
-	"github.com/ambitmesh/ambit/policy"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -36,14 +35,15 @@ func LoadFile(path string, opts EnrollmentOptions) (*Snapshot, error) {
 // joined. Unknown fields, duplicate keys, YAML aliases and several
 // documents are rejected.
 func Parse(filename string, data []byte, opts EnrollmentOptions) (*Snapshot, error) {
-	return parse(filename, data, opts, nil, nil)
+	return parse(filename, data, opts, manifests{})
 }
 
-// parse is Parse with the policies in force.
-func parse(filename string, data []byte, opts EnrollmentOptions, pol *policy.Set, problems []string) (*Snapshot, error) {
+// parse is Parse with what the manifest files declare.
+func parse(filename string, data []byte, opts EnrollmentOptions, m manifests) (*Snapshot, error) {
 	p := &parser{file: filename, lines: make(map[string]int)}
 	in, ok := p.document(data)
-	in.Policies, in.PolicyProblems = pol, problems
+	in.Policies, in.PolicyProblems = m.policies, m.policyProblems
+	in.Waypoints, in.WaypointProblems = m.waypoints, m.waypointProblems
 	if ok && len(p.errs) == 0 {
 		p.checkNamespacesDeclared(in)
 		if _, err := Build(in, opts); err != nil {
@@ -182,6 +182,7 @@ func (p *parser) service(n *yaml.Node, path string) *Service {
 		"vips":      p.toAddrs(&s.VIPs),
 		"ports":     list(p, &s.Ports, p.servicePort),
 		"selector":  p.toStrMap(&s.Selector),
+		"labels":    p.toStrMap(&s.Labels),
 		"endpoints": list(p, &s.Endpoints, p.endpoint),
 	})
 	return s
@@ -191,7 +192,8 @@ func (p *parser) servicePort(n *yaml.Node, path string) ServicePort {
 	var sp ServicePort
 	havePort := false
 	p.fields(n, path, fieldSet{
-		"name": p.toStr(&sp.Name),
+		"name":        p.toStr(&sp.Name),
+		"appProtocol": p.toStr(&sp.AppProtocol),
 		"port": func(v *yaml.Node, path string) {
 			havePort = true
 			sp.Port = p.port(v, path)

@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ type FileSourceConfig struct {
 	// RootNamespace is the policies' root namespace (policy.DefaultRootNamespace
 	// when empty).
 	RootNamespace string
+	// WaypointClass is the GatewayClass whose Gateways in the manifests are waypoints
+	// (DefaultWaypointClass when empty).
+	WaypointClass string
 	Logger        *slog.Logger // default: discard
 	// PollInterval is how often the file is re-read even without a change
 	// event: the safety net for missed events (and the only mechanism when
@@ -177,14 +181,21 @@ func (f *FileSource) read() ([]byte, []policyFile, error) {
 
 // parse builds the snapshot of the model and the policies.
 func (f *FileSource) parse(model []byte, policies []policyFile) (*Snapshot, error) {
-	set, problems, err := parsePolicies(policies, f.cfg.RootNamespace)
+	m, err := parseManifests(policies, f.cfg.RootNamespace, cmp.Or(f.cfg.WaypointClass, DefaultWaypointClass))
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range problems {
+	for _, p := range m.policyProblems {
 		f.log.Error("policy refused, failing closed", "error", p)
 	}
-	return parse(f.cfg.Path, model, f.cfg.Options, set, problems)
+	snap, err := parse(f.cfg.Path, model, f.cfg.Options, m)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range snap.WaypointProblems {
+		f.log.Error("waypoint problem", "error", p)
+	}
+	return snap, nil
 }
 
 // reload reads the files and publishes them if their content changed and is valid.

@@ -38,8 +38,15 @@ type Workload struct {
 	Enrolled bool `json:"enrolled"`
 	// Protocol is computed by Build: HBONE when Enrolled, else TCP.
 	Protocol Protocol `json:"protocol"`
-	// Waypoint is reserved for the waypoint feature (empty for now).
+	// Waypoint is computed by Build: the waypoint ("namespace/name") the workload's own
+	// traffic (to its address) goes through, per istio.io/use-waypoint.
 	Waypoint string `json:"waypoint,omitempty"`
+	// BehindWaypoints is computed by Build: the waypoints that alone may reach it (its
+	// own, and those of the Services it backs).
+	BehindWaypoints []string `json:"behindWaypoints,omitempty"`
+	// Gateway is computed by Build: the waypoint this workload runs, if any. Such a pod
+	// terminates HBONE itself and is never captured.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // ServicePort maps a service port to the port on its endpoints.
@@ -50,6 +57,8 @@ type ServicePort struct {
 	// TargetPortName is a named container port; sources that know container
 	// ports (Kubernetes) resolve it. The file source only takes numbers.
 	TargetPortName string `json:"targetPortName,omitempty"`
+	// AppProtocol is the port's application protocol (Kubernetes appProtocol).
+	AppProtocol string `json:"appProtocol,omitempty"`
 }
 
 // Endpoint is one backend address of a service. WorkloadUID is empty for
@@ -67,6 +76,10 @@ type Service struct {
 	VIPs      []netip.Addr      `json:"vips,omitempty"`
 	Ports     []ServicePort     `json:"ports,omitempty"`
 	Selector  map[string]string `json:"selector,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// Waypoint is computed by Build: the waypoint ("namespace/name") that traffic to the
+	// service's VIPs goes through, per istio.io/use-waypoint.
+	Waypoint string `json:"waypoint,omitempty"`
 	// Endpoints are the explicit endpoints followed by one endpoint (first IP)
 	// per workload of the same namespace that matches a non-empty Selector.
 	Endpoints []Endpoint `json:"endpoints,omitempty"`

@@ -66,7 +66,7 @@ func TestParseExample(t *testing.T) {
 	if got, want := echo.Hostname, "echo.default.svc.cluster.local"; got != want {
 		t.Errorf("hostname = %q, want %q", got, want)
 	}
-	if got, want := fmt.Sprint(echo.Ports), "[{tcp-echo 80 8080 } {tcp-alt 9090 9090 }]"; got != want {
+	if got, want := fmt.Sprint(echo.Ports), "[{tcp-echo 80 8080  } {tcp-alt 9090 9090  }]"; got != want {
 		t.Errorf("ports = %s, want %s", got, want)
 	}
 	if got, want := fmt.Sprint(echo.Endpoints), "[{default/echo-1 198.18.2.10} {default/echo-2 198.18.2.11}]"; got != want {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ambitmesh/ambit/internal/yamldoc"
 	"github.com/ambitmesh/ambit/policy"
 )
 
@@ -67,27 +68,41 @@ func fingerprint(model []byte, files []policyFile) []byte {
 	return b.Bytes()
 }
 
-// parsePolicies decodes the files (none: no policies). A file that is not YAML fails the whole
-// load (the caller keeps what it had); objects that cannot be used are kept,
-// failing closed, and their problems returned.
-func parsePolicies(files []policyFile, root string) (*policy.Set, []string, error) {
+// manifests is what the manifest files declare besides the model.
+type manifests struct {
+	policies         *policy.Set
+	policyProblems   []string
+	waypoints        []*Waypoint
+	waypointProblems []string
+}
+
+// parseManifests decodes the files (none: nothing): Istio security objects and
+// waypoint-class Gateways (class; other Gateway API objects are the waypoint's). A
+// file that is not YAML fails the whole load (the caller keeps what it had); objects
+// that cannot be used are reported, policies failing closed.
+func parseManifests(files []policyFile, root, class string) (manifests, error) {
+	var m manifests
 	if len(files) == 0 {
-		return nil, nil, nil
+		return m, nil
 	}
 	var authz []*policy.Authorization
 	var peer []*policy.PeerAuthentication
-	var problems []string
 	seq := 0
 	for _, f := range files {
-		m, probs, err := policy.ParseManifests(f.name, f.data, &seq)
+		objs, err := yamldoc.Objects(f.name, f.data)
 		if err != nil {
-			return nil, nil, err
+			return manifests{}, err
 		}
+		pm, probs := policy.ParseObjects(objs, &seq, GatewayGroup)
 		for _, p := range probs {
-			problems = append(problems, p.Error())
+			m.policyProblems = append(m.policyProblems, p.Error())
 		}
-		authz = append(authz, m.Authorizations...)
-		peer = append(peer, m.PeerAuthentications...)
+		authz = append(authz, pm.Authorizations...)
+		peer = append(peer, pm.PeerAuthentications...)
+		wps, wprobs := parseGateways(objs, class)
+		m.waypoints = append(m.waypoints, wps...)
+		m.waypointProblems = append(m.waypointProblems, wprobs...)
 	}
-	return policy.NewSet(root, authz, peer), problems, nil
+	m.policies = policy.NewSet(root, authz, peer)
+	return m, nil
 }

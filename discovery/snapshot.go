@@ -25,6 +25,11 @@ type Snapshot struct {
 	Policies *policy.Set `json:"-"`
 	// PolicyProblems are the policy objects' problems (they fail closed).
 	PolicyProblems []string `json:"policyProblems,omitempty"`
+	// Waypoints are the declared waypoints.
+	Waypoints []*Waypoint `json:"waypoints,omitempty"`
+	// WaypointProblems are the waypoints' and bindings' problems (each changes nothing
+	// else).
+	WaypointProblems []string `json:"waypointProblems,omitempty"`
 
 	applied       *sync.Map // *Workload -> *policy.Applied; shared by copies
 	workloadByIP  map[netip.Addr]*Workload
@@ -36,6 +41,7 @@ type Snapshot struct {
 	nodeByName    map[string]*Node
 	nodeByIP      map[netip.Addr]*Node
 	nsByName      map[string]*Namespace
+	waypointByRef map[string]*Waypoint
 }
 
 // Input is the raw model a source produces.
@@ -47,6 +53,10 @@ type Input struct {
 	// Policies and PolicyProblems are carried into the snapshot as they are.
 	Policies       *policy.Set
 	PolicyProblems []string
+	// Waypoints are the declared waypoints; problems with them (and with the
+	// declarations they came from, in WaypointProblems) never fail the build.
+	Waypoints        []*Waypoint
+	WaypointProblems []string
 }
 
 // Build validates in, fills defaults (workload UID and service account,
@@ -77,27 +87,30 @@ type ref struct {
 
 func (b *builder) build(in Input) *Snapshot {
 	s := &Snapshot{
-		Workloads:      make([]*Workload, 0, len(in.Workloads)),
-		Services:       make([]*Service, 0, len(in.Services)),
-		Namespaces:     make([]*Namespace, 0, len(in.Namespaces)),
-		Nodes:          make([]*Node, 0, len(in.Nodes)),
-		workloadByIP:   make(map[netip.Addr]*Workload),
-		workloadByUID:  make(map[string]*Workload, len(in.Workloads)),
-		workloadsOn:    make(map[string][]*Workload),
-		serviceByVIP:   make(map[netip.Addr]*Service),
-		serviceByName:  make(map[string]*Service, len(in.Services)),
-		serviceByHost:  make(map[string]*Service, len(in.Services)),
-		nodeByName:     make(map[string]*Node, len(in.Nodes)),
-		nodeByIP:       make(map[netip.Addr]*Node),
-		nsByName:       make(map[string]*Namespace, len(in.Namespaces)),
-		applied:        new(sync.Map),
-		Policies:       in.Policies,
-		PolicyProblems: slices.Clone(in.PolicyProblems),
+		Workloads:        make([]*Workload, 0, len(in.Workloads)),
+		Services:         make([]*Service, 0, len(in.Services)),
+		Namespaces:       make([]*Namespace, 0, len(in.Namespaces)),
+		Nodes:            make([]*Node, 0, len(in.Nodes)),
+		workloadByIP:     make(map[netip.Addr]*Workload),
+		workloadByUID:    make(map[string]*Workload, len(in.Workloads)),
+		workloadsOn:      make(map[string][]*Workload),
+		serviceByVIP:     make(map[netip.Addr]*Service),
+		serviceByName:    make(map[string]*Service, len(in.Services)),
+		serviceByHost:    make(map[string]*Service, len(in.Services)),
+		nodeByName:       make(map[string]*Node, len(in.Nodes)),
+		nodeByIP:         make(map[netip.Addr]*Node),
+		nsByName:         make(map[string]*Namespace, len(in.Namespaces)),
+		applied:          new(sync.Map),
+		Policies:         in.Policies,
+		PolicyProblems:   slices.Clone(in.PolicyProblems),
+		WaypointProblems: slices.Clone(in.WaypointProblems),
 	}
 	b.namespaces(s, in.Namespaces)
 	b.nodes(s, in.Nodes)
+	b.waypoints(s, in.Waypoints)
 	ipOwner := b.workloads(s, in.Workloads, len(in.Nodes) > 0)
 	b.services(s, in.Services, ipOwner)
+	b.bindWaypoints(s)
 	return s
 }
 
@@ -145,7 +158,6 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 			ServiceAccount: cmp.Or(w.ServiceAccount, DefaultServiceAccount),
 			Node:           w.Node,
 			Labels:         maps.Clone(w.Labels),
-			Waypoint:       w.Waypoint,
 		}
 		if wl.UID == "" {
 			wl.UID = wl.Namespace + "/" + wl.Name
@@ -176,7 +188,10 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 		}
 		wl.Enrolled = b.opts.enrolled(nsLabels, wl.Labels)
 		wl.Protocol = ProtocolTCP
-		if wl.Enrolled {
+		if s.waypointPod(wl) {
+			wl.Enrolled = false
+		}
+		if wl.Enrolled || wl.Gateway != "" {
 			wl.Protocol = ProtocolHBONE
 		}
 		s.Workloads = append(s.Workloads, wl)
@@ -205,6 +220,7 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 			Hostname:  sv.Hostname,
 			Ports:     slices.Clone(sv.Ports),
 			Selector:  maps.Clone(sv.Selector),
+			Labels:    maps.Clone(sv.Labels),
 		}
 		key := svc.Namespace + "/" + svc.Name
 		what := "service " + key
@@ -217,6 +233,7 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 			b.errs.Add(path+".hostname", fmt.Sprintf(msgSubdomain, sv.Hostname))
 		}
 		checkLabels(&b.errs, path+".selector", svc.Selector)
+		checkLabels(&b.errs, path+".labels", svc.Labels)
 		dup := first.duplicate(b, path, key, what, svc.Hostname, svc.Name != "" && svc.Namespace != "")
 		svc.VIPs = b.claimAddrs(path+".vips", what, sv.VIPs, dup, vipOwner, ipOwner)
 		b.ports(path, svc)

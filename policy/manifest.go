@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -44,27 +44,27 @@ type Manifests struct {
 // not one of the two kinds is left out and reported. An object that cannot be
 // used (unknown field, wrong type, invalid value) is returned with Invalid set,
 // naming file:line, field and problem, so that it fails closed; its problems
-// are reported too.
-func ParseManifests(file string, data []byte, seq *int) (Manifests, fielderr.List, error) {
+// are reported too. Documents of the API groups in others (read by other parsers
+// from the same files, such as Gateway API objects) are skipped silently.
+func ParseManifests(file string, data []byte, seq *int, others ...string) (Manifests, fielderr.List, error) {
+	objs, err := yamldoc.Objects(file, data)
+	if err != nil {
+		return Manifests{}, nil, err
+	}
+	m, problems := ParseObjects(objs, seq, others...)
+	return m, problems, nil
+}
+
+// ParseObjects is ParseManifests on documents already split.
+func ParseObjects(objs []yamldoc.Object, seq *int, others ...string) (Manifests, fielderr.List) {
 	var out Manifests
 	var problems fielderr.List
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc yaml.Node
-		err := yamldoc.Decode(dec, &doc)
-		if errors.Is(err, io.EOF) {
-			break
+	for _, o := range objs {
+		file := o.File
+		if slices.Contains(others, o.Group()) {
+			continue
 		}
-		if err != nil {
-			return Manifests{}, nil, yamldoc.SyntaxError(file, err)
-		}
-		root := &doc
-		if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
-			root = root.Content[0]
-		}
-		if root.Kind == yaml.DocumentNode || root.Tag == "!!null" {
-			continue // an empty document
-		}
+		root := o.Node
 		d := &document{file: file, lines: map[string]int{}}
 		*seq++
 		ap, pa := d.object(root, *seq)
@@ -81,7 +81,7 @@ func ParseManifests(file string, data []byte, seq *int) (Manifests, fielderr.Lis
 			problems = append(problems, e)
 		}
 	}
-	return out, problems, nil
+	return out, problems
 }
 
 func invalidOf(ap *Authorization, pa *PeerAuthentication) error {
