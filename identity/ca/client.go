@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -161,4 +162,29 @@ func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// NewCertManager returns a certificate manager whose certificates this CA issues: addr
+// and tokenFile as in ClientConfig, rootFile the PEM roots that verify the CA and seed
+// the trust bundle.
+func NewCertManager(addr, tokenFile, rootFile string, td spiffeid.TrustDomain, log *slog.Logger) (*identity.Manager, error) {
+	if addr == "" {
+		return nil, errors.New("a CA address is required when no identity source is given")
+	}
+	if rootFile == "" {
+		return nil, errors.New("a CA root file is required")
+	}
+	roots, err := LoadRoots(rootFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := NewClient(ClientConfig{Addr: addr, TokenFile: tokenFile, Roots: roots})
+	if err != nil {
+		return nil, fmt.Errorf("ca client: %w", err)
+	}
+	mgr, err := identity.NewManager(identity.ManagerConfig{Issuer: client, TrustDomain: td, Roots: roots, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("certificate manager: %w", err)
+	}
+	return mgr, nil
 }

@@ -1,0 +1,294 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// httpFront serves the HTTP streams: one http.Server (HTTP/1.1 and h2c prior
+// knowledge) fed with the accepted CONNECT streams, each request forwarded on its own.
+type httpFront struct {
+	w     *Waypoint
+	srv   *http.Server
+	ln    *chanListener
+	proxy *httputil.ReverseProxy
+
+	mu         sync.Mutex
+	transports map[transportKey]*http.Transport
+}
+
+// Upstream HTTP connections carry one client's requests only: the destination ztunnel
+// delivers each from the client's address, given once per connection.
+type transportKey struct {
+	client netip.Addr
+	h2     bool
+}
+
+// maxTransports bounds the per-client upstream pools; past it the idle ones go first.
+const maxTransports = 1024
+
+type ctxKey int
+
+const (
+	keyInbound ctxKey = iota
+	keyRequest
+)
+
+// reqInfo is filled while a request is handled, for the access log and metrics.
+type reqInfo struct {
+	in       *inbound
+	upstream upstream
+	flags    string
+}
+
+func newHTTPFront(w *Waypoint) *httpFront {
+	f := &httpFront{w: w, ln: newChanListener(), transports: map[transportKey]*http.Transport{}}
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	f.srv = &http.Server{
+		Handler:           http.HandlerFunc(f.handle),
+		Protocols:         protos,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       time.Hour,
+		MaxHeaderBytes:    60 << 10, // Envoy's max_request_headers_kb
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if ic, ok := c.(*inboundConn); ok {
+				return context.WithValue(ctx, keyInbound, ic.in)
+			}
+			return ctx
+		},
+	}
+	f.proxy = &httputil.ReverseProxy{
+		Rewrite:       rewrite,
+		Transport:     roundTripperFunc(f.roundTrip),
+		FlushInterval: -1, // stream (gRPC, server-sent events)
+		ErrorHandler:  f.upstreamError,
+		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+	}
+	return f
+}
+
+func (f *httpFront) run() error {
+	err := f.srv.Serve(f.ln)
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (f *httpFront) shutdown(ctx context.Context) { _ = f.srv.Shutdown(ctx) }
+
+func (f *httpFront) close() {
+	_ = f.srv.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.transports {
+		t.CloseIdleConnections()
+	}
+}
+
+// serve hands an accepted stream to the HTTP server and returns once the server is
+// done with it (the stream ends when its handler returns).
+func (f *httpFront) serve(c net.Conn, in *inbound) {
+	ic := &inboundConn{Conn: c, in: in, done: make(chan struct{})}
+	if !f.ln.push(ic) {
+		c.Close()
+		return
+	}
+	<-ic.done
+}
+
+// handle forwards one request to an endpoint of its destination.
+func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	in, _ := r.Context().Value(keyInbound).(*inbound)
+	if in == nil {
+		http.Error(rw, "not a mesh stream", http.StatusBadRequest)
+		return
+	}
+	info := &reqInfo{in: in, flags: "-"}
+	sw := &statusWriter{ResponseWriter: rw}
+	defer func() { f.w.logRequest(r, info, sw.status(), time.Since(start)) }()
+
+	up, err := f.w.upstreamFor(in)
+	if err != nil {
+		info.flags = "UH"
+		http.Error(sw, "no healthy upstream", http.StatusServiceUnavailable)
+		return
+	}
+	info.upstream = up
+	f.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), keyRequest, info)))
+}
+
+// rewrite aims the outbound request at the chosen endpoint, keeping Host.
+func rewrite(pr *httputil.ProxyRequest) {
+	if info, ok := pr.In.Context().Value(keyRequest).(*reqInfo); ok {
+		pr.Out.URL.Scheme = "http"
+		pr.Out.URL.Host = info.upstream.addr.String()
+	}
+	pr.Out.Host = pr.In.Host
+}
+
+// roundTrip sends the outbound request over the client's own upstream pool.
+func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
+	info, _ := r.Context().Value(keyRequest).(*reqInfo)
+	if info == nil {
+		return nil, errors.New("request without routing information")
+	}
+	h2 := protocolOf(info.in.t.port) == protoHTTP2 || r.ProtoMajor == 2
+	return f.transport(info.in.client, h2).RoundTrip(r)
+}
+
+func (f *httpFront) transport(client netip.AddrPort, h2 bool) *http.Transport {
+	key := transportKey{client: client.Addr(), h2: h2}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t := f.transports[key]; t != nil {
+		return t
+	}
+	if len(f.transports) >= maxTransports {
+		for k, t := range f.transports {
+			t.CloseIdleConnections()
+			delete(f.transports, k)
+			if len(f.transports) < maxTransports/2 {
+				break
+			}
+		}
+	}
+	protos := new(http.Protocols)
+	if h2 {
+		protos.SetUnencryptedHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			info, _ := ctx.Value(keyRequest).(*reqInfo)
+			if info == nil {
+				return nil, fmt.Errorf("dial %s: no request context", addr)
+			}
+			ctx, cancel := context.WithTimeout(ctx, f.w.cfg.ConnectTimeout)
+			defer cancel()
+			return f.w.dialUpstream(ctx, info.upstream, client)
+		},
+		Protocols:           protos,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     time.Hour, // Istio's http idleTimeout
+	}
+	f.transports[key] = t
+	return t
+}
+
+// upstreamError answers a failed forward as Envoy would: 503 with UF (connection
+// failure) or UC (terminated), 504 UT on a timeout.
+func (f *httpFront) upstreamError(rw http.ResponseWriter, r *http.Request, err error) {
+	info, _ := r.Context().Value(keyRequest).(*reqInfo)
+	code, flag := http.StatusServiceUnavailable, "UF"
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+		code, flag = http.StatusGatewayTimeout, "UT"
+	case errors.Is(err, context.Canceled):
+		code, flag = 499, "DC"
+	}
+	if info != nil {
+		info.flags = flag
+	}
+	f.w.log.Debug(msgUpstreamError, keyError, err.Error())
+	rw.WriteHeader(code)
+	_, _ = rw.Write([]byte("upstream connect error or disconnect/reset before headers\n"))
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// statusWriter remembers the status code.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
+}
+
+// Unwrap lets http.ResponseController reach Flush and friends.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// inboundConn is an accepted stream with what its requests need.
+type inboundConn struct {
+	net.Conn
+	in        *inbound
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+}
+
+func (c *inboundConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { close(c.done) })
+	return err
+}
+
+// chanListener is a net.Listener fed with connections.
+type chanListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }

@@ -1,0 +1,199 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/hbone"
+)
+
+// protocol is how a bound port's traffic is handled.
+type protocol uint8
+
+const (
+	protoSniff protocol = iota // unknown: HTTP if the first bytes say so, else TCP
+	protoHTTP                  // HTTP/1.1 (and h2c prior knowledge, told apart by its preface)
+	protoHTTP2                 // HTTP/2 cleartext both ways (http2, grpc, kubernetes.io/h2c)
+	protoTCP
+)
+
+// protocolOf reads the port's appProtocol, else its name's prefix, as Istio does.
+func protocolOf(port *discovery.ServicePort) protocol {
+	if port == nil {
+		return protoSniff
+	}
+	p := strings.ToLower(port.AppProtocol)
+	if p == "" {
+		p, _, _ = strings.Cut(strings.ToLower(port.Name), "-")
+	}
+	switch p {
+	case "http":
+		return protoHTTP
+	case "http2", "grpc", "grpc-web", "kubernetes.io/h2c":
+		return protoHTTP2
+	case "tcp", "tls", "https", "mongo", "mysql", "redis":
+		return protoTCP
+	}
+	return protoSniff
+}
+
+// serveHBONE takes one CONNECT stream from a client's ztunnel.
+func (w *Waypoint) serveHBONE(s *hbone.Stream) {
+	req := s.Request()
+	snap := w.store.Load()
+	t, err := w.resolve(snap, req.Target)
+	if err != nil {
+		w.log.Warn(msgRefused, keySrc, req.RemoteAddr.String(), keyAuthority, req.Authority, keyIdentity, req.Peer.String(), keyReason, err.Error())
+		_ = s.Reject(http.StatusBadRequest, err.Error())
+		return
+	}
+	client := w.clientAddr(snap, req)
+	if err := s.Accept(); err != nil {
+		return
+	}
+	ctx := context.Background()
+	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap}
+	proto := protocolOf(t.port)
+	var first []byte
+	if proto == protoSniff {
+		proto, first = sniff(s)
+	}
+	if proto == protoTCP {
+		w.forwardTCP(ctx, s, in, first)
+		return
+	}
+	var c net.Conn = s
+	if len(first) > 0 {
+		c = &prefixConn{Conn: s, prefix: first}
+	}
+	w.front.serve(c, in)
+}
+
+// inbound is what a stream's requests share: where it was addressed and who sent it.
+type inbound struct {
+	t      target
+	client netip.AddrPort
+	peer   string
+	snap   *discovery.Snapshot
+}
+
+// sniffTimeout bounds the wait for a client's first bytes; a server-first protocol
+// on an undeclared port is then forwarded as TCP.
+const sniffTimeout = 5 * time.Second
+
+// sniff reads the first bytes of c: an HTTP/1 request line or the HTTP/2 preface make
+// it HTTP; anything else (or nothing within sniffTimeout) TCP. It returns what it read.
+func sniff(c net.Conn) (protocol, []byte) {
+	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, 0, 64)
+	tmp := make([]byte, 64)
+	for len(buf) < 24 {
+		n, err := c.Read(tmp[:cap(buf)-len(buf)])
+		buf = append(buf, tmp[:n]...)
+		if p, sure := classify(buf); sure {
+			return p, buf
+		}
+		if err != nil {
+			break
+		}
+	}
+	p, _ := classify(buf)
+	return p, buf
+}
+
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+// classify says what b starts (protoTCP when it cannot be HTTP) and whether it is sure.
+func classify(b []byte) (protocol, bool) {
+	if bytes.HasPrefix(h2Preface, b) {
+		return protoHTTP, len(b) >= len(h2Preface)
+	}
+	if bytes.HasPrefix(b, h2Preface) {
+		return protoHTTP, true
+	}
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		for _, c := range b {
+			if c < 'A' || c > 'Z' {
+				return protoTCP, true
+			}
+		}
+		return protoTCP, len(b) > 16 // still a possible method token
+	}
+	for _, c := range b[:sp] {
+		if c < 'A' || c > 'Z' {
+			return protoTCP, true
+		}
+	}
+	return protoHTTP, sp > 0
+}
+
+// prefixConn replays bytes read while sniffing.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the stream underneath.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("prefix conn: no half-close")
+}
+
+// forwardTCP relays a non-HTTP stream to an endpoint of its destination.
+func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, first []byte) {
+	start := time.Now()
+	up, err := w.upstreamFor(in)
+	if err == nil {
+		var c net.Conn
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.ConnectTimeout)
+		c, err = w.dialUpstream(ctx, up, in.client)
+		cancel()
+		if err == nil {
+			if len(first) > 0 {
+				if _, err = c.Write(first); err != nil {
+					c.Close()
+				}
+			}
+			if err == nil {
+				var sent, recv atomic.Int64
+				sent.Add(int64(len(first)))
+				err = w.relay.Pump(s, c, &sent, &recv)
+				w.log.Info(msgTCP, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(),
+					keyUpstream, up.addr.String(), keyBytesSent, sent.Load(), keyBytesRecv, recv.Load(), keyDuration, time.Since(start).String())
+				return
+			}
+		}
+	}
+	s.Close()
+	w.log.Warn(msgTCPFailed, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyError, err.Error())
+}
+
+// upstreamFor picks where a stream's traffic goes when no route says otherwise: an
+// endpoint of the Service it was addressed to, or the bound workload itself.
+func (w *Waypoint) upstreamFor(in *inbound) (upstream, error) {
+	if in.t.svc != nil {
+		return w.pickEndpoint(in.snap, in.t.svc, in.t.port)
+	}
+	return upstream{addr: in.t.authority, workload: in.t.workload}, nil
+}

@@ -1,0 +1,261 @@
+package waypoint
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/hbone"
+	"github.com/ambitmesh/ambit/identity"
+	"github.com/ambitmesh/ambit/identity/ca"
+	"github.com/ambitmesh/ambit/internal/serve"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func id(ns, sa string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/"+sa) }
+
+// The model of these tests: service echo (VIP 198.19.0.1, ports 80/http and 9000/tcp)
+// in namespace apps bound to waypoint apps/wp, with two endpoints; the client pod.
+func testModel(tb testing.TB) *discovery.Snapshot {
+	tb.Helper()
+	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	in := discovery.Input{
+		Namespaces: []*discovery.Namespace{{Name: "apps", Labels: map[string]string{
+			"istio.io/dataplane-mode": "ambient", discovery.LabelUseWaypoint: "wp"}}},
+		Waypoints: []*discovery.Waypoint{{Name: "wp", Namespace: "apps"}},
+		Workloads: []*discovery.Workload{
+			{Name: "wp-0", Namespace: "apps", ServiceAccount: "wp", IPs: ip("198.18.3.10"), Labels: map[string]string{discovery.LabelGatewayName: "wp"}},
+			{Name: "client", Namespace: "apps", ServiceAccount: "client", IPs: ip("198.18.1.10")},
+			{Name: "echo-a", Namespace: "apps", ServiceAccount: "echo", IPs: ip("198.18.2.10"), Labels: map[string]string{"app": "echo"}},
+			{Name: "echo-b", Namespace: "apps", ServiceAccount: "echo", IPs: ip("198.18.2.11"), Labels: map[string]string{"app": "echo"}},
+		},
+		Services: []*discovery.Service{
+			{Name: "echo", Namespace: "apps", VIPs: ip("198.19.0.1"), Selector: map[string]string{"app": "echo"},
+				Ports: []discovery.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}, {Name: "tcp", Port: 9000}}},
+			{Name: "direct", Namespace: "apps", VIPs: ip("198.19.0.2"), Labels: map[string]string{discovery.LabelUseWaypoint: discovery.UseWaypointNone},
+				Ports: []discovery.ServicePort{{Port: 80}}},
+		},
+	}
+	s, err := discovery.Build(in, discovery.EnrollmentOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// backend is a destination ztunnel stand-in: it terminates HBONE as the endpoint's
+// identity and answers HTTP (or echoes TCP), recording what each CONNECT carried.
+type backend struct {
+	mu       sync.Mutex
+	connects []*hbone.ConnectRequest
+}
+
+func (b *backend) serve(s *hbone.Stream) {
+	req := s.Request()
+	b.mu.Lock()
+	b.connects = append(b.connects, req)
+	b.mu.Unlock()
+	if err := s.Accept(); err != nil {
+		return
+	}
+	if req.Target.Port() != 8080 {
+		_, _ = io.Copy(s, s) // TCP echo
+		_ = s.CloseWrite()
+		return
+	}
+	br := bufio.NewReader(s)
+	for {
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		body := fmt.Sprintf("%s %s host=%s", req.Target.Addr(), r.URL.Path, r.Host)
+		fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	}
+}
+
+type harness struct {
+	wp      *Waypoint
+	addr    string // the waypoint's HBONE listener
+	client  *hbone.Pool
+	backend *backend
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	authority, err := ca.New(ca.Config{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := identity.NewManager(identity.ManagerConfig{Issuer: ca.LocalIssuer{CA: authority}, TrustDomain: td, Roots: authority.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mgr.Close() })
+	h := &harness{backend: &backend{}}
+
+	bsrv, err := hbone.NewServer(hbone.ServerConfig{
+		TLSConfig: identity.ServerTLSConfig(mgr, td, func(*tls.ClientHelloInfo) (spiffeid.ID, error) { return id("apps", "echo"), nil }),
+		Handler:   hbone.HandlerFunc(h.backend.serve),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go bsrv.Serve(bl)
+	t.Cleanup(func() { bsrv.Close() })
+
+	store := discovery.NewStore()
+	store.Set(testModel(t))
+	// Every endpoint's :15008 is the one backend listener here.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, bl.Addr().String())
+	}
+	wl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = wl.Addr().String()
+	wl.Close()
+	w, err := New(Config{Name: "wp", Namespace: "apps", ListenAddr: h.addr,
+		Serve: serveOff()}, Deps{Store: store, Identity: mgr, Dial: dial,
+		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.wp = w
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("waypoint Run: %v", err)
+		}
+	})
+	h.client, err = hbone.NewPool(hbone.ClientConfig{TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) {
+		return identity.ClientTLSConfig(mgr, src, dst), nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.client.Close() })
+	waitListening(t, h.addr)
+	return h
+}
+
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waypoint not listening on %s: %v", addr, err)
+		}
+	}
+}
+
+// connect opens a CONNECT to the waypoint as the client pod's ztunnel would.
+func (h *harness) connect(t *testing.T, authority string) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return h.client.Dial(ctx, hbone.Request{Addr: h.addr, Authority: authority, Src: id("apps", "client"), Dst: id("apps", "wp"),
+		Forwarded: netip.MustParseAddrPort("198.18.1.10:40000")})
+}
+
+func TestHTTPThroughWaypoint(t *testing.T) {
+	h := newHarness(t)
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	seen := map[string]bool{}
+	for i := range 4 {
+		fmt.Fprintf(c, "GET /p%d HTTP/1.1\r\nHost: echo.apps\r\n\r\n", i)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasSuffix(string(body), fmt.Sprintf(" /p%d host=echo.apps", i)) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		seen[strings.Fields(string(body))[0]] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("requests of one connection reached %v, want both endpoints (balanced per request)", seen)
+	}
+	h.backend.mu.Lock()
+	defer h.backend.mu.Unlock()
+	for _, r := range h.backend.connects {
+		if r.Peer != id("apps", "wp") || r.Forwarded.Addr() != netip.MustParseAddr("198.18.1.10") || r.Target.Port() != 8080 {
+			t.Errorf("upstream CONNECT %s peer %s forwarded %s; want the waypoint's identity, the client's address, port 8080", r.Authority, r.Peer, r.Forwarded)
+		}
+	}
+}
+
+func TestTCPThroughWaypoint(t *testing.T) {
+	h := newHarness(t)
+	c, err := h.connect(t, "198.19.0.1:9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "raw bytes, not HTTP"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(interface{ CloseWrite() error }).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "raw bytes, not HTTP" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+}
+
+func TestNotBoundRefused(t *testing.T) {
+	h := newHarness(t)
+	for _, a := range []string{"198.19.0.2:80", "198.18.2.10:8080", "198.19.0.1:81"} {
+		if c, err := h.connect(t, a); err == nil {
+			c.Close()
+			t.Errorf("CONNECT %s accepted; want it refused (not bound to this waypoint)", a)
+		}
+	}
+}
+
+func serveOff() serve.Config {
+	return serve.Config{ReadinessAddr: serve.Off, MetricsAddr: serve.Off, AdminAddr: serve.Off}
+}
+
+// tWriter sends log lines to the test's log.
+type tWriter struct{ tb testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
