@@ -68,6 +68,7 @@ type Mesh struct {
 	ca    *netns.Proc
 	mu    sync.Mutex
 	zt    map[string]*netns.Proc
+	wp    map[string]*netns.Proc // waypoints, by pod name
 	// policyRefs are the policies of each file written by ApplyPolicies.
 	policyRefs  map[string][]string
 	policyFiles map[string]string // their manifests
@@ -99,13 +100,13 @@ func DefaultModel(t *netns.Topology) *Model {
 	return m
 }
 
-// Build compiles ztunnel, ambit-ca and ambitctl into dir.
+// Build compiles ztunnel, waypoint, ambit-ca and ambitctl into dir.
 func Build(dir string) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/ztunnel", "./cmd/ambit-ca", "./cmd/ambitctl")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/ztunnel", "./cmd/waypoint", "./cmd/ambit-ca", "./cmd/ambitctl")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -420,6 +421,9 @@ func (m *Mesh) Logs() string {
 	for name, p := range m.zt {
 		fmt.Fprintf(&b, "=== ztunnel %s ===\n%s\n", name, p.Output())
 	}
+	for name, p := range m.wp {
+		fmt.Fprintf(&b, "=== waypoint %s ===\n%s\n", name, p.Output())
+	}
 	return b.String()
 }
 
@@ -430,6 +434,10 @@ func (m *Mesh) Close() error {
 		m.mu.Lock()
 		procs := m.zt
 		m.zt = map[string]*netns.Proc{}
+		for _, p := range m.wp {
+			_ = p.Stop()
+		}
+		m.wp = nil
 		m.mu.Unlock()
 		for _, p := range procs {
 			_ = p.Stop()

@@ -32,13 +32,27 @@ type Workload struct {
 	Labels                                map[string]string
 }
 
-type ServicePort struct{ Port, TargetPort uint16 }
+type ServicePort struct {
+	Port, TargetPort uint16
+	Name             string // optional; its prefix (http-, tcp-) declares the protocol
+}
 
 type Service struct {
 	Name, Namespace string
 	VIPs            []netip.Addr
 	Ports           []ServicePort
 	Selector        map[string]string
+	Labels          map[string]string
+}
+
+// Service returns the named service of namespace ns, or nil.
+func (m *Model) Service(ns, name string) *Service {
+	for i := range m.Services {
+		if m.Services[i].Namespace == ns && m.Services[i].Name == name {
+			return &m.Services[i]
+		}
+	}
+	return nil
 }
 
 // Namespace returns the named namespace, or nil.
@@ -85,8 +99,13 @@ func (m *Model) YAML() string {
 		for _, s := range m.Services {
 			fmt.Fprintf(&b, "  - name: %s\n    namespace: %s\n    vips: [%s]\n    ports:\n", s.Name, s.Namespace, joinAddrs(s.VIPs))
 			for _, p := range s.Ports {
-				fmt.Fprintf(&b, "      - {port: %d, targetPort: %d}\n", p.Port, p.TargetPort)
+				name := ""
+				if p.Name != "" {
+					name = "name: " + p.Name + ", "
+				}
+				fmt.Fprintf(&b, "      - {%sport: %d, targetPort: %d}\n", name, p.Port, p.TargetPort)
 			}
+			writeLabels(&b, "    ", s.Labels)
 			if len(s.Selector) > 0 {
 				b.WriteString("    selector:\n")
 				for _, k := range sortedKeys(s.Selector) {

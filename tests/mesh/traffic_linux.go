@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -153,20 +154,31 @@ func (m *Mesh) WaitCaptured(ctx context.Context, n *netns.Node, ip netip.Addr, w
 
 // WaitLog waits up to 5 s for a line of the node's ztunnel output that contains every part.
 func (m *Mesh) WaitLog(node string, parts ...string) error {
+	if err := WaitOutput(m.Ztunnel(node), parts...); err != nil {
+		return fmt.Errorf("ztunnel on %s: %w", node, err)
+	}
+	return nil
+}
+
+// WaitOutput waits up to 5 s for a line of p's output that contains every part.
+func WaitOutput(p *netns.Proc, parts ...string) error {
+	if p == nil {
+		return errors.New("no such process")
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out := m.Ztunnel(node).Output()
+		out := p.Output()
 		for _, line := range strings.Split(out, "\n") {
 			all := true
-			for _, p := range parts {
-				all = all && strings.Contains(line, p)
+			for _, part := range parts {
+				all = all && strings.Contains(line, part)
 			}
 			if all {
 				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("ztunnel on %s logged no line with %q:\n%s", node, parts, out)
+			return fmt.Errorf("logged no line with %q:\n%s", parts, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -1,0 +1,77 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/ambitmesh/ambit/tests/netns"
+)
+
+// WaypointArgs is the command line of waypoint ns/name running in pod p (local mode:
+// the model and manifests the ztunnels read, a certificate from the CA with p's node's
+// token, which may hold the identities of the pods on that node).
+func (m *Mesh) WaypointArgs(p *netns.Pod, ns, name string) []string {
+	return []string{
+		"-name", name, "-namespace", ns,
+		"-trust-domain", TrustDomain,
+		"-listen", p.IP.String() + ":15008",
+		"-model", m.ModelPath(), "-policies", m.PolicyDir(),
+		"-ca-addr", "unix://" + m.CASocket(),
+		"-ca-token-file", m.TokenFile(p.Node.Name),
+		"-ca-root-file", m.CARoot(),
+		"-drain-timeout", "1s",
+	}
+}
+
+// StartWaypoint runs waypoint ns/name in pod p (a workload of the model labelled
+// gateway.networking.k8s.io/gateway-name=name) and waits until it is ready.
+func (m *Mesh) StartWaypoint(ctx context.Context, p *netns.Pod, ns, name string) error {
+	cmd := p.Command(context.Background(), filepath.Join(m.Bin, "waypoint"), m.WaypointArgs(p, ns, name)...)
+	proc, err := m.Topo.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("start waypoint in %s: %w", p.Name, err)
+	}
+	m.mu.Lock()
+	if m.wp == nil {
+		m.wp = map[string]*netns.Proc{}
+	}
+	m.wp[p.Name] = proc
+	m.mu.Unlock()
+	client := HTTPClient(p.NS)
+	return waitFor(ctx, proc, 30*time.Second, func() bool {
+		resp, err := client.Get("http://127.0.0.1:15021/healthz/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "waypoint in "+p.Name)
+}
+
+// Waypoint returns the waypoint process running in the named pod, or nil.
+func (m *Mesh) Waypoint(pod string) *netns.Proc {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.wp[pod]
+}
+
+// StopWaypoint stops the waypoint running in the named pod.
+func (m *Mesh) StopWaypoint(pod string) error {
+	m.mu.Lock()
+	p := m.wp[pod]
+	delete(m.wp, pod)
+	m.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("no waypoint running in %s", pod)
+	}
+	err := p.Stop()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = nil
+	}
+	return err
+}
