@@ -94,22 +94,8 @@ func (s *Set) For(ns string, labels map[string]string) *Applied {
 	}
 	for _, list := range [][]*Authorization{s.authzByNS[s.root], s.authzByNS[ns]} {
 		for _, p := range list {
-			if !s.selects(&p.Scope, p.Namespace, ns, labels) {
-				continue
-			}
-			a.all = append(a.all, p)
-			if p.DryRun {
-				// Even when invalid: a dry run never changes traffic.
-				a.dry = append(a.dry, p)
-				continue
-			}
-			switch {
-			case p.Action == ActionDeny:
-				a.deny = append(a.deny, p)
-			case p.Action == ActionAllow:
-				a.allow = append(a.allow, p)
-			case p.Action == ActionAudit && p.Invalid == nil:
-				a.audit = append(a.audit, p)
+			if s.selects(&p.Scope, p.Namespace, ns, labels) {
+				a.add(p)
 			}
 		}
 		if ns == s.root {
@@ -118,6 +104,68 @@ func (s *Set) For(ns string, labels map[string]string) *Applied {
 	}
 	s.resolvePeer(a, ns, labels)
 	return a
+}
+
+func (a *Applied) add(p *Authorization) {
+	a.all = append(a.all, p)
+	if p.DryRun {
+		// Even when invalid: a dry run never changes traffic.
+		a.dry = append(a.dry, p)
+		return
+	}
+	switch {
+	case p.Action == ActionDeny:
+		a.deny = append(a.deny, p)
+	case p.Action == ActionAllow:
+		a.allow = append(a.allow, p)
+	case p.Action == ActionAudit && p.Invalid == nil:
+		a.audit = append(a.audit, p)
+	}
+}
+
+// Kinds and groups a waypoint's policies attach to by targetRefs.
+const (
+	gatewayGroup     = "gateway.networking.k8s.io"
+	kindGateway      = "Gateway"
+	kindGatewayClass = "GatewayClass"
+	kindService      = "Service"
+)
+
+// ForWaypoint returns the policies a waypoint enforces on traffic to a service:
+// those attached by targetRefs to the waypoint's Gateway (gwNamespace/gwName, from
+// its namespace), to its GatewayClass class (from the root namespace, for every
+// waypoint) and to the Service svcNamespace/svcName (from the Service's namespace;
+// empty for workload-addressed traffic). Selector and namespace-wide policies are
+// ztunnel's, never the waypoint's (Istio's rule).
+func (s *Set) ForWaypoint(gwNamespace, gwName, class, svcNamespace, svcName string) *Applied {
+	a := &Applied{}
+	if s == nil {
+		return a
+	}
+	for _, p := range s.authz {
+		for _, r := range p.TargetRefs {
+			if attaches(r, p.Namespace, s.root, gwNamespace, gwName, class, svcNamespace, svcName) {
+				a.add(p)
+				break
+			}
+		}
+	}
+	return a
+}
+
+func attaches(r TargetRef, policyNS, root, gwNS, gwName, class, svcNS, svcName string) bool {
+	if r.Namespace != "" && r.Namespace != policyNS {
+		return false // Istio allows no cross-namespace targetRefs
+	}
+	switch {
+	case r.Group == gatewayGroup && r.Kind == kindGateway:
+		return policyNS == gwNS && r.Name == gwName
+	case r.Group == gatewayGroup && r.Kind == kindGatewayClass:
+		return policyNS == root && r.Name == class
+	case (r.Group == "" || r.Group == "core") && r.Kind == kindService:
+		return svcName != "" && policyNS == svcNS && r.Name == svcName
+	}
+	return false
 }
 
 // resolvePeer picks the PeerAuthentications that decide ns/labels's mode: the

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/ambitmesh/ambit/policy"
 )
 
 // httpFront serves the HTTP streams: one http.Server (HTTP/1.1 and h2c prior
@@ -47,6 +49,7 @@ type reqInfo struct {
 	in       *inbound
 	upstream upstream
 	flags    string
+	policy   string // the deciding policy, when one denied, audited or ran dry
 }
 
 func newHTTPFront(w *Waypoint) *httpFront {
@@ -120,6 +123,14 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: rw}
 	defer func() { f.w.logRequest(r, info, sw.status(), time.Since(start)) }()
 
+	d := in.authorize(&policy.Request{Host: r.Host, Method: r.Method, Path: r.URL.Path, Headers: r.Header})
+	if d.DryRun != nil || len(d.Audit) > 0 || !d.Allow {
+		info.policy = d.String()
+	}
+	if !d.Allow {
+		http.Error(sw, "RBAC: access denied", http.StatusForbidden)
+		return
+	}
 	up, err := f.w.upstreamFor(in)
 	if err != nil {
 		info.flags = "UH"

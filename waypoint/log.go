@@ -16,6 +16,7 @@ const (
 	msgTCP           = "connection closed"
 	msgTCPFailed     = "connection failed"
 	msgUpstreamError = "upstream error"
+	msgDenied        = "connection denied by policy"
 )
 
 // Log keys; the access log's follow Istio's.
@@ -36,6 +37,7 @@ const (
 	keyBytesSent = "bytes_sent"
 	keyBytesRecv = "bytes_recv"
 	keyDuration  = "duration"
+	keyPolicy    = "policy"
 )
 
 // logRequest writes the request's access-log line and records its metrics.
@@ -44,9 +46,13 @@ func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, code int, d time.D
 	if t := info.in.t; t.svc != nil {
 		svc = t.svc.Hostname
 	}
-	w.log.Info(msgRequest, keySrc, info.in.client.String(), keyIdentity, info.in.peer,
+	attrs := []any{keySrc, info.in.client.String(), keyIdentity, info.in.peer,
 		keyAuthority, info.in.t.authority.String(), keyService, svc, keyMethod, r.Method, keyPath, r.URL.Path,
-		keyUpstream, info.upstream.addr.String(), keyStatus, code, keyFlags, info.flags, keyDuration, d.String())
+		keyUpstream, info.upstream.addr.String(), keyStatus, code, keyFlags, info.flags, keyDuration, d.String()}
+	if info.policy != "" {
+		attrs = append(attrs, keyPolicy, info.policy)
+	}
+	w.log.Info(msgRequest, attrs...)
 	w.m.request(info, strconv.Itoa(code), d)
 }
 

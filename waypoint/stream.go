@@ -13,6 +13,7 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
+	"github.com/ambitmesh/ambit/policy"
 )
 
 // protocol is how a bound port's traffic is handled.
@@ -60,7 +61,7 @@ func (w *Waypoint) serveHBONE(s *hbone.Stream) {
 		return
 	}
 	ctx := context.Background()
-	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap}
+	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap, policies: w.policiesFor(snap, t)}
 	proto := protocolOf(t.port)
 	var first []byte
 	if proto == protoSniff {
@@ -83,6 +84,30 @@ type inbound struct {
 	client netip.AddrPort
 	peer   string
 	snap   *discovery.Snapshot
+	// policies are the AuthorizationPolicies attached to this waypoint and the
+	// destination Service (targetRefs).
+	policies *policy.Applied
+}
+
+// policiesFor returns the policies this waypoint enforces for t.
+func (w *Waypoint) policiesFor(snap *discovery.Snapshot, t target) *policy.Applied {
+	var ns, name string
+	if t.svc != nil {
+		ns, name = t.svc.Namespace, t.svc.Name
+	}
+	return snap.Policies.ForWaypoint(w.cfg.Namespace, w.cfg.Name, w.cfg.WaypointClass, ns, name)
+}
+
+// authorize decides a stream (r nil: TCP, the policies' HTTP fields cannot match) or
+// a request of it.
+func (in *inbound) authorize(r *policy.Request) policy.Decision {
+	return in.policies.Evaluate(&policy.Input{
+		Principal: strings.TrimPrefix(in.peer, "spiffe://"),
+		SrcIP:     in.client.Addr(),
+		DstIP:     in.t.authority.Addr(),
+		DstPort:   in.t.authority.Port(),
+		HTTP:      r,
+	})
 }
 
 // sniffTimeout bounds the wait for a client's first bytes; a server-first protocol
@@ -163,6 +188,11 @@ func (c *prefixConn) CloseWrite() error {
 // forwardTCP relays a non-HTTP stream to an endpoint of its destination.
 func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, first []byte) {
 	start := time.Now()
+	if d := in.authorize(nil); !d.Allow {
+		s.Close()
+		w.log.Warn(msgDenied, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyPolicy, d.String())
+		return
+	}
 	up, err := w.upstreamFor(in)
 	if err == nil {
 		var c net.Conn

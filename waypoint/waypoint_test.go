@@ -22,6 +22,7 @@ import (
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
 	"github.com/ambitmesh/ambit/internal/serve"
+	"github.com/ambitmesh/ambit/policy"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -30,8 +31,13 @@ func id(ns, sa string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+
 
 // The model of these tests: service echo (VIP 198.19.0.1, ports 80/http and 9000/tcp)
 // in namespace apps bound to waypoint apps/wp, with two endpoints; the client pod.
-func testModel(tb testing.TB) *discovery.Snapshot {
+func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	tb.Helper()
+	seq := 0
+	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq)
+	if err != nil || len(probs) > 0 {
+		tb.Fatalf("policies: %v %v", err, probs)
+	}
 	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
 	in := discovery.Input{
 		Namespaces: []*discovery.Namespace{{Name: "apps", Labels: map[string]string{
@@ -50,6 +56,7 @@ func testModel(tb testing.TB) *discovery.Snapshot {
 				Ports: []discovery.ServicePort{{Port: 80}}},
 		},
 	}
+	in.Policies = policy.NewSet("", pm.Authorizations, pm.PeerAuthentications)
 	s, err := discovery.Build(in, discovery.EnrollmentOptions{})
 	if err != nil {
 		tb.Fatal(err)
@@ -96,7 +103,7 @@ type harness struct {
 	backend *backend
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, manifests ...string) *harness {
 	t.Helper()
 	authority, err := ca.New(ca.Config{StateDir: t.TempDir()})
 	if err != nil {
@@ -124,7 +131,7 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(func() { bsrv.Close() })
 
 	store := discovery.NewStore()
-	store.Set(testModel(t))
+	store.Set(testModel(t, strings.Join(manifests, "---\n")))
 	// Every endpoint's :15008 is the one backend listener here.
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
@@ -258,4 +265,45 @@ type tWriter struct{ tb testing.TB }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// L7 AuthorizationPolicy attached to the waypoint: 403 for what it does not allow.
+func TestL7Policy(t *testing.T) {
+	h := newHarness(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-api, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
+  rules: [{from: [{source: {principals: ["cluster.local/ns/apps/sa/client"]}}], to: [{operation: {methods: ["GET"], paths: ["/api/*"]}}]}]
+`)
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/api/x", 200}, {"POST", "/api/x", 403}, {"GET", "/other", 403}, {"GET", "/api/y", 200}} {
+		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: echo.apps\r\nContent-Length: 0\r\n\r\n", tc.method, tc.path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+	}
+	// TCP to a port of the same service: the ALLOW's HTTP fields cannot match.
+	if tc, err := h.connect(t, "198.19.0.1:9000"); err == nil {
+		_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(tc, "raw")
+		if got, _ := io.ReadAll(tc); len(got) > 0 {
+			t.Errorf("TCP under an HTTP-only ALLOW echoed %q", got)
+		}
+		tc.Close()
+	}
 }
