@@ -359,19 +359,7 @@ func resolveBackend(hr *gatewayv1.HTTPRoute, ref gatewayv1.BackendObjectReferenc
 }
 
 func backendFilters(b *Backend, fs []gatewayv1.HTTPRouteFilter) error {
-	if len(fs) > maxFilters {
-		return unsupported("%d filters, at most %d are allowed", len(fs), maxFilters)
-	}
-	seen := map[gatewayv1.HTTPRouteFilterType]bool{}
-	for i := range fs {
-		f := &fs[i]
-		if err := filterShape(f); err != nil {
-			return fmt.Errorf("filters[%d]: %w", i, err)
-		}
-		if seen[f.Type] {
-			return incompatible("filters[%d]: %s filter cannot be repeated", i, f.Type)
-		}
-		seen[f.Type] = true
+	_, err := forFilters(fs, func(f *gatewayv1.HTTPRouteFilter) error {
 		var err error
 		switch f.Type {
 		case gatewayv1.HTTPRouteFilterRequestHeaderModifier:
@@ -381,11 +369,32 @@ func backendFilters(b *Backend, fs []gatewayv1.HTTPRouteFilter) error {
 		default:
 			err = unsupported("%s filter is not supported on a backendRef, only header modifiers are", f.Type)
 		}
-		if err != nil {
-			return fmt.Errorf("filters[%d]: %w", i, err)
+		return err
+	})
+	return err
+}
+
+// forFilters checks the number, the shape and the repetition of filters and
+// calls fn on each in order; it returns the types seen.
+func forFilters(fs []gatewayv1.HTTPRouteFilter, fn func(*gatewayv1.HTTPRouteFilter) error) (map[gatewayv1.HTTPRouteFilterType]bool, error) {
+	if len(fs) > maxFilters {
+		return nil, unsupported("%d filters, at most %d are allowed", len(fs), maxFilters)
+	}
+	seen := map[gatewayv1.HTTPRouteFilterType]bool{}
+	for i := range fs {
+		f := &fs[i]
+		if err := filterShape(f); err != nil {
+			return nil, fmt.Errorf("filters[%d]: %w", i, err)
+		}
+		if seen[f.Type] && f.Type != gatewayv1.HTTPRouteFilterRequestMirror {
+			return nil, incompatible("filters[%d]: %s filter cannot be repeated", i, f.Type)
+		}
+		seen[f.Type] = true
+		if err := fn(f); err != nil {
+			return nil, fmt.Errorf("filters[%d]: %w", i, err)
 		}
 	}
-	return nil
+	return seen, nil
 }
 
 // filterShape checks that exactly the field named by Type is set.
@@ -415,19 +424,7 @@ func filterShape(f *gatewayv1.HTTPRouteFilter) error {
 }
 
 func compileFilters(r *Rule, hr *gatewayv1.HTTPRoute, fs []gatewayv1.HTTPRouteFilter, matches []gatewayv1.HTTPRouteMatch, svcs Services, grants Grants) error {
-	if len(fs) > maxFilters {
-		return unsupported("%d filters, at most %d are allowed", len(fs), maxFilters)
-	}
-	seen := map[gatewayv1.HTTPRouteFilterType]bool{}
-	for i := range fs {
-		f := &fs[i]
-		if err := filterShape(f); err != nil {
-			return fmt.Errorf("filters[%d]: %w", i, err)
-		}
-		if seen[f.Type] && f.Type != gatewayv1.HTTPRouteFilterRequestMirror {
-			return incompatible("filters[%d]: %s filter cannot be repeated", i, f.Type)
-		}
-		seen[f.Type] = true
+	seen, err := forFilters(fs, func(f *gatewayv1.HTTPRouteFilter) error {
 		var err error
 		switch f.Type {
 		case gatewayv1.HTTPRouteFilterRequestHeaderModifier:
@@ -458,9 +455,10 @@ func compileFilters(r *Rule, hr *gatewayv1.HTTPRoute, fs []gatewayv1.HTTPRouteFi
 		default:
 			err = unsupported("%s filter is not supported", f.Type)
 		}
-		if err != nil {
-			return fmt.Errorf("filters[%d]: %w", i, err)
-		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if seen[gatewayv1.HTTPRouteFilterRequestRedirect] && seen[gatewayv1.HTTPRouteFilterURLRewrite] {
 		return incompatible("RequestRedirect and URLRewrite filters cannot be combined")

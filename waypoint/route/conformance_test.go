@@ -211,15 +211,7 @@ func TestMeshConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			tab, sts := Compile(decodeRoutes(t, string(data)), svcs, nil)
-			for _, st := range sts {
-				for _, p := range st.Parents {
-					for _, c := range p.Conditions {
-						if c.Status != "True" {
-							t.Fatalf("%s: %s=%s %s", st.Name, c.Type, c.Status, c.Message)
-						}
-					}
-				}
-			}
+			requireAccepted(t, sts)
 			for i, c := range tt.cases {
 				checkMeshCase(t, tab, i, c)
 			}

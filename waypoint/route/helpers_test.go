@@ -48,6 +48,13 @@ func testServices(ns, name string) (ServiceInfo, bool) {
 func mustCompile(tb testing.TB, text string) *Table {
 	tb.Helper()
 	t, sts := Compile(decodeRoutes(tb, text), testServices, nil)
+	requireAccepted(tb, sts)
+	return t
+}
+
+// requireAccepted fails unless every condition of every status is True.
+func requireAccepted(tb testing.TB, sts []Status) {
+	tb.Helper()
 	for _, st := range sts {
 		for _, p := range st.Parents {
 			for _, c := range p.Conditions {
@@ -57,7 +64,6 @@ func mustCompile(tb testing.TB, text string) *Table {
 			}
 		}
 	}
-	return t
 }
 
 // req builds a Request; hdr is "Name: value" lines.

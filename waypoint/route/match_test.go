@@ -277,14 +277,6 @@ func compileSplit(tb testing.TB, text string) *Table {
 		all = append(all, c)
 	}
 	tab, sts := Compile(all, testServices, nil)
-	for _, st := range sts {
-		for _, p := range st.Parents {
-			for _, c := range p.Conditions {
-				if c.Status != "True" {
-					tb.Fatalf("%s: %s %s", st.Name, c.Type, c.Message)
-				}
-			}
-		}
-	}
+	requireAccepted(tb, sts)
 	return tab
 }
