@@ -43,7 +43,7 @@ func parse(filename string, data []byte, opts EnrollmentOptions, m manifests) (*
 	p := &parser{file: filename, lines: make(map[string]int)}
 	in, ok := p.document(data)
 	in.Policies, in.PolicyProblems = m.policies, m.policyProblems
-	in.Waypoints, in.WaypointProblems = m.waypoints, m.waypointProblems
+	in.Waypoints, in.WaypointProblems, in.Routes = m.waypoints, m.waypointProblems, m.routes
 	if ok && len(p.errs) == 0 {
 		p.checkNamespacesDeclared(in)
 		if _, err := Build(in, opts); err != nil {

@@ -3,6 +3,7 @@ package discovery
 import (
 	"fmt"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambitmesh/ambit/internal/yamldoc"
@@ -18,6 +19,54 @@ const (
 	WaypointProtocol = "HBONE"
 	WaypointPort     = 15008
 )
+
+// Routes are the Gateway API route objects of the manifests, for the waypoints. They
+// are decoded strictly here and compiled by each waypoint (package waypoint/route).
+type Routes struct {
+	HTTPRoutes []*gatewayv1.HTTPRoute
+	// ReferenceGrants (v1 or v1beta1, the same schema) admit cross-namespace backends.
+	ReferenceGrants []*gatewayv1.ReferenceGrant
+}
+
+// parseRoutes returns the HTTPRoutes and ReferenceGrants of objs; one that cannot be
+// decoded is a problem and left out.
+func parseRoutes(objs []yamldoc.Object) (Routes, []string) {
+	var r Routes
+	var problems []string
+	for _, o := range objs {
+		if o.Group() != GatewayGroup {
+			continue
+		}
+		var err error
+		switch o.Kind {
+		case "HTTPRoute":
+			var hr gatewayv1.HTTPRoute
+			if err = o.DecodeStrict(&hr); err == nil {
+				defaultNamespace(&hr.ObjectMeta)
+				r.HTTPRoutes = append(r.HTTPRoutes, &hr)
+			}
+		case "ReferenceGrant":
+			var g gatewayv1.ReferenceGrant
+			if err = o.DecodeStrict(&g); err == nil {
+				defaultNamespace(&g.ObjectMeta)
+				r.ReferenceGrants = append(r.ReferenceGrants, &g)
+			}
+		case "Gateway":
+		default:
+			err = fmt.Errorf("%s: %s %s is not supported by Ambit's waypoint", o.Origin(), o.APIVersion, o.Kind)
+		}
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	return r, problems
+}
+
+func defaultNamespace(m *metav1.ObjectMeta) {
+	if m.Namespace == "" {
+		m.Namespace = "default"
+	}
+}
 
 // parseGateways returns the waypoints declared by the Gateway objects of objs whose
 // class is class (other Gateways are not waypoints and are left alone), and the

@@ -74,6 +74,7 @@ type manifests struct {
 	policyProblems   []string
 	waypoints        []*Waypoint
 	waypointProblems []string
+	routes           Routes
 }
 
 // parseManifests decodes the files (none: nothing): Istio security objects and
@@ -102,6 +103,10 @@ func parseManifests(files []policyFile, root, class string) (manifests, error) {
 		wps, wprobs := parseGateways(objs, class)
 		m.waypoints = append(m.waypoints, wps...)
 		m.waypointProblems = append(m.waypointProblems, wprobs...)
+		rs, rprobs := parseRoutes(objs)
+		m.routes.HTTPRoutes = append(m.routes.HTTPRoutes, rs.HTTPRoutes...)
+		m.routes.ReferenceGrants = append(m.routes.ReferenceGrants, rs.ReferenceGrants...)
+		m.waypointProblems = append(m.waypointProblems, rprobs...)
 	}
 	m.policies = policy.NewSet(root, authz, peer)
 	return m, nil

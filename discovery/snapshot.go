@@ -30,6 +30,8 @@ type Snapshot struct {
 	// WaypointProblems are the waypoints' and bindings' problems (each changes nothing
 	// else).
 	WaypointProblems []string `json:"waypointProblems,omitempty"`
+	// Routes are the Gateway API routes, as declared (the waypoints compile them).
+	Routes Routes `json:"-"`
 
 	applied       *sync.Map // *Workload -> *policy.Applied; shared by copies
 	workloadByIP  map[netip.Addr]*Workload
@@ -57,6 +59,7 @@ type Input struct {
 	// declarations they came from, in WaypointProblems) never fail the build.
 	Waypoints        []*Waypoint
 	WaypointProblems []string
+	Routes           Routes
 }
 
 // Build validates in, fills defaults (workload UID and service account,
@@ -104,6 +107,7 @@ func (b *builder) build(in Input) *Snapshot {
 		Policies:         in.Policies,
 		PolicyProblems:   slices.Clone(in.PolicyProblems),
 		WaypointProblems: slices.Clone(in.WaypointProblems),
+		Routes:           in.Routes,
 	}
 	b.namespaces(s, in.Namespaces)
 	b.nodes(s, in.Nodes)

@@ -4,15 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/policy"
+	"github.com/ambitmesh/ambit/waypoint/route"
 )
 
 // httpFront serves the HTTP streams: one http.Server (HTTP/1.1 and h2c prior
@@ -47,6 +52,11 @@ const (
 // reqInfo is filled while a request is handled, for the access log and metrics.
 type reqInfo struct {
 	in       *inbound
+	rule     *route.Rule    // the HTTPRoute rule, nil when none attaches
+	backend  *route.Backend // its chosen backendRef
+	redirect string
+	svc      *discovery.Service // where the endpoints come from (nil: the bound workload)
+	port     *discovery.ServicePort
 	upstream upstream
 	flags    string
 	policy   string // the deciding policy, when one denied, audited or ran dry
@@ -72,11 +82,12 @@ func newHTTPFront(w *Waypoint) *httpFront {
 		},
 	}
 	f.proxy = &httputil.ReverseProxy{
-		Rewrite:       rewrite,
-		Transport:     roundTripperFunc(f.roundTrip),
-		FlushInterval: -1, // stream (gRPC, server-sent events)
-		ErrorHandler:  f.upstreamError,
-		ErrorLog:      slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+		Rewrite:        rewrite,
+		Transport:      roundTripperFunc(f.roundTrip),
+		ModifyResponse: modifyResponse,
+		FlushInterval:  -1, // stream (gRPC, server-sent events)
+		ErrorHandler:   f.upstreamError,
+		ErrorLog:       slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}
 	return f
 }
@@ -111,7 +122,8 @@ func (f *httpFront) serve(c net.Conn, in *inbound) {
 	<-ic.done
 }
 
-// handle forwards one request to an endpoint of its destination.
+// handle routes one request and forwards it to an endpoint of the chosen backend.
+// The path is normalized once; that one path is authorized, routed and forwarded.
 func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	in, _ := r.Context().Value(keyInbound).(*inbound)
@@ -123,7 +135,12 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: rw}
 	defer func() { f.w.logRequest(r, info, sw.status(), time.Since(start)) }()
 
-	d := in.authorize(&policy.Request{Host: r.Host, Method: r.Method, Path: r.URL.Path, Headers: r.Header})
+	path, err := route.NormalizePath(r.URL.EscapedPath())
+	if err != nil {
+		http.Error(sw, "invalid path", http.StatusBadRequest)
+		return
+	}
+	d := in.authorize(&policy.Request{Host: r.Host, Method: r.Method, Path: path, Headers: r.Header})
 	if d.DryRun != nil || len(d.Audit) > 0 || !d.Allow {
 		info.policy = d.String()
 	}
@@ -131,14 +148,66 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		http.Error(sw, "RBAC: access denied", http.StatusForbidden)
 		return
 	}
-	up, err := f.w.upstreamFor(in)
-	if err != nil {
-		info.flags = "UH"
-		http.Error(sw, "no healthy upstream", http.StatusServiceUnavailable)
+	req := &route.Request{Method: r.Method, Scheme: "http", Host: r.Host, Port: in.t.authority.Port(),
+		Path: path, RawQuery: r.URL.RawQuery, Header: r.Header}
+	info.svc, info.port = in.t.svc, in.t.port
+	if code, msg := f.route(in, req, info); code != 0 {
+		if info.redirect != "" {
+			sw.Header().Set("Location", info.redirect)
+			sw.WriteHeader(code)
+			return
+		}
+		http.Error(sw, msg, code)
 		return
 	}
+	ctx := context.WithValue(r.Context(), keyRequest, info)
+	if info.rule != nil && info.rule.Timeouts.Request > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, info.rule.Timeouts.Request)
+		defer cancel()
+	}
+	out := r.WithContext(ctx)
+	out.Host = req.Host
+	out.URL.Path, out.URL.RawPath = req.Path, ""
+	f.proxy.ServeHTTP(sw, out)
+}
+
+// route applies the HTTPRoutes attached to the destination: the rule, its filters and
+// backend, and the endpoint. It returns the status to answer instead of forwarding
+// (0 to forward), as Envoy would: 404 NR without a matching rule, 500 for a rule
+// without a usable backend, 503 UH without an endpoint, or a redirect.
+func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, string) {
+	if in.t.svc != nil {
+		if rs := f.w.routesFor(in.snap).table.Lookup(in.t.svc.Namespace, in.t.svc.Name, in.t.port.Port); rs != nil {
+			rule, ok := rs.Match(req)
+			if !ok {
+				info.flags = "NR"
+				return http.StatusNotFound, "no route"
+			}
+			info.rule = rule
+			if red := rule.ApplyRequest(req); red != nil {
+				info.redirect = red.Location
+				return red.StatusCode, ""
+			}
+			b, ok := rule.Pick(rand.Uint64())
+			if !ok || b.Invalid != nil {
+				return http.StatusInternalServerError, "no valid backend"
+			}
+			svc := in.snap.ServiceByName(b.Namespace, b.Name)
+			if svc == nil || svc.Port(b.Port) == nil {
+				return http.StatusInternalServerError, "backend not found"
+			}
+			b.ApplyRequest(req.Header)
+			info.backend, info.svc, info.port = b, svc, svc.Port(b.Port)
+		}
+	}
+	up, err := f.w.upstreamOf(in, info.svc, info.port)
+	if err != nil {
+		info.flags = "UH"
+		return http.StatusServiceUnavailable, "no healthy upstream"
+	}
 	info.upstream = up
-	f.proxy.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), keyRequest, info)))
+	return 0, ""
 }
 
 // rewrite aims the outbound request at the chosen endpoint, keeping Host.
@@ -150,14 +219,97 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = pr.In.Host
 }
 
-// roundTrip sends the outbound request over the client's own upstream pool.
+// modifyResponse applies the route's response filters (the backend's first).
+func modifyResponse(resp *http.Response) error {
+	if info, ok := resp.Request.Context().Value(keyRequest).(*reqInfo); ok && info.rule != nil {
+		if info.backend != nil {
+			info.backend.ApplyResponse(resp.Header)
+		}
+		info.rule.ApplyResponse(resp.Header)
+	}
+	return nil
+}
+
+// Istio's default retry policy: connection failures, retried twice on other endpoints.
+const defaultRetries = 2
+
+// roundTrip sends the outbound request over the client's own upstream pool, retrying
+// connection failures on another endpoint (Istio's default) and, with an HTTPRoute
+// retry, the listed status codes when the request has no body to replay.
 func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 	info, _ := r.Context().Value(keyRequest).(*reqInfo)
 	if info == nil {
 		return nil, errors.New("request without routing information")
 	}
-	h2 := protocolOf(info.in.t.port) == protoHTTP2 || r.ProtoMajor == 2
-	return f.transport(info.in.client, h2).RoundTrip(r)
+	retries, codes, backoff := defaultRetries, []int(nil), time.Duration(0)
+	var perTry time.Duration
+	if info.rule != nil {
+		perTry = info.rule.Timeouts.BackendRequest
+		if rt := info.rule.Retry; rt != nil {
+			if rt.Attempts >= 0 {
+				retries = rt.Attempts
+			}
+			codes, backoff = rt.Codes, rt.Backoff
+		}
+	}
+	replayable := r.Body == nil || r.Body == http.NoBody
+	h2 := protocolOf(info.port) == protoHTTP2 || r.ProtoMajor == 2
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if up, err := f.w.upstreamOf(info.in, info.svc, info.port); err == nil {
+				info.upstream = up
+			}
+			r.URL.Host = info.upstream.addr.String()
+			if backoff > 0 {
+				select {
+				case <-time.After(backoff):
+				case <-r.Context().Done():
+					return nil, r.Context().Err()
+				}
+			}
+		}
+		try, cancel := r, context.CancelFunc(func() {})
+		if perTry > 0 {
+			var ctx context.Context
+			ctx, cancel = context.WithTimeout(r.Context(), perTry)
+			try = r.WithContext(ctx)
+		}
+		resp, err := f.transport(info.in.client, h2).RoundTrip(try)
+		switch {
+		case err != nil && errors.Is(err, errDial) && attempt < retries:
+			cancel()
+			continue
+		case err == nil && attempt < retries && replayable && slices.Contains(codes, resp.StatusCode):
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			cancel()
+			continue
+		case err != nil:
+			cancel()
+			if attempt > 0 {
+				info.flags = "URX"
+			}
+			return nil, err
+		}
+		if perTry > 0 {
+			resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+		} else {
+			cancel()
+		}
+		return resp, nil
+	}
+}
+
+// cancelBody ends a per-try context when the response body is done.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 func (f *httpFront) transport(client netip.AddrPort, h2 bool) *http.Transport {

@@ -17,6 +17,7 @@ const (
 	msgTCPFailed     = "connection failed"
 	msgUpstreamError = "upstream error"
 	msgDenied        = "connection denied by policy"
+	msgRouteProblem  = "route not accepted"
 )
 
 // Log keys; the access log's follow Istio's.
@@ -38,6 +39,9 @@ const (
 	keyBytesRecv = "bytes_recv"
 	keyDuration  = "duration"
 	keyPolicy    = "policy"
+	keyRoute     = "route"
+	keyParent    = "parent"
+	keyCondition = "condition"
 )
 
 // logRequest writes the request's access-log line and records its metrics.

@@ -222,8 +222,13 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 // upstreamFor picks where a stream's traffic goes when no route says otherwise: an
 // endpoint of the Service it was addressed to, or the bound workload itself.
 func (w *Waypoint) upstreamFor(in *inbound) (upstream, error) {
-	if in.t.svc != nil {
-		return w.pickEndpoint(in.snap, in.t.svc, in.t.port)
+	return w.upstreamOf(in, in.t.svc, in.t.port)
+}
+
+// upstreamOf picks an endpoint of svc's port, or (svc nil) the bound workload.
+func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort) (upstream, error) {
+	if svc != nil {
+		return w.pickEndpoint(in.snap, svc, port)
 	}
 	return upstream{addr: in.t.authority, workload: in.t.workload}, nil
 }

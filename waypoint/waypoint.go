@@ -67,6 +67,7 @@ type Waypoint struct {
 	relay       relay.Relay
 	front       *httpFront
 
+	routes    routesCache
 	rr        sync.Map // service key -> *atomic.Uint64
 	closeOnce sync.Once
 }
@@ -249,6 +250,8 @@ var (
 	errNotBound  = errors.New("destination is not bound to this waypoint")
 	errNoPort    = errors.New("service has no such port")
 	errNoBackend = errors.New("no endpoint")
+	// errDial marks a failure to connect to an endpoint (retried on another one).
+	errDial = errors.New("upstream connect failure")
 )
 
 // resolve finds the bound destination the authority names: a Service VIP (routes
@@ -315,7 +318,7 @@ func (w *Waypoint) dialUpstream(ctx context.Context, up upstream, client netip.A
 	if up.workload == nil || up.workload.Protocol != discovery.ProtocolHBONE || up.workload.Gateway != "" {
 		c, err := w.dial(ctx, "tcp", up.addr.String())
 		if err != nil {
-			return nil, fmt.Errorf("dial upstream %s: %w", up.addr, err)
+			return nil, fmt.Errorf("dial upstream %s: %w: %w", up.addr, errDial, err)
 		}
 		return c, nil
 	}
@@ -331,7 +334,7 @@ func (w *Waypoint) dialUpstream(ctx context.Context, up upstream, client netip.A
 		Forwarded: client,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dial upstream %s over HBONE: %w", up.addr, err)
+		return nil, fmt.Errorf("dial upstream %s over HBONE: %w: %w", up.addr, errDial, err)
 	}
 	return c, nil
 }

@@ -17,11 +17,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
 	"github.com/ambitmesh/ambit/internal/serve"
+	"github.com/ambitmesh/ambit/internal/yamldoc"
 	"github.com/ambitmesh/ambit/policy"
 )
 
@@ -34,9 +37,23 @@ func id(ns, sa string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+
 func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	tb.Helper()
 	seq := 0
-	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq)
+	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq, discovery.GatewayGroup)
 	if err != nil || len(probs) > 0 {
 		tb.Fatalf("policies: %v %v", err, probs)
+	}
+	objs, err := yamldoc.Objects("routes.yaml", []byte(manifests))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var routes discovery.Routes
+	for _, o := range objs {
+		if o.Kind == "HTTPRoute" {
+			var hr gatewayv1.HTTPRoute
+			if err := o.DecodeStrict(&hr); err != nil {
+				tb.Fatal(err)
+			}
+			routes.HTTPRoutes = append(routes.HTTPRoutes, &hr)
+		}
 	}
 	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
 	in := discovery.Input{
@@ -57,6 +74,7 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 		},
 	}
 	in.Policies = policy.NewSet("", pm.Authorizations, pm.PeerAuthentications)
+	in.Routes = routes
 	s, err := discovery.Build(in, discovery.EnrollmentOptions{})
 	if err != nil {
 		tb.Fatal(err)
@@ -91,6 +109,9 @@ func (b *backend) serve(s *hbone.Stream) {
 			return
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(300 * time.Millisecond)
+		}
 		body := fmt.Sprintf("%s %s host=%s", req.Target.Addr(), r.URL.Path, r.Host)
 		fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	}
@@ -305,5 +326,62 @@ spec:
 			t.Errorf("TCP under an HTTP-only ALLOW echoed %q", got)
 		}
 		tc.Close()
+	}
+}
+
+// HTTPRoutes on the bound Service: rules by path, a redirect, a response header, a
+// request timeout answered 504, and 404 when no rule matches.
+func TestHTTPRoutes(t *testing.T) {
+	h := newHarness(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: Exact, value: /a}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-route, value: exact-a}]}
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /rewritten}}
+    backendRefs: [{name: echo, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+  - matches: [{path: {type: Exact, value: /slow}}]
+    timeouts: {request: 100ms}
+    backendRefs: [{name: echo, port: 80}]
+`)
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		path      string
+		code      int
+		body, hdr string
+		location  string
+	}{
+		{path: "/a", code: 200, body: " /rewritten host=echo.apps", hdr: "exact-a"},
+		{path: "/./a", code: 200, body: " /rewritten host=echo.apps", hdr: "exact-a"}, // normalized once, then routed
+		{path: "/old/x", code: 301, location: "http://echo.apps/new/x"},
+		{path: "/slow", code: 504},
+		{path: "/nothing", code: 404},
+	} {
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: echo.apps\r\n\r\n", tc.path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", tc.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || (tc.body != "" && !strings.HasSuffix(string(body), tc.body)) ||
+			resp.Header.Get("x-route") != tc.hdr || resp.Header.Get("Location") != tc.location {
+			t.Errorf("GET %s: %d %q x-route=%q location=%q; want %d %q x-route=%q location=%q", tc.path, resp.StatusCode, body,
+				resp.Header.Get("x-route"), resp.Header.Get("Location"), tc.code, tc.body, tc.hdr, tc.location)
+		}
 	}
 }
