@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ambitmesh/ambit/discovery"
@@ -223,7 +224,7 @@ func (z *Ztunnel) pickWaypointPod(wp *discovery.Waypoint) (*discovery.Workload, 
 	if len(wp.Pods) == 0 {
 		return nil, netip.Addr{}
 	}
-	n := z.next(waypointKey{wp.Namespace, wp.Name})
+	n := next(&z.rr, waypointKey{wp.Namespace, wp.Name})
 	for i := range uint64(len(wp.Pods)) {
 		p := wp.Pods[(n+i)%uint64(len(wp.Pods))]
 		// Readiness belongs here once the model carries it: a pod that is not ready is
@@ -369,15 +370,16 @@ func (z *Ztunnel) pickEndpoint(svc *discovery.Service) (discovery.Endpoint, erro
 	if len(svc.Endpoints) == 0 {
 		return discovery.Endpoint{}, fmt.Errorf("%s: %w", svc.Hostname, errNoEndpoint)
 	}
-	n := z.next(serviceKey{svc.Namespace, svc.Name})
+	n := next(&z.rr, serviceKey{svc.Namespace, svc.Name})
 	return svc.Endpoints[n%uint64(len(svc.Endpoints))], nil
 }
 
-// next advances the round-robin cursor of key (a serviceKey or waypointKey).
-func (z *Ztunnel) next(key any) uint64 {
-	v, ok := z.rr.Load(key)
+// next advances the round-robin cursor of key (a serviceKey or waypointKey). Typed,
+// not any: a key boxed once for both lookups would escape on every call.
+func next[K serviceKey | waypointKey](rr *sync.Map, key K) uint64 {
+	v, ok := rr.Load(key)
 	if !ok {
-		v, _ = z.rr.LoadOrStore(key, new(atomic.Uint64))
+		v, _ = rr.LoadOrStore(key, new(atomic.Uint64))
 	}
 	return v.(*atomic.Uint64).Add(1) - 1
 }
