@@ -39,6 +39,7 @@ type Service struct {
 	VIPs            []netip.Addr
 	Ports           []ServicePort
 	Selector        map[string]string
+	Labels          map[string]string // e.g. istio.io/use-waypoint
 }
 
 // Namespace returns the named namespace, or nil.
@@ -93,6 +94,7 @@ func (m *Model) YAML() string {
 					fmt.Fprintf(&b, "      %s: %q\n", k, s.Selector[k])
 				}
 			}
+			writeLabels(&b, "    ", s.Labels)
 		}
 	}
 	return b.String()
