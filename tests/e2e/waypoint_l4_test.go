@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -69,7 +70,7 @@ func TestWaypointL4(t *testing.T) {
 		echoBW := m.Model.Workload("echo-b")
 		echoBW.Labels = oldLabels
 		m.Model.Workloads = removeWorkload(m.Model.Workloads, "wp-1")
-		m.Model.Services = removeService(m.Model.Services, wpService)
+		m.Model.Services = slices.DeleteFunc(m.Model.Services, func(s mesh.Service) bool { return s.Name == wpService })
 		if err := m.Apply(); err != nil {
 			t.Error(err)
 		}
@@ -173,23 +174,7 @@ func TestWaypointL4(t *testing.T) {
 }
 
 func removeWorkload(ws []mesh.Workload, name string) []mesh.Workload {
-	var out []mesh.Workload
-	for _, w := range ws {
-		if w.Name != name {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
-func removeService(ss []mesh.Service, name string) []mesh.Service {
-	var out []mesh.Service
-	for _, s := range ss {
-		if s.Name != name {
-			out = append(out, s)
-		}
-	}
-	return out
+	return slices.DeleteFunc(ws, func(w mesh.Workload) bool { return w.Name == name })
 }
 
 // dump is a node's /config_dump, with the lookups the waypoint test waits on.
