@@ -360,3 +360,31 @@ func TestRecheckWaypointBinding(t *testing.T) {
 	}
 	n.waitLog(t, `msg="connection closed by policy"`, "destination mesh/free-a is behind waypoint mesh/wp")
 }
+
+// TestExplainWaypoint: /policy/explain takes a waypoint's pod as an HBONE source from
+// wherever it runs, and says why others are refused at a destination behind it.
+func TestExplainWaypoint(t *testing.T) {
+	n := newTestNodeWith(t, "node2", waypointSnapshot(t))
+	n.authorize = n.authorizePolicy
+	tests := []struct {
+		src, dst    string
+		wantPath    string
+		wantAllowed bool
+		wantRefused string
+	}{
+		{"mesh/wp-1", "mesh/echo-a:8080", "inbound", true, ""},
+		{"mesh/wpw-1", "mesh/solo:8080", "inbound", true, ""}, // on this node, and not captured
+		{"mesh/client", "mesh/echo-a:8080", "inbound", false, "401 Unauthorized: destination mesh/echo-a is behind waypoint mesh/wp: only the waypoint may connect"},
+		{"mesh/client-2", "mesh/echo-a:8080", "local", false, "401 Unauthorized: destination mesh/echo-a is behind waypoint mesh/wp: only the waypoint may connect"},
+	}
+	for _, tt := range tests {
+		e, err := n.Explain(ExplainQuery{Src: tt.src, Dst: tt.dst})
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", tt.src, tt.dst, err)
+		}
+		if e.Path != tt.wantPath || e.Allowed != tt.wantAllowed || e.Refused != tt.wantRefused {
+			t.Errorf("%s -> %s: path %s allowed %v refused %q; want %s %v %q", tt.src, tt.dst, e.Path, e.Allowed, e.Refused,
+				tt.wantPath, tt.wantAllowed, tt.wantRefused)
+		}
+	}
+}
