@@ -103,9 +103,11 @@ func (z *Ztunnel) recheckLoop(ctx context.Context) error {
 		if snap.Policies != last.Policies {
 			z.logWarnings(snap.Policies, last.Policies)
 		}
-		noPolicies := snap.Policies == nil && last.Policies == nil
+		// Without policies or waypoints every connection passes, as it did. (A binding
+		// to a waypoint that is not declared is a waypoint problem.)
+		idle := snap.Policies == nil && last.Policies == nil && !hasWaypoints(snap) && !hasWaypoints(last)
 		last = snap
-		if !noPolicies { // without policies every connection passes, as it did
+		if !idle {
 			z.recheck(snap)
 		}
 	}
@@ -129,11 +131,24 @@ func (z *Ztunnel) logWarnings(cur, prev *policy.Set) {
 	}
 }
 
-// recheck closes each connection to a local pod that snap's policies deny.
+func hasWaypoints(s *discovery.Snapshot) bool {
+	return len(s.Waypoints) > 0 || len(s.WaypointProblems) > 0
+}
+
+// recheck closes each connection to a local pod that snap's policies deny, or whose
+// destination is now behind a waypoint it did not come from.
 func (z *Ztunnel) recheck(snap *discovery.Snapshot) {
 	for _, rec := range z.conns.inbound() {
-		d, ok := z.decide(snap, rec)
-		if !ok || d.Allow {
+		w := snap.WorkloadByUID(rec.DstWorkload.UID)
+		if w == nil {
+			continue
+		}
+		var why slog.Attr
+		if len(w.BehindWaypoints) > 0 && !z.cfg.AllowWaypointBypass && z.waypointPeer(snap, rec, w) == "" {
+			why = slog.String(keyReason, bypassError(w).Error())
+		} else if d, ok := z.decide(snap, rec); ok && !d.Allow {
+			why = slog.String(keyDecision, d.String())
+		} else {
 			continue
 		}
 		if !rec.revoked.CompareAndSwap(false, true) {
@@ -141,7 +156,7 @@ func (z *Ztunnel) recheck(snap *discovery.Snapshot) {
 		}
 		z.m.denied(rec)
 		attrs := logAttrs(rec)
-		attrs = append(attrs, slog.String(keyDecision, d.String()))
+		attrs = append(attrs, why)
 		z.log.LogAttrs(context.Background(), slog.LevelWarn, msgPolicyClosed, attrs...)
 		for i, c := range rec.closers {
 			if i == 0 && !rec.MutualTLS {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -96,6 +97,10 @@ type Config struct {
 	// on one identity's behalf (docs/operations.md, "Per-peer limits").
 	MaxStreamsPerPeer   int
 	MaxUpstreamsPerPeer int
+	// AllowWaypointBypass turns off the check that a destination behind a waypoint is
+	// reached only from that waypoint's pods (flag -waypoint-bypass-check=false), which
+	// is Istio's behaviour. Traffic to a bound destination still goes to its waypoint.
+	AllowWaypointBypass bool
 	// DataPath picks the fast paths' implementation: DataPathFast (the default) or the
 	// standard library's DataPathStd.
 	DataPath DataPath
@@ -193,8 +198,31 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long shutdown waits for connections")
 	fs.IntVar(&c.MaxStreamsPerPeer, "max-streams-per-peer", c.MaxStreamsPerPeer, "concurrent inbound HBONE streams one peer identity may hold (over all its connections)")
 	fs.IntVar(&c.MaxUpstreamsPerPeer, "max-upstreams-per-peer", c.MaxUpstreamsPerPeer, "sockets to local pods ztunnel holds open on one peer identity's behalf")
+	fs.Var(inverted{&c.AllowWaypointBypass}, "waypoint-bypass-check", "refuse connections to a destination behind a waypoint that do not come from that waypoint (false: accept them, as Istio does)")
 	fs.TextVar(&c.DataPath, "datapath", c.DataPath, `data path implementation: "fast" (own TLS records, raw sockets) or "std" (crypto/tls, net package sockets)`)
 }
+
+// inverted is a boolean flag that sets the negation of its field, so that the field's
+// zero value (false) means the flag's default (true).
+type inverted struct{ p *bool }
+
+func (v inverted) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strconv.FormatBool(!*v.p)
+}
+
+func (v inverted) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*v.p = !b
+	return nil
+}
+
+func (inverted) IsBoolFlag() bool { return true }
 
 // RegisterCaptureFlags registers the flags that say what the capture installs on the
 // node (-uplinks, -bpf-pin-path, -mark, -mark-mask, -route-table); RegisterFlags

@@ -86,6 +86,7 @@ func TestRegisterFlagsNames(t *testing.T) {
 		"datapath":                "fast",
 		"max-streams-per-peer":    "32768",
 		"max-upstreams-per-peer":  "32768",
+		"waypoint-bypass-check":   "true",
 	}
 	got := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { got[f.Name] = f.DefValue })
@@ -122,6 +123,9 @@ func TestRegisterFlagsParse(t *testing.T) {
 			check: func(c Config) bool {
 				return c.DrainTimeout == time.Second && c.HBONEPoolIdleTimeout == 30*time.Second && c.HBONEConnsPerPeer == 8
 			}},
+		{name: "waypoint bypass check on", args: []string{"-waypoint-bypass-check"}, check: func(c Config) bool { return !c.AllowWaypointBypass }},
+		{name: "waypoint bypass check off", args: []string{"-waypoint-bypass-check=false"}, check: func(c Config) bool { return c.AllowWaypointBypass }},
+		{name: "bad waypoint bypass check", args: []string{"-waypoint-bypass-check=maybe"}, wantErr: `invalid boolean value "maybe" for -waypoint-bypass-check`},
 		{name: "std data path", args: []string{"-datapath=std"}, check: func(c Config) bool { return c.DataPath == DataPathStd }},
 		{name: "bad data path", args: []string{"-datapath=turbo"}, wantErr: `invalid value "turbo" for flag -datapath: data path "turbo": want fast or std`},
 		{name: "no uplinks", args: []string{"-uplinks="}, check: func(c Config) bool { return len(c.Uplinks) == 0 }},

@@ -108,16 +108,17 @@ func (z *Ztunnel) Explain(q ExplainQuery) (Explanation, error) {
 	from := netip.AddrPortFrom(src, 0)
 	var rec *record
 	switch {
-	case q.Plaintext || srcW == nil || !srcW.Enrolled:
+	case q.Plaintext || srcW == nil || srcW.Protocol != discovery.ProtocolHBONE:
 		rec = newRecord(dirInboundPlain, from, dst)
-	case srcW.Node == z.cfg.NodeName:
+	case srcW.Enrolled && srcW.Node == z.cfg.NodeName:
 		rec = newRecord(dirOutbound, from, dst) // captured at the pod; route serves it as same node
 	default:
 		id, err := identity.WorkloadID(z.td, srcW.Namespace, srcW.ServiceAccount)
 		if err != nil {
 			return Explanation{}, fmt.Errorf("src %s/%s: %w", srcW.Namespace, srcW.Name, err)
 		}
-		// As the source's ztunnel sends it: its certificate, the client's address forwarded.
+		// As the source's ztunnel (or a waypoint's pod, from any node) sends it: its
+		// certificate, the client's address forwarded.
 		rec = hboneRecord(id, from, netip.AddrPortFrom(dst.Addr(), PortHBONE), dst, from)
 	}
 	rec.explain = true

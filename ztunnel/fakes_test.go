@@ -141,8 +141,14 @@ type testNode struct {
 
 func newTestNode(tb testing.TB, node string) *testNode {
 	tb.Helper()
+	return newTestNodeWith(tb, node, testSnapshot(tb))
+}
+
+// newTestNodeWith is newTestNode on a node of snap.
+func newTestNodeWith(tb testing.TB, node string, snap *discovery.Snapshot) *testNode {
+	tb.Helper()
 	store := discovery.NewStore()
-	store.Set(testSnapshot(tb))
+	store.Set(snap)
 	reg := prometheus.NewRegistry()
 	n := &testNode{logs: &syncBuffer{}, pods: make(chan *net.TCPConn, 16)}
 	z := &Ztunnel{

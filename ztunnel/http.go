@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/internal/serve"
 )
@@ -42,6 +43,19 @@ type ConfigDump struct {
 	// modelProblems).
 	Policies       []DumpPolicy `json:"policies"`
 	PolicyProblems []string     `json:"policyProblems,omitempty"`
+	// Waypoints are the declared waypoints with their pods; WaypointProblems the
+	// waypoints' and bindings' problems.
+	Waypoints        []dumpWaypoint `json:"waypoints"`
+	WaypointProblems []string       `json:"waypointProblems,omitempty"`
+}
+
+type dumpWaypoint struct {
+	Name   string `json:"name"` // namespace/name
+	For    string `json:"for"`
+	From   string `json:"from"` // allowedRoutes.namespaces.from
+	Origin string `json:"origin,omitempty"`
+	// Pods are "namespace/name ip identity" (the identity ztunnel expects of it).
+	Pods []string `json:"pods"`
 }
 
 type dumpWorkload struct {
@@ -56,6 +70,11 @@ type dumpWorkload struct {
 	Local          bool     `json:"local"`
 	// For local workloads: the policies that apply ("kind namespace/name").
 	Policies []string `json:"policies,omitempty"`
+	// Waypoint is the waypoint traffic to its address goes through; BehindWaypoints
+	// those that alone may reach it; Gateway the waypoint it runs.
+	Waypoint        string   `json:"waypoint,omitempty"`
+	BehindWaypoints []string `json:"behindWaypoints,omitempty"`
+	Gateway         string   `json:"gateway,omitempty"`
 }
 
 type dumpService struct {
@@ -63,6 +82,7 @@ type dumpService struct {
 	VIPs      []string `json:"vips"`
 	Ports     []string `json:"ports"`
 	Endpoints []string `json:"endpoints"`
+	Waypoint  string   `json:"waypoint,omitempty"` // traffic to its VIPs goes through it
 }
 
 // Dump returns the current admin view.
@@ -83,7 +103,8 @@ func (z *Ztunnel) Dump() ConfigDump {
 	}
 	for _, w := range snap.Workloads {
 		dw := dumpWorkload{UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
-			Node: w.Node, Protocol: string(w.Protocol), Local: w.Node == z.cfg.NodeName}
+			Node: w.Node, Protocol: string(w.Protocol), Local: w.Node == z.cfg.NodeName,
+			Waypoint: w.Waypoint, BehindWaypoints: w.BehindWaypoints, Gateway: w.Gateway}
 		for _, ip := range w.IPs {
 			dw.IPs = append(dw.IPs, ip.String())
 		}
@@ -96,7 +117,7 @@ func (z *Ztunnel) Dump() ConfigDump {
 		d.Workloads = append(d.Workloads, dw)
 	}
 	for _, s := range snap.Services {
-		ds := dumpService{Hostname: s.Hostname}
+		ds := dumpService{Hostname: s.Hostname, Waypoint: s.Waypoint}
 		for _, v := range s.VIPs {
 			ds.VIPs = append(ds.VIPs, v.String())
 		}
@@ -120,9 +141,30 @@ func (z *Ztunnel) Dump() ConfigDump {
 	}
 	d.Policies = dumpPolicies(snap.Policies)
 	d.PolicyProblems = snap.PolicyProblems
+	d.Waypoints = z.dumpWaypoints(snap)
+	d.WaypointProblems = snap.WaypointProblems
 	st := z.pool.Stats()
 	d.Pool = map[string]interface{}{"connections": st.Conns, "streams": st.Streams}
 	return d
+}
+
+func (z *Ztunnel) dumpWaypoints(snap *discovery.Snapshot) []dumpWaypoint {
+	out := []dumpWaypoint{}
+	for _, wp := range snap.Waypoints {
+		dw := dumpWaypoint{Name: wp.Ref(), For: string(wp.For), From: wp.From, Origin: wp.Origin, Pods: []string{}}
+		for _, p := range wp.Pods {
+			pod := p.Namespace + "/" + p.Name
+			for _, ip := range p.IPs {
+				pod += " " + ip.String()
+			}
+			if id, err := identity.WorkloadID(z.td, p.Namespace, p.ServiceAccount); err == nil {
+				pod += " " + id.String()
+			}
+			dw.Pods = append(dw.Pods, pod)
+		}
+		out = append(out, dw)
+	}
+	return out
 }
 
 func (z *Ztunnel) serveConfigDump(w http.ResponseWriter, r *http.Request) {

@@ -65,6 +65,7 @@ func hboneRecord(peer spiffeid.ID, remote, local, target, forwarded netip.AddrPo
 	rec.SrcID = peer
 	rec.HBONEAddr = local
 	rec.claimedSrc = forwarded
+	rec.tunnelSrc = remote
 	rec.MutualTLS = true
 	return rec
 }

@@ -38,6 +38,8 @@ const (
 	keyDstNamespace = "dst.namespace"
 	keyDstService   = "dst.service"
 	keyDstHBONE     = "dst.hbone_addr"
+	keyDstWaypoint  = "dst.waypoint" // outbound: the waypoint gone through
+	keySrcWaypoint  = "src.waypoint" // inbound: the waypoint come from
 	keyBytesSent    = "bytes_sent"
 	keyBytesRecv    = "bytes_recv"
 	keyDuration     = "duration"

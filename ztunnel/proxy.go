@@ -121,9 +121,9 @@ func (z *Ztunnel) closed(rec *record, series *tcpSeries, err error) {
 }
 
 // refuse closes c, a connection not relayed, and accounts for it. A plaintext
-// client denied by policy gets a reset.
+// client denied by policy, or kept from a destination behind a waypoint, gets a reset.
 func (z *Ztunnel) refuse(c net.Conn, rec *record, reason error) {
-	denied := errors.Is(reason, ErrDenied)
+	denied := errors.Is(reason, ErrDenied) || errors.Is(reason, errBehindWaypoint)
 	if denied && !rec.MutualTLS {
 		resetOnClose(c)
 	}
@@ -147,7 +147,7 @@ func (z *Ztunnel) reject(s HBONEStream, rec *record, code int, reason error) {
 // logAttrs are the access-log attributes describing rec (Istio's keys), with room
 // for four more.
 func logAttrs(rec *record) []slog.Attr {
-	attrs := make([]slog.Attr, 0, 17)
+	attrs := make([]slog.Attr, 0, 18)
 	attrs = append(attrs, slog.String(keyDirection, rec.Direction.String()),
 		slog.String(keySrc, rec.Src.String()), slog.String(keyDst, rec.Dst.String()))
 	for _, kv := range [...][2]string{
@@ -163,6 +163,13 @@ func logAttrs(rec *record) []slog.Attr {
 	}
 	if rec.HBONEAddr.IsValid() {
 		attrs = append(attrs, slog.String(keyDstHBONE, rec.HBONEAddr.String()))
+	}
+	if rec.Waypoint != "" {
+		k := keySrcWaypoint
+		if rec.Direction == dirOutbound {
+			k = keyDstWaypoint
+		}
+		attrs = append(attrs, slog.String(k, rec.Waypoint))
 	}
 	if d := rec.decision; d.Policy != "" {
 		attrs = append(attrs, slog.String(keyPolicy, d.String()))

@@ -94,15 +94,21 @@ type record struct {
 	SrcWorkload, DstWorkload workloadRef
 	SrcID, DstID             spiffeid.ID
 	Service                  serviceRef
-	MutualTLS                bool // both ends authenticated (HBONE, or same node)
-	Start                    time.Time
-	Sent, Received           atomic.Int64 // client -> server, server -> client
+	// Waypoint is the waypoint ("namespace/name") an outbound connection goes through,
+	// or an inbound one came from.
+	Waypoint       string
+	MutualTLS      bool // both ends authenticated (HBONE, or same node)
+	Start          time.Time
+	Sent, Received atomic.Int64 // client -> server, server -> client
 
 	// claimedSrc is, for inbound HBONE, the client address the peer forwarded, trusted
 	// only if the peer's identity owns it.
 	claimedSrc netip.AddrPort
-	closers    []net.Conn // closed when draining
-	held       peerHold   // per-peer slots given back when it ends
+	// tunnelSrc is, for inbound HBONE, the tunnel's TCP peer (Src may become the
+	// forwarded address).
+	tunnelSrc netip.AddrPort
+	closers   []net.Conn // closed when draining
+	held      peerHold   // per-peer slots given back when it ends
 	// decision is the policy's, for connections to a local pod; revoked is set
 	// when a policy change closed the connection.
 	decision policy.Decision
@@ -136,6 +142,7 @@ type ConnInfo struct {
 	SrcWorkload string    `json:"srcWorkload,omitempty"` // namespace/name
 	DstWorkload string    `json:"dstWorkload,omitempty"`
 	DstService  string    `json:"dstService,omitempty"` // hostname
+	Waypoint    string    `json:"waypoint,omitempty"`   // gone through (outbound) or come from (inbound)
 	HBONEAddr   string    `json:"hboneAddr,omitempty"`
 	Security    string    `json:"security"` // mutual_tls or none
 	Start       time.Time `json:"start"`
@@ -156,6 +163,7 @@ func (r *record) info() ConnInfo {
 		SrcWorkload: r.SrcWorkload.String(),
 		DstWorkload: r.DstWorkload.String(),
 		DstService:  r.Service.Hostname,
+		Waypoint:    r.Waypoint,
 		Security:    r.security(),
 		Start:       r.Start,
 		Sent:        r.Sent.Load(),

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ambitmesh/ambit/discovery"
@@ -19,6 +22,11 @@ var (
 	errNoEndpoint     = errors.New("service has no endpoints")
 	errUnknownPort    = errors.New("service has no such port")
 	errDirection      = errors.New("connection of no known direction")
+	// The waypoint refusals read "waypoint apps/wp is not declared", "... has no ready
+	// pod", "destination apps/echo is behind waypoint apps/wp: only the waypoint may connect".
+	errWaypointUndeclared = errors.New("is not declared")
+	errWaypointNoPod      = errors.New("has no ready pod")
+	errBehindWaypoint     = errors.New("only the waypoint may connect")
 )
 
 // action is what a decision does with a connection.
@@ -105,14 +113,21 @@ func (z *Ztunnel) routeOutbound(snap *discovery.Snapshot, rec *record) decision 
 	if err := z.identityHeld(srcID); err != nil {
 		return refusal(http.StatusServiceUnavailable, err)
 	}
+	if r.waypoint != "" {
+		return z.toWaypoint(snap, rec, r.waypoint)
+	}
 	if err := z.setDst(rec, r.dstW); err != nil {
 		return refusal(http.StatusBadRequest, err)
 	}
 	rec.MutualTLS = true // HBONE; on the same node this ztunnel authenticates both ends
-	if r.dstW.Node == z.cfg.NodeName {
+	if r.dstW.Node == z.cfg.NodeName && r.dstW.Enrolled {
 		// Same node: no capture point sits between us and a local pod, so serve the
-		// destination side here, as an inbound connection would be.
+		// destination side here, as an inbound connection would be. (A waypoint's pod
+		// is never captured: it terminates HBONE itself and is dialed like a remote one.)
 		rec.Direction = dirLocal
+		if err := z.checkWaypoint(snap, rec, r.dstW); err != nil {
+			return refusal(http.StatusUnauthorized, err)
+		}
 		return z.toLocal(snap, rec, rec.Src.Addr())
 	}
 	rec.HBONEAddr = netip.AddrPortFrom(r.target.Addr(), PortHBONE)
@@ -135,11 +150,21 @@ func (z *Ztunnel) routeInboundHBONE(snap *discovery.Snapshot, rec *record) decis
 	if !hasIP(dstW, rec.Dst.Addr()) {
 		return refusal(http.StatusBadRequest, fmt.Errorf("%s for %s: %w", rec.Dst, rec.HBONEAddr.Addr(), errAuthorityMatch))
 	}
-	// Preserve the client's address only when the authenticated peer really owns it;
-	// otherwise a compromised node could make traffic appear to come from any pod.
+	if err := z.checkWaypoint(snap, rec, dstW); err != nil {
+		return refusal(http.StatusUnauthorized, err)
+	}
+	// Preserve the client's address only when the authenticated peer really owns it, or
+	// is the waypoint this pod is behind relaying its own client; otherwise a compromised
+	// node could make traffic appear to come from any pod.
 	var bind netip.Addr
 	if fwd := rec.claimedSrc; fwd.IsValid() {
-		if fw := snap.WorkloadByIP(fwd.Addr()); fw != nil {
+		if rec.Waypoint != "" {
+			if fwd.Addr().Is4() == rec.Dst.Addr().Is4() {
+				bind = fwd.Addr()
+				rec.Src = fwd
+				rec.SrcWorkload = refOf(snap.WorkloadByIP(fwd.Addr())) // the waypoint's word: a name only
+			}
+		} else if fw := snap.WorkloadByIP(fwd.Addr()); fw != nil {
 			if id, err := identity.WorkloadID(z.td, fw.Namespace, fw.ServiceAccount); err == nil && id == rec.SrcID {
 				bind = fwd.Addr()
 				rec.Src = fwd
@@ -156,11 +181,102 @@ func (z *Ztunnel) routeInboundHBONE(snap *discovery.Snapshot, rec *record) decis
 // routeInboundPlain: plaintext TCP from outside the mesh to a local enrolled pod,
 // delivered from the client's own address.
 func (z *Ztunnel) routeInboundPlain(snap *discovery.Snapshot, rec *record) decision {
-	if _, err := z.localDst(snap, rec, rec.Dst.Addr()); err != nil {
+	dstW, err := z.localDst(snap, rec, rec.Dst.Addr())
+	if err != nil {
 		return refusal(http.StatusBadRequest, err)
 	}
 	rec.SrcWorkload = refOf(snap.WorkloadByIP(rec.Src.Addr())) // unauthenticated: a name only
+	if err := z.checkWaypoint(snap, rec, dstW); err != nil {
+		return refusal(http.StatusUnauthorized, err)
+	}
 	return z.toLocal(snap, rec, rec.Src.Addr())
+}
+
+// toWaypoint sends rec through waypoint ref: over HBONE to one of its pods' :15008 with
+// the source pod's certificate, the original destination as authority, and the pod's
+// identity expected of the server. A waypoint that is not declared or has no pod to
+// take it refuses the connection: it is never sent around the waypoint.
+func (z *Ztunnel) toWaypoint(snap *discovery.Snapshot, rec *record, ref string) decision {
+	rec.Waypoint = ref
+	wp := snap.Waypoint(ref)
+	if wp == nil {
+		return refusal(http.StatusServiceUnavailable, fmt.Errorf("waypoint %s %w", ref, errWaypointUndeclared))
+	}
+	pod, addr := z.pickWaypointPod(wp)
+	if pod == nil {
+		return refusal(http.StatusServiceUnavailable, fmt.Errorf("waypoint %s %w", ref, errWaypointNoPod))
+	}
+	if err := z.setDst(rec, pod); err != nil {
+		return refusal(http.StatusBadRequest, err)
+	}
+	rec.MutualTLS = true
+	// The pod may run on this node: it is not captured, so it is dialed all the same.
+	rec.HBONEAddr = netip.AddrPortFrom(addr, PortHBONE)
+	return decision{action: actHBONE, target: rec.OrigDst, peer: rec.HBONEAddr}
+}
+
+// waypointKey is a waypoint's key in the round-robin cursors.
+type waypointKey struct{ namespace, name string }
+
+// pickWaypointPod balances round robin over the waypoint's pods that can take a
+// connection, and returns the one picked with its IPv4 address (nil if none can).
+func (z *Ztunnel) pickWaypointPod(wp *discovery.Waypoint) (*discovery.Workload, netip.Addr) {
+	if len(wp.Pods) == 0 {
+		return nil, netip.Addr{}
+	}
+	n := next(&z.rr, waypointKey{wp.Namespace, wp.Name})
+	for i := range uint64(len(wp.Pods)) {
+		p := wp.Pods[(n+i)%uint64(len(wp.Pods))]
+		// Readiness belongs here once the model carries it: a pod that is not ready is
+		// passed over like one without an address.
+		for _, a := range p.IPs {
+			if a.Is4() {
+				return p, a
+			}
+		}
+	}
+	return nil, netip.Addr{}
+}
+
+// checkWaypoint enforces, on every path to a local pod, that a destination behind
+// waypoints is reached only from one of them (unless the check is off), and marks in
+// rec.Waypoint the waypoint the connection came from.
+func (z *Ztunnel) checkWaypoint(snap *discovery.Snapshot, rec *record, dstW *discovery.Workload) error {
+	if len(dstW.BehindWaypoints) == 0 {
+		return nil
+	}
+	if ref := z.waypointPeer(snap, rec, dstW); ref != "" {
+		rec.Waypoint = ref
+		return nil
+	}
+	if z.cfg.AllowWaypointBypass {
+		return nil
+	}
+	return bypassError(dstW)
+}
+
+func bypassError(dstW *discovery.Workload) error {
+	return fmt.Errorf("destination %s/%s is behind waypoint %s: %w",
+		dstW.Namespace, dstW.Name, strings.Join(dstW.BehindWaypoints, ", "), errBehindWaypoint)
+}
+
+// waypointPeer returns the waypoint, of those dstW is behind, whose pod rec's tunnel
+// comes from: authenticated as that pod's identity and sent from that pod's address;
+// "" for any other peer. Plaintext and same-node connections never come from one
+// (waypoint pods are not enrolled: they speak HBONE themselves).
+func (z *Ztunnel) waypointPeer(snap *discovery.Snapshot, rec *record, dstW *discovery.Workload) string {
+	if rec.Direction != dirInboundHBONE || !rec.tunnelSrc.IsValid() {
+		return ""
+	}
+	pw := snap.WorkloadByIP(rec.tunnelSrc.Addr())
+	if pw == nil || pw.Gateway == "" || !slices.Contains(dstW.BehindWaypoints, pw.Gateway) {
+		return ""
+	}
+	id, err := identity.WorkloadID(z.td, pw.Namespace, pw.ServiceAccount)
+	if err != nil || id != rec.SrcID {
+		return ""
+	}
+	return pw.Gateway
 }
 
 // toLocal ends every path to a local pod (inbound HBONE, inbound plaintext, same
@@ -197,9 +313,12 @@ func (z *Ztunnel) localDst(snap *discovery.Snapshot, rec *record, ip netip.Addr)
 // resolved is where an outbound destination leads.
 type resolved struct {
 	target netip.AddrPort      // where the bytes finally go (pod IP:target port, or passthrough dst)
-	dstW   *discovery.Workload // nil for passthrough to an unknown destination
+	dstW   *discovery.Workload // nil for passthrough to an unknown destination, and via a waypoint
 	svc    *discovery.Service  // set when the original destination was a service VIP
 	mesh   bool                // the destination speaks HBONE
+	// waypoint is the waypoint ("namespace/name") the connection goes through, target
+	// then being the original destination (the waypoint picks the endpoint).
+	waypoint string
 }
 
 // resolve maps an original destination to the workload and address to reach.
@@ -210,6 +329,9 @@ func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolve
 	if svc, port := snap.ServiceByVIP(dst.Addr(), dst.Port()); svc != nil {
 		if port == nil {
 			return resolved{}, fmt.Errorf("%s port %d: %w", svc.Hostname, dst.Port(), errUnknownPort)
+		}
+		if svc.Waypoint != "" {
+			return resolved{target: dst, svc: svc, mesh: true, waypoint: svc.Waypoint}, nil
 		}
 		ep, err := z.pickEndpoint(svc)
 		if err != nil {
@@ -230,6 +352,9 @@ func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolve
 	}
 	r := resolved{target: dst}
 	if w := snap.WorkloadByIP(dst.Addr()); w != nil {
+		if w.Waypoint != "" {
+			return resolved{target: dst, mesh: true, waypoint: w.Waypoint}, nil
+		}
 		r.dstW = w
 		r.mesh = w.Protocol == discovery.ProtocolHBONE
 	}
@@ -245,13 +370,18 @@ func (z *Ztunnel) pickEndpoint(svc *discovery.Service) (discovery.Endpoint, erro
 	if len(svc.Endpoints) == 0 {
 		return discovery.Endpoint{}, fmt.Errorf("%s: %w", svc.Hostname, errNoEndpoint)
 	}
-	key := serviceKey{svc.Namespace, svc.Name}
-	v, ok := z.rr.Load(key)
-	if !ok {
-		v, _ = z.rr.LoadOrStore(key, new(atomic.Uint64))
-	}
-	n := v.(*atomic.Uint64).Add(1) - 1
+	n := next(&z.rr, serviceKey{svc.Namespace, svc.Name})
 	return svc.Endpoints[n%uint64(len(svc.Endpoints))], nil
+}
+
+// next advances the round-robin cursor of key (a serviceKey or waypointKey). Typed,
+// not any: a key boxed once for both lookups would escape on every call.
+func next[K serviceKey | waypointKey](rr *sync.Map, key K) uint64 {
+	v, ok := rr.Load(key)
+	if !ok {
+		v, _ = rr.LoadOrStore(key, new(atomic.Uint64))
+	}
+	return v.(*atomic.Uint64).Add(1) - 1
 }
 
 // isLocalAddr reports whether ip can only mean this host's loopback or no host at all.

@@ -37,6 +37,9 @@ type arrival struct {
 	wantHBONE  string
 	wantOrig   string
 	wantStatus int
+	wantReason string // the refusal's whole text
+	// wantWaypoint is the waypoint gone through (outbound) or come from (inbound)
+	wantWaypoint string
 }
 
 func (a arrival) record() *record {
@@ -137,54 +140,62 @@ func TestRoute(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n := newTestNode(t, tt.node)
-			rec := tt.a.record()
-			d := n.route(n.store.Load(), rec)
-			a := tt.a
-			if a.wantErr != nil {
-				if d.action != actRefuse || !errors.Is(d.reason, a.wantErr) {
-					t.Fatalf("decision %+v, want a refusal for %v", d, a.wantErr)
-				}
-				if a.wantStatus != 0 && d.status != a.wantStatus {
-					t.Errorf("status %d, want %d", d.status, a.wantStatus)
-				}
-			} else if d != a.want {
-				t.Fatalf("decision %+v, want %+v", d, a.want)
-			}
-			wantDir := a.dir
-			if a.wantDir != 0 {
-				wantDir = a.wantDir
-			}
-			wantSrc, wantOrig := a.src, a.dst
-			if a.wantSrc != "" {
-				wantSrc = a.wantSrc
-			}
-			if a.wantOrig != "" {
-				wantOrig = a.wantOrig
-			}
-			for _, c := range []struct {
-				field     string
-				got, want any
-			}{
-				{"direction", rec.Direction, wantDir},
-				{"src", rec.Src.String(), wantSrc},
-				{"original dst", rec.OrigDst.String(), wantOrig},
-				{"src workload", rec.SrcWorkload.String(), a.wantSrcW},
-				{"dst workload", rec.DstWorkload.String(), a.wantDstW},
-				{"src identity", rec.SrcID, a.wantSrcID},
-				{"dst identity", rec.DstID, a.wantDstID},
-				{"service", rec.Service.Hostname, a.wantSvc},
-				{"mutual TLS", rec.MutualTLS, a.wantMTLS},
-				{"hbone address", addrOrEmpty(rec.HBONEAddr), a.wantHBONE},
-			} {
-				if c.got != c.want {
-					t.Errorf("%s = %v, want %v", c.field, c.got, c.want)
-				}
-			}
-			if a.wantErr == nil && rec.Dst != d.target {
-				t.Errorf("record's dst %s, decision's target %s", rec.Dst, d.target)
-			}
+			checkRoute(t, newTestNode(t, tt.node), tt.a)
 		})
+	}
+}
+
+// checkRoute routes a's connection on n and checks the decision and the record.
+func checkRoute(t *testing.T, n *testNode, a arrival) {
+	t.Helper()
+	rec := a.record()
+	d := n.route(n.store.Load(), rec)
+	if a.wantErr != nil {
+		if d.action != actRefuse || !errors.Is(d.reason, a.wantErr) {
+			t.Fatalf("decision %+v, want a refusal for %v", d, a.wantErr)
+		}
+		if a.wantStatus != 0 && d.status != a.wantStatus {
+			t.Errorf("status %d, want %d", d.status, a.wantStatus)
+		}
+		if a.wantReason != "" && d.reason.Error() != a.wantReason {
+			t.Errorf("reason %q, want %q", d.reason, a.wantReason)
+		}
+	} else if d != a.want {
+		t.Fatalf("decision %+v, want %+v", d, a.want)
+	}
+	wantDir := a.dir
+	if a.wantDir != 0 {
+		wantDir = a.wantDir
+	}
+	wantSrc, wantOrig := a.src, a.dst
+	if a.wantSrc != "" {
+		wantSrc = a.wantSrc
+	}
+	if a.wantOrig != "" {
+		wantOrig = a.wantOrig
+	}
+	for _, c := range []struct {
+		field     string
+		got, want any
+	}{
+		{"direction", rec.Direction, wantDir},
+		{"src", rec.Src.String(), wantSrc},
+		{"original dst", rec.OrigDst.String(), wantOrig},
+		{"src workload", rec.SrcWorkload.String(), a.wantSrcW},
+		{"dst workload", rec.DstWorkload.String(), a.wantDstW},
+		{"src identity", rec.SrcID, a.wantSrcID},
+		{"dst identity", rec.DstID, a.wantDstID},
+		{"service", rec.Service.Hostname, a.wantSvc},
+		{"mutual TLS", rec.MutualTLS, a.wantMTLS},
+		{"hbone address", addrOrEmpty(rec.HBONEAddr), a.wantHBONE},
+		{"waypoint", rec.Waypoint, a.wantWaypoint},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.field, c.got, c.want)
+		}
+	}
+	if a.wantErr == nil && rec.Dst != d.target {
+		t.Errorf("record's dst %s, decision's target %s", rec.Dst, d.target)
 	}
 }
 

@@ -105,13 +105,13 @@ func (m *Model) YAML() string {
 				}
 				fmt.Fprintf(&b, "      - {%sport: %d, targetPort: %d}\n", name, p.Port, p.TargetPort)
 			}
-			writeLabels(&b, "    ", s.Labels)
 			if len(s.Selector) > 0 {
 				b.WriteString("    selector:\n")
 				for _, k := range sortedKeys(s.Selector) {
 					fmt.Fprintf(&b, "      %s: %q\n", k, s.Selector[k])
 				}
 			}
+			writeLabels(&b, "    ", s.Labels)
 		}
 	}
 	return b.String()
