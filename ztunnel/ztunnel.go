@@ -206,23 +206,9 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 }
 
 func newCAManager(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*identity.Manager, error) {
-	if cfg.CAAddr == "" {
-		return nil, fmt.Errorf("%w: a CA address is required when no identity source is given", ErrConfig)
-	}
-	if cfg.CARootFile == "" {
-		return nil, fmt.Errorf("%w: a CA root file is required", ErrConfig)
-	}
-	roots, err := ca.LoadRoots(cfg.CARootFile)
+	mgr, err := ca.NewCertManager(cfg.CAAddr, cfg.CATokenFile, cfg.CARootFile, td, log)
 	if err != nil {
-		return nil, err
-	}
-	client, err := ca.NewClient(ca.ClientConfig{Addr: cfg.CAAddr, TokenFile: cfg.CATokenFile, Roots: roots})
-	if err != nil {
-		return nil, fmt.Errorf("ca client: %w", err)
-	}
-	mgr, err := identity.NewManager(identity.ManagerConfig{Issuer: client, TrustDomain: td, Roots: roots, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("certificate manager: %w", err)
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	return mgr, nil
 }
