@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -160,6 +161,9 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		http.Error(sw, msg, code)
 		return
 	}
+	if info.rule != nil && len(info.rule.Mirrors) > 0 {
+		f.mirror(r, req, info)
+	}
 	ctx := context.WithValue(r.Context(), keyRequest, info)
 	if info.rule != nil && info.rule.Timeouts.Request > 0 {
 		var cancel context.CancelFunc
@@ -208,6 +212,74 @@ func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, 
 	}
 	info.upstream = up
 	return 0, ""
+}
+
+// maxMirrorBody is the largest request body copied to mirrors; a larger one (or one
+// of unknown length) is not mirrored.
+const maxMirrorBody = 64 << 10
+
+// mirrorTimeout bounds a mirrored request, which nobody waits for.
+const mirrorTimeout = 10 * time.Second
+
+// mirror sends a copy of the request to each sampled mirror backend, in the background,
+// as Envoy does: Host gets "-shadow", the answer is dropped.
+func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) {
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		if r.ContentLength < 0 || r.ContentLength > maxMirrorBody {
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxMirrorBody))
+		if err != nil {
+			return
+		}
+		body = b
+		r.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	for i := range info.rule.Mirrors {
+		m := &info.rule.Mirrors[i]
+		if !m.Sample(rand.Uint64()) {
+			continue
+		}
+		svc := info.in.snap.ServiceByName(m.Backend.Namespace, m.Backend.Name)
+		if svc == nil || svc.Port(m.Backend.Port) == nil {
+			continue
+		}
+		up, err := f.w.pickEndpoint(info.in.snap, svc, svc.Port(m.Backend.Port))
+		if err != nil {
+			continue
+		}
+		mi := &reqInfo{in: info.in, svc: svc, port: svc.Port(m.Backend.Port), upstream: up, flags: "-"}
+		ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(r.Context()), keyRequest, mi), mirrorTimeout)
+		out := r.Clone(ctx)
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host = "http", up.addr.String()
+		out.URL.Path, out.URL.RawPath = req.Path, ""
+		out.Host = shadowHost(req.Host)
+		out.Body = http.NoBody
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		h2 := protocolOf(mi.port) == protoHTTP2 || r.ProtoMajor == 2
+		go func() {
+			defer cancel()
+			resp, err := f.transport(info.in.client, h2).RoundTrip(out)
+			if err != nil {
+				f.w.log.Debug(msgMirrorFailed, keyUpstream, up.addr.String(), keyError, err.Error())
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}()
+	}
+}
+
+// shadowHost is Envoy's Host of a mirrored request: "-shadow" after the host name.
+func shadowHost(host string) string {
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		return net.JoinHostPort(h+"-shadow", port)
+	}
+	return host + "-shadow"
 }
 
 // rewrite aims the outbound request at the chosen endpoint, keeping Host.

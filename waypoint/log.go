@@ -18,6 +18,7 @@ const (
 	msgUpstreamError = "upstream error"
 	msgDenied        = "connection denied by policy"
 	msgRouteProblem  = "route not accepted"
+	msgMirrorFailed  = "mirrored request failed"
 )
 
 // Log keys; the access log's follow Istio's.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -69,6 +70,8 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 		Services: []*discovery.Service{
 			{Name: "echo", Namespace: "apps", VIPs: ip("198.19.0.1"), Selector: map[string]string{"app": "echo"},
 				Ports: []discovery.ServicePort{{Name: "http", Port: 80, TargetPort: 8080}, {Name: "tcp", Port: 9000}}},
+			{Name: "shadow", Namespace: "apps", VIPs: ip("198.19.0.3"), Selector: map[string]string{"app": "echo"},
+				Labels: map[string]string{discovery.LabelUseWaypoint: discovery.UseWaypointNone}, Ports: []discovery.ServicePort{{Port: 80, TargetPort: 8080}}},
 			{Name: "direct", Namespace: "apps", VIPs: ip("198.19.0.2"), Labels: map[string]string{discovery.LabelUseWaypoint: discovery.UseWaypointNone},
 				Ports: []discovery.ServicePort{{Port: 80}}},
 		},
@@ -87,6 +90,13 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 type backend struct {
 	mu       sync.Mutex
 	connects []*hbone.ConnectRequest
+	hosts    []string // of the HTTP requests served
+}
+
+func (b *backend) sawHost(h string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Contains(b.hosts, h)
 }
 
 func (b *backend) serve(s *hbone.Stream) {
@@ -109,6 +119,9 @@ func (b *backend) serve(s *hbone.Stream) {
 			return
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
+		b.mu.Lock()
+		b.hosts = append(b.hosts, r.Host)
+		b.mu.Unlock()
 		if r.URL.Path == "/slow" {
 			time.Sleep(300 * time.Millisecond)
 		}
@@ -352,6 +365,11 @@ spec:
   - matches: [{path: {type: Exact, value: /slow}}]
     timeouts: {request: 100ms}
     backendRefs: [{name: echo, port: 80}]
+  - matches: [{path: {type: Exact, value: /mirrored}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: shadow, port: 80}}
+    backendRefs: [{name: echo, port: 80}]
 `)
 	c, err := h.connect(t, "198.19.0.1:80")
 	if err != nil {
@@ -370,6 +388,7 @@ spec:
 		{path: "/old/x", code: 301, location: "http://echo.apps/new/x"},
 		{path: "/slow", code: 504},
 		{path: "/nothing", code: 404},
+		{path: "/mirrored", code: 200, body: " /mirrored host=echo.apps"},
 	} {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: echo.apps\r\n\r\n", tc.path)
 		resp, err := http.ReadResponse(br, nil)
@@ -382,6 +401,11 @@ spec:
 			resp.Header.Get("x-route") != tc.hdr || resp.Header.Get("Location") != tc.location {
 			t.Errorf("GET %s: %d %q x-route=%q location=%q; want %d %q x-route=%q location=%q", tc.path, resp.StatusCode, body,
 				resp.Header.Get("x-route"), resp.Header.Get("Location"), tc.code, tc.body, tc.hdr, tc.location)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); !h.backend.sawHost("echo.apps-shadow"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the mirror backend saw no request with Host echo.apps-shadow")
 		}
 	}
 }
