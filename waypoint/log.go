@@ -51,9 +51,13 @@ func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, code int, d time.D
 	if t := info.in.t; t.svc != nil {
 		svc = t.svc.Hostname
 	}
+	up := "-"
+	if info.upstream.addr.IsValid() {
+		up = info.upstream.addr.String()
+	}
 	attrs := []any{keySrc, info.in.client.String(), keyIdentity, info.in.peer,
 		keyAuthority, info.in.t.authority.String(), keyService, svc, keyMethod, r.Method, keyPath, r.URL.Path,
-		keyUpstream, info.upstream.addr.String(), keyStatus, code, keyFlags, info.flags, keyDuration, d.String()}
+		keyUpstream, up, keyStatus, code, keyFlags, info.flags, keyDuration, d.String()}
 	if info.policy != "" {
 		attrs = append(attrs, keyPolicy, info.policy)
 	}
