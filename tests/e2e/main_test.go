@@ -36,8 +36,9 @@ const (
 func TestMain(tm *testing.M) {
 	os.Exit(mesh.TestMain(tm, mesh.Options{
 		Nodes: 3, PodsPerNode: 3,
-		Ztunnels: []string{"node1", "node2"},
-		Model:    model,
+		Ztunnels:  []string{"node1", "node2"},
+		Model:     model,
+		IstioEcho: true, // the waypoint's backends
 		// Pooled HBONE connections close soon after their last stream, so a test can
 		// wait for its traffic to open new ones (TestWireIsEncrypted needs to see the
 		// handshakes, whatever ran before it).

@@ -42,7 +42,7 @@ var webVIP = netip.AddrPortFrom(mesh.VIP(1), 80)
 // withWaypoint declares the waypoint and its pod, binds service web to it, serves HTTP
 // on the web pods (answering with the pod's name and the client address it saw) and
 // runs the waypoint, all undone at cleanup. It returns the waypoint's pod.
-func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
+func withWaypoint(t *testing.T, extra ...mesh.Service) (*netns.Pod, *hits) {
 	t.Helper()
 	wpPod := m.Topo.Nodes[2].Pods[2]
 	seen := &hits{}
@@ -67,6 +67,7 @@ func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
 	m.Model.Services = append(m.Model.Services, mesh.Service{Name: "web", Namespace: "mesh", VIPs: []netip.Addr{webVIP.Addr()},
 		Ports:    []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: webPort}},
 		Selector: map[string]string{"app": "echo"}, Labels: map[string]string{discovery.LabelUseWaypoint: "waypoint"}})
+	m.Model.Services = append(m.Model.Services, extra...)
 	if err := m.WritePolicies("waypoint.yaml", waypointDoc); err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,12 @@ func TestMain(tm *testing.M, opts Options, setup func(context.Context, *Mesh) (c
 			return 1
 		}
 	}
+	if opts.IstioEcho {
+		if err := tooling.EnsureAsRoot(20*time.Minute, IstioEchoBinaries); err != nil {
+			fmt.Fprintln(os.Stderr, "istio echo binaries:", err)
+			return 1
+		}
+	}
 	if opts.SPIRE != nil {
 		if err := tooling.EnsureAsRoot(40*time.Minute, spiretest.EnsureBinaries); err != nil {
 			fmt.Fprintln(os.Stderr, "spire binaries:", err)

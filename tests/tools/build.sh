@@ -6,7 +6,8 @@
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/kube-1.37.2/etcd        (v3.7.3)
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/helm-v3.22.0/helm
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/spire-1.13.3/{spire-server,spire-agent}
-# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [gorelay] [kube] [helm] [spire]
+#   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/istio-echo/{server,client}   (waypoint backends)
+# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [gorelay] [kube] [helm] [spire] [istio-echo]
 #   (no argument: the four benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
 #   so ask for them).
 # A tool already in the cache is skipped; concurrent runs serialise on a lock per tool, so
@@ -69,6 +70,10 @@ for name in "$@"; do
       build "$here/spire" github.com/spiffe/spire/cmd/spire-server "$cache/spire-$spire_version/spire-server" -ldflags "$v"
       build "$here/spire" github.com/spiffe/spire/cmd/spire-agent "$cache/spire-$spire_version/spire-agent" -ldflags "$v"
       ;;
-    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, gorelay, kube, helm or spire)" >&2; exit 2 ;;
+    istio-echo) # Istio's echo server and client (istio.io/istio/pkg/test/echo), same Istio as istio-hbone
+      build "$here/istio-echo" istio.io/istio/pkg/test/echo/cmd/server "$cache/istio-echo/server" -ldflags "-s -w"
+      build "$here/istio-echo" istio.io/istio/pkg/test/echo/cmd/client "$cache/istio-echo/client" -ldflags "-s -w"
+      ;;
+    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, gorelay, kube, helm, spire or istio-echo)" >&2; exit 2 ;;
   esac
 done
