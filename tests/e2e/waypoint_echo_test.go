@@ -31,7 +31,7 @@ func TestWaypointIstioEcho(t *testing.T) {
 	}
 	vip := mesh.VIP(2)
 	wpPod, _ := withWaypoint(t, mesh.Service{Name: "istio-echo", Namespace: "mesh", VIPs: []netip.Addr{vip},
-		Ports: []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: 8090}, {Name: "grpc", Port: 7070, TargetPort: 7070}},
+		Ports:    []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: 8090}, {Name: "grpc", Port: 7070, TargetPort: 7070}},
 		Selector: map[string]string{"app": "echo"}, Labels: map[string]string{discovery.LabelUseWaypoint: "waypoint"}})
 
 	run := func(args ...string) (string, error) {
