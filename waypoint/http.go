@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +62,20 @@ type reqInfo struct {
 	upstream upstream
 	flags    string
 	policy   string // the deciding policy, when one denied, audited or ran dry
+	grpc     bool
+	body     countingBody // the request body, counted
+}
+
+// countingBody counts what is read of a request body.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
 }
 
 func newHTTPFront(w *Waypoint) *httpFront {
@@ -132,9 +147,13 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "not a mesh stream", http.StatusBadRequest)
 		return
 	}
-	info := &reqInfo{in: in, flags: "-"}
+	info := &reqInfo{in: in, flags: "-", grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
 	sw := &statusWriter{ResponseWriter: rw}
-	defer func() { f.w.logRequest(r, info, sw.status(), time.Since(start)) }()
+	defer func() { f.w.logRequest(r, info, sw, time.Since(start)) }()
+	if r.Body != nil && r.Body != http.NoBody {
+		info.body.ReadCloser = r.Body
+		r.Body = &info.body
+	}
 
 	path, err := route.NormalizePath(r.URL.EscapedPath())
 	if err != nil {
@@ -452,6 +471,7 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 type statusWriter struct {
 	http.ResponseWriter
 	code int
+	n    int64 // body bytes written
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -465,7 +485,9 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	if s.code == 0 {
 		s.code = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.n += int64(n)
+	return n, err
 }
 
 func (s *statusWriter) status() int {

@@ -23,30 +23,32 @@ const (
 
 // Log keys; the access log's follow Istio's.
 const (
-	keyWaypoint  = "waypoint"
-	keyAddr      = "addr"
-	keyIdentity  = "src.identity"
-	keySrc       = "src.addr"
-	keyAuthority = "authority"
-	keyUpstream  = "upstream"
-	keyReason    = "reason"
-	keyError     = "error"
-	keyMethod    = "method"
-	keyPath      = "path"
-	keyStatus    = "response_code"
-	keyFlags     = "response_flags"
-	keyService   = "dst.service"
-	keyBytesSent = "bytes_sent"
-	keyBytesRecv = "bytes_recv"
-	keyDuration  = "duration"
-	keyPolicy    = "policy"
-	keyRoute     = "route"
-	keyParent    = "parent"
-	keyCondition = "condition"
+	keyWaypoint   = "waypoint"
+	keyAddr       = "addr"
+	keyIdentity   = "src.identity"
+	keySrc        = "src.addr"
+	keyAuthority  = "authority"
+	keyUpstream   = "upstream"
+	keyReason     = "reason"
+	keyError      = "error"
+	keyMethod     = "method"
+	keyPath       = "path"
+	keyStatus     = "response_code"
+	keyFlags      = "response_flags"
+	keyService    = "dst.service"
+	keyBytesSent  = "bytes_sent"
+	keyBytesRecv  = "bytes_recv"
+	keyDuration   = "duration"
+	keyPolicy     = "policy"
+	keyGRPCStatus = "grpc_status"
+	keyRoute      = "route"
+	keyParent     = "parent"
+	keyCondition  = "condition"
 )
 
 // logRequest writes the request's access-log line and records its metrics.
-func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, code int, d time.Duration) {
+func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, sw *statusWriter, d time.Duration) {
+	code := sw.status()
 	svc := ""
 	if t := info.in.t; t.svc != nil {
 		svc = t.svc.Hostname
@@ -58,26 +60,41 @@ func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, code int, d time.D
 	attrs := []any{keySrc, info.in.client.String(), keyIdentity, info.in.peer,
 		keyAuthority, info.in.t.authority.String(), keyService, svc, keyMethod, r.Method, keyPath, r.URL.Path,
 		keyUpstream, up, keyStatus, code, keyFlags, info.flags, keyDuration, d.String()}
+	attrs = append(attrs, keyBytesRecv, info.body.n, keyBytesSent, sw.n)
+	if info.grpc {
+		attrs = append(attrs, keyGRPCStatus, sw.Header().Get("Grpc-Status"))
+	}
 	if info.policy != "" {
 		attrs = append(attrs, keyPolicy, info.policy)
 	}
 	w.log.Info(msgRequest, attrs...)
-	w.m.request(info, strconv.Itoa(code), d)
+	w.m.request(info, strconv.Itoa(code), d, info.body.n, sw.n)
 }
 
-// configDump serves what the waypoint is serving: itself and the bindings it takes.
+// configDump serves what the waypoint is serving: itself, the bindings it takes, the
+// policies attached to each, and the routes with their status.
 func (w *Waypoint) configDump(rw http.ResponseWriter, _ *http.Request) {
 	snap := w.store.Load()
 	type svc struct {
-		Name     string   `json:"name"`
-		Hostname string   `json:"hostname"`
-		VIPs     []string `json:"vips"`
+		Name      string   `json:"name"`
+		Hostname  string   `json:"hostname"`
+		VIPs      []string `json:"vips"`
+		Endpoints []string `json:"endpoints"`
+		Policies  []string `json:"policies,omitempty"`
+	}
+	type cond struct {
+		Parent, Type, Status, Reason, Message string
+	}
+	type rt struct {
+		Route      string `json:"route"`
+		Conditions []cond `json:"conditions"`
 	}
 	d := struct {
 		Waypoint string   `json:"waypoint"`
 		Identity string   `json:"identity"`
 		Declared bool     `json:"declared"`
 		Services []svc    `json:"services"`
+		Routes   []rt     `json:"routes"`
 		Problems []string `json:"waypointProblems,omitempty"`
 	}{Waypoint: w.ref, Identity: w.self.String(), Declared: snap.Waypoint(w.ref) != nil, Problems: snap.WaypointProblems}
 	for _, s := range snap.Services {
@@ -88,7 +105,22 @@ func (w *Waypoint) configDump(rw http.ResponseWriter, _ *http.Request) {
 		for _, v := range s.VIPs {
 			e.VIPs = append(e.VIPs, v.String())
 		}
+		for _, ep := range s.Endpoints {
+			e.Endpoints = append(e.Endpoints, ep.Addr.String())
+		}
+		for _, p := range w.policiesFor(snap, target{svc: s}).Authorizations() {
+			e.Policies = append(e.Policies, p.Ref())
+		}
 		d.Services = append(d.Services, e)
+	}
+	for _, st := range w.routesFor(snap).statuses {
+		r := rt{Route: st.Kind + " " + st.Namespace + "/" + st.Name}
+		for _, ps := range st.Parents {
+			for _, c := range ps.Conditions {
+				r.Conditions = append(r.Conditions, cond{Parent: string(ps.ParentRef.Name), Type: c.Type, Status: string(c.Status), Reason: c.Reason, Message: c.Message})
+			}
+		}
+		d.Routes = append(d.Routes, r)
 	}
 	rw.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(rw)
