@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/pcap"
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -44,7 +42,6 @@ var webVIP = netip.AddrPortFrom(mesh.VIP(1), 80)
 // runs the waypoint, all undone at cleanup. It returns the waypoint's pod.
 func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
 	t.Helper()
-	wpPod := m.Topo.Nodes[2].Pods[2]
 	seen := &hits{}
 	for _, p := range []*netns.Pod{echoA, echoB} {
 		l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, webPort).String())
@@ -59,33 +56,10 @@ func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
 		go srv.Serve(l)
 		t.Cleanup(func() { srv.Close() })
 	}
-	saved := *m.Model
-	saved.Workloads = slices.Clone(m.Model.Workloads)
-	saved.Services = slices.Clone(m.Model.Services)
-	m.Model.Workloads = append(m.Model.Workloads, mesh.Workload{Name: "waypoint-0", Namespace: "mesh", ServiceAccount: waypointSA,
-		Node: wpPod.Node.Name, IPs: []netip.Addr{wpPod.IP}, Labels: map[string]string{discovery.LabelGatewayName: "waypoint"}})
-	m.Model.Services = append(m.Model.Services, mesh.Service{Name: "web", Namespace: "mesh", VIPs: []netip.Addr{webVIP.Addr()},
-		Ports:    []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: webPort}},
-		Selector: map[string]string{"app": "echo"}, Labels: map[string]string{discovery.LabelUseWaypoint: "waypoint"}})
-	if err := m.WritePolicies("waypoint.yaml", waypointDoc); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Apply(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		*m.Model = saved
-		if err := m.Apply(); err != nil {
-			t.Error(err)
-		}
-		if err := m.RemovePolicies("waypoint.yaml"); err != nil {
-			t.Error(err)
-		}
+	wpPod := runWaypoint(t, func(md *mesh.Model) {
+		md.Services = append(md.Services, boundService("web", webVIP, mesh.ServicePort{Name: "http", TargetPort: webPort},
+			map[string]string{"app": "echo"}))
 	})
-	if err := m.StartWaypoint(context.Background(), wpPod, "mesh", "waypoint"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.StopWaypoint(wpPod.Name) })
 	return wpPod, seen
 }
 
