@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,9 +39,9 @@ var webVIP = netip.AddrPortFrom(mesh.VIP(1), 80)
 // withWaypoint declares the waypoint and its pod, binds service web to it, serves HTTP
 // on the web pods (answering with the pod's name and the client address it saw) and
 // runs the waypoint, all undone at cleanup. It returns the waypoint's pod.
-func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
+func withWaypoint(t *testing.T) (*netns.Pod, *serverLog) {
 	t.Helper()
-	seen := &hits{}
+	seen := &serverLog{}
 	for _, p := range []*netns.Pod{echoA, echoB} {
 		l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, webPort).String())
 		if err != nil {
@@ -50,7 +49,7 @@ func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
 		}
 		name := p.Name
 		srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			seen.add(r.URL.Path)
+			seen.add(seenRequest{Pod: name, Path: r.URL.Path})
 			fmt.Fprintf(rw, "pod=%s from=%s path=%s", name, r.RemoteAddr, r.URL.Path)
 		})}
 		go srv.Serve(l)
@@ -61,24 +60,6 @@ func withWaypoint(t *testing.T) (*netns.Pod, *hits) {
 			map[string]string{"app": "echo"}))
 	})
 	return wpPod, seen
-}
-
-// hits are the paths the web servers answered.
-type hits struct {
-	mu    sync.Mutex
-	paths []string
-}
-
-func (h *hits) add(p string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.paths = append(h.paths, p)
-}
-
-func (h *hits) saw(p string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.Contains(h.paths, p)
 }
 
 // keepAlive is an HTTP client of a pod that sends all its requests over one connection.
@@ -148,7 +129,7 @@ func TestWaypointHTTP(t *testing.T) {
 	}
 
 	// A direct connection from another mesh identity to a pod behind the waypoint.
-	if code, body, err := get(local, netip.AddrPortFrom(echoA.IP, webPort), "/direct"); err == nil || seen.saw("/direct") {
+	if code, body, err := get(local, netip.AddrPortFrom(echoA.IP, webPort), "/direct"); err == nil || seen.find("", "/direct") != nil {
 		t.Errorf("direct request to a pod behind the waypoint answered %d %q", code, body)
 	}
 
@@ -158,7 +139,7 @@ func TestWaypointHTTP(t *testing.T) {
 	if code, body, err := get(client, webVIP, "/stopped"); err == nil {
 		t.Errorf("with the waypoint stopped the request was answered %d %q", code, body)
 	}
-	if seen.saw("/stopped") {
+	if seen.find("", "/stopped") != nil {
 		t.Error("delivered around the stopped waypoint")
 	}
 }
