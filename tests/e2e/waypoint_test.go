@@ -2,18 +2,15 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/pcap"
 	"github.com/ambitmesh/ambit/tests/mesh"
 	"github.com/ambitmesh/ambit/tests/netns"
@@ -42,10 +39,9 @@ var webVIP = netip.AddrPortFrom(mesh.VIP(1), 80)
 // withWaypoint declares the waypoint and its pod, binds service web to it, serves HTTP
 // on the web pods (answering with the pod's name and the client address it saw) and
 // runs the waypoint, all undone at cleanup. It returns the waypoint's pod.
-func withWaypoint(t *testing.T, extra ...mesh.Service) (*netns.Pod, *hits) {
+func withWaypoint(t *testing.T, extra ...mesh.Service) (*netns.Pod, *serverLog) {
 	t.Helper()
-	wpPod := m.Topo.Nodes[2].Pods[2]
-	seen := &hits{}
+	seen := &serverLog{}
 	for _, p := range []*netns.Pod{echoA, echoB} {
 		l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, webPort).String())
 		if err != nil {
@@ -53,59 +49,18 @@ func withWaypoint(t *testing.T, extra ...mesh.Service) (*netns.Pod, *hits) {
 		}
 		name := p.Name
 		srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			seen.add(r.URL.Path)
+			seen.add(seenRequest{Pod: name, Path: r.URL.Path})
 			fmt.Fprintf(rw, "pod=%s from=%s path=%s", name, r.RemoteAddr, r.URL.Path)
 		})}
 		go srv.Serve(l)
 		t.Cleanup(func() { srv.Close() })
 	}
-	saved := *m.Model
-	saved.Workloads = slices.Clone(m.Model.Workloads)
-	saved.Services = slices.Clone(m.Model.Services)
-	m.Model.Workloads = append(m.Model.Workloads, mesh.Workload{Name: "waypoint-0", Namespace: "mesh", ServiceAccount: waypointSA,
-		Node: wpPod.Node.Name, IPs: []netip.Addr{wpPod.IP}, Labels: map[string]string{discovery.LabelGatewayName: "waypoint"}})
-	m.Model.Services = append(m.Model.Services, mesh.Service{Name: "web", Namespace: "mesh", VIPs: []netip.Addr{webVIP.Addr()},
-		Ports:    []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: webPort}},
-		Selector: map[string]string{"app": "echo"}, Labels: map[string]string{discovery.LabelUseWaypoint: "waypoint"}})
-	m.Model.Services = append(m.Model.Services, extra...)
-	if err := m.WritePolicies("waypoint.yaml", waypointDoc); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Apply(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		*m.Model = saved
-		if err := m.Apply(); err != nil {
-			t.Error(err)
-		}
-		if err := m.RemovePolicies("waypoint.yaml"); err != nil {
-			t.Error(err)
-		}
+	wpPod := runWaypoint(t, func(md *mesh.Model) {
+		md.Services = append(md.Services, boundService("web", webVIP, mesh.ServicePort{Name: "http", TargetPort: webPort},
+			map[string]string{"app": "echo"}))
+		md.Services = append(md.Services, extra...)
 	})
-	if err := m.StartWaypoint(context.Background(), wpPod, "mesh", "waypoint"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.StopWaypoint(wpPod.Name) })
 	return wpPod, seen
-}
-
-// hits are the paths the web servers answered.
-type hits struct {
-	mu    sync.Mutex
-	paths []string
-}
-
-func (h *hits) add(p string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.paths = append(h.paths, p)
-}
-
-func (h *hits) saw(p string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.Contains(h.paths, p)
 }
 
 // keepAlive is an HTTP client of a pod that sends all its requests over one connection.
@@ -175,7 +130,7 @@ func TestWaypointHTTP(t *testing.T) {
 	}
 
 	// A direct connection from another mesh identity to a pod behind the waypoint.
-	if code, body, err := get(local, netip.AddrPortFrom(echoA.IP, webPort), "/direct"); err == nil || seen.saw("/direct") {
+	if code, body, err := get(local, netip.AddrPortFrom(echoA.IP, webPort), "/direct"); err == nil || seen.find("", "/direct") != nil {
 		t.Errorf("direct request to a pod behind the waypoint answered %d %q", code, body)
 	}
 
@@ -185,7 +140,7 @@ func TestWaypointHTTP(t *testing.T) {
 	if code, body, err := get(client, webVIP, "/stopped"); err == nil {
 		t.Errorf("with the waypoint stopped the request was answered %d %q", code, body)
 	}
-	if seen.saw("/stopped") {
+	if seen.find("", "/stopped") != nil {
 		t.Error("delivered around the stopped waypoint")
 	}
 }
