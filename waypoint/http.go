@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -155,11 +156,18 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		r.Body = &info.body
 	}
 
-	path, err := route.NormalizePath(r.URL.EscapedPath())
+	path, err := route.NormalizePath(rawPath(r))
 	if err != nil {
 		http.Error(sw, "invalid path", http.StatusBadRequest)
 		return
 	}
+	// The model, the bindings and the policies may have changed since the stream began.
+	if in, err = f.w.refresh(in); err != nil {
+		info.flags = "NR"
+		http.Error(sw, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	info.in = in
 	d := in.authorize(&policy.Request{Host: r.Host, Method: r.Method, Path: path, Headers: r.Header})
 	if d.DryRun != nil || len(d.Audit) > 0 || !d.Allow {
 		info.policy = d.String()
@@ -191,8 +199,33 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	}
 	out := r.WithContext(ctx)
 	out.Host = req.Host
-	out.URL.Path, out.URL.RawPath = req.Path, ""
+	if err := setPath(out.URL, req.Path); err != nil {
+		http.Error(sw, "invalid path", http.StatusBadRequest)
+		return
+	}
 	f.proxy.ServeHTTP(sw, out)
+}
+
+// rawPath is the request target's path as the client sent it (net/url would already
+// have escaped a '\\' that the normalization turns into '/').
+func rawPath(r *http.Request) string {
+	if t := r.RequestURI; strings.HasPrefix(t, "/") || strings.HasPrefix(t, "\\") {
+		if i := strings.IndexAny(t, "?#"); i >= 0 {
+			t = t[:i]
+		}
+		return t
+	}
+	return r.URL.EscapedPath() // absolute form, or h2 (":path" is parsed the same way)
+}
+
+// setPath puts the normalized (escaped) path on u so that it is sent exactly so.
+func setPath(u *url.URL, escaped string) error {
+	p, err := url.PathUnescape(escaped)
+	if err != nil {
+		return err
+	}
+	u.Path, u.RawPath = p, escaped
+	return nil
 }
 
 // route applies the HTTPRoutes attached to the destination: the rule, its filters and
@@ -273,7 +306,10 @@ func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) {
 		out := r.Clone(ctx)
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = "http", up.addr.String()
-		out.URL.Path, out.URL.RawPath = req.Path, ""
+		if setPath(out.URL, req.Path) != nil {
+			cancel()
+			continue
+		}
 		out.Host = shadowHost(req.Host)
 		out.Body = http.NoBody
 		if body != nil {

@@ -89,6 +89,20 @@ type inbound struct {
 	policies *policy.Applied
 }
 
+// refresh returns in as of the current model: a request of a long-lived stream is
+// resolved, authorized and routed with what is in force now, not when the stream began.
+func (w *Waypoint) refresh(in *inbound) (*inbound, error) {
+	snap := w.store.Load()
+	if snap == in.snap {
+		return in, nil
+	}
+	t, err := w.resolve(snap, in.t.authority)
+	if err != nil {
+		return nil, err
+	}
+	return &inbound{t: t, client: in.client, peer: in.peer, snap: snap, policies: w.policiesFor(snap, t)}, nil
+}
+
 // policiesFor returns the policies this waypoint enforces for t.
 func (w *Waypoint) policiesFor(snap *discovery.Snapshot, t target) *policy.Applied {
 	var ns, name string
