@@ -26,10 +26,11 @@ import (
 // httpFront serves the HTTP streams: one http.Server (HTTP/1.1 and h2c prior
 // knowledge) fed with the accepted CONNECT streams, each request forwarded on its own.
 type httpFront struct {
-	w     *Waypoint
-	srv   *http.Server
-	ln    *chanListener
-	proxy *httputil.ReverseProxy
+	w      *Waypoint
+	h1, h2 *http.Server // HTTP/1.1; h2c prior knowledge
+	ln1    *chanListener
+	ln2    *chanListener
+	proxy  *httputil.ReverseProxy
 
 	mu         sync.Mutex
 	transports map[transportKey]*http.Transport
@@ -80,24 +81,27 @@ func (b *countingBody) Read(p []byte) (int, error) {
 }
 
 func newHTTPFront(w *Waypoint) *httpFront {
-	f := &httpFront{w: w, ln: newChanListener(), transports: map[transportKey]*http.Transport{}}
-	protos := new(http.Protocols)
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	f.srv = &http.Server{
-		Handler:           http.HandlerFunc(f.handle),
-		Protocols:         protos,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       time.Hour,
-		MaxHeaderBytes:    60 << 10, // Envoy's max_request_headers_kb
-		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if ic, ok := c.(*inboundConn); ok {
-				return context.WithValue(ctx, keyInbound, ic.in)
-			}
-			return ctx
-		},
+	f := &httpFront{w: w, ln1: newChanListener(), ln2: newChanListener(), transports: map[transportKey]*http.Transport{}}
+	newServer := func(h2 bool) *http.Server {
+		protos := new(http.Protocols)
+		protos.SetHTTP1(!h2)
+		protos.SetUnencryptedHTTP2(h2)
+		return &http.Server{
+			Handler:           http.HandlerFunc(f.handle),
+			Protocols:         protos,
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       time.Hour,
+			MaxHeaderBytes:    60 << 10, // Envoy's max_request_headers_kb
+			ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				if ic, ok := c.(*inboundConn); ok {
+					return context.WithValue(ctx, keyInbound, ic.in)
+				}
+				return ctx
+			},
+		}
 	}
+	f.h1, f.h2 = newServer(false), newServer(true)
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
 		Transport:      roundTripperFunc(f.roundTrip),
@@ -110,17 +114,27 @@ func newHTTPFront(w *Waypoint) *httpFront {
 }
 
 func (f *httpFront) run() error {
-	err := f.srv.Serve(f.ln)
-	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
-		return nil
+	errs := make(chan error, 2)
+	for srv, ln := range map[*http.Server]*chanListener{f.h1: f.ln1, f.h2: f.ln2} {
+		go func() {
+			err := srv.Serve(ln)
+			if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+			errs <- err
+		}()
 	}
-	return err
+	return errors.Join(<-errs, <-errs)
 }
 
-func (f *httpFront) shutdown(ctx context.Context) { _ = f.srv.Shutdown(ctx) }
+func (f *httpFront) shutdown(ctx context.Context) {
+	_ = f.h1.Shutdown(ctx)
+	_ = f.h2.Shutdown(ctx)
+}
 
 func (f *httpFront) close() {
-	_ = f.srv.Close()
+	_ = f.h1.Close()
+	_ = f.h2.Close()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, t := range f.transports {
@@ -130,9 +144,13 @@ func (f *httpFront) close() {
 
 // serve hands an accepted stream to the HTTP server and returns once the server is
 // done with it (the stream ends when its handler returns).
-func (f *httpFront) serve(c net.Conn, in *inbound) {
+func (f *httpFront) serve(c net.Conn, in *inbound, h2 bool) {
 	ic := &inboundConn{Conn: c, in: in, done: make(chan struct{})}
-	if !f.ln.push(ic) {
+	ln := f.ln1
+	if h2 {
+		ln = f.ln2
+	}
+	if !ln.push(ic) {
 		c.Close()
 		return
 	}
@@ -156,6 +174,10 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		r.Body = &info.body
 	}
 
+	if !validMethod(r.Method) {
+		http.Error(sw, "invalid method", http.StatusBadRequest)
+		return
+	}
 	path, err := route.NormalizePath(rawPath(r))
 	if err != nil {
 		http.Error(sw, "invalid path", http.StatusBadRequest)
@@ -204,6 +226,17 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.proxy.ServeHTTP(sw, out)
+}
+
+// validMethod refuses methods that are not upper case (as Envoy does): "get" would
+// otherwise slip past a policy on GET.
+func validMethod(m string) bool {
+	for i := 0; i < len(m); i++ {
+		if c := m[i]; (c < 'A' || c > 'Z') && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return m != ""
 }
 
 // rawPath is the request target's path as the client sent it (net/url would already

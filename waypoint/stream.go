@@ -21,7 +21,7 @@ type protocol uint8
 
 const (
 	protoSniff protocol = iota // unknown: HTTP if the first bytes say so, else TCP
-	protoHTTP                  // HTTP/1.1 (and h2c prior knowledge, told apart by its preface)
+	protoHTTP                  // HTTP/1.1, or h2c prior knowledge (told apart by its preface)
 	protoHTTP2                 // HTTP/2 cleartext both ways (http2, grpc, kubernetes.io/h2c)
 	protoTCP
 )
@@ -62,12 +62,15 @@ func (w *Waypoint) serveHBONE(s *hbone.Stream) {
 	}
 	ctx := context.Background()
 	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap, policies: w.policiesFor(snap, t)}
-	proto := protocolOf(t.port)
-	var first []byte
-	if proto == protoSniff {
-		proto, first = sniff(s)
+	declared := protocolOf(t.port)
+	if declared == protoTCP {
+		w.forwardTCP(ctx, s, in, nil)
+		return
 	}
-	if proto == protoTCP {
+	// HTTP/1 or the HTTP/2 preface, told apart by the first bytes (a declared HTTP port
+	// is served as HTTP whatever comes, so garbage gets its 400).
+	got, first := sniff(s)
+	if declared == protoSniff && got == wireOther {
 		w.forwardTCP(ctx, s, in, first)
 		return
 	}
@@ -75,7 +78,7 @@ func (w *Waypoint) serveHBONE(s *hbone.Stream) {
 	if len(first) > 0 {
 		c = &prefixConn{Conn: s, prefix: first}
 	}
-	w.front.serve(c, in)
+	w.front.serve(c, in, got == wireH2)
 }
 
 // inbound is what a stream's requests share: where it was addressed and who sent it.
@@ -128,14 +131,24 @@ func (in *inbound) authorize(r *policy.Request) policy.Decision {
 // on an undeclared port is then forwarded as TCP.
 const sniffTimeout = 5 * time.Second
 
-// sniff reads the first bytes of c: an HTTP/1 request line or the HTTP/2 preface make
-// it HTTP; anything else (or nothing within sniffTimeout) TCP. It returns what it read.
-func sniff(c net.Conn) (protocol, []byte) {
+// wire is what a stream's first bytes are.
+type wire uint8
+
+const (
+	wireOther wire = iota // neither: TCP, or garbage on an HTTP port
+	wireH1                // an HTTP/1 request line
+	wireH2                // the HTTP/2 connection preface (h2c prior knowledge)
+)
+
+// sniff reads the first bytes of c until it can tell an HTTP/1 request line, the
+// HTTP/2 preface or anything else (nothing within sniffTimeout is anything else). It
+// returns what it read.
+func sniff(c net.Conn) (wire, []byte) {
 	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	defer c.SetReadDeadline(time.Time{})
 	buf := make([]byte, 0, 64)
 	tmp := make([]byte, 64)
-	for len(buf) < 24 {
+	for len(buf) < len(h2Preface) {
 		n, err := c.Read(tmp[:cap(buf)-len(buf)])
 		buf = append(buf, tmp[:n]...)
 		if p, sure := classify(buf); sure {
@@ -151,29 +164,32 @@ func sniff(c net.Conn) (protocol, []byte) {
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
-// classify says what b starts (protoTCP when it cannot be HTTP) and whether it is sure.
-func classify(b []byte) (protocol, bool) {
+// classify says what b starts and whether it is sure.
+func classify(b []byte) (wire, bool) {
+	if len(b) == 0 {
+		return wireOther, false
+	}
 	if bytes.HasPrefix(h2Preface, b) {
-		return protoHTTP, len(b) >= len(h2Preface)
+		return wireH2, len(b) >= len(h2Preface)
 	}
 	if bytes.HasPrefix(b, h2Preface) {
-		return protoHTTP, true
+		return wireH2, true
 	}
 	sp := bytes.IndexByte(b, ' ')
 	if sp < 0 {
 		for _, c := range b {
 			if c < 'A' || c > 'Z' {
-				return protoTCP, true
+				return wireOther, true
 			}
 		}
-		return protoTCP, len(b) > 16 // still a possible method token
+		return wireOther, len(b) > 16 // still a possible method token
 	}
 	for _, c := range b[:sp] {
 		if c < 'A' || c > 'Z' {
-			return protoTCP, true
+			return wireOther, true
 		}
 	}
-	return protoHTTP, sp > 0
+	return wireH1, sp > 0
 }
 
 // prefixConn replays bytes read while sniffing.

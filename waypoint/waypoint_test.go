@@ -409,3 +409,51 @@ spec:
 		}
 	}
 }
+
+// Malformed HTTP gets 400 (431 for oversized headers) and closes that connection only;
+// the waypoint keeps serving.
+func TestMalformedHTTP(t *testing.T) {
+	h := newHarness(t)
+	for _, tc := range []struct {
+		name, req string
+		want      int
+	}{
+		{"bad request line", "GET\r\n\r\n", 400},
+		{"space in a header name", "GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400},
+		{"NUL in the path", "GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"bad escape", "GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"lower-case method", "get /a HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"no Host", "GET / HTTP/1.1\r\n\r\n", 400},
+		{"oversized headers", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431},
+		{"not HTTP on an HTTP port", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 binary\r\n\r\n", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := h.connect(t, "198.19.0.1:80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			go io.WriteString(c, tc.req)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("answered %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+	// Still serving.
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /ok HTTP/1.1\r\nHost: echo.apps\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after the malformed requests: %v %v", resp, err)
+	}
+}
