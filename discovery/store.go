@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 )
@@ -72,4 +74,18 @@ func (st *Store) Watch() (<-chan struct{}, func()) {
 		delete(st.watchers, &ch)
 		st.mu.Unlock()
 	}
+}
+
+// WaitSynced waits until the first Set, or ctx ends.
+func (st *Store) WaitSynced(ctx context.Context) error {
+	ch, cancel := st.Watch()
+	defer cancel()
+	for !st.Synced() {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("load mesh model: %w", context.Cause(ctx))
+		}
+	}
+	return nil
 }

@@ -154,7 +154,7 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	if r, ok := w.ident.(Runner); ok {
 		g.Go(func() error { return r.Run(ctx) })
 	}
-	if err := w.waitSynced(ctx); err != nil {
+	if err := w.store.WaitSynced(ctx); err != nil {
 		if gerr := g.Wait(); gerr != nil {
 			return gerr
 		}
@@ -196,19 +196,6 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
-}
-
-func (w *Waypoint) waitSynced(ctx context.Context) error {
-	ch, cancel := w.store.Watch()
-	defer cancel()
-	for !w.store.Synced() {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("load mesh model: %w", context.Cause(ctx))
-		}
-	}
-	return nil
 }
 
 // ready: the model is loaded, the waypoint is declared and its certificate is held.

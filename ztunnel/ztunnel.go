@@ -228,7 +228,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 
 	// Know the model before capturing anything: a bad model must stop ztunnel before it
 	// takes over any pod's traffic.
-	if err := z.waitSynced(ctx); err != nil {
+	if err := z.store.WaitSynced(ctx); err != nil {
 		if gerr := g.Wait(); gerr != nil {
 			return gerr
 		}
@@ -300,19 +300,6 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
-}
-
-func (z *Ztunnel) waitSynced(ctx context.Context) error {
-	ch, cancel := z.store.Watch()
-	defer cancel()
-	for !z.store.Synced() {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("load mesh model: %w", context.Cause(ctx))
-		}
-	}
-	return nil
 }
 
 func (z *Ztunnel) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, net.Conn)) error {
