@@ -24,12 +24,13 @@ const (
 // are decoded strictly here and compiled by each waypoint (package waypoint/route).
 type Routes struct {
 	HTTPRoutes []*gatewayv1.HTTPRoute
+	GRPCRoutes []*gatewayv1.GRPCRoute
 	// ReferenceGrants (v1 or v1beta1, the same schema) admit cross-namespace backends.
 	ReferenceGrants []*gatewayv1.ReferenceGrant
 }
 
-// parseRoutes returns the HTTPRoutes and ReferenceGrants of objs; one that cannot be
-// decoded is a problem and left out.
+// parseRoutes returns the HTTPRoutes, GRPCRoutes and ReferenceGrants of objs; one that
+// cannot be decoded is a problem and left out.
 func parseRoutes(objs []yamldoc.Object) (Routes, []string) {
 	var r Routes
 	var problems []string
@@ -44,6 +45,12 @@ func parseRoutes(objs []yamldoc.Object) (Routes, []string) {
 			if err = o.DecodeStrict(&hr); err == nil {
 				defaultNamespace(&hr.ObjectMeta)
 				r.HTTPRoutes = append(r.HTTPRoutes, &hr)
+			}
+		case "GRPCRoute":
+			var gr gatewayv1.GRPCRoute
+			if err = o.DecodeStrict(&gr); err == nil {
+				defaultNamespace(&gr.ObjectMeta)
+				r.GRPCRoutes = append(r.GRPCRoutes, &gr)
 			}
 		case "ReferenceGrant":
 			var g gatewayv1.ReferenceGrant

@@ -105,6 +105,7 @@ func parseManifests(files []policyFile, root, class string) (manifests, error) {
 		m.waypointProblems = append(m.waypointProblems, wprobs...)
 		rs, rprobs := parseRoutes(objs)
 		m.routes.HTTPRoutes = append(m.routes.HTTPRoutes, rs.HTTPRoutes...)
+		m.routes.GRPCRoutes = append(m.routes.GRPCRoutes, rs.GRPCRoutes...)
 		m.routes.ReferenceGrants = append(m.routes.ReferenceGrants, rs.ReferenceGrants...)
 		m.waypointProblems = append(m.waypointProblems, rprobs...)
 	}

@@ -17,8 +17,8 @@ type routing struct {
 // routesCache holds the routing of the latest model version seen.
 type routesCache struct{ cur atomic.Pointer[routing] }
 
-// routesFor compiles snap's HTTPRoutes once per model version, logging the routes
-// that are not accepted (they change nothing else).
+// routesFor compiles snap's HTTPRoutes and GRPCRoutes once per model version,
+// logging the routes that are not accepted (they change nothing else).
 func (w *Waypoint) routesFor(snap *discovery.Snapshot) *routing {
 	if r := w.routes.cur.Load(); r != nil && r.version == snap.Version {
 		return r
@@ -34,7 +34,7 @@ func (w *Waypoint) routesFor(snap *discovery.Snapshot) *routing {
 		}
 		return info, true
 	}
-	table, statuses := route.Compile(snap.Routes.HTTPRoutes, svcs, snap.Routes.ReferenceGrants)
+	table, statuses := route.Compile(snap.Routes.HTTPRoutes, snap.Routes.GRPCRoutes, svcs, snap.Routes.ReferenceGrants)
 	r := &routing{version: snap.Version, table: table, statuses: statuses}
 	if old := w.routes.cur.Swap(r); old == nil || old.version != r.version {
 		for _, st := range statuses {

@@ -88,7 +88,7 @@ spec:
     backendRefs: [{name: v1, port: 80, weight: 3}, {name: missing, port: 80}]
   - matches: [{path: {type: Exact, value: /e}, method: POST}]
     backendRefs: [{name: v2, port: 80, weight: 0}]
-`), testServices, nil)
+`), nil, testServices, nil)
 	rs := tab.Lookup("default", "svc", 80)
 	if rs == nil {
 		f.Fatal("the fuzzed route did not attach")

@@ -73,25 +73,100 @@ func (g Grants) permit(fromKind, fromNS, toNS, toName string) bool {
 
 func isCore(group string) bool { return group == "" || group == "core" }
 
-// Compile builds the table from every HTTPRoute (all namespaces). A route that
-// is invalid, or whose parent cannot take it, gets Accepted=False in its status
-// and adds nothing; a backendRef that does not resolve gets ResolvedRefs=False
-// and answers 500 for its share. grants permits cross-namespace backendRefs;
-// svcs resolves parents and backends. Compile never panics on bad input.
-func Compile(routes []*gatewayv1.HTTPRoute, svcs Services, grants Grants) (*Table, []Status) {
+// Route kinds, as in Status.Kind and Rule.Kind.
+const (
+	KindHTTPRoute = "HTTPRoute"
+	KindGRPCRoute = "GRPCRoute"
+)
+
+// source is a route of either kind as compiling sees it. A GRPCRoute rule's
+// filters and backendRefs have the HTTPRoute schema, so they are carried as an
+// HTTPRouteRule and compiled by the same code; only its matches differ.
+type source struct {
+	kind            string
+	namespace, name string
+	generation      int64
+	created         time.Time
+	parents         []gatewayv1.ParentReference
+	rules           []sourceRule
+}
+
+type sourceRule struct {
+	rule *gatewayv1.HTTPRouteRule
+	// grpc is set for a GRPCRoute rule: its matches (rule.Matches is empty)
+	// and, when the rule cannot be converted, why.
+	grpc *grpcRule
+}
+
+func httpSource(hr *gatewayv1.HTTPRoute) *source {
+	src := &source{kind: KindHTTPRoute, namespace: hr.Namespace, name: hr.Name, generation: hr.Generation,
+		created: hr.CreationTimestamp.Time, parents: hr.Spec.ParentRefs}
+	for i := range hr.Spec.Rules {
+		src.rules = append(src.rules, sourceRule{rule: &hr.Spec.Rules[i]})
+	}
+	return src
+}
+
+// older says whether s takes precedence over o in a conflict: the older route,
+// then "namespace/name" in alphabetical order, then the kind.
+func (s *source) older(o *source) bool {
+	if !s.created.Equal(o.created) {
+		return s.created.Before(o.created)
+	}
+	if a, b := s.namespace+"/"+s.name, o.namespace+"/"+o.name; a != b {
+		return a < b
+	}
+	return s.kind < o.kind
+}
+
+// attachment is a route's entries for one Service port, before the HTTPRoute
+// and GRPCRoute conflicts of that port are settled.
+type attachment struct {
+	key     parentKey
+	src     *source
+	status  int // index in the statuses
+	parent  int // index in that status's Parents
+	entries []entry
+}
+
+// Compile builds the table from every HTTPRoute and GRPCRoute (all
+// namespaces). A route that is invalid, or whose parent cannot take it, gets
+// Accepted=False in its status and adds nothing; a backendRef that does not
+// resolve gets ResolvedRefs=False and answers 500 for its share. A Service port
+// takes routes of one kind: where HTTPRoutes and GRPCRoutes attach to the same
+// port, the kind of the oldest route wins it (docs/waypoint-routing.md).
+// grants permits cross-namespace backendRefs; svcs resolves parents and
+// backends. Compile never panics on bad input.
+func Compile(routes []*gatewayv1.HTTPRoute, grpcRoutes []*gatewayv1.GRPCRoute, svcs Services, grants Grants) (*Table, []Status) {
 	if svcs == nil {
 		svcs = func(string, string) (ServiceInfo, bool) { return ServiceInfo{}, false }
 	}
-	t := &Table{parents: map[parentKey]*Routes{}}
-	var statuses []Status
+	var srcs []*source
 	for _, hr := range routes {
-		if hr == nil {
-			continue
-		}
-		if st, ok := compileRoute(t, hr, svcs, grants); ok {
-			statuses = append(statuses, st)
+		if hr != nil {
+			srcs = append(srcs, httpSource(hr))
 		}
 	}
+	for _, gr := range grpcRoutes {
+		if gr != nil {
+			srcs = append(srcs, grpcSource(gr))
+		}
+	}
+	var statuses []Status
+	var atts []attachment
+	for _, src := range srcs {
+		st, as, ok := compileRoute(src, svcs, grants)
+		if !ok {
+			continue
+		}
+		for i := range as {
+			as[i].status = len(statuses)
+		}
+		statuses = append(statuses, st)
+		atts = append(atts, as...)
+	}
+	t := &Table{parents: map[parentKey]*Routes{}}
+	attach(t, atts, statuses)
 	for _, rs := range t.parents {
 		slices.SortStableFunc(rs.entries, func(a, b entry) int {
 			switch {
@@ -106,10 +181,52 @@ func Compile(routes []*gatewayv1.HTTPRoute, svcs Services, grants Grants) (*Tabl
 	return t, statuses
 }
 
-// compileRoute adds hr's entries to t; ok is false when hr has no Service parent.
-func compileRoute(t *Table, hr *gatewayv1.HTTPRoute, svcs Services, grants Grants) (Status, bool) {
-	st := Status{Kind: "HTTPRoute", Namespace: hr.Namespace, Name: hr.Name, Generation: hr.Generation}
-	rules, entries, err := compileRules(hr, svcs, grants)
+// attach adds the attachments to t. On a port with both kinds, the routes of
+// the kind of the oldest route there attach and the others do not (GEP-1016,
+// with the Service port as the listener): a parentRef that loses every port is
+// Accepted=False (NotAllowedByListeners), one that loses some says which.
+func attach(t *Table, atts []attachment, statuses []Status) {
+	winner := map[parentKey]*source{}
+	for _, a := range atts {
+		if w := winner[a.key]; w == nil || a.src.older(w) {
+			winner[a.key] = a.src
+		}
+	}
+	type parentRef struct{ status, parent int }
+	total := map[parentRef]int{}
+	lost := map[parentRef][]string{}
+	for _, a := range atts {
+		pr := parentRef{a.status, a.parent}
+		total[pr]++
+		if w := winner[a.key]; w.kind != a.src.kind {
+			lost[pr] = append(lost[pr], fmt.Sprintf("port %d, taken by %s %s/%s", a.key.port, w.kind, w.namespace, w.name))
+			continue
+		}
+		rs := t.parents[a.key]
+		if rs == nil {
+			rs = &Routes{}
+			t.parents[a.key] = rs
+		}
+		rs.entries = append(rs.entries, a.entries...)
+	}
+	for pr, l := range lost {
+		ps := &statuses[pr.status].Parents[pr.parent]
+		msg := "a Service port takes HTTPRoutes or GRPCRoutes, not both, and the oldest route decides; not attached to " + strings.Join(l, "; ")
+		if len(l) < total[pr] {
+			ps.Conditions[0].Message = "attached to the Service, except where " + msg
+			continue
+		}
+		ps.Conditions[0].Status = metav1.ConditionFalse
+		ps.Conditions[0].Reason = string(gatewayv1.RouteReasonNotAllowedByListeners)
+		ps.Conditions[0].Message = msg
+	}
+}
+
+// compileRoute compiles src and resolves its Service parentRefs to ports; ok is
+// false when src has no Service parent.
+func compileRoute(src *source, svcs Services, grants Grants) (Status, []attachment, bool) {
+	st := Status{Kind: src.kind, Namespace: src.namespace, Name: src.name, Generation: src.generation}
+	rules, entries, err := compileRules(src, svcs, grants)
 	refsOK, refsReason, refsMsg := true, gatewayv1.RouteReasonResolvedRefs, "all references resolved"
 	for _, r := range rules {
 		for _, b := range append(r.Backends[:len(r.Backends):len(r.Backends)], mirrorBackends(r)...) {
@@ -119,8 +236,9 @@ func compileRoute(t *Table, hr *gatewayv1.HTTPRoute, svcs Services, grants Grant
 			}
 		}
 	}
+	var atts []attachment
 	seen := map[parentKey]bool{}
-	for _, pr := range hr.Spec.ParentRefs {
+	for _, pr := range src.parents {
 		if !isServiceRef(pr.Group, pr.Kind, false) {
 			continue
 		}
@@ -132,33 +250,27 @@ func compileRoute(t *Table, hr *gatewayv1.HTTPRoute, svcs Services, grants Grant
 				reason = p.reason
 			}
 		} else {
-			ports, ok, reason, msg = parentPorts(hr, pr, svcs)
+			ports, ok, reason, msg = parentPorts(src, pr, svcs)
 		}
 		if ok {
-			ns := hr.Namespace
 			for _, port := range ports {
-				k := parentKey{ns, string(pr.Name), port}
+				k := parentKey{src.namespace, string(pr.Name), port}
 				if seen[k] {
 					continue
 				}
 				seen[k] = true
-				rs := t.parents[k]
-				if rs == nil {
-					rs = &Routes{}
-					t.parents[k] = rs
-				}
-				rs.entries = append(rs.entries, entries...)
+				atts = append(atts, attachment{key: k, src: src, parent: len(st.Parents), entries: entries})
 			}
 		}
 		st.Parents = append(st.Parents, gatewayv1.RouteParentStatus{
 			ParentRef: pr,
 			Conditions: []metav1.Condition{
-				condition(gatewayv1.RouteConditionAccepted, ok, reason, msg, hr.Generation),
-				condition(gatewayv1.RouteConditionResolvedRefs, refsOK, refsReason, refsMsg, hr.Generation),
+				condition(gatewayv1.RouteConditionAccepted, ok, reason, msg, src.generation),
+				condition(gatewayv1.RouteConditionResolvedRefs, refsOK, refsReason, refsMsg, src.generation),
 			},
 		})
 	}
-	return st, len(st.Parents) > 0
+	return st, atts, len(st.Parents) > 0
 }
 
 func mirrorBackends(r *Rule) []Backend {
@@ -187,14 +299,14 @@ func isServiceRef(group *gatewayv1.Group, kind *gatewayv1.Kind, backend bool) bo
 }
 
 // parentPorts resolves a Service parentRef to the ports the route attaches to.
-func parentPorts(hr *gatewayv1.HTTPRoute, pr gatewayv1.ParentReference, svcs Services) ([]uint16, bool, gatewayv1.RouteConditionReason, string) {
-	ns := hr.Namespace
-	if pr.Namespace != nil && string(*pr.Namespace) != hr.Namespace {
+func parentPorts(src *source, pr gatewayv1.ParentReference, svcs Services) ([]uint16, bool, gatewayv1.RouteConditionReason, string) {
+	ns := src.namespace
+	if pr.Namespace != nil && string(*pr.Namespace) != ns {
 		// Consumer routes (GAMMA): Istio ambient does not implement them either;
 		// saying so beats applying the route to every client of the Service.
 		return nil, false, gatewayv1.RouteReasonUnsupportedValue, fmt.Sprintf(
 			"consumer routes are not supported: the route is in namespace %q, Service %s/%s is not; put the route in the Service's namespace",
-			hr.Namespace, string(*pr.Namespace), pr.Name)
+			ns, string(*pr.Namespace), pr.Name)
 	}
 	svc, found := svcs(ns, string(pr.Name))
 	if !found {
@@ -225,23 +337,26 @@ func parentPorts(hr *gatewayv1.HTTPRoute, pr gatewayv1.ParentReference, svcs Ser
 	return ports, true, gatewayv1.RouteReasonAccepted, "attached to the Service"
 }
 
-// compileRules validates hr like the CRD's schema and CEL rules would and
+// compileRules validates src like the CRD's schema and CEL rules would and
 // compiles its rules; the error is a *problem.
-func compileRules(hr *gatewayv1.HTTPRoute, svcs Services, grants Grants) ([]*Rule, []entry, error) {
-	specRules := hr.Spec.Rules
+func compileRules(src *source, svcs Services, grants Grants) ([]*Rule, []entry, error) {
+	specRules := src.rules
 	if len(specRules) == 0 {
-		specRules = []gatewayv1.HTTPRouteRule{{}}
+		specRules = []sourceRule{{rule: &gatewayv1.HTTPRouteRule{}}}
+		if src.kind == KindGRPCRoute {
+			specRules[0].grpc = &grpcRule{}
+		}
 	}
 	if len(specRules) > maxRules {
 		return nil, nil, unsupported("%d rules, at most %d are allowed", len(specRules), maxRules)
 	}
-	routeName := hr.Namespace + "/" + hr.Name
+	routeName := src.namespace + "/" + src.name
 	names := map[string]bool{}
 	total := 0
 	var rules []*Rule
 	var entries []entry
 	for i := range specRules {
-		sr := &specRules[i]
+		sr, g := specRules[i].rule, specRules[i].grpc
 		where := fmt.Sprintf("rules[%d]", i)
 		if sr.Name != nil {
 			where = fmt.Sprintf("rule %q", *sr.Name)
@@ -251,14 +366,24 @@ func compileRules(hr *gatewayv1.HTTPRoute, svcs Services, grants Grants) ([]*Rul
 			names[string(*sr.Name)] = true
 		}
 		matches := sr.Matches
-		if len(matches) == 0 {
-			matches = []gatewayv1.HTTPRouteMatch{{}}
+		n := len(matches)
+		if g != nil {
+			if g.invalid != nil {
+				return nil, nil, &problem{gatewayv1.RouteReasonUnsupportedValue, where + ": " + g.invalid.Error()}
+			}
+			n = len(g.matches)
 		}
-		total += len(matches)
-		if len(matches) > maxMatches || total > maxRouteMatches {
+		if n == 0 {
+			n = 1
+			if g == nil {
+				matches = []gatewayv1.HTTPRouteMatch{{}}
+			}
+		}
+		total += n
+		if n > maxMatches || total > maxRouteMatches {
 			return nil, nil, unsupported("%s: too many matches (at most %d per rule, %d per route)", where, maxMatches, maxRouteMatches)
 		}
-		r, err := compileRule(hr, sr, matches, svcs, grants)
+		r, err := compileRule(src, sr, matches, svcs, grants)
 		if err != nil {
 			reason := gatewayv1.RouteReasonUnsupportedValue
 			if p := (*problem)(nil); errors.As(err, &p) {
@@ -266,13 +391,19 @@ func compileRules(hr *gatewayv1.HTTPRoute, svcs Services, grants Grants) ([]*Rul
 			}
 			return nil, nil, &problem{reason, where + ": " + err.Error()}
 		}
-		r.Route, r.Index = routeName, i
-		for j := range matches {
-			e, err := compileMatch(&matches[j])
+		r.Kind, r.Route, r.Index = src.kind, routeName, i
+		for j := range n {
+			var e entry
+			var err error
+			if g != nil {
+				e, err = g.compileMatch(j)
+			} else {
+				e, err = compileMatch(&matches[j])
+			}
 			if err != nil {
 				return nil, nil, unsupported("%s: matches[%d]: %v", where, j, err)
 			}
-			e.rule, e.created, e.route, e.ruleIdx, e.matchIdx = r, hr.CreationTimestamp.Time, routeName, i, j
+			e.rule, e.created, e.route, e.ruleIdx, e.matchIdx = r, src.created, routeName, i, j
 			entries = append(entries, e)
 		}
 		rules = append(rules, r)
@@ -280,7 +411,7 @@ func compileRules(hr *gatewayv1.HTTPRoute, svcs Services, grants Grants) ([]*Rul
 	return rules, entries, nil
 }
 
-func compileRule(hr *gatewayv1.HTTPRoute, sr *gatewayv1.HTTPRouteRule, matches []gatewayv1.HTTPRouteMatch, svcs Services, grants Grants) (*Rule, error) {
+func compileRule(src *source, sr *gatewayv1.HTTPRouteRule, matches []gatewayv1.HTTPRouteMatch, svcs Services, grants Grants) (*Rule, error) {
 	r := &Rule{Filters: slices.Clone(sr.Filters)}
 	if sr.Name != nil {
 		r.Name = string(*sr.Name)
@@ -291,7 +422,7 @@ func compileRule(hr *gatewayv1.HTTPRoute, sr *gatewayv1.HTTPRouteRule, matches [
 	if len(sr.BackendRefs) > maxBackends {
 		return nil, unsupported("%d backendRefs, at most %d are allowed", len(sr.BackendRefs), maxBackends)
 	}
-	if err := compileFilters(r, hr, sr.Filters, matches, svcs, grants); err != nil {
+	if err := compileFilters(r, src, sr.Filters, matches, svcs, grants); err != nil {
 		return nil, err
 	}
 	if len(sr.BackendRefs) > 0 && slices.ContainsFunc(r.request, func(f requestFilter) bool { return f.kind == filterRedirect }) {
@@ -306,7 +437,7 @@ func compileRule(hr *gatewayv1.HTTPRoute, sr *gatewayv1.HTTPRouteRule, matches [
 	}
 	for i := range sr.BackendRefs {
 		br := &sr.BackendRefs[i]
-		b := resolveBackend(hr, br.BackendObjectReference, svcs, grants)
+		b := resolveBackend(src, br.BackendObjectReference, svcs, grants)
 		b.Weight = 1
 		if br.Weight != nil {
 			if *br.Weight < 0 || *br.Weight > maxWeight {
@@ -324,8 +455,8 @@ func compileRule(hr *gatewayv1.HTTPRoute, sr *gatewayv1.HTTPRouteRule, matches [
 }
 
 // resolveBackend resolves a backend reference; Invalid is a *refProblem.
-func resolveBackend(hr *gatewayv1.HTTPRoute, ref gatewayv1.BackendObjectReference, svcs Services, grants Grants) Backend {
-	b := Backend{Namespace: hr.Namespace, Name: string(ref.Name)}
+func resolveBackend(src *source, ref gatewayv1.BackendObjectReference, svcs Services, grants Grants) Backend {
+	b := Backend{Namespace: src.namespace, Name: string(ref.Name)}
 	if ref.Namespace != nil {
 		b.Namespace = string(*ref.Namespace)
 	}
@@ -343,8 +474,8 @@ func resolveBackend(hr *gatewayv1.HTTPRoute, ref gatewayv1.BackendObjectReferenc
 			k = string(*ref.Kind)
 		}
 		b.Invalid = &refProblem{gatewayv1.RouteReasonInvalidKind, fmt.Sprintf("backendRef %s: kind %q of group %q is not supported, only core Services", ref1, k, g)}
-	case b.Namespace != hr.Namespace && !grants.permit("HTTPRoute", hr.Namespace, b.Namespace, b.Name):
-		b.Invalid = &refProblem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf("backendRef %s: no ReferenceGrant in namespace %q allows HTTPRoutes of namespace %q to reference it", ref1, b.Namespace, hr.Namespace)}
+	case b.Namespace != src.namespace && !grants.permit(src.kind, src.namespace, b.Namespace, b.Name):
+		b.Invalid = &refProblem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf("backendRef %s: no ReferenceGrant in namespace %q allows %ss of namespace %q to reference it", ref1, b.Namespace, src.kind, src.namespace)}
 	case ref.Port == nil:
 		b.Invalid = &refProblem{gatewayv1.RouteReasonBackendNotFound, fmt.Sprintf("backendRef %s: a port is required for a Service", ref1)}
 	default:
@@ -423,7 +554,7 @@ func filterShape(f *gatewayv1.HTTPRouteFilter) error {
 	return nil
 }
 
-func compileFilters(r *Rule, hr *gatewayv1.HTTPRoute, fs []gatewayv1.HTTPRouteFilter, matches []gatewayv1.HTTPRouteMatch, svcs Services, grants Grants) error {
+func compileFilters(r *Rule, src *source, fs []gatewayv1.HTTPRouteFilter, matches []gatewayv1.HTTPRouteMatch, svcs Services, grants Grants) error {
 	seen, err := forFilters(fs, func(f *gatewayv1.HTTPRouteFilter) error {
 		var err error
 		switch f.Type {
@@ -450,7 +581,7 @@ func compileFilters(r *Rule, hr *gatewayv1.HTTPRoute, fs []gatewayv1.HTTPRouteFi
 			r.request = append(r.request, rf)
 		case gatewayv1.HTTPRouteFilterRequestMirror:
 			var m Mirror
-			m, err = compileMirror(hr, f.RequestMirror, svcs, grants)
+			m, err = compileMirror(src, f.RequestMirror, svcs, grants)
 			r.Mirrors = append(r.Mirrors, m)
 		default:
 			err = unsupported("%s filter is not supported", f.Type)
@@ -600,8 +731,8 @@ func compileRedirect(r *Rule, f *gatewayv1.HTTPRequestRedirectFilter, matches []
 	return rf, err
 }
 
-func compileMirror(hr *gatewayv1.HTTPRoute, f *gatewayv1.HTTPRequestMirrorFilter, svcs Services, grants Grants) (Mirror, error) {
-	m := Mirror{Backend: resolveBackend(hr, f.BackendRef, svcs, grants), Numerator: 100, Denominator: 100}
+func compileMirror(src *source, f *gatewayv1.HTTPRequestMirrorFilter, svcs Services, grants Grants) (Mirror, error) {
+	m := Mirror{Backend: resolveBackend(src, f.BackendRef, svcs, grants), Numerator: 100, Denominator: 100}
 	switch {
 	case f.Percent != nil && f.Fraction != nil:
 		return m, unsupported("requestMirror: only one of percent or fraction may be set")
@@ -767,10 +898,17 @@ func valueMatches(field string, ms []gatewayv1.HTTPHeaderMatch, isHeader bool) (
 	if len(ms) > maxValueMatches {
 		return nil, fmt.Errorf("%s: at most %d", field, maxValueMatches)
 	}
+	maxLen := 1024
+	if isHeader {
+		maxLen = 4096
+	}
 	var out []valueMatch
 	for _, m := range ms {
 		if !headerName.MatchString(string(m.Name)) {
 			return nil, fmt.Errorf("%s: invalid name %q", field, m.Name)
+		}
+		if m.Value == "" || len(m.Value) > maxLen {
+			return nil, fmt.Errorf("%s: %s: the value must have 1 to %d characters", field, m.Name, maxLen)
 		}
 		v := valueMatch{name: string(m.Name), value: m.Value}
 		if isHeader {

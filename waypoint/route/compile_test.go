@@ -101,7 +101,7 @@ spec:
   parentRefs: [{group: "", kind: Service, name: svc}]
   rules: [{backendRefs: [{name: v2, port: 80}]}]
 `, tt.rules)
-			tab, sts := Compile(decodeRoutes(t, text), testServices, nil)
+			tab, sts := Compile(decodeRoutes(t, text), nil, testServices, nil)
 			if len(sts) != 2 || sts[0].Name != "bad" || sts[0].Generation != 7 || sts[0].Kind != "HTTPRoute" {
 				t.Fatalf("statuses = %+v", sts)
 			}
@@ -137,7 +137,7 @@ spec:
   - {group: gateway.networking.k8s.io, kind: Gateway, name: gw2}
   rules: [{backendRefs: [{name: v1, port: 80}]}]
 `
-	tab, sts := Compile(decodeRoutes(t, text), testServices, nil)
+	tab, sts := Compile(decodeRoutes(t, text), nil, testServices, nil)
 	if len(sts) != 1 || len(sts[0].Parents) != 6 {
 		t.Fatalf("statuses = %+v (Gateway parents must get no entry)", sts)
 	}
@@ -210,7 +210,7 @@ spec:
 		{"other namespace", grant("HTTPRoute", "elsewhere", ""), false},
 		{"no grant", nil, false},
 	} {
-		tab, sts := Compile(decodeRoutes(t, text), testServices, Grants{tt.grant})
+		tab, sts := Compile(decodeRoutes(t, text), nil, testServices, Grants{tt.grant})
 		c := condOf(sts[0], 0, gatewayv1.RouteConditionResolvedRefs)
 		rule, _ := tab.Lookup("default", "svc", 80).Match(req("GET", "/", ""))
 		b, _ := rule.Pick(0)
@@ -229,7 +229,7 @@ spec:
   parentRefs: [{group: "", kind: Service, name: svc}]
 `)[0]
 	// No rules: the CRD default, one rule matching everything with no backend (500).
-	tab, sts := Compile([]*gatewayv1.HTTPRoute{nil, hr}, testServices, Grants{nil})
+	tab, sts := Compile([]*gatewayv1.HTTPRoute{nil, hr}, nil, testServices, Grants{nil})
 	if len(sts) != 1 {
 		t.Fatalf("statuses = %+v", sts)
 	}
@@ -241,7 +241,7 @@ spec:
 		t.Error("a rule without backends picked one")
 	}
 	// No Services at all.
-	_, sts = Compile([]*gatewayv1.HTTPRoute{hr}, nil, nil)
+	_, sts = Compile([]*gatewayv1.HTTPRoute{hr}, nil, nil, nil)
 	if c := condOf(sts[0], 0, gatewayv1.RouteConditionAccepted); c.Reason != "NoMatchingParent" {
 		t.Errorf("without Services: %+v", c)
 	}

@@ -210,7 +210,7 @@ func TestMeshConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tab, sts := Compile(decodeRoutes(t, string(data)), svcs, nil)
+			tab, sts := Compile(decodeRoutes(t, string(data)), nil, svcs, nil)
 			requireAccepted(t, sts)
 			for i, c := range tt.cases {
 				checkMeshCase(t, tab, i, c)
@@ -331,7 +331,7 @@ func TestMeshConformanceWeight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tab, _ := Compile(decodeRoutes(t, string(data)), conformanceServices(t, dir), nil)
+	tab, _ := Compile(decodeRoutes(t, string(data)), nil, conformanceServices(t, dir), nil)
 	rule, ok := tab.Lookup("gateway-conformance-mesh", "echo", 80).Match(req("GET", "/", ""))
 	if !ok {
 		t.Fatal("no match")

@@ -284,7 +284,7 @@ spec:
   rules:
   - backendRefs: [{name: v1, port: 80}, {name: missing, port: 80}]
 `
-	tab, sts := Compile(decodeRoutes(t, text), testServices, nil)
+	tab, sts := Compile(decodeRoutes(t, text), nil, testServices, nil)
 	rule, _ := tab.Lookup("default", "svc", 80).Match(req("GET", "/", ""))
 	invalid := 0
 	for i := range uint64(1000) {

@@ -47,7 +47,7 @@ func testServices(ns, name string) (ServiceInfo, bool) {
 // resolved references.
 func mustCompile(tb testing.TB, text string) *Table {
 	tb.Helper()
-	t, sts := Compile(decodeRoutes(tb, text), testServices, nil)
+	t, sts := Compile(decodeRoutes(tb, text), nil, testServices, nil)
 	requireAccepted(tb, sts)
 	return t
 }

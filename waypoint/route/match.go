@@ -12,6 +12,8 @@ const (
 	matchExact uint8 = iota
 	matchPrefix
 	matchRegex
+	// matchGRPC is a GRPCRoute match; a port's entries are all of one kind.
+	matchGRPC
 )
 
 // entry is one match of one rule: a rule with three matches gives three
@@ -24,13 +26,17 @@ type entry struct {
 	method string
 	header []valueMatch
 	query  []valueMatch
+	rpc    *rpcMatch // matchGRPC with a method match; nil matches any path
 
 	// precedence keys
-	pathLen  int
-	created  time.Time
-	route    string
-	ruleIdx  int
-	matchIdx int
+	pathLen int
+	// serviceLen and methodLen are the lengths of a GRPCRoute match's service
+	// and method (their expressions for RegularExpression).
+	serviceLen, methodLen int
+	created               time.Time
+	route                 string
+	ruleIdx               int
+	matchIdx              int
 }
 
 // valueMatch matches a header (canonical name) or a query parameter value,
@@ -83,6 +89,10 @@ func (e *entry) matches(req *Request) bool {
 		}
 	case matchRegex:
 		if !e.re.MatchString(p) {
+			return false
+		}
+	case matchGRPC:
+		if e.rpc != nil && !e.rpc.matches(p) {
 			return false
 		}
 	}
@@ -144,6 +154,12 @@ func queryMatches(v *valueMatch, q string) bool {
 func (e *entry) before(o *entry) bool {
 	if e.kind != o.kind {
 		return e.kind < o.kind
+	}
+	if e.serviceLen != o.serviceLen {
+		return e.serviceLen > o.serviceLen
+	}
+	if e.methodLen != o.methodLen {
+		return e.methodLen > o.methodLen
 	}
 	if e.pathLen != o.pathLen {
 		return e.pathLen > o.pathLen

@@ -276,7 +276,7 @@ func compileSplit(tb testing.TB, text string) *Table {
 		c.Spec.Rules = one.Spec.Rules[i:min(i+maxRules, len(one.Spec.Rules))]
 		all = append(all, c)
 	}
-	tab, sts := Compile(all, testServices, nil)
+	tab, sts := Compile(all, nil, testServices, nil)
 	requireAccepted(tb, sts)
 	return tab
 }

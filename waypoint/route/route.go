@@ -1,5 +1,5 @@
 // Package route is the routing core of the waypoint: it compiles Gateway API
-// HTTPRoutes attached to Services (GAMMA, the mesh profile) into an immutable
+// HTTPRoutes and GRPCRoutes attached to Services (GAMMA, the mesh profile) into an immutable
 // Table and answers, for one request, which rule applies, which backend it goes
 // to and how the request, the response or a redirect are shaped. It does no I/O;
 // the proxy calls it. docs/waypoint-routing.md describes the supported fields,
@@ -36,7 +36,7 @@ type Services func(namespace, name string) (ServiceInfo, bool)
 // fill; conditions have no LastTransitionTime (the writer keeps the old one when
 // the status is unchanged, as meta.SetStatusCondition does).
 type Status struct {
-	Kind            string // "HTTPRoute"
+	Kind            string // KindHTTPRoute or KindGRPCRoute
 	Namespace, Name string
 	Generation      int64
 	Parents         []gatewayv1.RouteParentStatus
@@ -90,6 +90,10 @@ type Request struct {
 
 // Rule is one rule of one route, as compiled.
 type Rule struct {
+	// Kind is the route's kind, KindHTTPRoute or KindGRPCRoute. A GRPCRoute
+	// asks for gRPC's UNAVAILABLE where an HTTPRoute gets 500 (a rule without a
+	// usable backend): the proxy answers 503, which gRPC clients read so.
+	Kind string
 	// Name is the rule's name, "" when unnamed.
 	Name string
 	// Route is the route's "namespace/name".
