@@ -68,6 +68,7 @@ func TestRender(t *testing.T) {
 				"mark-mask":               "0xf00",
 				"route-table":             "133",
 				"root-namespace":          "istio-system",
+				"waypoint-class":          "istio-waypoint",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "20s",
@@ -124,6 +125,7 @@ func TestRender(t *testing.T) {
 			"--set-string", "enrollment.podOptOutLabel.key=mesh.example/skip,enrollment.podOptOutLabel.value=true",
 			"--set", "ca.persistence.enabled=true,ca.persistence.storageClassName=fast,ca.leafTTL=12h",
 			"--set", "policy.rootNamespace=mesh-root",
+			"--set", "waypoint.gatewayClass=mesh-waypoint",
 		},
 		ztunnel: ztunnelWant{
 			image: "registry.example/zt:v9.9.9",
@@ -141,6 +143,7 @@ func TestRender(t *testing.T) {
 				"mark-mask":               "0xf0000",
 				"route-table":             "200",
 				"root-namespace":          "mesh-root",
+				"waypoint-class":          "mesh-waypoint",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "45s",
@@ -558,6 +561,7 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
+		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
 	})
 	crb := find[*rbacv1.ClusterRoleBinding](t, m, "", "ambit-ztunnel")
 	checkBinding(t, "ClusterRoleBinding ambit-ztunnel", crb.RoleRef, crb.Subjects, "ClusterRole", "ambit-ztunnel", ns)
