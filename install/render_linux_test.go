@@ -204,6 +204,7 @@ func TestRender(t *testing.T) {
 			checkZtunnelRBAC(t, m, tc.ns)
 			checkCA(t, m, tc.ns, tc.ca)
 			checkCARBAC(t, m, tc.ns)
+			checkWaypointRBAC(t, m)
 		})
 	}
 }
@@ -213,6 +214,7 @@ func checkObjectSet(t *testing.T, m manifest, ns string, pvc bool) {
 	t.Helper()
 	want := []string{
 		"ClusterRole ambit-ca",
+		"ClusterRole ambit-waypoint",
 		"ClusterRole ambit-ztunnel",
 		"ClusterRoleBinding ambit-ca",
 		"ClusterRoleBinding ambit-ztunnel",
@@ -568,6 +570,23 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 	if n := count[*rbacv1.Role](m); n != 1 {
 		t.Errorf("want only the CA's Role, found %d Roles", n)
 	}
+}
+
+// checkWaypointRBAC: waypoints read what ztunnel reads, and their routes.
+func checkWaypointRBAC(t *testing.T, m manifest) {
+	t.Helper()
+	cr := find[*rbacv1.ClusterRole](t, m, "", "ambit-waypoint")
+	checkRules(t, "ClusterRole ambit-waypoint", cr.Rules, []string{
+		"/namespaces:get", "/namespaces:list", "/namespaces:watch",
+		"/pods:get", "/pods:list", "/pods:watch",
+		"/services:get", "/services:list", "/services:watch",
+		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
+		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
+		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
+		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
+		"gateway.networking.k8s.io/httproutes:get", "gateway.networking.k8s.io/httproutes:list", "gateway.networking.k8s.io/httproutes:watch",
+		"gateway.networking.k8s.io/referencegrants:get", "gateway.networking.k8s.io/referencegrants:list", "gateway.networking.k8s.io/referencegrants:watch",
+	})
 }
 
 func checkCARBAC(t *testing.T, m manifest, ns string) {
