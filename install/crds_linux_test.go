@@ -19,6 +19,10 @@ import (
 // istioCRDsTemplate is the chart's copy of Istio's security CRDs (scripts/gen-istio-crds.sh).
 const istioCRDsTemplate = "templates/istio-security-crds.yaml"
 
+// gatewayAPICRDsTemplate is the chart's copy of the Gateway API's CRDs
+// (scripts/gen-gateway-api-crds.sh).
+const gatewayAPICRDsTemplate = "templates/gateway-api-crds.yaml"
+
 // crdsByName splits YAML documents and returns the CustomResourceDefinitions by name.
 func crdsByName(tb testing.TB, data []byte) map[string]map[string]any {
 	tb.Helper()
@@ -72,5 +76,47 @@ func TestIstioCRDsAreIstios(t *testing.T) {
 	}
 	if _, stderr, err := helmCmd(t, "template", "ambit", chartDir, "--show-only", istioCRDsTemplate); err == nil || !strings.Contains(string(stderr), "could not find template") {
 		t.Errorf("without istioCRDs.install the CRDs are rendered (err %v, %s)", err, stderr)
+	}
+}
+
+// With gatewayAPICRDs.install the chart installs exactly the standard-channel CRDs of
+// the kinds waypoints use, from the sigs.k8s.io/gateway-api module go.mod names,
+// unchanged but for Helm's keep annotation; without it, none.
+func TestGatewayAPICRDsAreUpstreams(t *testing.T) {
+	out, stderr, err := helmCmd(t, "template", "ambit", chartDir, "--set", "gatewayAPICRDs.install=true", "--show-only", gatewayAPICRDsTemplate)
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, stderr)
+	}
+	got := crdsByName(t, out)
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
+	if err != nil {
+		t.Fatalf("go list sigs.k8s.io/gateway-api: %v", err)
+	}
+	kinds := []string{"gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants"}
+	for _, kind := range kinds {
+		name := kind + ".gateway.networking.k8s.io"
+		src, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(dir)), "config", "crd", "standard", "gateway.networking.k8s.io_"+kind+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crd := got[name]
+		if crd == nil {
+			t.Errorf("the chart has no %s", name)
+			continue
+		}
+		ann, _ := crd["metadata"].(map[string]any)["annotations"].(map[string]any)
+		if ann["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("%s: not kept on uninstall", name)
+		}
+		delete(ann, "helm.sh/resource-policy")
+		if want := crdsByName(t, src)[name]; !reflect.DeepEqual(crd, want) {
+			t.Errorf("the chart's %s differs from sigs.k8s.io/gateway-api's: run scripts/gen-gateway-api-crds.sh", name)
+		}
+	}
+	if len(got) != len(kinds) {
+		t.Errorf("the chart renders %d CRDs, want %d", len(got), len(kinds))
+	}
+	if _, stderr, err := helmCmd(t, "template", "ambit", chartDir, "--show-only", gatewayAPICRDsTemplate); err == nil || !strings.Contains(string(stderr), "could not find template") {
+		t.Errorf("without gatewayAPICRDs.install the CRDs are rendered (err %v, %s)", err, stderr)
 	}
 }

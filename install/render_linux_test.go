@@ -68,6 +68,7 @@ func TestRender(t *testing.T) {
 				"mark-mask":               "0xf00",
 				"route-table":             "133",
 				"root-namespace":          "istio-system",
+				"waypoint-class":          "istio-waypoint",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "20s",
@@ -124,6 +125,7 @@ func TestRender(t *testing.T) {
 			"--set-string", "enrollment.podOptOutLabel.key=mesh.example/skip,enrollment.podOptOutLabel.value=true",
 			"--set", "ca.persistence.enabled=true,ca.persistence.storageClassName=fast,ca.leafTTL=12h",
 			"--set", "policy.rootNamespace=mesh-root",
+			"--set", "waypoint.gatewayClass=mesh-waypoint",
 		},
 		ztunnel: ztunnelWant{
 			image: "registry.example/zt:v9.9.9",
@@ -141,6 +143,7 @@ func TestRender(t *testing.T) {
 				"mark-mask":               "0xf0000",
 				"route-table":             "200",
 				"root-namespace":          "mesh-root",
+				"waypoint-class":          "mesh-waypoint",
 				"metrics-addr":            ":15020",
 				"readiness-addr":          ":15021",
 				"drain-timeout":           "45s",
@@ -201,6 +204,7 @@ func TestRender(t *testing.T) {
 			checkZtunnelRBAC(t, m, tc.ns)
 			checkCA(t, m, tc.ns, tc.ca)
 			checkCARBAC(t, m, tc.ns)
+			checkWaypointRBAC(t, m)
 		})
 	}
 }
@@ -210,6 +214,7 @@ func checkObjectSet(t *testing.T, m manifest, ns string, pvc bool) {
 	t.Helper()
 	want := []string{
 		"ClusterRole ambit-ca",
+		"ClusterRole ambit-waypoint",
 		"ClusterRole ambit-ztunnel",
 		"ClusterRoleBinding ambit-ca",
 		"ClusterRoleBinding ambit-ztunnel",
@@ -558,12 +563,30 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
+		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
 	})
 	crb := find[*rbacv1.ClusterRoleBinding](t, m, "", "ambit-ztunnel")
 	checkBinding(t, "ClusterRoleBinding ambit-ztunnel", crb.RoleRef, crb.Subjects, "ClusterRole", "ambit-ztunnel", ns)
 	if n := count[*rbacv1.Role](m); n != 1 {
 		t.Errorf("want only the CA's Role, found %d Roles", n)
 	}
+}
+
+// checkWaypointRBAC: waypoints read what ztunnel reads, and their routes.
+func checkWaypointRBAC(t *testing.T, m manifest) {
+	t.Helper()
+	cr := find[*rbacv1.ClusterRole](t, m, "", "ambit-waypoint")
+	checkRules(t, "ClusterRole ambit-waypoint", cr.Rules, []string{
+		"/namespaces:get", "/namespaces:list", "/namespaces:watch",
+		"/pods:get", "/pods:list", "/pods:watch",
+		"/services:get", "/services:list", "/services:watch",
+		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
+		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
+		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
+		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
+		"gateway.networking.k8s.io/httproutes:get", "gateway.networking.k8s.io/httproutes:list", "gateway.networking.k8s.io/httproutes:watch",
+		"gateway.networking.k8s.io/referencegrants:get", "gateway.networking.k8s.io/referencegrants:list", "gateway.networking.k8s.io/referencegrants:watch",
+	})
 }
 
 func checkCARBAC(t *testing.T, m manifest, ns string) {

@@ -26,7 +26,7 @@ func TestFlagNames(t *testing.T) {
 	got := map[string]string{}
 	flags(&cfg, &proc, &src).VisitAll(func(f *flag.Flag) { got[f.Name] = f.DefValue })
 	want := map[string]string{
-		"node": "", "trust-domain": "cluster.local", "model": "", "policies": "", "root-namespace": "istio-system", "kube": "false", "kubeconfig": "",
+		"node": "", "trust-domain": "cluster.local", "model": "", "policies": "", "root-namespace": "istio-system", "kube": "false", "kubeconfig": "", "waypoint-class": "istio-waypoint",
 		"enroll-namespace-label": "istio.io/dataplane-mode=ambient", "opt-out-pod-label": "istio.io/dataplane-mode=none",
 		"identity": "ca", "spire-workload-socket": "unix:///run/spire/agent/public/api.sock",
 		"spire-admin-socket": "unix:///run/spire/agent/admin/admin.sock", "spire-selectors": "k8s:ns:{ns},k8s:sa:{sa}",

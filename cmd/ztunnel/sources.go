@@ -5,12 +5,9 @@ import (
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambitmesh/ambit/discovery"
-	"github.com/ambitmesh/ambit/discovery/kube"
-	"github.com/ambitmesh/ambit/discovery/kube/istiopolicy"
+	"github.com/ambitmesh/ambit/discovery/kube/cluster"
 	"github.com/ambitmesh/ambit/identity/spire"
 	"github.com/ambitmesh/ambit/internal/flagvalue"
 	"github.com/ambitmesh/ambit/ztunnel"
@@ -20,8 +17,9 @@ import (
 // built here, not in package ztunnel, which neither links client-go nor the SPIRE
 // client; ztunnel's defaults are the model file and the built-in CA.
 type sources struct {
-	kube       bool
-	kubeconfig string
+	kube          bool
+	kubeconfig    string
+	waypointClass string
 
 	identity       string
 	workloadSocket string
@@ -32,6 +30,7 @@ type sources struct {
 func (s *sources) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&s.kube, "kube", false, "read the mesh model from Kubernetes (in-cluster config unless -kubeconfig)")
 	fs.StringVar(&s.kubeconfig, "kubeconfig", "", "kubeconfig file (implies -kube)")
+	fs.StringVar(&s.waypointClass, "waypoint-class", discovery.DefaultWaypointClass, "GatewayClass of waypoints (Kubernetes mode)")
 	fs.StringVar(&s.identity, "identity", "ca", `identity source: "ca" (the built-in CA) or "spire" (a SPIRE agent)`)
 	fs.StringVar(&s.workloadSocket, "spire-workload-socket", "unix:///run/spire/agent/public/api.sock", "SPIRE agent Workload API socket (ztunnel's own SVID and bundles)")
 	fs.StringVar(&s.adminSocket, "spire-admin-socket", "unix:///run/spire/agent/admin/admin.sock", "SPIRE agent admin socket (Delegated Identity API)")
@@ -65,22 +64,10 @@ func (s *sources) wire(deps *ztunnel.Deps, cfg ztunnel.Config) error {
 
 // kubeModel feeds ztunnel's model from the Kubernetes API.
 func (s *sources) kubeModel(deps *ztunnel.Deps, cfg ztunnel.Config) error {
-	rc, err := kube.RestConfig(s.kubeconfig)
-	if err != nil {
-		return err
-	}
-	rc.UserAgent = "ambit-ztunnel"
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
-	istio, err := istioclient.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("istio client: %w", err)
-	}
-	store := discovery.NewStore()
-	src, err := kube.New(kube.Config{Client: client, Policies: istiopolicy.New(istio, client.Discovery(), cfg.RootNamespace, deps.Logger),
-		Options: cfg.Enrollment, Logger: deps.Logger}, store)
+	src, store, err := cluster.New(cluster.Config{
+		Kubeconfig: s.kubeconfig, UserAgent: "ambit-ztunnel", RootNamespace: cfg.RootNamespace,
+		WaypointClass: s.waypointClass, Options: cfg.Enrollment, Logger: deps.Logger,
+	})
 	if err != nil {
 		return err
 	}

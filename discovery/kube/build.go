@@ -46,6 +46,9 @@ func build(objs objects, opts discovery.EnrollmentOptions, domain string) (build
 	for round := 1; ; round++ {
 		m := mapObjects(objs, domain, excluded)
 		m.in.Policies = objs.policies
+		m.in.Waypoints = objs.gateways.Waypoints
+		m.in.WaypointProblems = objs.gateways.Problems
+		m.in.Routes = objs.gateways.Routes
 		snap, err := discovery.Build(m.in, opts)
 		if err == nil {
 			for k, reason := range excluded {

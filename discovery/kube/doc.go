@@ -2,16 +2,24 @@
 // informers on Namespaces, Pods, Services and discovery.k8s.io/v1
 // EndpointSlices, mapped to a discovery.Input and published into a
 // discovery.Store through discovery.Build after every (debounced) change.
+// Istio's policies (Config.Policies, package istiopolicy) and the Gateway
+// API's waypoints and routes (Config.Gateways, package gatewayapi) come
+// from feeds that link their own clients; package cluster assembles all.
 //
 // Mapping decisions:
 //   - Pods become workloads unless they use the host network (they share the
 //     node's IP), have finished (phase Succeeded or Failed) or have no IP yet
 //     (recorded as a Problem). Pods being deleted are kept until they are
 //     gone: they still serve during their grace period.
-//   - Services become services with VIPs from spec.clusterIPs ("None" and
-//     ExternalName services give none; ExternalName services are left out)
-//     and their TCP ports only (ztunnel carries TCP; a UDP port sharing a
-//     number with a TCP one would otherwise clash).
+//   - A pod labelled gateway.networking.k8s.io/gateway-name with a declared
+//     waypoint's name runs that waypoint only while its Ready condition is
+//     True; until then it is left out (a Problem), so no traffic goes to it
+//     and no destination accepts traffic from it.
+//   - Services become services with their labels (istio.io/use-waypoint),
+//     VIPs from spec.clusterIPs ("None" and ExternalName services give none;
+//     ExternalName services are left out) and their TCP ports only, with
+//     name and appProtocol (ztunnel carries TCP; a UDP port sharing a number
+//     with a TCP one would otherwise clash).
 //   - Endpoints come from the EndpointSlices labelled
 //     kubernetes.io/service-name: the ready endpoints, or, when none is
 //     ready, the serving ones (terminating but still serving), as kube-proxy

@@ -26,6 +26,11 @@ const (
 // ReasonNoPodIP is the Problem reason of a pod that has no IP yet.
 const ReasonNoPodIP = "no pod IP yet"
 
+// ReasonWaypointNotReady is the Problem reason of a waypoint's pod that is not Ready:
+// it is left out of the model until it is, so that no traffic is sent to it and no
+// destination accepts traffic from it (Istio counts only Ready waypoint pods too).
+const ReasonWaypointNotReady = "waypoint pod not ready"
+
 // objects is one read of the informer caches. The objects are shared with
 // the caches and must not be modified.
 type objects struct {
@@ -36,6 +41,7 @@ type objects struct {
 	// policies are compiled already; their problems join the model's.
 	policies       *policy.Set
 	policyProblems []Problem
+	gateways       Gateways
 }
 
 type objKey struct{ kind, namespace, name string }
@@ -74,9 +80,17 @@ func mapObjects(objs objects, domain string, excluded map[objKey]string) *mapped
 	m.in.Workloads = make([]*discovery.Workload, 0, len(pods))
 	m.wlKeys = make([]objKey, 0, len(pods))
 	byUID := make(map[string]*discovery.Workload, len(pods))
+	waypoints := make(map[string]bool, len(objs.gateways.Waypoints))
+	for _, w := range objs.gateways.Waypoints {
+		waypoints[w.Ref()] = true
+	}
 	for _, p := range pods {
 		k := objKey{KindPod, p.Namespace, p.Name}
 		if _, ok := excluded[k]; ok {
+			continue
+		}
+		if gw, ok := p.Labels[discovery.LabelGatewayName]; ok && waypoints[p.Namespace+"/"+gw] && !podReady(p) {
+			m.problem(k, ReasonWaypointNotReady)
 			continue
 		}
 		w := m.workload(k, p)
@@ -177,6 +191,16 @@ func (m *mapped) workload(k objKey, p *corev1.Pod) *discovery.Workload {
 	}
 }
 
+// podReady reports the pod's Ready condition.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 // candidate is an endpoint address and the slice it came from.
 type candidate struct {
 	ep    discovery.Endpoint
@@ -193,6 +217,7 @@ func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.Endpoin
 		Name:      s.Name,
 		Namespace: s.Namespace,
 		Hostname:  s.Name + "." + s.Namespace + ".svc." + domain,
+		Labels:    s.Labels, // Build copies
 	}
 	vips := s.Spec.ClusterIPs
 	if len(vips) == 0 && s.Spec.ClusterIP != "" {
@@ -267,6 +292,9 @@ func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.Endpoin
 			continue
 		}
 		p := discovery.ServicePort{Name: sp.Name}
+		if sp.AppProtocol != nil {
+			p.AppProtocol = *sp.AppProtocol
+		}
 		if sp.Port < 1 || sp.Port > 65535 {
 			m.problem(k, fmt.Sprintf("invalid port %d", sp.Port))
 			continue

@@ -230,6 +230,18 @@ func TestMapServices(t *testing.T) {
 			},
 		},
 		{
+			name: "labels and appProtocol reach the model (waypoint binding, protocol choice)",
+			svc: func() *corev1.Service {
+				s := newService("ns", "s", []string{"198.19.0.10"}, svcPort{name: "web", port: 80, target: intstr.FromInt32(8080)})
+				s.Labels = map[string]string{discovery.LabelUseWaypoint: "wp"}
+				s.Spec.Ports[0].AppProtocol = ptr("kubernetes.io/h2c")
+				return s
+			}(),
+			want: &discovery.Service{Name: "s", Namespace: "ns", Hostname: "s.ns.svc.cluster.local", VIPs: addrs("198.19.0.10"),
+				Labels: map[string]string{discovery.LabelUseWaypoint: "wp"}, Waypoint: "ns/wp",
+				Ports: []discovery.ServicePort{{Name: "web", Port: 80, TargetPort: 8080, AppProtocol: "kubernetes.io/h2c"}}},
+		},
+		{
 			name:  "VIP taken by a pod: service left out",
 			svc:   newService("ns", "s", []string{"198.18.0.1"}, svcPort{port: 80}),
 			probs: []Problem{{Kind: KindService, Namespace: "ns", Name: "s", Reason: "left out of the mesh model: vips[0]: 198.18.0.1 of service ns/s is already used by workload ns/a"}},

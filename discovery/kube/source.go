@@ -35,6 +35,9 @@ type Config struct {
 	// Policies, when set, feeds Istio's PeerAuthentications and
 	// AuthorizationPolicies into the model (package istiopolicy).
 	Policies PolicySource
+	// Gateways, when set, feeds the Gateway API's waypoints and routes into the
+	// model (package gatewayapi).
+	Gateways GatewaySource
 	// Options are the enrollment labels (unset fields take
 	// EnrollmentOptions.WithDefaults).
 	Options discovery.EnrollmentOptions
@@ -62,6 +65,24 @@ type PolicySource interface {
 	Shutdown()
 }
 
+// GatewaySource feeds the Gateway API's waypoint-class Gateways and routes into
+// the model. Start and Shutdown are as PolicySource's.
+type GatewaySource interface {
+	Start(ctx context.Context, onChange func()) (served bool, err error)
+	// Gateways returns the declared waypoints, their problems and the routes.
+	Gateways() (Gateways, error)
+	Shutdown()
+}
+
+// Gateways is what a GatewaySource contributes to the model's Input. The source
+// owns the values: the model must not modify them.
+type Gateways struct {
+	Waypoints []*discovery.Waypoint
+	// Problems are Gateways of the waypoint class that declare nothing.
+	Problems []string
+	Routes   discovery.Routes
+}
+
 // Source keeps a discovery.Store in sync with the Kubernetes API.
 type Source struct {
 	cfg   Config
@@ -73,7 +94,8 @@ type Source struct {
 	podList   corelisters.PodLister
 	svcList   corelisters.ServiceLister
 	sliceList discoverylisters.EndpointSliceLister
-	policies  PolicySource // nil: no policies watched
+	policies  PolicySource  // nil: no policies watched
+	gateways  GatewaySource // nil: no waypoints or routes
 
 	changed chan struct{} // capacity 1: a change is pending
 	running atomic.Bool
@@ -149,6 +171,7 @@ func New(cfg Config, store *discovery.Store) (*Source, error) {
 		}
 	}
 	s.policies = cfg.Policies
+	s.gateways = cfg.Gateways
 	return s, nil
 }
 
@@ -218,6 +241,18 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		case !served:
 			s.log.Warn("Istio security CRDs not served yet: no PeerAuthentication or AuthorizationPolicy in force until they are installed (the chart's istioCRDs.install)")
+		}
+	}
+	if s.gateways != nil {
+		defer s.gateways.Shutdown()
+		served, err := s.gateways.Start(ctx, s.notify)
+		switch {
+		case err != nil:
+			return fmt.Errorf("kube source: gateways: %w", err)
+		case ctx.Err() != nil:
+			return nil
+		case !served:
+			s.log.Warn("Gateway API CRDs not served yet: no waypoints until they are installed (the chart's gatewayAPICRDs.install); traffic bound to a waypoint is refused")
 		}
 	}
 	s.log.Info("kube caches synced")
@@ -294,6 +329,11 @@ func (s *Source) list() (objects, error) {
 			return o, err
 		}
 	}
+	if s.gateways != nil {
+		if o.gateways, err = s.gateways.Gateways(); err != nil {
+			return o, err
+		}
+	}
 	return o, nil
 }
 
@@ -340,7 +380,7 @@ func (s *Source) setProblems(probs []Problem, now time.Time) {
 		if !ok {
 			since = now
 			level := slog.LevelWarn
-			if k.Reason == ReasonNoPodIP {
+			if k.Reason == ReasonNoPodIP || k.Reason == ReasonWaypointNotReady {
 				level = slog.LevelDebug // normal while a pod starts
 			}
 			s.log.Log(context.Background(), level, "kube object problem", "kind", k.Kind, "namespace", k.Namespace, "name", k.Name, "reason", k.Reason)

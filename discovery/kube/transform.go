@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"github.com/ambitmesh/ambit/discovery"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,8 +40,18 @@ func trimMeta(m *metav1.ObjectMeta) {
 	m.Finalizers = nil
 }
 
-// trimPod keeps what mapObjects reads.
+// trimPod keeps what mapObjects reads: of the conditions, only a waypoint pod's
+// Ready one.
 func trimPod(p *corev1.Pod) *corev1.Pod {
+	var conds []corev1.PodCondition
+	if _, ok := p.Labels[discovery.LabelGatewayName]; ok {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				conds = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+				break
+			}
+		}
+	}
 	return &corev1.Pod{
 		TypeMeta: p.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
@@ -58,9 +69,10 @@ func trimPod(p *corev1.Pod) *corev1.Pod {
 			HostNetwork:        p.Spec.HostNetwork,
 		},
 		Status: corev1.PodStatus{
-			Phase:  p.Status.Phase,
-			PodIP:  p.Status.PodIP,
-			PodIPs: p.Status.PodIPs,
+			Phase:      p.Status.Phase,
+			PodIP:      p.Status.PodIP,
+			PodIPs:     p.Status.PodIPs,
+			Conditions: conds,
 		},
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	kubetest "github.com/ambitmesh/ambit/tests/kube"
+	"github.com/ambitmesh/ambit/tests/netns"
 )
 
 // In Kubernetes mode the API server runs in the underlay namespace at ControlPlaneIP, where
@@ -127,7 +128,7 @@ func (m *Mesh) CAToken(ctx context.Context, node string) (string, error) {
 	return tr.Status.Token, nil
 }
 
-// applyChart renders install/helm/ambit (with istioCRDs.install) and creates its
+// applyChart renders install/helm/ambit (with istioCRDs.install and gatewayAPICRDs.install) and creates its
 // service accounts, RBAC and CRDs, then waits until the API server serves the CRDs.
 func (m *Mesh) applyChart(ctx context.Context, helm string) error {
 	root, err := moduleRoot()
@@ -135,7 +136,7 @@ func (m *Mesh) applyChart(ctx context.Context, helm string) error {
 		return err
 	}
 	out, err := exec.CommandContext(ctx, helm, "template", "ambit", filepath.Join(root, "install", "helm", "ambit"),
-		"--namespace", SystemNamespace, "--set", "istioCRDs.install=true").Output()
+		"--namespace", SystemNamespace, "--set", "istioCRDs.install=true,gatewayAPICRDs.install=true").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -179,7 +180,10 @@ func (m *Mesh) applyChart(ctx context.Context, helm string) error {
 	if applied == 0 {
 		return errors.New("the rendered chart has no RBAC objects")
 	}
-	return m.waitServed(ctx, "security.istio.io/v1")
+	if err := m.waitServed(ctx, "security.istio.io/v1"); err != nil {
+		return err
+	}
+	return m.waitServed(ctx, "gateway.networking.k8s.io/v1")
 }
 
 // waitServed waits until the API server serves groupVersion (a new CRD's).
@@ -241,4 +245,63 @@ func (m *Mesh) kubePolicies(ctx context.Context, manifests string, create bool) 
 			return fmt.Errorf("%s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
 		}
 	}
+}
+
+// WriteServiceAccountKubeconfig writes a kubeconfig for service account ns/sa (an API
+// token of its own, so RBAC applies as to a pod running as it) and returns its path.
+func (m *Mesh) WriteServiceAccountKubeconfig(ctx context.Context, ns, sa string) (string, error) {
+	tok, err := m.Kube.ServiceAccountToken(ctx, ns, sa, "", 0)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(m.Dir, ns+"-"+sa+".kubeconfig")
+	return path, m.Kube.WriteKubeconfig(path, tok)
+}
+
+// StartKubeWaypoint runs waypoint ns/name as service account sa in pod p in Kubernetes
+// mode: the model from the API server with kubeconfig, a certificate from the CA with
+// p's node's token (as in local mode). It waits until the waypoint is ready;
+// StopWaypoint stops it.
+func (m *Mesh) StartKubeWaypoint(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig string) error {
+	args := []string{"-kubeconfig", kubeconfig, "-service-account", sa}
+	local := m.WaypointArgs(p, ns, name)
+	for i := 0; i < len(local); i++ {
+		if local[i] == "-model" || local[i] == "-policies" {
+			i++ // and its value
+			continue
+		}
+		args = append(args, local[i])
+	}
+	proc, err := m.Topo.Start(p.Command(context.Background(), filepath.Join(m.Bin, "waypoint"), args...))
+	if err != nil {
+		return fmt.Errorf("start waypoint in %s: %w", p.Name, err)
+	}
+	m.mu.Lock()
+	if m.wp == nil {
+		m.wp = map[string]*netns.Proc{}
+	}
+	m.wp[p.Name] = proc
+	m.mu.Unlock()
+	client := HTTPClient(p.NS)
+	return waitFor(ctx, proc, 30*time.Second, func() bool {
+		resp, err := client.Get("http://127.0.0.1:15021/healthz/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "waypoint in "+p.Name)
+}
+
+// RoutePodsToControlPlane lets pods reach the API server (a waypoint pod reads the model
+// itself): the control-plane host gets a route to each node's pod CIDR via that node.
+// Idempotent.
+func (m *Mesh) RoutePodsToControlPlane(ctx context.Context) error {
+	for _, n := range m.Topo.Nodes {
+		out, err := m.Topo.Underlay.Command(ctx, "ip", "route", "replace", n.PodCIDR.String(), "via", n.IP.String()).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("route %s via %s: %w: %s", n.PodCIDR, n.IP, err, out)
+		}
+	}
+	return nil
 }
