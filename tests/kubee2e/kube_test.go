@@ -195,6 +195,15 @@ func TestPodDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCaptured(t, server2, false)
+	// Back for the tests after this one, as a new pod (new UID) in the echo slice.
+	ctx := context.Background()
+	if err := createPod(ctx, "server2", "server", server2, map[string]string{"app": "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSlice(ctx, []*netns.Pod{server, server2}, []string{"server", "server2"}); err != nil {
+		t.Fatal(err)
+	}
+	waitCaptured(t, server2, true)
 }
 
 // ztunnel's service account (RBAC from the Helm chart) reads what it needs and no Secret.

@@ -62,7 +62,7 @@ var heavy = []struct {
 }{
 	{"k8s.io/client-go", []string{"cmd/...", "discovery/kube/...", "identity/kubeauth", "identity/ca/service", "install/...", "tests/..."}},
 	{"github.com/quic-go/quic-go", []string{"hbone/...", "cmd/...", "tests/..."}},
-	{"istio.io/client-go", []string{"cmd/...", "discovery/kube/istiopolicy", "tests/...", "install/..."}},
+	{"istio.io/client-go", []string{"cmd/...", "discovery/kube/istiopolicy", "discovery/kube/cluster", "tests/...", "install/..."}},
 }
 
 // match reports whether module-relative p matches pattern (exact, or "dir/..." for dir
