@@ -223,7 +223,7 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 		w.log.Warn(msgDenied, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyPolicy, d.String())
 		return
 	}
-	up, err := w.upstreamFor(in)
+	up, err := w.upstreamOf(in, in.t.svc, in.t.port)
 	if err == nil {
 		var c net.Conn
 		ctx, cancel := context.WithTimeout(ctx, w.cfg.ConnectTimeout)
@@ -249,13 +249,8 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 	w.log.Warn(msgTCPFailed, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyError, err.Error())
 }
 
-// upstreamFor picks where a stream's traffic goes when no route says otherwise: an
-// endpoint of the Service it was addressed to, or the bound workload itself.
-func (w *Waypoint) upstreamFor(in *inbound) (upstream, error) {
-	return w.upstreamOf(in, in.t.svc, in.t.port)
-}
-
-// upstreamOf picks an endpoint of svc's port, or (svc nil) the bound workload.
+// upstreamOf picks where traffic goes when no route says otherwise: an endpoint of
+// svc's port, or (svc nil) the bound workload itself.
 func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort) (upstream, error) {
 	if svc != nil {
 		return w.pickEndpoint(in.snap, svc, port)
