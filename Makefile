@@ -43,8 +43,9 @@ demo: deps build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
 	$(GO) run ./tests/demo -bin $(BIN)
 
-# Ambit against direct TCP, socat, ghostunnel, stunnel and Istio's Go HBONE in the same run
-# (root, ~16 min). Results: $(BIN)/bench.{json,svg,md}; see docs/performance.md.
+# Ambit against direct TCP, socat, ghostunnel, stunnel and Istio's Go HBONE, and the waypoint
+# against nginx, haproxy and Go's httputil.ReverseProxy (L7), in the same run
+# (root, ~19 min). Results: $(BIN)/bench.{json,svg,md}; see docs/performance.md.
 bench: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench needs root (network namespaces and eBPF): run it with sudo" >&2; exit 1; fi
 	@./scripts/install-deps.sh bench

@@ -18,6 +18,9 @@ if [[ "${1:-}" == "bench" ]]; then
   have iperf3 || need+=(iperf3)
   have socat || need+=(socat)
   have stunnel4 || need+=(stunnel4)
+  # The L7 benchmark's hops (tests/bench -tests l7); both live in /usr/sbin.
+  have nginx || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+  have haproxy || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
 fi
 
 if ((${#need[@]} == 0)); then

@@ -37,6 +37,7 @@ const (
 // tools are the peer programs.
 type tools struct {
 	iperf3, socat, stunnel, fortio, ghostunnel, istioHBONE, goRelay string
+	nginx, haproxy, goReverseProxy                                  string // the L7 case's hops
 }
 
 // tunnelEnd is one side of a tunnel: the processes whose CPU counts for it.
@@ -76,7 +77,7 @@ type bench struct {
 func newBench(c config) (*bench, error) {
 	b := &bench{cfg: c, notes: map[string]string{}, start: time.Now()}
 	var err error
-	if b.tools, err = findTools(c.Tools); err != nil {
+	if b.tools, err = findTools(c.Tools, c.l4(), contains(c.Tests, TestL7)); err != nil {
 		return nil, err
 	}
 	limit, err := raiseNoFile()
@@ -107,7 +108,8 @@ func (b *bench) Close() {
 	}
 }
 
-func findTools(dir string) (tools, error) {
+// findTools finds the peers of the L4 paths and of the L7 case, as asked.
+func findTools(dir string, l4, l7 bool) (tools, error) {
 	var t tools
 	var missing []string
 	look := func(dst *string, names ...string) {
@@ -116,21 +118,44 @@ func findTools(dir string) (tools, error) {
 				*dst = p
 				return
 			}
+			if p := filepath.Join("/usr/sbin", n); isExecutable(p) { // nginx, haproxy
+				*dst = p
+				return
+			}
 		}
 		missing = append(missing, names[0])
 	}
-	look(&t.iperf3, "iperf3")
-	look(&t.socat, "socat")
-	look(&t.stunnel, "stunnel4", "stunnel")
-	if len(missing) > 0 {
-		return t, fmt.Errorf("missing %s: run scripts/install-deps.sh bench (apt-get install iperf3 socat stunnel4)", strings.Join(missing, ", "))
-	}
-	for _, x := range []struct {
+	var cached []struct {
 		dst  *string
 		name string
-	}{{&t.fortio, "fortio"}, {&t.ghostunnel, "ghostunnel"}, {&t.istioHBONE, "istio-hbone"}, {&t.goRelay, "gorelay"}} {
+	}
+	if l4 {
+		look(&t.iperf3, "iperf3")
+		look(&t.socat, "socat")
+		look(&t.stunnel, "stunnel4", "stunnel")
+		cached = append(cached, []struct {
+			dst  *string
+			name string
+		}{{&t.ghostunnel, "ghostunnel"}, {&t.istioHBONE, "istio-hbone"}, {&t.goRelay, "gorelay"}}...)
+	}
+	if l7 {
+		look(&t.nginx, "nginx")
+		look(&t.haproxy, "haproxy")
+		cached = append(cached, struct {
+			dst  *string
+			name string
+		}{&t.goReverseProxy, "goreverseproxy"})
+	}
+	if len(missing) > 0 {
+		return t, fmt.Errorf("missing %s: run scripts/install-deps.sh bench (apt-get install iperf3 socat stunnel4 nginx-light haproxy)", strings.Join(missing, ", "))
+	}
+	cached = append(cached, struct {
+		dst  *string
+		name string
+	}{&t.fortio, "fortio"})
+	for _, x := range cached {
 		p := filepath.Join(dir, x.name)
-		if st, err := os.Stat(p); err != nil || st.Mode()&0o111 == 0 {
+		if !isExecutable(p) {
 			missing = append(missing, p)
 			continue
 		}
@@ -140,6 +165,11 @@ func findTools(dir string) (tools, error) {
 		return t, fmt.Errorf("missing %s: run tests/tools/build.sh (or pass -tools)", strings.Join(missing, ", "))
 	}
 	return t, nil
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
 // raiseNoFile lifts RLIMIT_NOFILE as far as allowed and returns the new soft limit.
@@ -171,8 +201,12 @@ func progress(format string, args ...any) {
 // Run sets everything up, measures and returns the report.
 func (b *bench) Run(ctx context.Context) (*Report, error) {
 	b.env = b.collectEnv()
-	if slices.ContainsFunc(b.cfg.Paths, isAmbit) {
-		progress("starting the mesh: 2 nodes with 2 pods each, the CA and a ztunnel per node")
+	if slices.ContainsFunc(b.cfg.Paths, isAmbit) || contains(b.cfg.Tests, TestL7) {
+		if contains(b.cfg.Tests, TestL7) {
+			progress("starting the mesh: 3 nodes with 3 pods each, the CA and a ztunnel on node1 and node2")
+		} else {
+			progress("starting the mesh: 2 nodes with 2 pods each, the CA and a ztunnel per node")
+		}
 	} else {
 		progress("building the topology: 2 nodes with 2 pods each")
 	}
@@ -204,10 +238,14 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 	}
-	if err := b.startServers(ctx); err != nil {
-		return nil, err
+	var l4Paths []string
+	if b.cfg.l4() {
+		if err := b.startServers(ctx); err != nil {
+			return nil, err
+		}
+		l4Paths = b.cfg.Paths
 	}
-	for _, name := range b.cfg.Paths {
+	for _, name := range l4Paths {
 		p, err := b.setupPath(ctx, name)
 		if err != nil {
 			if !isAmbit(name) || b.fab.ambitErr == nil {
@@ -221,7 +259,7 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 		}
 		b.paths = append(b.paths, p)
 	}
-	if len(b.paths) == 0 {
+	if len(b.paths) == 0 && len(l4Paths) > 0 {
 		return nil, errors.New("no path could be set up")
 	}
 
@@ -265,14 +303,21 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 			}
 		}
 	}
+	var l7 []L7Summary
+	if contains(b.cfg.Tests, TestL7) {
+		if err := b.runL7(ctx); err != nil {
+			return nil, err
+		}
+		l7 = summariseL7(b.cfg.Hops, b.runs, b.notes)
+	}
 	b.env.LoadEnd = loadavg()
 	b.env.LoadMax = max(b.env.LoadStart[0], b.env.LoadEnd[0])
 	for _, r := range b.runs {
 		b.env.LoadMax = max(b.env.LoadMax, r.Load1)
 	}
 	b.env.Seconds = time.Since(b.start).Seconds()
-	sums := summarise(b.cfg.Paths, b.runs, b.notes)
-	return &Report{Env: b.env, Summary: sums, Targets: targets(sums), Runs: b.runs}, nil
+	sums := summarise(l4Paths, b.runs, b.notes)
+	return &Report{Env: b.env, Summary: sums, L7: l7, Targets: append(targets(sums), l7Targets(l7)...), Runs: b.runs}, nil
 }
 
 // runOrder is the order in which repetition rep runs n paths: starting at path rep, so
@@ -379,6 +424,7 @@ func (b *bench) collectEnv() Env {
 		Config: Durations{
 			StreamSeconds: b.cfg.Stream.Seconds(), Lat200Seconds: b.cfg.Lat200.Seconds(), Lat1000Seconds: b.cfg.Lat1000.Seconds(),
 			ConnSeconds: b.cfg.Conn.Seconds(), IdleConnections: b.cfg.IdleConns, PayloadBytes: payloadBytes,
+			L7MaxSeconds: b.cfg.L7Max.Seconds(), L7RateSeconds: b.cfg.L7Rate.Seconds(),
 		},
 	}
 	if b.cfg.Smoke {
@@ -411,6 +457,18 @@ func (b *bench) collectEnv() Env {
 			}
 		}
 		return "unknown"
+	}
+	if b.tools.nginx != "" {
+		e.Peers["nginx"] = firstLine(b.tools.nginx, "-v")
+		e.Peers["haproxy"] = firstLine(b.tools.haproxy, "-v")
+		e.Peers["go-reverseproxy"] = moduleVersion(b.tools.goReverseProxy, "")
+		if len(b.cfg.WaypointArgs) > 0 {
+			e.Notes = append(e.Notes, "waypoint arguments: "+strings.Join(b.cfg.WaypointArgs, " "))
+		}
+	}
+	if b.tools.iperf3 == "" {
+		e.Peers["fortio"] = moduleVersion(b.tools.fortio, "fortio.org/fortio")
+		return e
 	}
 	e.Peers["iperf3"] = firstLine(b.tools.iperf3, "--version")
 	e.Peers["socat"] = firstLine(b.tools.socat, "-V")

@@ -22,10 +22,15 @@ import (
 // does not come up, it falls back to the bare topology and says why in ambitErr, so the
 // baselines are still measured.
 func startFabric(ctx context.Context, cfg config) (*fabric, error) {
-	if slices.ContainsFunc(cfg.Paths, isAmbit) {
-		m, err := mesh.Start(ctx, mesh.Options{
-			Nodes: 2, PodsPerNode: 2, BinDir: cfg.Bin, ExtraArgs: cfg.ZtunnelArgs, Model: benchModel,
-		})
+	l7 := contains(cfg.Tests, TestL7)
+	if slices.ContainsFunc(cfg.Paths, isAmbit) || l7 {
+		opts := mesh.Options{Nodes: 2, PodsPerNode: 2, BinDir: cfg.Bin, ExtraArgs: cfg.ZtunnelArgs, Model: benchModel}
+		if l7 {
+			// node3 holds the L7 hops and runs no ztunnel (a waypoint's pod is never
+			// captured); node2's third pod is the waypoint's backend (l7_mesh_linux.go).
+			opts.Nodes, opts.PodsPerNode, opts.Ztunnels, opts.Model = 3, 3, []string{"node1", "node2"}, l7Model
+		}
+		m, err := mesh.Start(ctx, opts)
 		if err == nil {
 			f := &fabric{topo: m.Topo, close: m.Close}
 			f.ztunnelPID = func(node string) int {
@@ -49,6 +54,12 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 				return nil, fmt.Errorf("policy case: %w", err)
 			}
 			f.meshState, f.checkPolicies = pc.set, pc.check
+			if l7 {
+				if f.l7, err = newL7Mesh(m); err != nil {
+					m.Close()
+					return nil, fmt.Errorf("l7 case: %w", err)
+				}
+			}
 			return f, nil
 		}
 		f, berr := bareFabric()

@@ -127,7 +127,10 @@ type Run struct {
 	ConnErrors int `json:"conn_errors,omitempty"`
 	ConnPerSec Num `json:"conn_per_s,omitempty"`
 
-	CPU [2]Num `json:"cpu_s"`
+	CPU [2]Num `json:"cpu_s"` // the L7 case: the hop's, then NA
+
+	Requests  Num `json:"requests,omitempty"`    // the L7 case: requests answered
+	HopRSSKiB Num `json:"hop_rss_kib,omitempty"` // the L7 case: the hop's resident memory after the run
 
 	RSSRestKiB [2]Num `json:"rss_rest_kib"`
 	RSSIdleKiB [2]Num `json:"rss_idle_kib"`

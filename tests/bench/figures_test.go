@@ -130,7 +130,7 @@ func TestReportOutputs(t *testing.T) {
 	r := &Report{Env: Env{Mode: "smoke", GoVersion: "go1.26.8"}, Summary: sums, Targets: targets(sums), Runs: runs}
 	var b strings.Builder
 	r.WriteTable(&b)
-	for _, s := range []string{"Throughput", "Latency", "Connections and memory", "targets (issues 3 and 19)", "MET", "not measured", "2 measurement(s) failed"} {
+	for _, s := range []string{"Throughput", "Latency", "Connections and memory", "targets (issues 3, 19 and 20)", "MET", "not measured", "2 measurement(s) failed"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, b.String())
 		}

@@ -39,13 +39,16 @@ type config struct {
 	Smoke                         bool
 	Reps                          int
 	Stream, Lat200, Lat1000, Conn time.Duration
+	L7Max, L7Rate                 time.Duration // the L7 case's max-rate and fixed-rate runs
 	IdleConns                     int
 	Paths                         []string
+	Hops                          []string // the L7 case's hops, in allHops order
 	Bin, Tools                    string
 	JSON, SVG, Markdown, FromJSON string
 	Profile                       string   // directory for ztunnel CPU profiles
 	Tests                         []string // tests to run, in allTests order
 	ZtunnelArgs                   []string
+	WaypointArgs                  []string
 }
 
 // allPaths in the order they are reported. A full run measures fullPaths by default:
@@ -57,12 +60,13 @@ var (
 )
 
 // allTests in the order each repetition runs them (the idle-connection test runs once, first).
-var allTests = []string{TestIdle, TestStream1, TestStream8, TestLat200, TestLat1000, TestConnRate}
+// The L7 case (TestL7) runs after them, over its own hops (-l7-hops).
+var allTests = []string{TestIdle, TestStream1, TestStream8, TestLat200, TestLat1000, TestConnRate, TestL7}
 
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var c config
-	var paths, tests, ztArgs string
+	var paths, tests, ztArgs, wpArgs, hops string
 	fs.BoolVar(&c.Smoke, "smoke", false, "one short repetition per path (CI)")
 	fs.IntVar(&c.Reps, "reps", 0, "repetitions (default 3, smoke 1)")
 	fs.StringVar(&paths, "paths", "", "comma-separated paths to measure (default: all but go-relay, all with -smoke; known: "+strings.Join(allPaths, ", ")+")")
@@ -80,6 +84,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.FromJSON, "from-json", "", "measure nothing: render the report in this JSON file again")
 	fs.StringVar(&c.Profile, "profile", "", "save CPU profiles of both ztunnels during Ambit's single-stream and connection-rate runs to this directory")
 	fs.StringVar(&ztArgs, "ztunnel-args", "", "extra ztunnel arguments, space-separated (e.g. -log-level=warn)")
+	fs.StringVar(&wpArgs, "waypoint-args", "", "extra waypoint arguments of the L7 case, space-separated")
+	fs.StringVar(&hops, "l7-hops", strings.Join(allHops, ","), "comma-separated hops of the L7 case (known: "+strings.Join(allHops, ", ")+")")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -94,6 +100,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.Smoke {
 		c.Stream, c.Lat200, c.Lat1000, c.Conn = 2*time.Second, 2*time.Second, 2*time.Second, time.Second
+		c.L7Max, c.L7Rate = 2*time.Second, 2*time.Second
 		if c.Reps == 0 {
 			c.Reps = 1
 		}
@@ -102,6 +109,7 @@ func parseFlags(args []string) (config, error) {
 		}
 	} else {
 		c.Stream, c.Lat200, c.Lat1000, c.Conn = 6*time.Second, 10*time.Second, 6*time.Second, 4*time.Second
+		c.L7Max, c.L7Rate = 5*time.Second, 6*time.Second
 		if c.Reps == 0 {
 			c.Reps = 3
 		}
@@ -122,7 +130,10 @@ func parseFlags(args []string) (config, error) {
 	if c.Tests, err = selectKnown("tests", "test", tests, allTests); err != nil {
 		return c, err
 	}
-	c.ZtunnelArgs = strings.Fields(ztArgs)
+	if c.Hops, err = selectKnown("l7-hops", "hop", hops, allHops); err != nil {
+		return c, err
+	}
+	c.ZtunnelArgs, c.WaypointArgs = strings.Fields(ztArgs), strings.Fields(wpArgs)
 	for _, d := range []*string{&c.Bin, &c.Tools, &c.Profile} {
 		if *d != "" {
 			abs, err := filepath.Abs(*d)
@@ -133,6 +144,16 @@ func parseFlags(args []string) (config, error) {
 		}
 	}
 	return c, nil
+}
+
+// l4 reports whether any test of the L4 paths is selected (not only the L7 case).
+func (c config) l4() bool {
+	for _, t := range c.Tests {
+		if t != TestL7 {
+			return true
+		}
+	}
+	return false
 }
 
 // selectKnown parses a comma-separated flag value into the named members of known, in

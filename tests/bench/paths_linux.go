@@ -200,8 +200,10 @@ type fabric struct {
 	// describes it (both nil without the mesh).
 	meshState     func(ctx context.Context, policies bool) error
 	checkPolicies func(ctx context.Context) (string, error)
-	ambitErr      error // why Ambit is not available
-	close         func() error
+	// l7 is the L7 case's part of the mesh (nil unless -tests has l7 and the mesh runs).
+	l7       *l7Fabric
+	ambitErr error // why Ambit is not available
+	close    func() error
 }
 
 // podRoles names the pods: on each node pod0 is enrolled and pod1 is plain.

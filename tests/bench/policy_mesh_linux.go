@@ -118,7 +118,7 @@ func (pc *policyCase) set(ctx context.Context, on bool) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	for _, n := range pc.m.Topo.Nodes {
+	for _, n := range ztunnelNodes(pc.m) {
 		if err := waitDump(ctx, pc.m, n, func(d *ztunnel.ConfigDump) bool {
 			return len(d.Workloads) == len(model.Workloads) && len(d.Policies) == policies
 		}); err != nil {
@@ -126,7 +126,7 @@ func (pc *policyCase) set(ctx context.Context, on bool) error {
 		}
 	}
 	pc.on = on
-	for _, n := range pc.m.Topo.Nodes {
+	for _, n := range ztunnelNodes(pc.m) {
 		if err := waitOneP(ctx, pc.m, n); err != nil {
 			progress("  %s: ztunnel still on more than one P after the switch: %v", n.Name, err)
 		}
@@ -156,6 +156,17 @@ func waitOneP(ctx context.Context, m *mesh.Mesh, n *netns.Node) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// ztunnelNodes are the nodes of m that run a ztunnel (with the L7 case, node3 has none).
+func ztunnelNodes(m *mesh.Mesh) []*netns.Node {
+	var out []*netns.Node
+	for _, n := range m.Topo.Nodes {
+		if m.Ztunnel(n.Name) != nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func waitDump(ctx context.Context, m *mesh.Mesh, n *netns.Node, ok func(*ztunnel.ConfigDump) bool) error {

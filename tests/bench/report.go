@@ -50,14 +50,17 @@ type Durations struct {
 	ConnSeconds     float64 `json:"connection_rate_seconds"`
 	IdleConnections int     `json:"idle_connections"`
 	PayloadBytes    int     `json:"fortio_payload_bytes"`
+	L7MaxSeconds    float64 `json:"l7_max_rate_seconds,omitempty"`
+	L7RateSeconds   float64 `json:"l7_1000rps_seconds,omitempty"`
 }
 
 // Report is the whole result, as written with -json.
 type Report struct {
-	Env     Env       `json:"env"`
-	Summary []Summary `json:"summary"`
-	Targets []Target  `json:"targets,omitempty"`
-	Runs    []Run     `json:"runs"`
+	Env     Env         `json:"env"`
+	Summary []Summary   `json:"summary"`
+	L7      []L7Summary `json:"l7,omitempty"`
+	Targets []Target    `json:"targets,omitempty"`
+	Runs    []Run       `json:"runs"`
 }
 
 func (r *Report) WriteJSON(file string) error {
@@ -105,6 +108,33 @@ func (r *Report) WriteTable(w io.Writer) {
 	for _, n := range e.Notes {
 		fmt.Fprintln(w, "note:", n)
 	}
+	if len(r.Summary) > 0 {
+		r.writeL4Table(w)
+	}
+	r.writeL7Table(w)
+	var failed []string
+	for _, run := range r.Runs {
+		if run.Error != "" {
+			failed = append(failed, fmt.Sprintf("  %s %s rep %d: %s", run.Path, run.Test, run.Rep, run.Error))
+		}
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(w, "\n%d measurement(s) failed:\n%s\n", len(failed), strings.Join(failed, "\n"))
+	}
+
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w, "\nAmbit against its targets (issues 3, 19 and 20)")
+		tw2 := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw2, "target\twant\tmeasured\tverdict")
+		for _, t := range r.Targets {
+			fmt.Fprintf(tw2, "%s\t%s\t%s %s\t%s\n", t.Name, t.Want, f(t.Value, 3), t.Unit, verdict(t.Met))
+		}
+		tw2.Flush()
+	}
+}
+
+// writeL4Table prints the data-path tables (throughput, latency, connections).
+func (r *Report) writeL4Table(w io.Writer) {
 	fmt.Fprintln(w, "CPU and memory are per tunnel end: client side (node1) / server side (node2).")
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -143,25 +173,6 @@ func (r *Report) WriteTable(w io.Writer) {
 		if s.Note != "" {
 			fmt.Fprintf(w, "  %s: %s\n", s.Path, s.Note)
 		}
-	}
-	var failed []string
-	for _, run := range r.Runs {
-		if run.Error != "" {
-			failed = append(failed, fmt.Sprintf("  %s %s rep %d: %s", run.Path, run.Test, run.Rep, run.Error))
-		}
-	}
-	if len(failed) > 0 {
-		fmt.Fprintf(w, "\n%d measurement(s) failed:\n%s\n", len(failed), strings.Join(failed, "\n"))
-	}
-
-	if len(r.Targets) > 0 {
-		fmt.Fprintln(w, "\nAmbit against its targets (issues 3 and 19)")
-		tw2 := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw2, "target\twant\tmeasured\tverdict")
-		for _, t := range r.Targets {
-			fmt.Fprintf(tw2, "%s\t%s\t%s %s\t%s\n", t.Name, t.Want, f(t.Value, 3), t.Unit, verdict(t.Met))
-		}
-		tw2.Flush()
 	}
 }
 
@@ -305,18 +316,33 @@ func (r *Report) WriteMarkdown(file string) error {
 	for _, n := range e.Notes {
 		fmt.Fprintf(&b, "Note: %s.\n\n", n)
 	}
+	if len(r.Summary) > 0 {
+		r.writeL4Markdown(&b)
+	}
+	r.writeL7Markdown(&b)
+	if len(r.Targets) > 0 {
+		b.WriteString("\n| target (issues 3, 19, 20) | want | measured | verdict |\n| --- | --- | ---: | --- |\n")
+		for _, t := range r.Targets {
+			fmt.Fprintf(&b, "| %s | %s | %s %s | **%s** |\n", t.Name, t.Want, f(t.Value, 3), t.Unit, verdict(t.Met))
+		}
+	}
+	return os.WriteFile(file, []byte(b.String()), 0o644)
+}
+
+// writeL4Markdown writes the data-path tables.
+func (r *Report) writeL4Markdown(b *strings.Builder) {
 	b.WriteString("CPU and memory per tunnel end are client side (node1) / server side (node2).\n\n")
 	b.WriteString("| path | 1 stream Gbit/s | vs direct | vs ghostunnel | CPU-s/GB c / s (both) | machine CPU-s/GB | 8 streams Gbit/s | vs direct | CPU-s/GB both |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, s := range r.Summary {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s |\n", s.Path, f(s.Stream1Gbps, 2), fx(s.Stream1VsDirect), fx(s.Stream1VsGhost),
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s |\n", s.Path, f(s.Stream1Gbps, 2), fx(s.Stream1VsDirect), fx(s.Stream1VsGhost),
 			pair(s.Stream1CPUPerGB[0], s.Stream1CPUPerGB[1], 2), f(s.Stream1CPUBoth, 2), f(s.Stream1Machine, 2), f(s.Stream8Gbps, 2), fx(s.Stream8VsDirect), f(s.Stream8CPUBoth, 2))
 	}
-	fmt.Fprintf(&b, "\n| path | 200 rps p50 / p90 / p99 / p99.9 ms | added p50 / p99 | cores per 1000 rps c / s | 1000 rps p50 / p99 ms | added p50 | cores per 1000 rps c / s |\n")
+	fmt.Fprintf(b, "\n| path | 200 rps p50 / p90 / p99 / p99.9 ms | added p50 / p99 | cores per 1000 rps c / s | 1000 rps p50 / p99 ms | added p50 | cores per 1000 rps c / s |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, s := range r.Summary {
 		a, c := s.Lat200, s.Lat1000
-		fmt.Fprintf(&b, "| %s | %s / %s / %s / %s | %s / %s | %s | %s / %s | %s | %s |\n", s.Path,
+		fmt.Fprintf(b, "| %s | %s / %s / %s / %s | %s / %s | %s | %s / %s | %s | %s |\n", s.Path,
 			f(a.P50, 3), f(a.P90, 3), f(a.P99, 3), f(a.P999, 3), fsigned(a.AddedP50, 3), fsigned(a.AddedP99, 3), pair(a.CoresPer1000[0], a.CoresPer1000[1], 3),
 			f(c.P50, 3), f(c.P99, 3), fsigned(c.AddedP50, 3), pair(c.CoresPer1000[0], c.CoresPer1000[1], 3))
 	}
@@ -327,21 +353,14 @@ func (r *Report) WriteMarkdown(file string) error {
 		if s.IdleConns > 0 {
 			idle += fmt.Sprintf(" (%d conns)", s.IdleConns)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s) | %s | %s |\n", s.Path, f(s.ConnPerSec, 0), fx(s.ConnVsDirect),
+		fmt.Fprintf(b, "| %s | %s | %s | %s (%s) | %s | %s |\n", s.Path, f(s.ConnPerSec, 0), fx(s.ConnVsDirect),
 			pair(s.CPUmsPerConn[0], s.CPUmsPerConn[1], 3), f(s.CPUmsConnBoth, 3), pair(s.RSSRestMiB[0], s.RSSRestMiB[1], 1), idle)
 	}
 	for _, s := range r.Summary {
 		if s.Note != "" {
-			fmt.Fprintf(&b, "\n%s: %s.\n", s.Path, s.Note)
+			fmt.Fprintf(b, "\n%s: %s.\n", s.Path, s.Note)
 		}
 	}
-	if len(r.Targets) > 0 {
-		b.WriteString("\n| target (issues 3, 19) | want | measured | verdict |\n| --- | --- | ---: | --- |\n")
-		for _, t := range r.Targets {
-			fmt.Fprintf(&b, "| %s | %s | %s %s | **%s** |\n", t.Name, t.Want, f(t.Value, 3), t.Unit, verdict(t.Met))
-		}
-	}
-	return os.WriteFile(file, []byte(b.String()), 0o644)
 }
 
 // ReadReport loads a report written with -json, to render it again.

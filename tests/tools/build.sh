@@ -7,8 +7,8 @@
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/helm-v3.22.0/helm
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/spire-1.13.3/{spire-server,spire-agent}
 #   ${AMBIT_TOOLS_CACHE:-/var/cache/ambit-tools}/v1/istio-echo/{server,client}   (waypoint backends)
-# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [gorelay] [kube] [helm] [spire] [istio-echo]
-#   (no argument: the four benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
+# Usage: tests/tools/build.sh [fortio] [ghostunnel] [istio-hbone] [gorelay] [goreverseproxy] [kube] [helm] [spire] [istio-echo]
+#   (no argument: the five benchmark peers; kube and spire cost ~20 CPU-minutes cold each,
 #   so ask for them).
 # A tool already in the cache is skipped; concurrent runs serialise on a lock per tool, so
 # parallel test packages may all call this. Bump v1 (or the versions) when a version changes.
@@ -45,13 +45,14 @@ build() {
   exec 9>&-
 }
 
-(($# > 0)) || set -- fortio ghostunnel istio-hbone gorelay
+(($# > 0)) || set -- fortio ghostunnel istio-hbone gorelay goreverseproxy
 for name in "$@"; do
   case "$name" in
     fortio) build "$here/fortio" fortio.org/fortio "$cache/fortio" ;;                    # v1.66.0, see fortio/go.mod
     ghostunnel) build "$here/ghostunnel" github.com/ghostunnel/ghostunnel "$cache/ghostunnel" ;; # v1.8.4, see ghostunnel/go.mod
     istio-hbone) build "$here/istio-hbone" . "$cache/istio-hbone" ;;                     # tiny main over istio.io/istio/pkg/hbone
     gorelay) build "$here/gorelay" . "$cache/gorelay" ;;                                 # plain TCP relay, no dependencies
+    goreverseproxy) build "$here/goreverseproxy" . "$cache/goreverseproxy" ;;            # httputil.ReverseProxy, no dependencies
     kube)
       # Without the version stamps the server reports v0.0.0-master.
       v=k8s.io/component-base/version
@@ -74,6 +75,6 @@ for name in "$@"; do
       build "$here/istio-echo" istio.io/istio/pkg/test/echo/cmd/server "$cache/istio-echo/server" -ldflags "-s -w"
       build "$here/istio-echo" istio.io/istio/pkg/test/echo/cmd/client "$cache/istio-echo/client" -ldflags "-s -w"
       ;;
-    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, gorelay, kube, helm, spire or istio-echo)" >&2; exit 2 ;;
+    *) echo "build.sh: unknown tool $name (want fortio, ghostunnel, istio-hbone, gorelay, goreverseproxy, kube, helm, spire or istio-echo)" >&2; exit 2 ;;
   esac
 done

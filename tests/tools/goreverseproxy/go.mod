@@ -1,0 +1,3 @@
+module github.com/ambitmesh/ambit/tests/tools/goreverseproxy
+
+go 1.26.0
