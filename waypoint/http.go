@@ -106,7 +106,7 @@ func newHTTPFront(w *Waypoint) *httpFront {
 		Rewrite:        rewrite,
 		Transport:      roundTripperFunc(f.roundTrip),
 		ModifyResponse: modifyResponse,
-		FlushInterval:  -1, // stream (gRPC, server-sent events)
+		FlushInterval:  responseFlushInterval,
 		ErrorHandler:   f.upstreamError,
 		ErrorLog:       slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}
@@ -413,6 +413,10 @@ func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}
 	replayable := r.Body == nil || r.Body == http.NoBody
+	r, err := bufferBody(r)
+	if err != nil {
+		return nil, err
+	}
 	h2 := protocolOf(info.port) == protoHTTP2 || r.ProtoMajor == 2
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {

@@ -3,7 +3,6 @@ package waypoint
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"time"
 )
 
@@ -68,7 +67,7 @@ func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, sw *statusWriter, 
 		attrs = append(attrs, keyPolicy, info.policy)
 	}
 	w.log.Info(msgRequest, attrs...)
-	w.m.request(info, strconv.Itoa(code), d, info.body.n, sw.n)
+	w.m.request(info, code, d, info.body.n, sw.n)
 }
 
 // configDump serves what the waypoint is serving: itself, the bindings it takes, the

@@ -1,6 +1,8 @@
 package waypoint
 
 import (
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +49,68 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) request(info *reqInfo, code string, d time.Duration, reqBytes, respBytes int64) {
+func (m *metrics) request(info *reqInfo, code int, d time.Duration, reqBytes, respBytes int64) {
+	o := info.in.obs.get(m, info, code)
+	o.requests.Inc()
+	o.duration.Observe(float64(d.Microseconds()) / 1000)
+	o.requestBytes.Observe(float64(reqBytes))
+	o.responseBytes.Observe(float64(respBytes))
+}
+
+// observers are the series of one label set.
+type observers struct {
+	requests                              prometheus.Counter
+	duration, requestBytes, responseBytes prometheus.Observer
+}
+
+// obsKey is what varies between the requests of one stream: the rest of the labels
+// (source, destination service) is the stream's.
+type obsKey struct {
+	code  int
+	flags string
+	grpc  bool
+	dst   *discovery.Workload
+}
+
+// maxStreamObservers bounds the label sets a stream remembers; past it the oldest goes.
+const maxStreamObservers = 8
+
+// obsCache remembers a stream's series, so that a request of a keep-alive stream costs
+// no label lookup (12 label values hashed for each of 4 metrics). Requests of an HTTP/2
+// stream run concurrently.
+type obsCache struct {
+	mu      sync.Mutex
+	entries []obsEntry
+}
+
+type obsEntry struct {
+	key obsKey
+	obs observers
+}
+
+func (c *obsCache) get(m *metrics, info *reqInfo, code int) observers {
+	key := obsKey{code: code, flags: info.flags, grpc: info.grpc, dst: workloadOf(info)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.entries {
+		if c.entries[i].key == key {
+			return c.entries[i].obs
+		}
+	}
+	lv := m.labels(info, strconv.Itoa(code))
+	o := observers{
+		requests: m.requests.WithLabelValues(lv...), duration: m.duration.WithLabelValues(lv...),
+		requestBytes: m.requestBytes.WithLabelValues(lv...), responseBytes: m.responseBytes.WithLabelValues(lv...),
+	}
+	if len(c.entries) >= maxStreamObservers {
+		c.entries = c.entries[1:]
+	}
+	c.entries = append(c.entries, obsEntry{key: key, obs: o})
+	return o
+}
+
+// labels are the requestLabels' values of a request.
+func (m *metrics) labels(info *reqInfo, code string) []string {
 	srcW, srcNS := "unknown", "unknown"
 	if w := info.in.snap.WorkloadByIP(info.in.client.Addr()); w != nil {
 		srcW, srcNS = w.Name, w.Namespace
@@ -64,11 +127,7 @@ func (m *metrics) request(info *reqInfo, code string, d time.Duration, reqBytes,
 	if info.grpc {
 		proto = "grpc"
 	}
-	lv := []string{"waypoint", info.in.peer, srcW, srcNS, dstSvc, dstName, dstNS, dstW, dstWNS, proto, code, info.flags}
-	m.requests.WithLabelValues(lv...).Inc()
-	m.duration.WithLabelValues(lv...).Observe(float64(d.Microseconds()) / 1000)
-	m.requestBytes.WithLabelValues(lv...).Observe(float64(reqBytes))
-	m.responseBytes.WithLabelValues(lv...).Observe(float64(respBytes))
+	return []string{"waypoint", info.in.peer, srcW, srcNS, dstSvc, dstName, dstNS, dstW, dstWNS, proto, code, info.flags}
 }
 
 func workloadOf(info *reqInfo) *discovery.Workload {

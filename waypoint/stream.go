@@ -90,6 +90,7 @@ type inbound struct {
 	// policies are the AuthorizationPolicies attached to this waypoint and the
 	// destination Service (targetRefs).
 	policies *policy.Applied
+	obs      obsCache // the request metrics' series of this stream
 }
 
 // refresh returns in as of the current model: a request of a long-lived stream is

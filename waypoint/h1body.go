@@ -1,0 +1,39 @@
+package waypoint
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// maxBufferedBody is the largest request body of a declared length that is read whole
+// before the request is forwarded. net/http's Transport flushes the headers of a request
+// on their own unless it knows the body to be in memory, which costs a second write and
+// TLS record per request: buffered, headers and body leave together.
+const maxBufferedBody = 16 << 10
+
+// bufferBody returns the outbound request r with a small body of known length read
+// into memory (the ReverseProxy hands the Transport a wrapper it cannot see through).
+// Bodies of unknown length (chunked, streaming gRPC) or larger, and requests waiting for
+// a 100 Continue, stream as they come.
+func bufferBody(r *http.Request) (*http.Request, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 || r.ContentLength > maxBufferedBody || r.Header.Get("Expect") != "" {
+		return r, nil
+	}
+	b := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, b); err != nil {
+		return nil, fmt.Errorf("read request body: %w", err)
+	}
+	out := r.WithContext(r.Context())
+	out.Body = io.NopCloser(bytes.NewReader(b))
+	return out, nil
+}
+
+// responseFlushInterval is the ReverseProxy's FlushInterval: 0, so a response of known
+// length leaves in one write when done (or as the buffer fills). A negative interval
+// flushes its headers alone first, from a timer goroutine: a second write, TLS record and
+// goroutine per response. Streaming responses (no length: gRPC, chunked; server-sent
+// events) are flushed after every write whatever the interval.
+const responseFlushInterval time.Duration = 0
