@@ -1,7 +1,9 @@
 package waypoint
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -45,28 +47,33 @@ const (
 	keyCondition  = "condition"
 )
 
-// logRequest writes the request's access-log line and records its metrics.
+// logRequest writes the request's access-log line and records its metrics. The line is
+// built from typed attributes only when it is written (no boxing per request).
 func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, sw *statusWriter, d time.Duration) {
 	code := sw.status()
-	svc := ""
-	if t := info.in.t; t.svc != nil {
-		svc = t.svc.Hostname
+	if ctx := context.Background(); w.log.Enabled(ctx, slog.LevelInfo) {
+		svc := ""
+		if t := info.in.t; t.svc != nil {
+			svc = t.svc.Hostname
+		}
+		up := "-"
+		if info.upstream.addr.IsValid() {
+			up = info.upstream.addr.String()
+		}
+		attrs := make([]slog.Attr, 0, 16)
+		attrs = append(attrs, slog.String(keySrc, info.in.client.String()), slog.String(keyIdentity, info.in.peer),
+			slog.String(keyAuthority, info.in.t.authority.String()), slog.String(keyService, svc),
+			slog.String(keyMethod, r.Method), slog.String(keyPath, r.URL.Path), slog.String(keyUpstream, up),
+			slog.Int(keyStatus, code), slog.String(keyFlags, info.flags), slog.String(keyDuration, d.String()),
+			slog.Int64(keyBytesRecv, info.body.n), slog.Int64(keyBytesSent, sw.n))
+		if info.grpc {
+			attrs = append(attrs, slog.String(keyGRPCStatus, sw.Header().Get("Grpc-Status")))
+		}
+		if info.policy != "" {
+			attrs = append(attrs, slog.String(keyPolicy, info.policy))
+		}
+		w.log.LogAttrs(ctx, slog.LevelInfo, msgRequest, attrs...)
 	}
-	up := "-"
-	if info.upstream.addr.IsValid() {
-		up = info.upstream.addr.String()
-	}
-	attrs := []any{keySrc, info.in.client.String(), keyIdentity, info.in.peer,
-		keyAuthority, info.in.t.authority.String(), keyService, svc, keyMethod, r.Method, keyPath, r.URL.Path,
-		keyUpstream, up, keyStatus, code, keyFlags, info.flags, keyDuration, d.String()}
-	attrs = append(attrs, keyBytesRecv, info.body.n, keyBytesSent, sw.n)
-	if info.grpc {
-		attrs = append(attrs, keyGRPCStatus, sw.Header().Get("Grpc-Status"))
-	}
-	if info.policy != "" {
-		attrs = append(attrs, keyPolicy, info.policy)
-	}
-	w.log.Info(msgRequest, attrs...)
 	w.m.request(info, code, d, info.body.n, sw.n)
 }
 
