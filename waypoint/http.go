@@ -107,6 +107,7 @@ func newHTTPFront(w *Waypoint) *httpFront {
 		Transport:      roundTripperFunc(f.roundTrip),
 		ModifyResponse: modifyResponse,
 		FlushInterval:  responseFlushInterval,
+		BufferPool:     &copyBuffers,
 		ErrorHandler:   f.upstreamError,
 		ErrorLog:       slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}

@@ -137,7 +137,7 @@ type harness struct {
 	backend *backend
 }
 
-func newHarness(t *testing.T, manifests ...string) *harness {
+func newHarness(t testing.TB, manifests ...string) *harness {
 	t.Helper()
 	authority, err := ca.New(ca.Config{StateDir: t.TempDir()})
 	if err != nil {
@@ -179,7 +179,7 @@ func newHarness(t *testing.T, manifests ...string) *harness {
 	wl.Close()
 	w, err := New(Config{Name: "wp", Namespace: "apps", ListenAddr: h.addr,
 		Serve: serveOff()}, Deps{Store: store, Identity: mgr, Dial: dial,
-		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func newHarness(t *testing.T, manifests ...string) *harness {
 	return h
 }
 
-func waitListening(t *testing.T, addr string) {
+func waitListening(t testing.TB, addr string) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		c, err := net.Dial("tcp", addr)
@@ -219,7 +219,7 @@ func waitListening(t *testing.T, addr string) {
 }
 
 // connect opens a CONNECT to the waypoint as the client pod's ztunnel would.
-func (h *harness) connect(t *testing.T, authority string) (net.Conn, error) {
+func (h *harness) connect(t testing.TB, authority string) (net.Conn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -291,6 +291,15 @@ func TestNotBoundRefused(t *testing.T) {
 
 func serveOff() serve.Config {
 	return serve.Config{ReadinessAddr: serve.Off, MetricsAddr: serve.Off, AdminAddr: serve.Off}
+}
+
+// testLogger logs everything to the test's log; a benchmark's waypoint logs as shipped
+// (info), into nothing.
+func testLogger(tb testing.TB) *slog.Logger {
+	if _, ok := tb.(*testing.B); ok {
+		return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(tWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // tWriter sends log lines to the test's log.
