@@ -46,7 +46,17 @@ type Config struct {
 	ConnectTimeout time.Duration
 	DrainTimeout   time.Duration
 	Serve          serve.Config
+	// DataPath picks how HTTP/1.1 streams are served: DataPathStd (net/http's server
+	// and ReverseProxy, the default) or DataPathFast (h1fast.go, which leaves what it
+	// does not handle to the std path). HTTP/2 and gRPC always take the std path.
+	DataPath string
 }
+
+// Data paths of Config.DataPath, named as ztunnel's -datapath.
+const (
+	DataPathStd  = "std"
+	DataPathFast = "fast"
+)
 
 // Defaults.
 const (
@@ -75,6 +85,9 @@ func (c Config) WithDefaults() Config {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.DataPath == "" {
+		c.DataPath = DataPathStd
+	}
 	c.Serve = c.Serve.WithDefaults()
 	return c
 }
@@ -86,6 +99,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: -name and -namespace of the waypoint are required", ErrConfig)
 	case c.ConnectTimeout < 0 || c.DrainTimeout < 0:
 		return fmt.Errorf("%w: timeouts must not be negative", ErrConfig)
+	case c.DataPath != DataPathStd && c.DataPath != DataPathFast:
+		return fmt.Errorf("%w: -datapath %q: want %q or %q", ErrConfig, c.DataPath, DataPathFast, DataPathStd)
 	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: -trust-domain %q: %v", ErrConfig, c.TrustDomain, err)
@@ -116,5 +131,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CARootFile, "ca-root-file", c.CARootFile, "PEM file with the mesh root certificate(s)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "timeout of a dial to a backend")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long open connections may finish at shutdown")
+	fs.StringVar(&c.DataPath, "datapath", c.DataPath, `HTTP/1.1 implementation: "std" (net/http's server and ReverseProxy) or "fast" (own parser and upstream pool, the std path for what it does not handle)`)
 	c.Serve.RegisterFlags(fs)
 }

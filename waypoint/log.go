@@ -47,10 +47,23 @@ const (
 	keyCondition  = "condition"
 )
 
-// logRequest writes the request's access-log line and records its metrics. The line is
-// built from typed attributes only when it is written (no boxing per request).
+// logRequest writes the request's access-log line and records its metrics.
 func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, sw *statusWriter, d time.Duration) {
-	code := sw.status()
+	grpcStatus := ""
+	if info.grpc {
+		grpcStatus = sw.Header().Get("Grpc-Status")
+	}
+	w.accessLog(r.Method, r.URL.Path, sw.status(), sw.n, grpcStatus, info, d)
+}
+
+// logFast is logRequest for a request of the HTTP/1.1 fast path.
+func (w *Waypoint) logFast(rec *fastRecord, info *reqInfo, d time.Duration) {
+	w.accessLog(rec.method, rec.path, rec.code, rec.sent, "", info, d)
+}
+
+// accessLog writes the access-log line and records the metrics. The line is built from
+// typed attributes only when it is written (no boxing per request).
+func (w *Waypoint) accessLog(method, path string, code int, sent int64, grpcStatus string, info *reqInfo, d time.Duration) {
 	if ctx := context.Background(); w.log.Enabled(ctx, slog.LevelInfo) {
 		svc := ""
 		if t := info.in.t; t.svc != nil {
@@ -63,18 +76,18 @@ func (w *Waypoint) logRequest(r *http.Request, info *reqInfo, sw *statusWriter, 
 		attrs := make([]slog.Attr, 0, 16)
 		attrs = append(attrs, slog.String(keySrc, info.in.client.String()), slog.String(keyIdentity, info.in.peer),
 			slog.String(keyAuthority, info.in.t.authority.String()), slog.String(keyService, svc),
-			slog.String(keyMethod, r.Method), slog.String(keyPath, r.URL.Path), slog.String(keyUpstream, up),
+			slog.String(keyMethod, method), slog.String(keyPath, path), slog.String(keyUpstream, up),
 			slog.Int(keyStatus, code), slog.String(keyFlags, info.flags), slog.String(keyDuration, d.String()),
-			slog.Int64(keyBytesRecv, info.body.n), slog.Int64(keyBytesSent, sw.n))
+			slog.Int64(keyBytesRecv, info.body.n), slog.Int64(keyBytesSent, sent))
 		if info.grpc {
-			attrs = append(attrs, slog.String(keyGRPCStatus, sw.Header().Get("Grpc-Status")))
+			attrs = append(attrs, slog.String(keyGRPCStatus, grpcStatus))
 		}
 		if info.policy != "" {
 			attrs = append(attrs, slog.String(keyPolicy, info.policy))
 		}
 		w.log.LogAttrs(ctx, slog.LevelInfo, msgRequest, attrs...)
 	}
-	w.m.request(info, code, d, info.body.n, sw.n)
+	w.m.request(info, code, d, info.body.n, sent)
 }
 
 // configDump serves what the waypoint is serving: itself, the bindings it takes, the

@@ -78,6 +78,10 @@ func (w *Waypoint) serveHBONE(s *hbone.Stream) {
 	if len(first) > 0 {
 		c = &prefixConn{Conn: s, prefix: first}
 	}
+	if got == wireH1 && w.fast != nil {
+		w.fast.serve(c, in)
+		return
+	}
 	w.front.serve(c, in, got == wireH2)
 }
 

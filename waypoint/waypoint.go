@@ -66,6 +66,7 @@ type Waypoint struct {
 	pool        *hbone.Pool
 	relay       relay.Relay
 	front       *httpFront
+	fast        *fastFront // nil unless Config.DataPath is DataPathFast
 
 	routes    routesCache
 	rr        sync.Map // service key -> *atomic.Uint64
@@ -141,6 +142,9 @@ func New(cfg Config, deps Deps) (*Waypoint, error) {
 	}
 	w.server = srv
 	w.front = newHTTPFront(w)
+	if cfg.DataPath == DataPathFast {
+		w.fast = newFastFront(w)
+	}
 	return w, nil
 }
 
@@ -218,6 +222,9 @@ func (w *Waypoint) Close() error {
 		_ = w.server.Close()
 		_ = w.pool.Close()
 		w.front.close()
+		if w.fast != nil {
+			w.fast.pool.close()
+		}
 		if c, ok := w.ident.(interface{ Close() error }); ok {
 			_ = c.Close()
 		}

@@ -118,12 +118,19 @@ func (b *backend) serve(s *hbone.Stream) {
 		if err != nil {
 			return
 		}
-		_, _ = io.Copy(io.Discard, r.Body)
+		got, _ := io.ReadAll(r.Body)
 		b.mu.Lock()
 		b.hosts = append(b.hosts, r.Host)
 		b.mu.Unlock()
-		if r.URL.Path == "/slow" {
+		switch r.URL.Path {
+		case "/slow":
 			time.Sleep(300 * time.Millisecond)
+		case "/chunked": // with a trailer
+			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n")
+			continue
+		case "/echo":
+			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(got), got)
+			continue
 		}
 		body := fmt.Sprintf("%s %s host=%s", req.Target.Addr(), r.URL.Path, r.Host)
 		fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
@@ -178,7 +185,7 @@ func newHarness(t testing.TB, manifests ...string) *harness {
 	h.addr = wl.Addr().String()
 	wl.Close()
 	w, err := New(Config{Name: "wp", Namespace: "apps", ListenAddr: h.addr,
-		Serve: serveOff()}, Deps{Store: store, Identity: mgr, Dial: dial,
+		Serve: serveOff(), DataPath: testDataPath}, Deps{Store: store, Identity: mgr, Dial: dial,
 		Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
