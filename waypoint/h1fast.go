@@ -471,10 +471,11 @@ type upKey struct {
 
 // upConn is a keep-alive HTTP/1.1 connection to an endpoint.
 type upConn struct {
-	key upKey
-	c   net.Conn
-	br  *bufio.Reader
-	bw  *bufio.Writer
+	key       upKey
+	c         net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
 }
 
 // maxIdlePerKey bounds the idle connections kept per client and endpoint.
@@ -492,16 +493,24 @@ const maxIdleUpstreams = 4096
 
 func (p *upPool) get(ff *fastFront, info *reqInfo, fresh bool) (*upConn, bool, error) {
 	key := upKey{client: info.in.client.Addr(), addr: info.upstream.addr}
-	if !fresh {
+	for !fresh {
 		p.mu.Lock()
-		if l := p.idle[key]; len(l) > 0 {
-			uc := l[len(l)-1]
-			p.idle[key] = l[:len(l)-1]
-			p.n--
+		l := p.idle[key]
+		if len(l) == 0 {
 			p.mu.Unlock()
+			break
+		}
+		uc := l[len(l)-1]
+		p.idle[key] = l[:len(l)-1]
+		if len(l) == 1 {
+			delete(p.idle, key)
+		}
+		p.n--
+		p.mu.Unlock()
+		if time.Since(uc.idleSince) < fastIdleTimeout { // Istio's idle timeout, as the std Transport's
 			return uc, true, nil
 		}
-		p.mu.Unlock()
+		uc.close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ff.w.cfg.ConnectTimeout)
 	defer cancel()
@@ -519,6 +528,7 @@ func (p *upPool) done(uc *upConn, reusable bool) {
 	}
 	p.mu.Lock()
 	if reusable && uc.br.Buffered() == 0 && p.n < maxIdleUpstreams && len(p.idle[uc.key]) < maxIdlePerKey {
+		uc.idleSince = time.Now()
 		p.idle[uc.key] = append(p.idle[uc.key], uc)
 		p.n++
 		p.mu.Unlock()

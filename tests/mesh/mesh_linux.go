@@ -274,8 +274,9 @@ func (m *Mesh) startCA(ctx context.Context) error {
 	}, "ambit-ca")
 }
 
-// DataPathEnv names the environment variable that picks every ztunnel's -datapath
-// ("fast" or "std"), so `make test` runs the end-to-end suites on both implementations.
+// DataPathEnv names the environment variable that picks every ztunnel's and waypoint's
+// -datapath ("fast" or "std"), so `make test` runs the end-to-end suites on both
+// implementations.
 const DataPathEnv = "AMBIT_TEST_DATAPATH"
 
 // ZtunnelArgs is the command line of a node's ztunnel.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
@@ -13,18 +14,23 @@ import (
 
 // WaypointArgs is the command line of waypoint ns/name running in pod p (local mode:
 // the model and manifests the ztunnels read, a certificate from the CA with p's node's
-// token, which may hold the identities of the pods on that node).
+// token, which may hold the identities of the pods on that node). DataPathEnv picks its
+// -datapath as it does ztunnel's.
 func (m *Mesh) WaypointArgs(p *netns.Pod, ns, name string) []string {
-	return []string{
+	var dp []string
+	if v := os.Getenv(DataPathEnv); v != "" {
+		dp = []string{"-datapath", v}
+	}
+	return append(dp,
 		"-name", name, "-namespace", ns,
 		"-trust-domain", TrustDomain,
-		"-listen", p.IP.String() + ":15008",
+		"-listen", p.IP.String()+":15008",
 		"-model", m.ModelPath(), "-policies", m.PolicyDir(),
-		"-ca-addr", "unix://" + m.CASocket(),
+		"-ca-addr", "unix://"+m.CASocket(),
 		"-ca-token-file", m.TokenFile(p.Node.Name),
 		"-ca-root-file", m.CARoot(),
 		"-drain-timeout", "1s",
-	}
+	)
 }
 
 // StartWaypoint runs waypoint ns/name in pod p (a workload of the model labelled
