@@ -12,7 +12,7 @@ import (
 // BenchmarkHTTPKeepAlive pushes HTTP/1.1 POSTs of 1 KiB through the waypoint over one
 // keep-alive stream, real HBONE (mTLS, HTTP/2 CONNECT) on loopback both ways, as the L7
 // bench does (`go test ./waypoint -run '^$' -bench HTTPKeepAlive -cpuprofile cpu.out`).
-// The backend answers 200 with a short body.
+// The backend echoes the body. BenchmarkHTTPKeepAliveStd is the same on the std path.
 func BenchmarkHTTPKeepAlive(b *testing.B) {
 	h := newHarness(b)
 	c, err := h.connect(b, "198.19.0.1:80")

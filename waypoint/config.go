@@ -46,9 +46,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 	DrainTimeout   time.Duration
 	Serve          serve.Config
-	// DataPath picks how HTTP/1.1 streams are served: DataPathStd (net/http's server
-	// and ReverseProxy, the default) or DataPathFast (h1fast.go, which leaves what it
-	// does not handle to the std path). HTTP/2 and gRPC always take the std path.
+	// DataPath picks how HTTP/1.1 streams are served: DataPathFast (h1fast.go, the
+	// default, which leaves what it does not handle to the std path) or DataPathStd
+	// (net/http's server and ReverseProxy). HTTP/2 and gRPC always take the std path.
 	DataPath string
 }
 
@@ -86,7 +86,7 @@ func (c Config) WithDefaults() Config {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.DataPath == "" {
-		c.DataPath = DataPathStd
+		c.DataPath = DataPathFast
 	}
 	c.Serve = c.Serve.WithDefaults()
 	return c
@@ -131,6 +131,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CARootFile, "ca-root-file", c.CARootFile, "PEM file with the mesh root certificate(s)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "timeout of a dial to a backend")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long open connections may finish at shutdown")
-	fs.StringVar(&c.DataPath, "datapath", c.DataPath, `HTTP/1.1 implementation: "std" (net/http's server and ReverseProxy) or "fast" (own parser and upstream pool, the std path for what it does not handle)`)
+	fs.StringVar(&c.DataPath, "datapath", c.DataPath, `HTTP/1.1 implementation: "fast" (own parser and upstream pool, the std path for what it does not handle) or "std" (net/http's server and ReverseProxy)`)
 	c.Serve.RegisterFlags(fs)
 }

@@ -12,9 +12,9 @@ import (
 // testDataPath is the data path of newHarness's waypoint ("": the default).
 var testDataPath string
 
-// TestFastPath runs the HTTP tests on the HTTP/1.1 fast path (the others run them on the
-// default path, std).
-func TestFastPath(t *testing.T) {
+// TestStdPath runs the HTTP tests on the std path (the others run them on the default
+// path, fast).
+func TestStdPath(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		fn   func(*testing.T)
@@ -28,15 +28,15 @@ func TestFastPath(t *testing.T) {
 		{"Bodies", testFastPathBodies},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			testDataPath = DataPathFast
+			testDataPath = DataPathStd
 			t.Cleanup(func() { testDataPath = "" })
 			tc.fn(t)
 		})
 	}
 }
 
-func BenchmarkHTTPKeepAliveFast(b *testing.B) {
-	testDataPath = DataPathFast
+func BenchmarkHTTPKeepAliveStd(b *testing.B) {
+	testDataPath = DataPathStd
 	b.Cleanup(func() { testDataPath = "" })
 	BenchmarkHTTPKeepAlive(b)
 }
