@@ -48,12 +48,19 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	}
 	var routes discovery.Routes
 	for _, o := range objs {
-		if o.Kind == "HTTPRoute" {
+		switch o.Kind {
+		case "HTTPRoute":
 			var hr gatewayv1.HTTPRoute
 			if err := o.DecodeStrict(&hr); err != nil {
 				tb.Fatal(err)
 			}
 			routes.HTTPRoutes = append(routes.HTTPRoutes, &hr)
+		case "GRPCRoute":
+			var gr gatewayv1.GRPCRoute
+			if err := o.DecodeStrict(&gr); err != nil {
+				tb.Fatal(err)
+			}
+			routes.GRPCRoutes = append(routes.GRPCRoutes, &gr)
 		}
 	}
 	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
@@ -90,7 +97,16 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 type backend struct {
 	mu       sync.Mutex
 	connects []*hbone.ConnectRequest
-	hosts    []string // of the HTTP requests served
+	hosts    []string          // of the HTTP requests served
+	bodies   map[string]string // the last request body per Host
+}
+
+// body is the last request body that arrived with Host h.
+func (b *backend) body(h string) (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.bodies[h]
+	return s, ok
 }
 
 func (b *backend) sawHost(h string) bool {
@@ -118,9 +134,13 @@ func (b *backend) serve(s *hbone.Stream) {
 		if err != nil {
 			return
 		}
-		_, _ = io.Copy(io.Discard, r.Body)
+		reqBody, _ := io.ReadAll(r.Body)
 		b.mu.Lock()
 		b.hosts = append(b.hosts, r.Host)
+		if b.bodies == nil {
+			b.bodies = map[string]string{}
+		}
+		b.bodies[r.Host] = string(reqBody)
 		b.mu.Unlock()
 		if r.URL.Path == "/slow" {
 			time.Sleep(300 * time.Millisecond)
@@ -455,5 +475,116 @@ func TestMalformedHTTP(t *testing.T) {
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("after the malformed requests: %v %v", resp, err)
+	}
+}
+
+// A body of unknown length (chunked, as gRPC's) reaches the mirror too, teed while the
+// primary reads it.
+func TestMirrorStreamedBody(t *testing.T) {
+	h := newHarness(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: shadow, port: 80}}
+    backendRefs: [{name: echo, port: 80}]
+`)
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := strings.Repeat("0123456789", 10000) // more than one read
+	var b strings.Builder
+	for rest := payload; rest != ""; {
+		n := min(len(rest), 4000)
+		fmt.Fprintf(&b, "%x\r\n%s\r\n", n, rest[:n])
+		rest = rest[n:]
+	}
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: echo.apps\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n", b.String())
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST /upload: %d", resp.StatusCode)
+	}
+	if got, _ := h.backend.body("echo.apps"); got != payload {
+		t.Fatalf("the primary got %d bytes, want %d", len(got), len(payload))
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if got, ok := h.backend.body("echo.apps-shadow"); ok {
+			if got != payload {
+				t.Fatalf("the mirror got %d bytes, want %d", len(got), len(payload))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mirror saw no request")
+		}
+	}
+}
+
+// The waypoint's own answers to gRPC requests are trailers-only gRPC responses with
+// the status mapped as Envoy maps it; a GRPCRoute rule without a usable backend is
+// UNAVAILABLE.
+func TestGRPCLocalReplies(t *testing.T) {
+	h := newHarness(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{method: {service: pkg.Gone}}]
+    backendRefs: [{name: gone, port: 80}]
+  - matches: [{method: {service: pkg.Echo}}]
+    backendRefs: [{name: echo, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secret, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/pkg.Echo/Secret]}}]}]
+`)
+	c, err := h.connect(t, "198.19.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		path       string
+		grpc       bool
+		code       int
+		grpcStatus string
+	}{
+		{"/pkg.Echo/Say", true, 200, ""}, // forwarded: the backend's answer
+		{"/pkg.Gone/Say", true, 200, "14"},
+		{"/pkg.Other/Say", true, 200, "12"},
+		{"/pkg.Echo/Secret", true, 200, "7"},
+		{"/pkg.Gone/Say", false, 503, ""}, // not gRPC: a plain HTTP answer
+		{"/pkg.Other/Say", false, 404, ""},
+	} {
+		ct := "text/plain"
+		if tc.grpc {
+			ct = "application/grpc"
+		}
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: echo.apps\r\nContent-Type: %s\r\nContent-Length: 0\r\n\r\n", tc.path, ct)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("POST %s: %v", tc.path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || resp.Header.Get("Grpc-Status") != tc.grpcStatus {
+			t.Errorf("POST %s (grpc %v): %d grpc-status %q, want %d %q", tc.path, tc.grpc, resp.StatusCode,
+				resp.Header.Get("Grpc-Status"), tc.code, tc.grpcStatus)
+		}
 	}
 }
