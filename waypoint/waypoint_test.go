@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -152,6 +153,7 @@ func (b *backend) serve(s *hbone.Stream) {
 
 type harness struct {
 	wp      *Waypoint
+	store   *discovery.Store
 	addr    string // the waypoint's HBONE listener
 	client  *hbone.Pool
 	backend *backend
@@ -186,6 +188,7 @@ func newHarness(t *testing.T, manifests ...string) *harness {
 
 	store := discovery.NewStore()
 	store.Set(testModel(t, strings.Join(manifests, "---\n")))
+	h.store = store
 	// Every endpoint's :15008 is the one backend listener here.
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
@@ -296,6 +299,54 @@ func TestTCPThroughWaypoint(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "raw bytes, not HTTP" {
 		t.Fatalf("echo %q, %v", got, err)
+	}
+}
+
+// A live TCP stream is re-authorized when the policies change, and closed once they
+// deny it.
+func TestTCPStreamClosedByPolicy(t *testing.T) {
+	h := newHarness(t)
+	c, err := h.connect(t, "198.19.0.1:9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 5)
+	if _, err := io.WriteString(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("echo %q, %v", buf, err)
+	}
+	// A change that still allows it keeps it open.
+	h.store.Set(testModel(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-port, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {ports: ["80"]}}]}]
+`))
+	if _, err := io.WriteString(c, "again"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "again" {
+		t.Fatalf("after an unrelated policy: echo %q, %v", buf, err)
+	}
+	h.store.Set(testModel(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-tcp, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9000"]}}]}]
+`))
+	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, io.EOF) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("the denied stream stayed open")
+		}
 	}
 }
 
