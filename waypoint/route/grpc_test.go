@@ -3,14 +3,14 @@ package route
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ambitmesh/ambit/tests/gamma"
 )
 
 // decodeGRPCRoutes decodes the GRPCRoutes of a multi-document YAML text.
@@ -198,11 +198,7 @@ spec:
 // the conformance module's own manifest.
 func TestMeshConformanceGRPCWeight(t *testing.T) {
 	dir := conformanceDir(t)
-	data, err := os.ReadFile(filepath.Join(dir, "tests", "mesh", "grpcroute-weight.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, _ := Compile(nil, decodeGRPCRoutes(t, string(data)), conformanceServices(t, dir), nil)
+	tab, _ := Compile(nil, decodeGRPCRoutes(t, gamma.Manifest(t, dir, "grpcroute-weight.yaml")), conformanceServices(t, dir), nil)
 	rs := tab.Lookup("gateway-conformance-mesh", "echo", 7070)
 	if rs == nil {
 		t.Fatal("the GRPCRoute did not attach to echo:7070")
