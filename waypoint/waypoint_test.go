@@ -250,13 +250,20 @@ func (h *harness) connect(t *testing.T, authority string) (net.Conn, error) {
 		Forwarded: netip.MustParseAddrPort("198.18.1.10:40000")})
 }
 
+// mustConnect is connect, failing the test on an error; the stream is closed at cleanup.
+func (h *harness) mustConnect(t *testing.T, authority string) net.Conn {
+	t.Helper()
+	c, err := h.connect(t, authority)
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", authority, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestHTTPThroughWaypoint(t *testing.T) {
 	h := newHarness(t)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	seen := map[string]bool{}
 	for i := range 4 {
@@ -286,11 +293,7 @@ func TestHTTPThroughWaypoint(t *testing.T) {
 
 func TestTCPThroughWaypoint(t *testing.T) {
 	h := newHarness(t)
-	c, err := h.connect(t, "198.19.0.1:9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:9000")
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, "raw bytes, not HTTP"); err != nil {
 		t.Fatal(err)
@@ -306,43 +309,33 @@ func TestTCPThroughWaypoint(t *testing.T) {
 // deny it.
 func TestTCPStreamClosedByPolicy(t *testing.T) {
 	h := newHarness(t)
-	c, err := h.connect(t, "198.19.0.1:9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:9000")
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 5)
-	if _, err := io.WriteString(c, "hello"); err != nil {
-		t.Fatal(err)
+	echo := func(msg string) {
+		t.Helper()
+		buf := make([]byte, len(msg))
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q, %v", buf, err)
+		}
 	}
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
-		t.Fatalf("echo %q, %v", buf, err)
-	}
-	// A change that still allows it keeps it open.
-	h.store.Set(testModel(t, `apiVersion: security.istio.io/v1
+	denyPort := func(port string) *discovery.Snapshot {
+		return testModel(t, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: other-port, namespace: apps}
+metadata: {name: deny-port, namespace: apps}
 spec:
   targetRefs: [{kind: Service, group: "", name: echo}]
   action: DENY
-  rules: [{to: [{operation: {ports: ["80"]}}]}]
-`))
-	if _, err := io.WriteString(c, "again"); err != nil {
-		t.Fatal(err)
+  rules: [{to: [{operation: {ports: ["`+port+`"]}}]}]
+`)
 	}
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "again" {
-		t.Fatalf("after an unrelated policy: echo %q, %v", buf, err)
-	}
-	h.store.Set(testModel(t, `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-tcp, namespace: apps}
-spec:
-  targetRefs: [{kind: Service, group: "", name: echo}]
-  action: DENY
-  rules: [{to: [{operation: {ports: ["9000"]}}]}]
-`))
-	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, io.EOF) {
+	echo("hello")
+	h.store.Set(denyPort("80")) // still allowed: stays open
+	echo("again")
+	h.store.Set(denyPort("9000"))
+	if _, err := io.ReadAll(c); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Fatal("the denied stream stayed open")
@@ -381,11 +374,7 @@ spec:
   targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
   rules: [{from: [{source: {principals: ["cluster.local/ns/apps/sa/client"]}}], to: [{operation: {methods: ["GET"], paths: ["/api/*"]}}]}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	for _, tc := range []struct {
 		method, path string
@@ -442,11 +431,7 @@ spec:
       requestMirror: {backendRef: {name: shadow, port: 80}}
     backendRefs: [{name: echo, port: 80}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	for _, tc := range []struct {
 		path      string
@@ -517,11 +502,7 @@ func TestMalformedHTTP(t *testing.T) {
 		})
 	}
 	// Still serving.
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	fmt.Fprintf(c, "GET /ok HTTP/1.1\r\nHost: echo.apps\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
@@ -543,11 +524,7 @@ spec:
       requestMirror: {backendRef: {name: shadow, port: 80}}
     backendRefs: [{name: echo, port: 80}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	payload := strings.Repeat("0123456789", 10000) // more than one read
 	var b strings.Builder
 	for rest := payload; rest != ""; {
@@ -603,11 +580,7 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: [/pkg.Echo/Secret]}}]}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	for _, tc := range []struct {
 		path       string

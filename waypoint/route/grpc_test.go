@@ -8,30 +8,13 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/tests/gamma"
 )
 
-// decodeGRPCRoutes decodes the GRPCRoutes of a multi-document YAML text.
 func decodeGRPCRoutes(tb testing.TB, text string) []*gatewayv1.GRPCRoute {
 	tb.Helper()
-	var out []*gatewayv1.GRPCRoute
-	for _, doc := range strings.Split("\n"+text, "\n---") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			tb.Fatalf("decode: %v", err)
-		}
-		if meta.Kind != KindGRPCRoute {
-			continue
-		}
-		gr := &gatewayv1.GRPCRoute{}
-		if err := yaml.UnmarshalStrict([]byte(doc), gr); err != nil {
-			tb.Fatalf("decode GRPCRoute: %v", err)
-		}
-		out = append(out, gr)
-	}
-	return out
+	return decodeKind[gatewayv1.GRPCRoute](tb, text, KindGRPCRoute)
 }
 
 func grpcReq(path string, hdr ...string) *Request {
@@ -75,7 +58,7 @@ spec:
 		want string
 	}{
 		{"/pkg.Echo/Other", nil, "v1"},
-		{"/pkg.Echo/Say", nil, "v2"},                   // service and method beat service only
+		{"/pkg.Echo/Say", nil, "v2"},                     // service and method beat service only
 		{"/pkg.Echo/Say", []string{"canary: yes"}, "v3"}, // and a header match more
 		{"/pkg.Echo/Say", []string{"canary: no"}, "v2"},
 		{"/any.Svc/Ping", nil, "v3"},
