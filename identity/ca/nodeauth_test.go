@@ -252,7 +252,7 @@ func TestServerNodeScoped(t *testing.T) {
 		{"own workload", "tok1", client, ""},
 		{"other node's workload", "tok1", echo, "forbidden"},
 		{"node running nothing", "tok3", client, "forbidden"},
-		{"bad token", "tok9", client, "rejected the node token"},
+		{"bad token", "tok9", client, "rejected the token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
