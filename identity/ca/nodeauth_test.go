@@ -207,6 +207,12 @@ func TestModelPods(t *testing.T) {
 	check("node1", echo, false)
 	check("node2", echo, true)
 	check("node3", client, false)
+	if p, ok, err := m.Pod("default", "echo"); err != nil || !ok || p.ServiceAccount != "echo" || p.UID != "default/echo" {
+		t.Errorf("pod default/echo: %+v, %v, %v", p, ok, err)
+	}
+	if _, ok, err := m.Pod("default", "none"); ok || err != nil {
+		t.Errorf("pod default/none: found %v, %v", ok, err)
+	}
 
 	// The echo workload moves to node1: picked up on the next request.
 	writeModel(t, path, strings.Replace(modelV1, "node: node2", "node: node1", 1), base.Add(time.Second))
