@@ -262,10 +262,16 @@ func accountOps(c *Controller) ops[*corev1.ServiceAccount] {
 		return c.kube.CoreV1().ServiceAccounts(ns)
 	}
 	return ops[*corev1.ServiceAccount]{
-		get:     func(ns, n string) (*corev1.ServiceAccount, error) { return c.accounts.ServiceAccounts(ns).Get(n) },
-		fetch:   func(ctx context.Context, ns, n string) (*corev1.ServiceAccount, error) { return api(ns).Get(ctx, n, metav1.GetOptions{}) },
-		create:  func(ctx context.Context, o *corev1.ServiceAccount) (*corev1.ServiceAccount, error) { return api(o.Namespace).Create(ctx, o, createOpts) },
-		update:  func(ctx context.Context, o *corev1.ServiceAccount) (*corev1.ServiceAccount, error) { return api(o.Namespace).Update(ctx, o, updateOpts) },
+		get: func(ns, n string) (*corev1.ServiceAccount, error) { return c.accounts.ServiceAccounts(ns).Get(n) },
+		fetch: func(ctx context.Context, ns, n string) (*corev1.ServiceAccount, error) {
+			return api(ns).Get(ctx, n, metav1.GetOptions{})
+		},
+		create: func(ctx context.Context, o *corev1.ServiceAccount) (*corev1.ServiceAccount, error) {
+			return api(o.Namespace).Create(ctx, o, createOpts)
+		},
+		update: func(ctx context.Context, o *corev1.ServiceAccount) (*corev1.ServiceAccount, error) {
+			return api(o.Namespace).Update(ctx, o, updateOpts)
+		},
 		merge:   func(cur, _ *corev1.ServiceAccount) *corev1.ServiceAccount { return cur.DeepCopy() },
 		content: func(*corev1.ServiceAccount) any { return nil },
 	}
@@ -274,10 +280,16 @@ func accountOps(c *Controller) ops[*corev1.ServiceAccount] {
 func configMapOps(c *Controller) ops[*corev1.ConfigMap] {
 	api := c.kube.CoreV1().ConfigMaps
 	return ops[*corev1.ConfigMap]{
-		get:    func(ns, n string) (*corev1.ConfigMap, error) { return c.cms.ConfigMaps(ns).Get(n) },
-		fetch:  func(ctx context.Context, ns, n string) (*corev1.ConfigMap, error) { return api(ns).Get(ctx, n, metav1.GetOptions{}) },
-		create: func(ctx context.Context, o *corev1.ConfigMap) (*corev1.ConfigMap, error) { return api(o.Namespace).Create(ctx, o, createOpts) },
-		update: func(ctx context.Context, o *corev1.ConfigMap) (*corev1.ConfigMap, error) { return api(o.Namespace).Update(ctx, o, updateOpts) },
+		get: func(ns, n string) (*corev1.ConfigMap, error) { return c.cms.ConfigMaps(ns).Get(n) },
+		fetch: func(ctx context.Context, ns, n string) (*corev1.ConfigMap, error) {
+			return api(ns).Get(ctx, n, metav1.GetOptions{})
+		},
+		create: func(ctx context.Context, o *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+			return api(o.Namespace).Create(ctx, o, createOpts)
+		},
+		update: func(ctx context.Context, o *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+			return api(o.Namespace).Update(ctx, o, updateOpts)
+		},
 		merge: func(cur, want *corev1.ConfigMap) *corev1.ConfigMap {
 			n := cur.DeepCopy()
 			n.Data = want.Data
@@ -290,10 +302,16 @@ func configMapOps(c *Controller) ops[*corev1.ConfigMap] {
 func serviceOps(c *Controller) ops[*corev1.Service] {
 	api := c.kube.CoreV1().Services
 	return ops[*corev1.Service]{
-		get:    func(ns, n string) (*corev1.Service, error) { return c.services.Services(ns).Get(n) },
-		fetch:  func(ctx context.Context, ns, n string) (*corev1.Service, error) { return api(ns).Get(ctx, n, metav1.GetOptions{}) },
-		create: func(ctx context.Context, o *corev1.Service) (*corev1.Service, error) { return api(o.Namespace).Create(ctx, o, createOpts) },
-		update: func(ctx context.Context, o *corev1.Service) (*corev1.Service, error) { return api(o.Namespace).Update(ctx, o, updateOpts) },
+		get: func(ns, n string) (*corev1.Service, error) { return c.services.Services(ns).Get(n) },
+		fetch: func(ctx context.Context, ns, n string) (*corev1.Service, error) {
+			return api(ns).Get(ctx, n, metav1.GetOptions{})
+		},
+		create: func(ctx context.Context, o *corev1.Service) (*corev1.Service, error) {
+			return api(o.Namespace).Create(ctx, o, createOpts)
+		},
+		update: func(ctx context.Context, o *corev1.Service) (*corev1.Service, error) {
+			return api(o.Namespace).Update(ctx, o, updateOpts)
+		},
 		merge: func(cur, want *corev1.Service) *corev1.Service {
 			// The ClusterIPs and the server's defaults stay.
 			n := cur.DeepCopy()
@@ -307,10 +325,16 @@ func serviceOps(c *Controller) ops[*corev1.Service] {
 func deploymentOps(c *Controller) ops[*appsv1.Deployment] {
 	api := c.kube.AppsV1().Deployments
 	return ops[*appsv1.Deployment]{
-		get:    func(ns, n string) (*appsv1.Deployment, error) { return c.deploys.Deployments(ns).Get(n) },
-		fetch:  func(ctx context.Context, ns, n string) (*appsv1.Deployment, error) { return api(ns).Get(ctx, n, metav1.GetOptions{}) },
-		create: func(ctx context.Context, o *appsv1.Deployment) (*appsv1.Deployment, error) { return api(o.Namespace).Create(ctx, o, createOpts) },
-		update: func(ctx context.Context, o *appsv1.Deployment) (*appsv1.Deployment, error) { return api(o.Namespace).Update(ctx, o, updateOpts) },
+		get: func(ns, n string) (*appsv1.Deployment, error) { return c.deploys.Deployments(ns).Get(n) },
+		fetch: func(ctx context.Context, ns, n string) (*appsv1.Deployment, error) {
+			return api(ns).Get(ctx, n, metav1.GetOptions{})
+		},
+		create: func(ctx context.Context, o *appsv1.Deployment) (*appsv1.Deployment, error) {
+			return api(o.Namespace).Create(ctx, o, createOpts)
+		},
+		update: func(ctx context.Context, o *appsv1.Deployment) (*appsv1.Deployment, error) {
+			return api(o.Namespace).Update(ctx, o, updateOpts)
+		},
 		merge: func(cur, want *appsv1.Deployment) *appsv1.Deployment {
 			n := cur.DeepCopy()
 			n.Spec = want.Spec
