@@ -93,9 +93,9 @@ func run(args []string, stdout, stderr io.Writer, clients func(kubeconfig string
 
 type options struct {
 	kubeconfig, namespace, name, class, forWhat string
-	all, allNamespaces, enroll, wait           bool
-	timeout                                    time.Duration
-	names                                      []string
+	all, allNamespaces, enroll, wait            bool
+	timeout                                     time.Duration
+	names                                       []string
 }
 
 func parse(cmd string, args []string) (options, error) {
