@@ -502,6 +502,13 @@ func TestConflict(t *testing.T) {
 	if len(sa.OwnerReferences) != 0 || sa.Labels[LabelManagedBy] != "" {
 		t.Errorf("the user's ServiceAccount was changed: %+v", sa.ObjectMeta)
 	}
+	// Nothing runs as, or is bound to, the account the controller does not manage.
+	if _, err := f.kube.AppsV1().Deployments(testNS).Get(f.ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Deployment with a conflicting account: %v, want none", err)
+	}
+	if _, err := f.kube.RbacV1().ClusterRoleBindings().Get(f.ctx, ClusterRoleBindingName(testNS, "waypoint"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("binding to a conflicting account: %v, want none", err)
+	}
 }
 
 // Without the CA's root the waypoint is pending, and the root copy follows the CA's.

@@ -96,39 +96,45 @@ func (c *Controller) reconcileGateway(ctx context.Context, ns, name string) erro
 		return c.deleteBinding(ctx, ns, name)
 	}
 	if bad := validate(gw); bad != nil {
-		c.log.Warn(msgGatewayInvalid, keyGateway, ns+"/"+name, keyReason, bad.reason, keyError, bad.msg)
-		return c.writeGatewayStatus(ctx, gw, gatewayState{invalid: bad})
+		// Logged when the status changes, not on every resync.
+		wrote, err := c.writeGatewayStatus(ctx, gw, gatewayState{invalid: bad})
+		if wrote {
+			c.log.Warn(msgGatewayInvalid, keyGateway, ns+"/"+name, keyReason, bad.reason, keyError, bad.msg)
+		}
+		return err
 	}
 	pem, havePEM := rootPEM(c.roots, c.cfg.CARootConfigMap)
 	d := c.cfg.build(gw, pem)
 	st := gatewayState{}
-	var errs []error
-	note := func(err error) {
-		if errors.Is(err, errConflict) {
-			c.log.Warn(msgConflict, keyGateway, ns+"/"+name, keyError, err)
-			if st.conflict == "" {
-				st.conflict = err.Error()
+	// In this order, stopping at the first object in the way: nothing runs as, or is
+	// bound to, an account the controller does not manage.
+	var svc *corev1.Service
+	var dep *appsv1.Deployment
+	steps := []func() error{
+		func() error { _, err := ensure(ctx, c, gw, "ServiceAccount", d.sa, accountOps(c)); return err },
+		func() error {
+			if d.root == nil {
+				return nil
 			}
-			return
+			_, err := ensure(ctx, c, gw, "ConfigMap", d.root, configMapOps(c))
+			return err
+		},
+		func() (err error) { svc, err = ensure(ctx, c, gw, "Service", d.svc, serviceOps(c)); return err },
+		func() (err error) {
+			dep, err = ensure(ctx, c, gw, "Deployment", d.deploy, deploymentOps(c))
+			return err
+		},
+		func() error { _, err := ensure(ctx, c, gw, "ClusterRoleBinding", d.binding, bindingOps(c)); return err },
+	}
+	for _, step := range steps {
+		err := step()
+		if errors.Is(err, errConflict) {
+			st.conflict = err.Error()
+			break
 		}
 		if err != nil {
-			errs = append(errs, err)
+			return err
 		}
-	}
-	_, err = ensure(ctx, c, gw, "ServiceAccount", d.sa, accountOps(c))
-	note(err)
-	if d.root != nil {
-		_, err = ensure(ctx, c, gw, "ConfigMap", d.root, configMapOps(c))
-		note(err)
-	}
-	svc, err := ensure(ctx, c, gw, "Service", d.svc, serviceOps(c))
-	note(err)
-	dep, err := ensure(ctx, c, gw, "Deployment", d.deploy, deploymentOps(c))
-	note(err)
-	_, err = ensure(ctx, c, gw, "ClusterRoleBinding", d.binding, bindingOps(c))
-	note(err)
-	if len(errs) > 0 {
-		return errors.Join(errs...)
 	}
 	st.rootMissing = !havePEM
 	if svc != nil {
@@ -140,7 +146,11 @@ func (c *Controller) reconcileGateway(ctx context.Context, ns, name string) erro
 			st.want = *dep.Spec.Replicas
 		}
 	}
-	return c.writeGatewayStatus(ctx, gw, st)
+	wrote, err := c.writeGatewayStatus(ctx, gw, st)
+	if wrote && st.conflict != "" {
+		c.log.Warn(msgConflict, keyGateway, ns+"/"+name, keyError, st.conflict)
+	}
+	return err
 }
 
 func clusterIPs(svc *corev1.Service) []string {

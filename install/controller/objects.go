@@ -223,8 +223,9 @@ func specHash(parts ...any) string {
 	for _, p := range parts {
 		b, err := json.Marshal(p)
 		if err != nil {
-			// Only the controller's own types are hashed; they always marshal.
-			panic("controller: hash: " + err.Error())
+			// Only the controller's own types are hashed and they marshal; were one not
+			// to, hashing the error makes the object look changed, never unchanged.
+			b = []byte(err.Error())
 		}
 		h.Write(b)
 		h.Write([]byte(strconv.Itoa(len(b))))

@@ -48,14 +48,14 @@ func (s gatewayState) programmed() (bool, gatewayv1.GatewayConditionReason, stri
 }
 
 // writeGatewayStatus writes gw's conditions, addresses and listener statuses when
-// they differ from the stored ones.
-func (c *Controller) writeGatewayStatus(ctx context.Context, gw *gatewayv1.Gateway, s gatewayState) error {
+// they differ from the stored ones, and says whether it wrote.
+func (c *Controller) writeGatewayStatus(ctx context.Context, gw *gatewayv1.Gateway, s gatewayState) (bool, error) {
 	gen := gw.Generation
 	st := gw.Status.DeepCopy()
 	if s.invalid != nil {
 		setCondition(&st.Conditions, string(gatewayv1.GatewayConditionAccepted), false, string(s.invalid.reason), s.invalid.msg, gen)
 		setCondition(&st.Conditions, string(gatewayv1.GatewayConditionProgrammed), false, string(gatewayv1.GatewayReasonInvalid),
-			"not accepted: nothing is deployed for it", gen)
+			"the Gateway is not accepted", gen)
 		st.Addresses = nil
 	} else {
 		setCondition(&st.Conditions, string(gatewayv1.GatewayConditionAccepted), true, string(gatewayv1.GatewayReasonAccepted),
@@ -72,14 +72,14 @@ func (c *Controller) writeGatewayStatus(ctx context.Context, gw *gatewayv1.Gatew
 	}
 	st.Listeners = listenerStatuses(gw, st.Listeners, s)
 	if statusEqual(st, &gw.Status) {
-		return nil
+		return false, nil
 	}
 	cp := gw.DeepCopy()
 	cp.Status = *st
 	if _, err := c.gw.GatewayV1().Gateways(gw.Namespace).UpdateStatus(ctx, cp, updateOpts); err != nil {
-		return fmt.Errorf("update Gateway %s/%s status: %w", gw.Namespace, gw.Name, err)
+		return false, fmt.Errorf("update Gateway %s/%s status: %w", gw.Namespace, gw.Name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // listenerStatuses are the listeners' statuses, keeping the old conditions'
