@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,10 +47,23 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// writeCounter counts the controller's requests that are not reads.
+type writeCounter struct {
+	rt http.RoundTripper
+	n  *atomic.Int64
+}
+
+func (w writeCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.n.Add(1)
+	}
+	return w.rt.RoundTrip(r)
+}
+
 // startController runs the waypoint controller in the test process as the chart's
 // ambit-controller service account (its own token, so the chart's RBAC applies), until
-// the test ends. It returns the controller's log.
-func startController(t *testing.T) *lockedBuffer {
+// the test ends. It returns the controller's log and the count of its writes.
+func startController(t *testing.T) (*lockedBuffer, *atomic.Int64) {
 	t.Helper()
 	ctx := context.Background()
 	tok, err := m.Kube.ServiceAccountToken(ctx, mesh.SystemNamespace, "ambit-controller", "", 0)
@@ -55,6 +71,8 @@ func startController(t *testing.T) *lockedBuffer {
 		t.Fatal(err)
 	}
 	rc := m.Kube.TokenConfig(tok)
+	writes := new(atomic.Int64)
+	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return writeCounter{rt, writes} }
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +85,8 @@ func startController(t *testing.T) *lockedBuffer {
 	c, err := controller.New(controller.Config{
 		Image: "ghcr.io/ambitmesh/waypoint:test", TrustDomain: mesh.TrustDomain,
 		CAAddr: "ambit-ca.ambit-system.svc:15012", CARootConfigMap: mesh.SystemNamespace + "/" + mesh.RootConfigMap,
-		Resync: 30 * time.Second,
+		// Short, so that the test sees resyncs write nothing.
+		Resync: time.Second,
 	}, controller.Deps{Kube: kube, Gateway: gw, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +103,7 @@ func startController(t *testing.T) *lockedBuffer {
 			t.Logf("controller log:\n%s", log.String())
 		}
 	})
-	return log
+	return log, writes
 }
 
 // ambitctl runs the built ambitctl with the admin's kubeconfig from the underlay (where
@@ -143,7 +162,7 @@ func TestKubeWaypointController(t *testing.T) {
 	enroll(t)
 	// Cleaned up after the controller stops (cleanups run last first).
 	t.Cleanup(func() { cleanupWaypointObjects(t, gc) })
-	ctlLog := startController(t)
+	ctlLog, writes := startController(t)
 
 	out := ambitctl(t, "apply", "-n", appNS, "-name", waypointName)
 	if !strings.Contains(out, "waypoint apps/waypoint created") {
@@ -248,6 +267,8 @@ func TestKubeWaypointController(t *testing.T) {
 		t.Errorf("GatewayClass %s: controller %q, Accepted %+v", class.Name, class.Spec.ControllerName, c)
 	}
 
+	checkSteady(t, gc, writes)
+
 	bindWeb(t)
 	waitBound(t, 1)
 	body := waitWeb(t, "/controller")
@@ -275,6 +296,50 @@ func TestKubeWaypointController(t *testing.T) {
 		t.Error("the controller did not log the binding's deletion")
 	}
 	refusedWeb(t, seen, "/gone", "is not declared")
+}
+
+// checkSteady: once programmed, resyncs (every second here) write nothing: the
+// controller sends no write request, and the objects' and statuses' resourceVersions
+// stay as they are over several of them.
+func checkSteady(t *testing.T, gc gwclient.Interface, writes *atomic.Int64) {
+	t.Helper()
+	ctx := context.Background()
+	versions := func() map[string]string {
+		t.Helper()
+		v := map[string]string{}
+		add := func(what string, o metav1.Object, err error) {
+			if err != nil {
+				t.Fatalf("get %s: %v", what, err)
+			}
+			v[what] = o.GetResourceVersion()
+		}
+		g, err := gc.GatewayV1().Gateways(appNS).Get(ctx, waypointName, metav1.GetOptions{})
+		add("Gateway", g, err)
+		cl, err := gc.GatewayV1().GatewayClasses().Get(ctx, discovery.DefaultWaypointClass, metav1.GetOptions{})
+		add("GatewayClass", cl, err)
+		d, err := kc.AppsV1().Deployments(appNS).Get(ctx, waypointName, metav1.GetOptions{})
+		add("Deployment", d, err)
+		s, err := kc.CoreV1().Services(appNS).Get(ctx, waypointName, metav1.GetOptions{})
+		add("Service", s, err)
+		sa, err := kc.CoreV1().ServiceAccounts(appNS).Get(ctx, waypointName, metav1.GetOptions{})
+		add("ServiceAccount", sa, err)
+		cm, err := kc.CoreV1().ConfigMaps(appNS).Get(ctx, controller.RootConfigMapName(waypointName), metav1.GetOptions{})
+		add("ConfigMap", cm, err)
+		b, err := kc.RbacV1().ClusterRoleBindings().Get(ctx, controller.ClusterRoleBindingName(appNS, waypointName), metav1.GetOptions{})
+		add("ClusterRoleBinding", b, err)
+		return v
+	}
+	before, n := versions(), writes.Load()
+	if n == 0 {
+		t.Fatal("the write counter saw none of the controller's creates")
+	}
+	time.Sleep(3500 * time.Millisecond) // three resyncs of every informer
+	if after := versions(); !maps.Equal(before, after) {
+		t.Errorf("resyncs wrote: resourceVersions %v, then %v", before, after)
+	}
+	if d := writes.Load() - n; d != 0 {
+		t.Errorf("the controller sent %d write requests over three resyncs of a steady state", d)
+	}
 }
 
 // checkWaypointDeployment: the pod template runs the waypoint as the Gateway's account
