@@ -92,6 +92,9 @@ func (c Config) Validate() error {
 	if ns, name, ok := strings.Cut(c.CARootConfigMap, "/"); !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
 		return fmt.Errorf("%w: -ca-root-configmap %q is not namespace/name", ErrConfig, c.CARootConfigMap)
 	}
+	if domain, path, ok := strings.Cut(c.ControllerName, "/"); !ok || path == "" || len(validation.IsDNS1123Subdomain(domain)) > 0 {
+		return fmt.Errorf("%w: -controller-name %q is not domain/path (e.g. istio.io/mesh-controller)", ErrConfig, c.ControllerName)
+	}
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("%w: -trust-domain %q: %v", ErrConfig, c.TrustDomain, err)
 	}

@@ -230,7 +230,8 @@ func (c *Controller) start(ctx context.Context, grpc bool) error {
 		h   func(any)
 	}{
 		{v1.Gateways().Informer(), func(o any) { c.enqueueObj(o); c.queue.Add(keyRoutes) }},
-		{v1.GatewayClasses().Informer(), func(any) { c.queue.Add(keyClass) }},
+		// The class decides which Gateways are the controller's.
+		{v1.GatewayClasses().Informer(), func(any) { c.queue.Add(keyClass); c.enqueueGateways() }},
 		{v1.HTTPRoutes().Informer(), func(any) { c.queue.Add(keyRoutes) }},
 		{v1.ReferenceGrants().Informer(), func(any) { c.queue.Add(keyRoutes) }},
 		{all.Core().V1().Services().Informer(), func(o any) { c.enqueueOwner(o); c.queue.Add(keyRoutes) }},
@@ -425,8 +426,6 @@ func (c *Controller) reconcileClass(ctx context.Context) error {
 	if _, err := c.gw.GatewayV1().GatewayClasses().UpdateStatus(ctx, cp, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 		return fmt.Errorf("update GatewayClass %s status: %w", gc.Name, err)
 	}
-	// The class decides which Gateways are the controller's.
-	c.enqueueGateways()
 	return nil
 }
 

@@ -681,6 +681,7 @@ func TestConfigValidate(t *testing.T) {
 		{"pull policy", func(c *Config) { c.PullPolicy = "Sometimes" }, "Sometimes"},
 		{"arg", func(c *Config) { c.Args = []string{"log-level=debug"} }, "not a flag"},
 		{"trust domain", func(c *Config) { c.TrustDomain = "Bad Domain" }, "-trust-domain"},
+		{"controller name", func(c *Config) { c.ControllerName = "ambit" }, "-controller-name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig
@@ -697,3 +698,26 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func everything() labels.Selector { return labels.Everything() }
+
+// When the class turns out to be another controller's, the waypoint's binding goes.
+func TestClassTakenOver(t *testing.T) {
+	f := newFixture(t, []runtime.Object{rootConfigMap()}, []runtime.Object{waypointGateway("waypoint")})
+	f.round(t)
+	crb := ClusterRoleBindingName(testNS, "waypoint")
+	if _, err := f.kube.RbacV1().ClusterRoleBindings().Get(f.ctx, crb, metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gc, err := f.gw.GatewayV1().GatewayClasses().Get(f.ctx, discovery.DefaultWaypointClass, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (controllerName is immutable in the CRD: in a cluster the class is recreated.)
+	gc.Spec.ControllerName = "example.com/other"
+	if _, err := f.gw.GatewayV1().GatewayClasses().Update(f.ctx, gc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.round(t)
+	if _, err := f.kube.RbacV1().ClusterRoleBindings().Get(f.ctx, crb, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("binding after the class went to another controller: %v, want NotFound", err)
+	}
+}
