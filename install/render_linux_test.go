@@ -592,6 +592,7 @@ func checkWaypointRBAC(t *testing.T, m manifest) {
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
 		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
 		"gateway.networking.k8s.io/httproutes:get", "gateway.networking.k8s.io/httproutes:list", "gateway.networking.k8s.io/httproutes:watch",
+		"gateway.networking.k8s.io/grpcroutes:get", "gateway.networking.k8s.io/grpcroutes:list", "gateway.networking.k8s.io/grpcroutes:watch",
 		"gateway.networking.k8s.io/referencegrants:get", "gateway.networking.k8s.io/referencegrants:list", "gateway.networking.k8s.io/referencegrants:watch",
 	})
 }

@@ -180,7 +180,7 @@ func startWaypointPod(t *testing.T, sa, kubeconfig string) *netns.Pod {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StartKubeWaypointWithToken(ctx, p, appNS, waypointName, sa, kubeconfig, token); err != nil {
+	if err := m.StartKubeWaypoint(ctx, p, appNS, waypointName, sa, kubeconfig, token); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.StopWaypoint(p.Name) })

@@ -374,9 +374,8 @@ func checkWaypointDeployment(t *testing.T, spec corev1.PodSpec) {
 }
 
 // startControllerPod stands in for the kubelet: a pod from the Deployment's template on
-// node1's second netns pod, Ready, running the waypoint in Kubernetes mode. Its CA
-// credential is node1's ztunnel token, as in TestKubeWaypointModel, until the CA takes
-// a waypoint's own projected token (the Deployment mounts that one).
+// node1's second netns pod, Ready, running the waypoint in Kubernetes mode with its
+// own pod's token for the CA (audience ambit-ca, as the Deployment projects it).
 func startControllerPod(t *testing.T, tmpl corev1.PodTemplateSpec, kubeconfig string) string {
 	t.Helper()
 	ctx := context.Background()
@@ -402,7 +401,11 @@ func startControllerPod(t *testing.T, tmpl corev1.PodTemplateSpec, kubeconfig st
 	if _, err := kc.CoreV1().Pods(appNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StartKubeWaypoint(ctx, p, appNS, waypointName, tmpl.Spec.ServiceAccountName, kubeconfig); err != nil {
+	token, err := m.PodCAToken(ctx, appNS, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartKubeWaypoint(ctx, p, appNS, waypointName, tmpl.Spec.ServiceAccountName, kubeconfig, token); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.StopWaypoint(p.Name) })
@@ -446,6 +449,42 @@ func checkMissingBackendStatus(t *testing.T, gc gwclient.Interface) {
 			res := apimeta.FindStatusCondition(ps.Conditions, "ResolvedRefs")
 			if acc == nil || acc.Status != metav1.ConditionTrue || res == nil || res.Status != metav1.ConditionFalse || res.Reason != "BackendNotFound" {
 				return fmt.Errorf("conditions %+v, want Accepted=True, ResolvedRefs=False (BackendNotFound)", ps.Conditions)
+			}
+			return nil
+		}
+		return fmt.Errorf("no status from %s: %+v", controller.DefaultControllerName, r.Status.Parents)
+	})
+
+	// A GRPCRoute on the same port, younger (or, created within the same second, after
+	// it by name): the HTTPRoute keeps the port, and the GRPCRoute is told so.
+	gr := &gatewayv1.GRPCRoute{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-grpc", Namespace: appNS},
+		Spec: gatewayv1.GRPCRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: "web"}}},
+			Rules: []gatewayv1.GRPCRouteRule{{BackendRefs: []gatewayv1.GRPCBackendRef{{BackendRef: gatewayv1.BackendRef{
+				BackendObjectReference: gatewayv1.BackendObjectReference{Name: "web", Port: &port},
+			}}}}},
+		},
+	}
+	if _, err := gc.GatewayV1().GRPCRoutes(appNS).Create(ctx, gr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := gc.GatewayV1().GRPCRoutes(appNS).Delete(ctx, gr.Name, metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	}()
+	eventually(t, "GRPCRoute status", func() error {
+		r, err := gc.GatewayV1().GRPCRoutes(appNS).Get(ctx, gr.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, ps := range r.Status.Parents {
+			if ps.ControllerName != controller.DefaultControllerName {
+				continue
+			}
+			if acc := apimeta.FindStatusCondition(ps.Conditions, "Accepted"); acc == nil || acc.Status != metav1.ConditionFalse || !strings.Contains(acc.Message, "to-nowhere") {
+				return fmt.Errorf("conditions %+v, want Accepted=False naming HTTPRoute to-nowhere", ps.Conditions)
 			}
 			return nil
 		}

@@ -286,15 +286,10 @@ func (m *Mesh) WriteServiceAccountKubeconfig(ctx context.Context, ns, sa string)
 
 // StartKubeWaypoint runs waypoint ns/name as service account sa in pod p in Kubernetes
 // mode: the model from the API server with kubeconfig, a certificate from the CA with
-// p's node's token (as in local mode). It waits until the waypoint is ready;
+// the token in caTokenFile (from PodCAToken: the waypoint pod's own, as the
+// controller's Deployment mounts it). It waits until the waypoint is ready;
 // StopWaypoint stops it.
-func (m *Mesh) StartKubeWaypoint(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig string) error {
-	return m.StartKubeWaypointWithToken(ctx, p, ns, name, sa, kubeconfig, m.TokenFile(p.Node.Name))
-}
-
-// StartKubeWaypointWithToken is StartKubeWaypoint authenticating to the CA with the
-// token in caTokenFile (e.g. from PodCAToken: the waypoint pod's own).
-func (m *Mesh) StartKubeWaypointWithToken(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig, caTokenFile string) error {
+func (m *Mesh) StartKubeWaypoint(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig, caTokenFile string) error {
 	args := []string{"-kubeconfig", kubeconfig, "-service-account", sa}
 	local := m.WaypointArgs(p, ns, name)
 	for i := 0; i < len(local); i++ {
