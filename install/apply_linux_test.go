@@ -73,6 +73,7 @@ func TestApplyToRealAPIServer(t *testing.T) {
 			checkPodSecurity(ctx, t, c, m, tc.ns)
 			checkZtunnelAccess(ctx, t, c, tc.ns)
 			checkCAAccess(ctx, t, c, tc.ns)
+			checkControllerAccess(ctx, t, c, tc.ns)
 		})
 	}
 }
@@ -189,6 +190,7 @@ func checkPodSecurity(ctx context.Context, t *testing.T, c *kubetest.Cluster, m 
 	admin := c.Client()
 	ztunnel := find[*appsv1.DaemonSet](t, m, ns, "ambit-ztunnel").Spec.Template
 	ca := find[*appsv1.Deployment](t, m, ns, "ambit-ca").Spec.Template
+	ctrl := find[*appsv1.Deployment](t, m, ns, "ambit-controller").Spec.Template
 	for _, tc := range []struct {
 		level   string
 		pod     corev1.PodTemplateSpec
@@ -196,6 +198,7 @@ func checkPodSecurity(ctx context.Context, t *testing.T, c *kubetest.Cluster, m 
 		allowed bool
 	}{
 		{"restricted", ca, "ambit-ca", true},
+		{"restricted", ctrl, "ambit-controller", true},
 		{"baseline", ztunnel, "ambit-ztunnel", false},
 		{"privileged", ztunnel, "ambit-ztunnel", true},
 	} {

@@ -205,6 +205,9 @@ func TestRender(t *testing.T) {
 			checkCA(t, m, tc.ns, tc.ca)
 			checkCARBAC(t, m, tc.ns)
 			checkWaypointRBAC(t, m)
+			checkControllerRBAC(t, m, tc.ns)
+			// The controller's tag is the shared one (image.tag), as ztunnel's.
+			checkController(t, m, tc.ns, "ghcr.io/ambitmesh/ambit-controller:"+tc.ztunnel.image[strings.LastIndex(tc.ztunnel.image, ":")+1:], nil)
 		})
 	}
 }
@@ -214,16 +217,20 @@ func checkObjectSet(t *testing.T, m manifest, ns string, pvc bool) {
 	t.Helper()
 	want := []string{
 		"ClusterRole ambit-ca",
+		"ClusterRole ambit-controller",
 		"ClusterRole ambit-waypoint",
 		"ClusterRole ambit-ztunnel",
 		"ClusterRoleBinding ambit-ca",
+		"ClusterRoleBinding ambit-controller",
 		"ClusterRoleBinding ambit-ztunnel",
 		"DaemonSet " + ns + "/ambit-ztunnel",
 		"Deployment " + ns + "/ambit-ca",
+		"Deployment " + ns + "/ambit-controller",
 		"Role " + ns + "/ambit-ca",
 		"RoleBinding " + ns + "/ambit-ca",
 		"Service " + ns + "/ambit-ca",
 		"ServiceAccount " + ns + "/ambit-ca",
+		"ServiceAccount " + ns + "/ambit-controller",
 		"ServiceAccount " + ns + "/ambit-ztunnel",
 	}
 	if pvc {
@@ -585,6 +592,7 @@ func checkWaypointRBAC(t *testing.T, m manifest) {
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
 		"gateway.networking.k8s.io/gateways:get", "gateway.networking.k8s.io/gateways:list", "gateway.networking.k8s.io/gateways:watch",
 		"gateway.networking.k8s.io/httproutes:get", "gateway.networking.k8s.io/httproutes:list", "gateway.networking.k8s.io/httproutes:watch",
+		"gateway.networking.k8s.io/grpcroutes:get", "gateway.networking.k8s.io/grpcroutes:list", "gateway.networking.k8s.io/grpcroutes:watch",
 		"gateway.networking.k8s.io/referencegrants:get", "gateway.networking.k8s.io/referencegrants:list", "gateway.networking.k8s.io/referencegrants:watch",
 	})
 }

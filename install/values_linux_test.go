@@ -34,6 +34,9 @@ func TestRenderRejectsBadValues(t *testing.T) {
 		{"label value", "enrollment.namespaceLabel.value=not ok", []string{"value"}},
 		{"pin dir path", "ztunnel.bpf.pinDir=a/b", []string{"pinDir"}},
 		{"leaf ttl", "ca.leafTTL=1day", []string{"leafTTL"}},
+		{"waypoint arg not a flag", "waypointController.waypoint.args={log-level=debug}", []string{"args"}},
+		{"waypoint pull policy", "waypointController.waypoint.pullPolicy=Sometimes", []string{"pullPolicy"}},
+		{"controller name without a path", "waypointController.controllerName=ambit", []string{"controllerName"}},
 		{"drain longer than grace", "ztunnel.drainTimeoutSeconds=30", []string{"ztunnel.drainTimeoutSeconds (30) must be less than ztunnel.terminationGracePeriodSeconds (30)"}},
 	}
 	for _, tc := range tests {

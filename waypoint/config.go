@@ -127,7 +127,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RootNamespace, "root-namespace", c.RootNamespace, "the mesh's root namespace (default istio-system)")
 	fs.StringVar(&c.WaypointClass, "waypoint-class", c.WaypointClass, "GatewayClass of waypoints")
 	fs.StringVar(&c.CAAddr, "ca-addr", c.CAAddr, `built-in CA address ("unix:///path" or "host:port")`)
-	fs.StringVar(&c.CATokenFile, "ca-token-file", c.CATokenFile, "file holding the bearer token for the CA")
+	fs.StringVar(&c.CATokenFile, "ca-token-file", c.CATokenFile, "file holding the bearer token for the CA, read again for each request (on Kubernetes the pod's projected token)")
 	fs.StringVar(&c.CARootFile, "ca-root-file", c.CARootFile, "PEM file with the mesh root certificate(s)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "timeout of a dial to a backend")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long open connections may finish at shutdown")

@@ -1,7 +1,6 @@
 package waypoint
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -164,7 +163,7 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	in, _ := r.Context().Value(keyInbound).(*inbound)
 	if in == nil {
-		http.Error(rw, "not a mesh stream", http.StatusBadRequest)
+		localReply(rw, nil, http.StatusBadRequest, "not a mesh stream")
 		return
 	}
 	info := &reqInfo{in: in, flags: "-", grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
@@ -176,18 +175,18 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	}
 
 	if !validMethod(r.Method) {
-		http.Error(sw, "invalid method", http.StatusBadRequest)
+		localReply(sw, info, http.StatusBadRequest, "invalid method")
 		return
 	}
 	path, err := route.NormalizePath(rawPath(r))
 	if err != nil {
-		http.Error(sw, "invalid path", http.StatusBadRequest)
+		localReply(sw, info, http.StatusBadRequest, "invalid path")
 		return
 	}
 	// The model, the bindings and the policies may have changed since the stream began.
 	if in, err = f.w.refresh(in); err != nil {
 		info.flags = "NR"
-		http.Error(sw, err.Error(), http.StatusServiceUnavailable)
+		localReply(sw, info, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	info.in = in
@@ -196,7 +195,7 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 		info.policy = d.String()
 	}
 	if !d.Allow {
-		http.Error(sw, "RBAC: access denied", http.StatusForbidden)
+		localReply(sw, info, http.StatusForbidden, "RBAC: access denied")
 		return
 	}
 	req := &route.Request{Method: r.Method, Scheme: "http", Host: r.Host, Port: in.t.authority.Port(),
@@ -208,11 +207,11 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 			sw.WriteHeader(code)
 			return
 		}
-		http.Error(sw, msg, code)
+		localReply(sw, info, code, msg)
 		return
 	}
 	if info.rule != nil && len(info.rule.Mirrors) > 0 {
-		f.mirror(r, req, info)
+		defer f.mirror(r, req, info)()
 	}
 	ctx := context.WithValue(r.Context(), keyRequest, info)
 	if info.rule != nil && info.rule.Timeouts.Request > 0 {
@@ -223,7 +222,7 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	out := r.WithContext(ctx)
 	out.Host = req.Host
 	if err := setPath(out.URL, req.Path); err != nil {
-		http.Error(sw, "invalid path", http.StatusBadRequest)
+		localReply(sw, info, http.StatusBadRequest, "invalid path")
 		return
 	}
 	f.proxy.ServeHTTP(sw, out)
@@ -264,8 +263,9 @@ func setPath(u *url.URL, escaped string) error {
 
 // route applies the HTTPRoutes attached to the destination: the rule, its filters and
 // backend, and the endpoint. It returns the status to answer instead of forwarding
-// (0 to forward), as Envoy would: 404 NR without a matching rule, 500 for a rule
-// without a usable backend, 503 UH without an endpoint, or a redirect.
+// (0 to forward), as Envoy would: 404 NR without a matching rule, 500 for an HTTPRoute
+// rule without a usable backend (503 for a GRPCRoute's), 503 UH without an endpoint,
+// or a redirect.
 func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, string) {
 	if in.t.svc != nil {
 		if rs := f.w.routesFor(in.snap).table.Lookup(in.t.svc.Namespace, in.t.svc.Name, in.t.port.Port); rs != nil {
@@ -279,13 +279,19 @@ func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, 
 				info.redirect = red.Location
 				return red.StatusCode, ""
 			}
+			// An HTTPRoute's unusable backend is answered 500; a GRPCRoute's is
+			// UNAVAILABLE (the specification's words), so 503.
+			unusable := http.StatusInternalServerError
+			if rule.Kind == route.KindGRPCRoute {
+				unusable = http.StatusServiceUnavailable
+			}
 			b, ok := rule.Pick(rand.Uint64())
 			if !ok || b.Invalid != nil {
-				return http.StatusInternalServerError, "no valid backend"
+				return unusable, "no valid backend"
 			}
 			svc := in.snap.ServiceByName(b.Namespace, b.Name)
 			if svc == nil || svc.Port(b.Port) == nil {
-				return http.StatusInternalServerError, "backend not found"
+				return unusable, "backend not found"
 			}
 			b.ApplyRequest(req.Header)
 			info.backend, info.svc, info.port = b, svc, svc.Port(b.Port)
@@ -298,77 +304,6 @@ func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, 
 	}
 	info.upstream = up
 	return 0, ""
-}
-
-// maxMirrorBody is the largest request body copied to mirrors; a larger one (or one
-// of unknown length) is not mirrored.
-const maxMirrorBody = 64 << 10
-
-// mirrorTimeout bounds a mirrored request, which nobody waits for.
-const mirrorTimeout = 10 * time.Second
-
-// mirror sends a copy of the request to each sampled mirror backend, in the background,
-// as Envoy does: Host gets "-shadow", the answer is dropped.
-func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) {
-	var body []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		if r.ContentLength < 0 || r.ContentLength > maxMirrorBody {
-			return
-		}
-		b, err := io.ReadAll(io.LimitReader(r.Body, maxMirrorBody))
-		if err != nil {
-			return
-		}
-		body = b
-		r.Body = io.NopCloser(bytes.NewReader(b))
-	}
-	for i := range info.rule.Mirrors {
-		m := &info.rule.Mirrors[i]
-		if !m.Sample(rand.Uint64()) {
-			continue
-		}
-		svc := info.in.snap.ServiceByName(m.Backend.Namespace, m.Backend.Name)
-		if svc == nil || svc.Port(m.Backend.Port) == nil {
-			continue
-		}
-		up, err := f.w.pickEndpoint(info.in.snap, svc, svc.Port(m.Backend.Port))
-		if err != nil {
-			continue
-		}
-		mi := &reqInfo{in: info.in, svc: svc, port: svc.Port(m.Backend.Port), upstream: up, flags: "-"}
-		ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(r.Context()), keyRequest, mi), mirrorTimeout)
-		out := r.Clone(ctx)
-		out.RequestURI = ""
-		out.URL.Scheme, out.URL.Host = "http", up.addr.String()
-		if setPath(out.URL, req.Path) != nil {
-			cancel()
-			continue
-		}
-		out.Host = shadowHost(req.Host)
-		out.Body = http.NoBody
-		if body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		h2 := protocolOf(mi.port) == protoHTTP2 || r.ProtoMajor == 2
-		go func() {
-			defer cancel()
-			resp, err := f.transport(info.in.client, h2).RoundTrip(out)
-			if err != nil {
-				f.w.log.Debug(msgMirrorFailed, keyUpstream, up.addr.String(), keyError, err.Error())
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}()
-	}
-}
-
-// shadowHost is Envoy's Host of a mirrored request: "-shadow" after the host name.
-func shadowHost(host string) string {
-	if h, port, err := net.SplitHostPort(host); err == nil {
-		return net.JoinHostPort(h+"-shadow", port)
-	}
-	return host + "-shadow"
 }
 
 // rewrite aims the outbound request at the chosen endpoint, keeping Host.
@@ -533,8 +468,7 @@ func (f *httpFront) upstreamError(rw http.ResponseWriter, r *http.Request, err e
 		info.flags = flag
 	}
 	f.w.log.Debug(msgUpstreamError, keyError, err.Error())
-	rw.WriteHeader(code)
-	_, _ = rw.Write([]byte("upstream connect error or disconnect/reset before headers\n"))
+	localReply(rw, info, code, "upstream connect error or disconnect/reset before headers")
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

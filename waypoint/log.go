@@ -18,6 +18,7 @@ const (
 	msgTCPFailed     = "connection failed"
 	msgUpstreamError = "upstream error"
 	msgDenied        = "connection denied by policy"
+	msgPolicyClosed  = "connection closed by policy"
 	msgRouteProblem  = "route not accepted"
 	msgMirrorFailed  = "mirrored request failed"
 )

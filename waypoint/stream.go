@@ -241,6 +241,9 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 				}
 			}
 			if err == nil {
+				t := &tcpStream{in: in, closers: [2]net.Conn{s, c}}
+				w.tcp.add(t)
+				defer w.tcp.remove(t)
 				var sent, recv atomic.Int64
 				sent.Add(int64(len(first)))
 				err = w.relay.Pump(s, c, &sent, &recv)

@@ -69,6 +69,7 @@ type Waypoint struct {
 	fast        *fastFront // nil unless Config.DataPath is DataPathFast
 
 	routes    routesCache
+	tcp       tcpStreams
 	rr        sync.Map // service key -> *atomic.Uint64
 	closeOnce sync.Once
 }
@@ -186,6 +187,7 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(w.front.run)
+	g.Go(func() error { return w.recheckLoop(ctx) })
 	w.log.Info(msgStarted, keyAddr, ln.Addr().String(), keyIdentity, w.self.String())
 
 	<-ctx.Done()

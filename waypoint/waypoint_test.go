@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,12 +49,19 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	}
 	var routes discovery.Routes
 	for _, o := range objs {
-		if o.Kind == "HTTPRoute" {
+		switch o.Kind {
+		case "HTTPRoute":
 			var hr gatewayv1.HTTPRoute
 			if err := o.DecodeStrict(&hr); err != nil {
 				tb.Fatal(err)
 			}
 			routes.HTTPRoutes = append(routes.HTTPRoutes, &hr)
+		case "GRPCRoute":
+			var gr gatewayv1.GRPCRoute
+			if err := o.DecodeStrict(&gr); err != nil {
+				tb.Fatal(err)
+			}
+			routes.GRPCRoutes = append(routes.GRPCRoutes, &gr)
 		}
 	}
 	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
@@ -90,7 +98,16 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 type backend struct {
 	mu       sync.Mutex
 	connects []*hbone.ConnectRequest
-	hosts    []string // of the HTTP requests served
+	hosts    []string          // of the HTTP requests served
+	bodies   map[string]string // the last request body per Host
+}
+
+// body is the last request body that arrived with Host h.
+func (b *backend) body(h string) (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.bodies[h]
+	return s, ok
 }
 
 func (b *backend) sawHost(h string) bool {
@@ -118,9 +135,13 @@ func (b *backend) serve(s *hbone.Stream) {
 		if err != nil {
 			return
 		}
-		got, _ := io.ReadAll(r.Body)
+		reqBody, _ := io.ReadAll(r.Body)
 		b.mu.Lock()
 		b.hosts = append(b.hosts, r.Host)
+		if b.bodies == nil {
+			b.bodies = map[string]string{}
+		}
+		b.bodies[r.Host] = string(reqBody)
 		b.mu.Unlock()
 		switch r.URL.Path {
 		case "/slow":
@@ -129,7 +150,7 @@ func (b *backend) serve(s *hbone.Stream) {
 			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n")
 			continue
 		case "/echo":
-			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(got), got)
+			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(reqBody), reqBody)
 			continue
 		}
 		body := fmt.Sprintf("%s %s host=%s", req.Target.Addr(), r.URL.Path, r.Host)
@@ -139,6 +160,7 @@ func (b *backend) serve(s *hbone.Stream) {
 
 type harness struct {
 	wp      *Waypoint
+	store   *discovery.Store
 	addr    string // the waypoint's HBONE listener
 	client  *hbone.Pool
 	backend *backend
@@ -173,6 +195,7 @@ func newHarness(t testing.TB, manifests ...string) *harness {
 
 	store := discovery.NewStore()
 	store.Set(testModel(t, strings.Join(manifests, "---\n")))
+	h.store = store
 	// Every endpoint's :15008 is the one backend listener here.
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
@@ -234,13 +257,20 @@ func (h *harness) connect(t testing.TB, authority string) (net.Conn, error) {
 		Forwarded: netip.MustParseAddrPort("198.18.1.10:40000")})
 }
 
+// mustConnect is connect, failing the test on an error; the stream is closed at cleanup.
+func (h *harness) mustConnect(t *testing.T, authority string) net.Conn {
+	t.Helper()
+	c, err := h.connect(t, authority)
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", authority, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestHTTPThroughWaypoint(t *testing.T) {
 	h := newHarness(t)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	seen := map[string]bool{}
 	for i := range 4 {
@@ -270,11 +300,7 @@ func TestHTTPThroughWaypoint(t *testing.T) {
 
 func TestTCPThroughWaypoint(t *testing.T) {
 	h := newHarness(t)
-	c, err := h.connect(t, "198.19.0.1:9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:9000")
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, "raw bytes, not HTTP"); err != nil {
 		t.Fatal(err)
@@ -283,6 +309,44 @@ func TestTCPThroughWaypoint(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "raw bytes, not HTTP" {
 		t.Fatalf("echo %q, %v", got, err)
+	}
+}
+
+// A live TCP stream is re-authorized when the policies change, and closed once they
+// deny it.
+func TestTCPStreamClosedByPolicy(t *testing.T) {
+	h := newHarness(t)
+	c := h.mustConnect(t, "198.19.0.1:9000")
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	echo := func(msg string) {
+		t.Helper()
+		buf := make([]byte, len(msg))
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q, %v", buf, err)
+		}
+	}
+	denyPort := func(port string) *discovery.Snapshot {
+		return testModel(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-port, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {ports: ["`+port+`"]}}]}]
+`)
+	}
+	echo("hello")
+	h.store.Set(denyPort("80")) // still allowed: stays open
+	echo("again")
+	h.store.Set(denyPort("9000"))
+	if _, err := io.ReadAll(c); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("the denied stream stayed open")
+		}
 	}
 }
 
@@ -326,11 +390,7 @@ spec:
   targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
   rules: [{from: [{source: {principals: ["cluster.local/ns/apps/sa/client"]}}], to: [{operation: {methods: ["GET"], paths: ["/api/*"]}}]}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	for _, tc := range []struct {
 		method, path string
@@ -387,11 +447,7 @@ spec:
       requestMirror: {backendRef: {name: shadow, port: 80}}
     backendRefs: [{name: echo, port: 80}]
 `)
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	br := bufio.NewReader(c)
 	for _, tc := range []struct {
 		path      string
@@ -462,14 +518,113 @@ func TestMalformedHTTP(t *testing.T) {
 		})
 	}
 	// Still serving.
-	c, err := h.connect(t, "198.19.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := h.mustConnect(t, "198.19.0.1:80")
 	fmt.Fprintf(c, "GET /ok HTTP/1.1\r\nHost: echo.apps\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("after the malformed requests: %v %v", resp, err)
+	}
+}
+
+// A body of unknown length (chunked, as gRPC's) reaches the mirror too, teed while the
+// primary reads it.
+func TestMirrorStreamedBody(t *testing.T) {
+	h := newHarness(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: shadow, port: 80}}
+    backendRefs: [{name: echo, port: 80}]
+`)
+	c := h.mustConnect(t, "198.19.0.1:80")
+	payload := strings.Repeat("0123456789", 10000) // more than one read
+	var b strings.Builder
+	for rest := payload; rest != ""; {
+		n := min(len(rest), 4000)
+		fmt.Fprintf(&b, "%x\r\n%s\r\n", n, rest[:n])
+		rest = rest[n:]
+	}
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: echo.apps\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n", b.String())
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST /upload: %d", resp.StatusCode)
+	}
+	if got, _ := h.backend.body("echo.apps"); got != payload {
+		t.Fatalf("the primary got %d bytes, want %d", len(got), len(payload))
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if got, ok := h.backend.body("echo.apps-shadow"); ok {
+			if got != payload {
+				t.Fatalf("the mirror got %d bytes, want %d", len(got), len(payload))
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mirror saw no request")
+		}
+	}
+}
+
+// The waypoint's own answers to gRPC requests are trailers-only gRPC responses with
+// the status mapped as Envoy maps it; a GRPCRoute rule without a usable backend is
+// UNAVAILABLE.
+func TestGRPCLocalReplies(t *testing.T) {
+	h := newHarness(t, `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{method: {service: pkg.Gone}}]
+    backendRefs: [{name: gone, port: 80}]
+  - matches: [{method: {service: pkg.Echo}}]
+    backendRefs: [{name: echo, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secret, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/pkg.Echo/Secret]}}]}]
+`)
+	c := h.mustConnect(t, "198.19.0.1:80")
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		path       string
+		grpc       bool
+		code       int
+		grpcStatus string
+	}{
+		{"/pkg.Echo/Say", true, 200, ""}, // forwarded: the backend's answer
+		{"/pkg.Gone/Say", true, 200, "14"},
+		{"/pkg.Other/Say", true, 200, "12"},
+		{"/pkg.Echo/Secret", true, 200, "7"},
+		{"/pkg.Gone/Say", false, 503, ""}, // not gRPC: a plain HTTP answer
+		{"/pkg.Other/Say", false, 404, ""},
+	} {
+		ct := "text/plain"
+		if tc.grpc {
+			ct = "application/grpc"
+		}
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: echo.apps\r\nContent-Type: %s\r\nContent-Length: 0\r\n\r\n", tc.path, ct)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("POST %s: %v", tc.path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || resp.Header.Get("Grpc-Status") != tc.grpcStatus {
+			t.Errorf("POST %s (grpc %v): %d grpc-status %q, want %d %q", tc.path, tc.grpc, resp.StatusCode,
+				resp.Header.Get("Grpc-Status"), tc.code, tc.grpcStatus)
+		}
 	}
 }

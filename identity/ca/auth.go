@@ -14,24 +14,46 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Authenticator tells which node sent a request.
-type Authenticator interface {
-	Authenticate(r *http.Request) (node string, err error)
+// Caller is who presented a request's credentials, as an Authenticator found: either a
+// node tunnel (Node), which may hold the identities of the pods on its node, or one pod
+// that authenticated as itself (Workload), which may hold only its own identity.
+type Caller struct {
+	Node     string
+	Workload *PodRef
 }
 
-// Authorizer decides whether node may hold id (a workload with that identity
-// is scheduled on it). Errors wrapping identity.ErrUnavailable mean it could
-// not decide (the server answers 503); any other error refuses (403).
+// PodRef is the pod a workload credential is bound to.
+type PodRef struct {
+	Namespace, Name string
+	UID             string // the pod's UID the credential is bound to
+	ServiceAccount  string // the credential's service account
+}
+
+// String names the caller for logs and refusals.
+func (c Caller) String() string {
+	if w := c.Workload; w != nil {
+		return fmt.Sprintf("pod %s/%s (service account %s/%s)", w.Namespace, w.Name, w.Namespace, w.ServiceAccount)
+	}
+	return fmt.Sprintf("node %q", c.Node)
+}
+
+// Authenticator tells who sent a request.
+type Authenticator interface {
+	Authenticate(r *http.Request) (Caller, error)
+}
+
+// Authorizer decides whether caller may hold id. Errors wrapping identity.ErrUnavailable
+// mean it could not decide (the server answers 503); any other error refuses (403).
 type Authorizer interface {
-	Authorize(ctx context.Context, node string, id spiffeid.ID) error
+	Authorize(ctx context.Context, caller Caller, id spiffeid.ID) error
 }
 
 // AuthorizerFunc adapts a function to Authorizer.
-type AuthorizerFunc func(ctx context.Context, node string, id spiffeid.ID) error
+type AuthorizerFunc func(ctx context.Context, caller Caller, id spiffeid.ID) error
 
 // Authorize calls f.
-func (f AuthorizerFunc) Authorize(ctx context.Context, node string, id spiffeid.ID) error {
-	return f(ctx, node, id)
+func (f AuthorizerFunc) Authorize(ctx context.Context, caller Caller, id spiffeid.ID) error {
+	return f(ctx, caller, id)
 }
 
 // ErrUnauthenticated is returned by authenticators for missing or wrong credentials.
@@ -88,15 +110,16 @@ func LoadTokenFile(path string) (*TokenAuthenticator, error) {
 	return a, nil
 }
 
-// Authenticate implements Authenticator; errors wrap ErrUnauthenticated.
-func (a *TokenAuthenticator) Authenticate(r *http.Request) (string, error) {
+// Authenticate implements Authenticator: a known token is its node's. Errors wrap
+// ErrUnauthenticated.
+func (a *TokenAuthenticator) Authenticate(r *http.Request) (Caller, error) {
 	h := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	if h == "" {
-		return "", fmt.Errorf("no authorization header: %w", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("no authorization header: %w", ErrUnauthenticated)
 	}
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
-		return "", fmt.Errorf("authorization header is not \"Bearer <token>\": %w", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("authorization header is not \"Bearer <token>\": %w", ErrUnauthenticated)
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
 	match := -1
@@ -106,7 +129,7 @@ func (a *TokenAuthenticator) Authenticate(r *http.Request) (string, error) {
 		}
 	}
 	if match < 0 {
-		return "", fmt.Errorf("unknown token: %w", ErrUnauthenticated)
+		return Caller{}, fmt.Errorf("unknown token: %w", ErrUnauthenticated)
 	}
-	return a.nodes[match], nil
+	return Caller{Node: a.nodes[match]}, nil
 }

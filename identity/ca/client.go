@@ -129,7 +129,7 @@ func (c *Client) Issue(ctx context.Context, id spiffeid.ID, csrDER []byte) ([]*x
 		case http.StatusForbidden:
 			return nil, nil, fmt.Errorf("issue %s: ca refused: %s: %w", id, msg, identity.ErrNotAuthorized)
 		case http.StatusUnauthorized:
-			return nil, nil, fmt.Errorf("issue %s: ca rejected the node token: %s", id, msg)
+			return nil, nil, fmt.Errorf("issue %s: ca rejected the token: %s", id, msg)
 		default:
 			return nil, nil, fmt.Errorf("issue %s: ca answered %s: %s", id, resp.Status, msg)
 		}

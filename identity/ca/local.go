@@ -25,7 +25,7 @@ func (l LocalIssuer) Issue(ctx context.Context, id spiffeid.ID, csrDER []byte) (
 		return nil, nil, errors.New("local issuer: no CA")
 	}
 	if l.Authorizer != nil {
-		if err := l.Authorizer.Authorize(ctx, l.Node, id); err != nil {
+		if err := l.Authorizer.Authorize(ctx, Caller{Node: l.Node}, id); err != nil {
 			if errors.Is(err, identity.ErrUnavailable) {
 				return nil, nil, fmt.Errorf("authorize node %q for %s: %w", l.Node, id, err)
 			}

@@ -17,15 +17,30 @@ import (
 	"github.com/ambitmesh/ambit/identity/ca"
 )
 
-// podMap is a test PodLister.
+// podMap is a test PodLister: node -> pods.
 type podMap map[string][]ca.Pod
 
 func (m podMap) PodsOnNode(node string) ([]ca.Pod, error) { return m[node], nil }
+
+func (m podMap) Pod(ns, name string) (ca.Pod, bool, error) {
+	for _, pods := range m {
+		for _, p := range pods {
+			if p.Namespace == ns && p.Name == name {
+				return p, true, nil
+			}
+		}
+	}
+	return ca.Pod{}, false, nil
+}
 
 type unavailable struct{}
 
 func (unavailable) PodsOnNode(string) ([]ca.Pod, error) {
 	return nil, fmt.Errorf("pods not synced yet: %w", identity.ErrUnavailable)
+}
+
+func (unavailable) Pod(string, string) (ca.Pod, bool, error) {
+	return ca.Pod{}, false, fmt.Errorf("pods not synced yet: %w", identity.ErrUnavailable)
 }
 
 func TestNodeAuthorizer(t *testing.T) {
@@ -68,7 +83,7 @@ func TestNodeAuthorizer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := ca.NodeAuthorizer{Pods: tt.lister}.Authorize(t.Context(), tt.node, tt.id)
+			err := ca.PodAuthorizer{Pods: tt.lister}.Authorize(t.Context(), ca.Caller{Node: tt.node}, tt.id)
 			var got int
 			switch {
 			case err == nil:
@@ -84,6 +99,57 @@ func TestNodeAuthorizer(t *testing.T) {
 				t.Fatalf("node %q for %s: %v (outcome %d), want outcome %d", tt.node, tt.id, err, got, tt.want)
 			}
 		})
+	}
+}
+
+// A pod that authenticated with its own token may hold its own identity only, while
+// its pod runs as that service account, and only if it is a waypoint pod.
+func TestPodAuthorizerWorkload(t *testing.T) {
+	wp := ca.Pod{Namespace: "apps", Name: "waypoint-0", UID: "uid-1", ServiceAccount: "waypoint", Gateway: "waypoint"}
+	finished, otherSA, app := wp, wp, wp
+	finished.Name, finished.UID, finished.Finished = "waypoint-done", "uid-2", true
+	otherSA.Name, otherSA.UID, otherSA.ServiceAccount = "waypoint-sa", "uid-3", "other"
+	app.Name, app.UID, app.Gateway = "app-0", "uid-4", ""
+	pods := podMap{"node1": {wp, finished, otherSA, app}}
+	ref := func(name, uid, sa string) *ca.PodRef {
+		return &ca.PodRef{Namespace: "apps", Name: name, UID: uid, ServiceAccount: sa}
+	}
+	own := spiffeid.RequireFromString("spiffe://cluster.local/ns/apps/sa/waypoint")
+	tests := []struct {
+		name   string
+		lister ca.PodLister
+		pod    *ca.PodRef
+		id     spiffeid.ID
+		want   string // "" allowed; else part of the refusal
+	}{
+		{"own identity", pods, ref("waypoint-0", "uid-1", "waypoint"), own, ""},
+		{"another identity", pods, ref("waypoint-0", "uid-1", "waypoint"),
+			spiffeid.RequireFromString("spiffe://cluster.local/ns/apps/sa/client"), "only its own identity spiffe://cluster.local/ns/apps/sa/waypoint"},
+		{"same account in another namespace", pods, ref("waypoint-0", "uid-1", "waypoint"),
+			spiffeid.RequireFromString("spiffe://cluster.local/ns/other/sa/waypoint"), "only its own identity"},
+		{"pod gone", pods, ref("waypoint-9", "uid-9", "waypoint"), own, "pod apps/waypoint-9 does not exist"},
+		{"pod recreated under the same name", pods, ref("waypoint-0", "uid-old", "waypoint"), own, "the token is bound to UID uid-old"},
+		{"pod finished", pods, ref("waypoint-done", "uid-2", "waypoint"), own, "has finished"},
+		{"pod runs as another service account", pods, ref("waypoint-sa", "uid-3", "waypoint"), own, `runs as service account "other"`},
+		{"not a waypoint pod", pods, ref("app-0", "uid-4", "waypoint"), own, "not a waypoint pod"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ca.PodAuthorizer{Pods: tt.lister}.Authorize(t.Context(), ca.Caller{Workload: tt.pod}, tt.id)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, identity.ErrNotAuthorized) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%v, want ErrNotAuthorized containing %q", err, tt.want)
+			}
+		})
+	}
+	err := ca.PodAuthorizer{Pods: unavailable{}}.Authorize(t.Context(), ca.Caller{Workload: ref("waypoint-0", "uid-1", "waypoint")}, own)
+	if !errors.Is(err, identity.ErrUnavailable) {
+		t.Fatalf("pods not known yet: %v, want ErrUnavailable", err)
 	}
 }
 
@@ -124,12 +190,12 @@ func TestModelPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := ca.NodeAuthorizer{Pods: m}
+	a := ca.PodAuthorizer{Pods: m}
 	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/client")
 	echo := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/echo")
 	check := func(node string, id spiffeid.ID, allowed bool) {
 		t.Helper()
-		err := a.Authorize(t.Context(), node, id)
+		err := a.Authorize(t.Context(), ca.Caller{Node: node}, id)
 		if allowed && err != nil {
 			t.Errorf("%s for %s: %v, want allowed", node, id, err)
 		}
@@ -141,6 +207,12 @@ func TestModelPods(t *testing.T) {
 	check("node1", echo, false)
 	check("node2", echo, true)
 	check("node3", client, false)
+	if p, ok, err := m.Pod("default", "echo"); err != nil || !ok || p.ServiceAccount != "echo" || p.UID != "default/echo" {
+		t.Errorf("pod default/echo: %+v, %v, %v", p, ok, err)
+	}
+	if _, ok, err := m.Pod("default", "none"); ok || err != nil {
+		t.Errorf("pod default/none: found %v, %v", ok, err)
+	}
 
 	// The echo workload moves to node1: picked up on the next request.
 	writeModel(t, path, strings.Replace(modelV1, "node: node2", "node: node1", 1), base.Add(time.Second))
@@ -174,7 +246,7 @@ func TestServerNodeScoped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := startServerWith(t, "node1 tok1\nnode2 tok2\nnode3 tok3\n", ca.NodeAuthorizer{Pods: pods})
+	ts := startServerWith(t, "node1 tok1\nnode2 tok2\nnode3 tok3\n", ca.PodAuthorizer{Pods: pods})
 	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/client")
 	echo := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/echo")
 	tests := []struct {
@@ -186,7 +258,7 @@ func TestServerNodeScoped(t *testing.T) {
 		{"own workload", "tok1", client, ""},
 		{"other node's workload", "tok1", echo, "forbidden"},
 		{"node running nothing", "tok3", client, "forbidden"},
-		{"bad token", "tok9", client, "rejected the node token"},
+		{"bad token", "tok9", client, "rejected the token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -55,8 +55,8 @@ type ServerConfig struct {
 	Logger        *slog.Logger
 }
 
-// Server issues certificates over HTTPS (TLS 1.3, HTTP/1.1) to authenticated
-// nodes for the identities their workloads hold.
+// Server issues certificates over HTTPS (TLS 1.3, HTTP/1.1) to authenticated callers
+// for the identities they may hold: nodes for their workloads', a waypoint pod for its own.
 type Server struct {
 	cfg  ServerConfig
 	log  *slog.Logger
@@ -171,7 +171,7 @@ func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed, use POST")
 		return
 	}
-	node, err := s.cfg.Authenticator.Authenticate(r)
+	caller, err := s.cfg.Authenticator.Authenticate(r)
 	if err != nil && !errors.Is(err, ErrUnauthenticated) {
 		// The authenticator could not decide (e.g. the API server is unreachable): the
 		// node should retry, not treat its credentials as bad.
@@ -189,7 +189,7 @@ func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		s.log.Info("ca request invalid", "node", node, "error", err)
+		s.log.Info("ca request invalid", logAttrs(caller, "error", err)...)
 		writeError(w, http.StatusBadRequest, "decode request body: "+err.Error())
 		return
 	}
@@ -206,24 +206,30 @@ func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "field csr: missing")
 		return
 	}
-	if err := s.cfg.Authorizer.Authorize(r.Context(), node, id); err != nil {
+	if err := s.cfg.Authorizer.Authorize(r.Context(), caller, id); err != nil {
 		if errors.Is(err, identity.ErrUnavailable) {
-			s.log.Error("ca authorization unavailable", "node", node, "id", id.String(), "error", err)
+			s.log.Error("ca authorization unavailable", logAttrs(caller, "id", id.String(), "error", err)...)
 			writeError(w, http.StatusServiceUnavailable, "authorization unavailable")
 			return
 		}
-		s.log.Warn("ca identity refused", "node", node, "id", id.String(), "error", err)
-		writeError(w, http.StatusForbidden, fmt.Sprintf("node %q may not hold %s", node, id))
+		s.log.Warn("ca identity refused", logAttrs(caller, "id", id.String(), "error", err)...)
+		msg := fmt.Sprintf("%s may not hold %s", caller, id)
+		if caller.Workload != nil {
+			// The reason concerns only the caller's own pod; a node is not told where
+			// other workloads run.
+			msg += ": " + err.Error()
+		}
+		writeError(w, http.StatusForbidden, msg)
 		return
 	}
 	chain, err := s.cfg.CA.Sign(id, req.CSR)
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
-			s.log.Info("ca request invalid", "node", node, "id", id.String(), "error", err)
+			s.log.Info("ca request invalid", logAttrs(caller, "id", id.String(), "error", err)...)
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		s.log.Error("ca sign failed", "node", node, "id", id.String(), "error", err)
+		s.log.Error("ca sign failed", logAttrs(caller, "id", id.String(), "error", err)...)
 		writeError(w, http.StatusInternalServerError, "sign failed")
 		return
 	}
@@ -234,8 +240,8 @@ func (s *Server) handleIssue(w http.ResponseWriter, r *http.Request) {
 	for _, c := range s.cfg.CA.Roots() {
 		resp.Roots = append(resp.Roots, c.Raw)
 	}
-	s.log.Info("ca certificate issued", "node", node, "id", id.String(),
-		"serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
+	s.log.Info("ca certificate issued", logAttrs(caller, "id", id.String(),
+		"serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)...)
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -248,4 +254,12 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// logAttrs are caller's log keys (node, or pod and service_account), then more.
+func logAttrs(c Caller, more ...any) []any {
+	if w := c.Workload; w != nil {
+		return append([]any{"pod", w.Namespace + "/" + w.Name, "service_account", w.Namespace + "/" + w.ServiceAccount}, more...)
+	}
+	return append([]any{"node", c.Node}, more...)
 }

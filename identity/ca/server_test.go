@@ -51,13 +51,13 @@ func (l *lockedBuffer) String() string {
 
 // placement is a test Authorizer: node -> identities of its workloads.
 func placement(m map[string][]spiffeid.ID) ca.AuthorizerFunc {
-	return func(_ context.Context, node string, id spiffeid.ID) error {
-		for _, have := range m[node] {
+	return func(_ context.Context, c ca.Caller, id spiffeid.ID) error {
+		for _, have := range m[c.Node] {
 			if have == id {
 				return nil
 			}
 		}
-		return fmt.Errorf("no workload %s on node %q", id, node)
+		return fmt.Errorf("no workload %s on node %q", id, c.Node)
 	}
 }
 
@@ -97,6 +97,12 @@ func startServerWith(tb testing.TB, tokenLines string, authz ca.Authorizer) *tes
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return startServerAuth(tb, ts, auth, authz)
+}
+
+// startServerAuth runs ts's CA server with the given authenticator and authorizer.
+func startServerAuth(tb testing.TB, ts *testServer, auth ca.Authenticator, authz ca.Authorizer) *testServer {
+	tb.Helper()
 	srv, err := ca.NewServer(ca.ServerConfig{
 		CA:            ts.ca,
 		Authenticator: auth,
@@ -299,7 +305,7 @@ func TestNewClientErrors(t *testing.T) {
 
 func TestNewServerErrors(t *testing.T) {
 	c := newCA(t, ca.Config{})
-	allow := ca.AuthorizerFunc(func(context.Context, string, spiffeid.ID) error { return nil })
+	allow := ca.AuthorizerFunc(func(context.Context, ca.Caller, spiffeid.ID) error { return nil })
 	for _, cfg := range []ca.ServerConfig{
 		{Authenticator: &ca.TokenAuthenticator{}, Authorizer: allow},
 		{CA: c, Authorizer: allow},
@@ -348,13 +354,13 @@ func TestLoadTokenFile(t *testing.T) {
 				if c.header != "" {
 					r.Header.Set("Authorization", c.header)
 				}
-				node, err := a.Authenticate(r)
+				caller, err := a.Authenticate(r)
 				if c.node == "" {
 					if err == nil || !errors.Is(err, ca.ErrUnauthenticated) {
-						t.Errorf("Authenticate(%q) = %q, %v; want ErrUnauthenticated", c.header, node, err)
+						t.Errorf("Authenticate(%q) = %v, %v; want ErrUnauthenticated", c.header, caller, err)
 					}
-				} else if err != nil || node != c.node {
-					t.Errorf("Authenticate(%q) = %q, %v; want %q", c.header, node, err, c.node)
+				} else if err != nil || caller != (ca.Caller{Node: c.node}) {
+					t.Errorf("Authenticate(%q) = %v, %v; want node %q", c.header, caller, err, c.node)
 				}
 			}
 		})
@@ -388,7 +394,7 @@ func TestServerAuthorizationUnavailable(t *testing.T) {
 	authority := newCA(t, ca.Config{})
 	srv, err := ca.NewServer(ca.ServerConfig{
 		CA: authority, Authenticator: auth,
-		Authorizer: ca.AuthorizerFunc(func(context.Context, string, spiffeid.ID) error {
+		Authorizer: ca.AuthorizerFunc(func(context.Context, ca.Caller, spiffeid.ID) error {
 			return fmt.Errorf("model not loaded: %w", identity.ErrUnavailable)
 		}),
 	})
@@ -407,5 +413,48 @@ func TestServerAuthorizationUnavailable(t *testing.T) {
 	_, _, err = ts.client(t, "tokA").Issue(t.Context(), idA, newCSR(t, p256(t)))
 	if err == nil || errors.Is(err, identity.ErrNotAuthorized) || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("Issue with authorization unavailable: %v, want a 503 error, not ErrNotAuthorized", err)
+	}
+}
+
+// callers is a test Authenticator: bearer token -> caller.
+type callers map[string]ca.Caller
+
+func (c callers) Authenticate(r *http.Request) (ca.Caller, error) {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if caller, ok := c[tok]; ok {
+		return caller, nil
+	}
+	return ca.Caller{}, fmt.Errorf("unknown token: %w", ca.ErrUnauthenticated)
+}
+
+// A waypoint pod's own token gets its own identity through the server; a request for
+// another is refused with the reason, naming the token's account and the requested ID.
+func TestServerWorkloadCaller(t *testing.T) {
+	dir := t.TempDir()
+	ts := &testServer{ca: newCA(t, ca.Config{}), sock: filepath.Join(dir, "ca.sock"), logs: &lockedBuffer{}, dir: dir}
+	wp := ca.Pod{Namespace: "apps", Name: "waypoint-0", UID: "uid-1", ServiceAccount: "waypoint", Gateway: "waypoint"}
+	startServerAuth(t, ts, callers{
+		"wp":   {Workload: &ca.PodRef{Namespace: "apps", Name: "waypoint-0", UID: "uid-1", ServiceAccount: "waypoint"}},
+		"node": {Node: "node1"},
+	}, ca.PodAuthorizer{Pods: podMap{"node1": {wp}}})
+	own := spiffeid.RequireFromString("spiffe://cluster.local/ns/apps/sa/waypoint")
+	other := spiffeid.RequireFromString("spiffe://cluster.local/ns/apps/sa/client")
+	chain, _, err := ts.client(t, "wp").Issue(t.Context(), own, newCSR(t, p256(t)))
+	if err != nil {
+		t.Fatalf("own identity: %v", err)
+	}
+	if got := chain[0].URIs[0].String(); got != own.String() {
+		t.Fatalf("certificate for %s, want %s", got, own)
+	}
+	_, _, err = ts.client(t, "wp").Issue(t.Context(), other, newCSR(t, p256(t)))
+	want := "pod apps/waypoint-0 (service account apps/waypoint) may not hold " + other.String() +
+		": a pod's own token gets only its own identity " + own.String()
+	if !errors.Is(err, identity.ErrNotAuthorized) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("another identity: %v, want ErrNotAuthorized with %q", err, want)
+	}
+	// A node is told no more than that it may not.
+	_, _, err = ts.client(t, "node").Issue(t.Context(), other, newCSR(t, p256(t)))
+	if !errors.Is(err, identity.ErrNotAuthorized) || !strings.HasSuffix(strings.TrimSuffix(err.Error(), ": "+identity.ErrNotAuthorized.Error()), `node "node1" may not hold `+other.String()) {
+		t.Fatalf("node: %v", err)
 	}
 }

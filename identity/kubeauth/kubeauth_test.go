@@ -3,15 +3,18 @@ package kubeauth
 import (
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
 )
 
@@ -32,39 +35,60 @@ func fakeReviews(t *testing.T, answers map[string]authnv1.TokenReviewStatus, cal
 	return c
 }
 
-func TestAuthenticate(t *testing.T) {
-	good := authnv1.TokenReviewStatus{
+// Review answers of the tests: ztunnel's pod-bound token, a waypoint pod's own token, and
+// variations of them.
+func reviewAnswers() map[string]authnv1.TokenReviewStatus {
+	ztunnel := authnv1.TokenReviewStatus{
 		Authenticated: true, Audiences: []string{"ambit-ca"},
 		User: authnv1.UserInfo{Username: "system:serviceaccount:ambit:ambit-ztunnel",
-			Extra: map[string]authnv1.ExtraValue{NodeNameExtra: {"node1"}}},
+			Extra: map[string]authnv1.ExtraValue{NodeNameExtra: {"node1"}, PodNameExtra: {"ztunnel-x"}, PodUIDExtra: {"uid-z"}}},
 	}
-	otherSA := good
-	otherSA.User.Username = "system:serviceaccount:default:app"
-	wrongAud := good
+	waypoint := authnv1.TokenReviewStatus{
+		Authenticated: true, Audiences: []string{"ambit-ca"},
+		User: authnv1.UserInfo{Username: "system:serviceaccount:apps:waypoint",
+			Extra: map[string]authnv1.ExtraValue{NodeNameExtra: {"node3"}, PodNameExtra: {"waypoint-0"}, PodUIDExtra: {"uid-1"}}},
+	}
+	wrongAud := ztunnel
 	wrongAud.Audiences = []string{"https://kubernetes.default.svc"}
-	unbound := good
+	wpWrongAud := waypoint
+	wpWrongAud.Audiences = []string{"https://kubernetes.default.svc"}
+	unbound := ztunnel
 	unbound.User.Extra = nil
-	answers := map[string]authnv1.TokenReviewStatus{
-		"good": good, "other-sa": otherSA, "wrong-aud": wrongAud, "unbound": unbound,
+	wpUnbound := waypoint
+	wpUnbound.User.Extra = map[string]authnv1.ExtraValue{NodeNameExtra: {"node3"}} // no pod-name, pod-uid
+	notSA := waypoint
+	notSA.User.Username = "alice"
+	return map[string]authnv1.TokenReviewStatus{
+		"ztunnel": ztunnel, "wrong-aud": wrongAud, "unbound": unbound,
+		"waypoint": waypoint, "wp-wrong-aud": wpWrongAud, "wp-unbound": wpUnbound, "not-sa": notSA,
 		"bad": {Authenticated: false, Error: "token expired"},
 	}
+}
+
+func TestAuthenticate(t *testing.T) {
 	tests := []struct {
-		name, header, node, errPart string
-		unauthenticated             bool
+		name, header    string
+		caller          ca.Caller
+		errPart         string
+		unauthenticated bool
 	}{
-		{"bound ztunnel token", "Bearer good", "node1", "", false},
-		{"no header", "", "", "no bearer token", true},
-		{"not bearer", "Basic Zm9v", "", "no bearer token", true},
-		{"rejected token", "Bearer bad", "", "token expired", true},
-		{"other service account", "Bearer other-sa", "", "not a node tunnel", true},
-		{"wrong audience", "Bearer wrong-aud", "", "audience", true},
-		{"not bound to a pod", "Bearer unbound", "", "not bound to a pod", true},
-		{"api server down", "Bearer apiserver-down", "", "token review", false},
+		{"bound ztunnel token", "Bearer ztunnel", ca.Caller{Node: "node1"}, "", false},
+		{"waypoint pod's own token", "Bearer waypoint",
+			ca.Caller{Workload: &ca.PodRef{Namespace: "apps", Name: "waypoint-0", UID: "uid-1", ServiceAccount: "waypoint"}}, "", false},
+		{"no header", "", ca.Caller{}, "no bearer token", true},
+		{"not bearer", "Basic Zm9v", ca.Caller{}, "no bearer token", true},
+		{"rejected token", "Bearer bad", ca.Caller{}, "token expired", true},
+		{"wrong audience", "Bearer wrong-aud", ca.Caller{}, "audience", true},
+		{"pod token of the wrong audience", "Bearer wp-wrong-aud", ca.Caller{}, "audience", true},
+		{"ztunnel token not bound to a pod", "Bearer unbound", ca.Caller{}, "not bound to a pod on a node", true},
+		{"pod token not bound to a pod", "Bearer wp-unbound", ca.Caller{}, "not bound to a pod", true},
+		{"not a service account", "Bearer not-sa", ca.Caller{}, "alice is not a service account", true},
+		{"api server down", "Bearer apiserver-down", ca.Caller{}, "token review", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls int
-			a, err := New(Config{Client: fakeReviews(t, answers, &calls), Audience: "ambit-ca", ServiceAccounts: []string{"ambit/ambit-ztunnel"}})
+			a, err := New(Config{Client: fakeReviews(t, reviewAnswers(), &calls), Audience: "ambit-ca", ServiceAccounts: []string{"ambit/ambit-ztunnel"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,10 +96,10 @@ func TestAuthenticate(t *testing.T) {
 			if tt.header != "" {
 				r.Header.Set("Authorization", tt.header)
 			}
-			node, err := a.Authenticate(r)
+			caller, err := a.Authenticate(r)
 			if tt.errPart == "" {
-				if err != nil || node != tt.node {
-					t.Fatalf("got %q, %v; want %q", node, err, tt.node)
+				if err != nil || !reflect.DeepEqual(caller, tt.caller) {
+					t.Fatalf("got %v, %v; want %v", caller, err, tt.caller)
 				}
 				return
 			}
@@ -84,6 +108,71 @@ func TestAuthenticate(t *testing.T) {
 			}
 			if errors.Is(err, ca.ErrUnauthenticated) != tt.unauthenticated {
 				t.Fatalf("errors.Is(ErrUnauthenticated) = %v, want %v (%v)", !tt.unauthenticated, tt.unauthenticated, err)
+			}
+		})
+	}
+}
+
+// pods is a test ca.PodLister.
+type pods []ca.Pod
+
+func (ps pods) PodsOnNode(node string) ([]ca.Pod, error) { return ps, nil }
+
+func (ps pods) Pod(ns, name string) (ca.Pod, bool, error) {
+	for _, p := range ps {
+		if p.Namespace == ns && p.Name == name {
+			return p, true, nil
+		}
+	}
+	return ca.Pod{}, false, nil
+}
+
+// Authentication and the CA's authorization together: what each token may obtain.
+func TestTokenMayHold(t *testing.T) {
+	wp := ca.Pod{Namespace: "apps", Name: "waypoint-0", UID: "uid-1", ServiceAccount: "waypoint", Gateway: "waypoint"}
+	client := ca.Pod{Namespace: "apps", Name: "client", ServiceAccount: "client"}
+	recreated, finished := wp, wp
+	recreated.UID = "uid-2"
+	finished.Finished = true
+	id := func(ns, sa string) spiffeid.ID {
+		return spiffeid.RequireFromString("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
+	}
+	tests := []struct {
+		name  string
+		token string
+		pods  pods
+		id    spiffeid.ID
+		want  string // "" allowed, else part of the refusal
+	}{
+		{"ztunnel token for a pod on its node", "ztunnel", pods{client}, id("apps", "client"), ""},
+		{"waypoint token for its own identity", "waypoint", pods{wp, client}, id("apps", "waypoint"), ""},
+		{"waypoint token for another identity", "waypoint", pods{wp, client}, id("apps", "client"), "only its own identity spiffe://cluster.local/ns/apps/sa/waypoint"},
+		{"waypoint pod gone", "waypoint", pods{client}, id("apps", "waypoint"), "does not exist"},
+		{"waypoint pod finished", "waypoint", pods{finished}, id("apps", "waypoint"), "has finished"},
+		{"waypoint pod recreated (UID mismatch)", "waypoint", pods{recreated}, id("apps", "waypoint"), "bound to UID uid-1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls int
+			a, err := New(Config{Client: fakeReviews(t, reviewAnswers(), &calls), Audience: "ambit-ca", ServiceAccounts: []string{"ambit/ambit-ztunnel"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, _ := http.NewRequest(http.MethodPost, "/", nil)
+			r.Header.Set("Authorization", "Bearer "+tt.token)
+			caller, err := a.Authenticate(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = ca.PodAuthorizer{Pods: tt.pods}.Authorize(t.Context(), caller, tt.id)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, identity.ErrNotAuthorized) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%v, want ErrNotAuthorized containing %q", err, tt.want)
 			}
 		})
 	}

@@ -17,6 +17,7 @@ commands:
   verify      check a tcpdump capture of the wire between nodes: only HBONE on :15008,
               TLS 1.3, and a marker string nowhere in clear
   teardown    remove every eBPF program, pin, rule and route ztunnel installed on this node
+  waypoint    apply|list|delete -n NS: the waypoint Gateways of a Kubernetes cluster
 `
 
 // Main runs the command line args (without the program name) and returns the exit

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ambitmesh/ambit/discovery"
@@ -38,9 +39,10 @@ const (
 )
 
 var (
-	webAVIP = netip.AddrPortFrom(mesh.VIP(2), 80)
-	webBVIP = netip.AddrPortFrom(mesh.VIP(3), 80)
-	grpcVIP = netip.AddrPortFrom(mesh.VIP(4), 7070)
+	webAVIP  = netip.AddrPortFrom(mesh.VIP(2), 80)
+	webBVIP  = netip.AddrPortFrom(mesh.VIP(3), 80)
+	grpcVIP  = netip.AddrPortFrom(mesh.VIP(4), 7070)
+	grpcBVIP = netip.AddrPortFrom(mesh.VIP(6), 7070)
 )
 
 // runWaypoint declares waypoint mesh/waypoint (its Gateway, and its pod: node3's
@@ -250,7 +252,7 @@ func awaitAnswer(t *testing.T, from *netns.Pod, addr netip.AddrPort, method, tar
 // applyRoutes writes HTTPRoute mesh/web on Service web's port 80 with the given rules
 // (YAML list items indented by two spaces), plus a probe rule (Exact /probe redirects
 // to host <version>.probe) that shows when the waypoint has this version in force.
-func applyRoutes(t *testing.T, version, rules string) {
+func applyRoutes(t *testing.T, version, rules string, more ...string) {
 	t.Helper()
 	doc := fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -265,6 +267,9 @@ spec:
     filters:
     - {type: RequestRedirect, requestRedirect: {hostname: %s.probe}}
 %s`, version, rules)
+	for _, d := range more {
+		doc += "---\n" + d
+	}
 	if err := m.WritePolicies(routesFile, doc); err != nil {
 		t.Fatal(err)
 	}
@@ -322,13 +327,33 @@ const webRules = `  - matches: [{path: {type: PathPrefix, value: /v2}}]
   - backendRefs: [{name: web-a, port: 80}]
 `
 
-// HTTPRoutes, L7 authorization and gRPC through the real waypoint.
+// The GRPCRoute of TestWaypointRoutes: Check with header version: b to grpc-b, a
+// service whose backend does not exist, everything else to grpc.
+const grpcRoute = `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: mesh}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc, port: 7070}]
+  rules:
+  - matches:
+    - method: {service: grpc.health.v1.Health, method: Check}
+      headers: [{name: version, value: b}]
+    backendRefs: [{name: grpc-b, port: 7070}]
+  - matches: [{method: {service: pkg.Gone}}]
+    backendRefs: [{name: gone, port: 7070}]
+  - matches: [{method: {service: grpc.health.v1.Health}}]
+    backendRefs: [{name: grpc, port: 7070}]
+`
+
+// HTTPRoutes, GRPCRoutes, L7 authorization and gRPC through the real waypoint.
 func TestWaypointRoutes(t *testing.T) {
 	requireMesh(t)
 	log := &serverLog{}
 	serveL7(t, echoA, log)
 	serveL7(t, echoB, log)
 	hs := serveGRPC(t, echoA)
+	hsB := serveGRPC(t, echoB)
+	hsB.SetServingStatus("b", healthpb.HealthCheckResponse_SERVING)
 	httpPort := mesh.ServicePort{Name: "http", TargetPort: webPort}
 	wpPod := runWaypoint(t, func(md *mesh.Model) {
 		for name, version := range map[string]string{"echo-a": "a", "echo-b": "b"} {
@@ -339,9 +364,10 @@ func TestWaypointRoutes(t *testing.T) {
 			boundService("web", webVIP, httpPort, map[string]string{"app": "echo"}),
 			boundService("web-a", webAVIP, httpPort, map[string]string{"app": "echo", "version": "a"}),
 			boundService("web-b", webBVIP, httpPort, map[string]string{"app": "echo", "version": "b"}),
-			boundService("grpc", grpcVIP, mesh.ServicePort{Name: "grpc", TargetPort: grpcPort}, map[string]string{"version": "a"}))
+			boundService("grpc", grpcVIP, mesh.ServicePort{Name: "grpc", TargetPort: grpcPort}, map[string]string{"version": "a"}),
+			boundService("grpc-b", grpcBVIP, mesh.ServicePort{Name: "grpc", TargetPort: grpcPort}, map[string]string{"version": "b"}))
 	})
-	applyRoutes(t, "v1", webRules)
+	applyRoutes(t, "v1", webRules, grpcRoute)
 	t.Cleanup(func() {
 		if err := m.RemovePolicies(routesFile); err != nil {
 			t.Error(err)
@@ -538,6 +564,24 @@ func TestWaypointRoutes(t *testing.T) {
 			hs.SetServingStatus("echo", healthpb.HealthCheckResponse_NOT_SERVING)
 		}
 		scancel()
+
+		// GRPCRoute: a method and header match picks grpc-b (the only one serving "b").
+		bctx := metadata.AppendToOutgoingContext(ctx, "version", "b")
+		if resp, err := hc.Check(bctx, &healthpb.HealthCheckRequest{Service: "b"}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("Check b with version: b: %v %v, want SERVING from grpc-b", resp, err)
+		}
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "b"}); status.Code(err) != codes.NotFound {
+			t.Errorf("Check b without the header: %v, want NotFound from grpc", err)
+		}
+		// The waypoint's own answers are gRPC statuses: a backend that does not exist
+		// is UNAVAILABLE, a method no rule matches UNIMPLEMENTED.
+		var out healthpb.HealthCheckResponse
+		if err := cc.Invoke(ctx, "/pkg.Gone/Get", &healthpb.HealthCheckRequest{}, &out); status.Code(err) != codes.Unavailable {
+			t.Errorf("a rule whose backend does not exist: %v, want Unavailable", err)
+		}
+		if err := cc.Invoke(ctx, "/pkg.Other/Get", &healthpb.HealthCheckRequest{}, &out); status.Code(err) != codes.Unimplemented {
+			t.Errorf("no matching rule: %v, want Unimplemented", err)
+		}
 		wp := m.Waypoint(wpPod.Name)
 		for _, path := range []string{"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"} {
 			if err := mesh.WaitOutput(wp, "msg=request", "authority="+grpcVIP.String(), "path="+path); err != nil {

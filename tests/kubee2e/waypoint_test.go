@@ -149,7 +149,8 @@ func createWaypoint(t *testing.T, gc gwclient.Interface) *gatewayv1.Gateway {
 
 // startWaypointPod stands in for the kubelet: pod waypoint-0 of the waypoint (label
 // gateway-name, opted out of capture, service account sa) on node1's second netns pod,
-// Ready, running the real waypoint process in Kubernetes mode with kubeconfig.
+// Ready, running the real waypoint process in Kubernetes mode with kubeconfig and its
+// pod's own CA token (as its projected token would be).
 func startWaypointPod(t *testing.T, sa, kubeconfig string) *netns.Pod {
 	t.Helper()
 	ctx := context.Background()
@@ -175,7 +176,11 @@ func startWaypointPod(t *testing.T, sa, kubeconfig string) *netns.Pod {
 	if _, err := kc.CoreV1().Pods(appNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StartKubeWaypoint(ctx, p, appNS, waypointName, sa, kubeconfig); err != nil {
+	token, err := m.PodCAToken(ctx, appNS, "waypoint-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartKubeWaypoint(ctx, p, appNS, waypointName, sa, kubeconfig, token); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.StopWaypoint(p.Name) })
@@ -285,6 +290,14 @@ func TestKubeWaypointModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	wpPod := startWaypointPod(t, sa, kubeconfig)
+	// Its certificate is its own, issued to its own token.
+	self := "spiffe://" + mesh.TrustDomain + "/ns/" + appNS + "/sa/" + sa
+	if err := m.WaitCALog("ca certificate issued", "pod="+appNS+"/waypoint-0", "id="+self); err != nil {
+		t.Error(err)
+	}
+	if ids, err := mesh.ServingIdentities(context.Background(), wpPod, netip.AddrPortFrom(wpPod.IP, 15008).String()); err != nil || len(ids) != 1 || ids[0] != self {
+		t.Errorf("the waypoint serves %v (%v), want %s", ids, err, self)
+	}
 	bindWeb(t)
 	waitBound(t, 1)
 

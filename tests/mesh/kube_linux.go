@@ -128,6 +128,32 @@ func (m *Mesh) CAToken(ctx context.Context, node string) (string, error) {
 	return tr.Status.Token, nil
 }
 
+// PodCAToken writes the CA credential of Kubernetes pod ns/pod, as its projected token
+// would be: a token of the pod's service account for the CA audience, bound to the pod.
+// It returns the file's path.
+func (m *Mesh) PodCAToken(ctx context.Context, ns, pod string) (string, error) {
+	client := m.Kube.Client()
+	p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	tr, err := client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{
+			Audiences:      []string{CAAudience},
+			BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("ca token for pod %s/%s: %w", ns, pod, err)
+	}
+	path := filepath.Join(m.Dir, ns+"-"+pod+".token")
+	return path, os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+}
+
 // applyChart renders install/helm/ambit (with istioCRDs.install and gatewayAPICRDs.install) and creates its
 // service accounts, RBAC and CRDs, then waits until the API server serves the CRDs.
 func (m *Mesh) applyChart(ctx context.Context, helm string) error {
@@ -260,14 +286,20 @@ func (m *Mesh) WriteServiceAccountKubeconfig(ctx context.Context, ns, sa string)
 
 // StartKubeWaypoint runs waypoint ns/name as service account sa in pod p in Kubernetes
 // mode: the model from the API server with kubeconfig, a certificate from the CA with
-// p's node's token (as in local mode). It waits until the waypoint is ready;
+// the token in caTokenFile (from PodCAToken: the waypoint pod's own, as the
+// controller's Deployment mounts it). It waits until the waypoint is ready;
 // StopWaypoint stops it.
-func (m *Mesh) StartKubeWaypoint(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig string) error {
+func (m *Mesh) StartKubeWaypoint(ctx context.Context, p *netns.Pod, ns, name, sa, kubeconfig, caTokenFile string) error {
 	args := []string{"-kubeconfig", kubeconfig, "-service-account", sa}
 	local := m.WaypointArgs(p, ns, name)
 	for i := 0; i < len(local); i++ {
-		if local[i] == "-model" || local[i] == "-policies" {
+		switch local[i] {
+		case "-model", "-policies":
 			i++ // and its value
+			continue
+		case "-ca-token-file":
+			args = append(args, local[i], caTokenFile)
+			i++
 			continue
 		}
 		args = append(args, local[i])

@@ -160,6 +160,14 @@ func (m *Mesh) WaitLog(node string, parts ...string) error {
 	return nil
 }
 
+// WaitCALog waits up to 5 s for a line of the CA's output that contains every part.
+func (m *Mesh) WaitCALog(parts ...string) error {
+	if err := WaitOutput(m.ca, parts...); err != nil {
+		return fmt.Errorf("ambit-ca: %w", err)
+	}
+	return nil
+}
+
 // WaitOutput waits up to 5 s for a line of p's output that contains every part.
 func WaitOutput(p *netns.Proc, parts ...string) error {
 	if p == nil {

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -80,4 +82,38 @@ func (m *Mesh) StopWaypoint(pod string) error {
 		err = nil
 	}
 	return err
+}
+
+// ServingIdentities returns the URI SANs of the certificate a TLS server (a waypoint's or
+// ztunnel's :15008) presents at addr, dialed from pod p. It verifies nothing and sends no
+// client certificate: it only looks.
+func ServingIdentities(ctx context.Context, p *netns.Pod, addr string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := p.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	var leaf *x509.Certificate
+	conn := tls.Client(raw, &tls.Config{
+		InsecureSkipVerify: true, // looked at below, not trusted
+		NextProtos:         []string{"h2"},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 {
+				leaf = cs.PeerCertificates[0]
+			}
+			return nil
+		},
+	})
+	// The server may refuse a client without a certificate; its own was seen first.
+	_ = conn.HandshakeContext(ctx)
+	if leaf == nil {
+		return nil, fmt.Errorf("%s presented no certificate", addr)
+	}
+	var ids []string
+	for _, u := range leaf.URIs {
+		ids = append(ids, u.String())
+	}
+	return ids, nil
 }

@@ -13,20 +13,26 @@ import (
 // are skipped.
 func decodeRoutes(tb testing.TB, text string) []*gatewayv1.HTTPRoute {
 	tb.Helper()
-	var out []*gatewayv1.HTTPRoute
+	return decodeKind[gatewayv1.HTTPRoute](tb, text, KindHTTPRoute)
+}
+
+// decodeKind decodes, strictly, the objects of kind in a multi-document YAML text.
+func decodeKind[T any](tb testing.TB, text, kind string) []*T {
+	tb.Helper()
+	var out []*T
 	for _, doc := range strings.Split("\n"+text, "\n---") {
 		var meta struct{ Kind string }
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
 			tb.Fatalf("decode: %v", err)
 		}
-		if meta.Kind != "HTTPRoute" {
+		if meta.Kind != kind {
 			continue
 		}
-		hr := &gatewayv1.HTTPRoute{}
-		if err := yaml.UnmarshalStrict([]byte(doc), hr); err != nil {
-			tb.Fatalf("decode HTTPRoute: %v", err)
+		obj := new(T)
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			tb.Fatalf("decode %s: %v", kind, err)
 		}
-		out = append(out, hr)
+		out = append(out, obj)
 	}
 	return out
 }

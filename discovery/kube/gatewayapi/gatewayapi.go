@@ -1,7 +1,7 @@
 // Package gatewayapi feeds the Gateway API's objects from the API server into the
 // Kubernetes model source (kube.Config.Gateways): Gateways of the waypoint class
-// become waypoints, and HTTPRoutes and ReferenceGrants the routes the waypoints
-// compile. It is the only part of the model source that links the Gateway API's
+// become waypoints, and HTTPRoutes, GRPCRoutes and ReferenceGrants the routes the
+// waypoints compile. It is the only part of the model source that links the Gateway API's
 // client.
 package gatewayapi
 
@@ -43,13 +43,13 @@ type Config struct {
 	// Class is the waypoints' GatewayClass (discovery.DefaultWaypointClass when
 	// empty); Gateways of other classes are left alone.
 	Class string
-	// Routes also watches HTTPRoutes and ReferenceGrants (the waypoint compiles
-	// them; ztunnel does not need them).
+	// Routes also watches HTTPRoutes, GRPCRoutes and ReferenceGrants (the
+	// waypoint compiles them; ztunnel does not need them).
 	Routes bool
 	Logger *slog.Logger
 }
 
-// Source watches Gateways (and, with Config.Routes, HTTPRoutes and
+// Source watches Gateways (and, with Config.Routes, HTTPRoutes, GRPCRoutes and
 // ReferenceGrants). It implements kube.GatewaySource.
 type Source struct {
 	cfg    Config
@@ -72,6 +72,7 @@ type Source struct {
 type listers struct {
 	gateways func() ([]*gatewayv1.Gateway, error)
 	routes   func() ([]*gatewayv1.HTTPRoute, error)
+	grpc     func() ([]*gatewayv1.GRPCRoute, error)
 	grants   func() ([]*gatewayv1.ReferenceGrant, error)
 }
 
@@ -96,6 +97,7 @@ func New(client gwclient.Interface, disc discoverer, cfg Config) *Source {
 // served says which kinds the API server serves.
 type served struct {
 	routes   bool
+	grpc     bool
 	grants   string // "", groupVersionV1 or groupVersionV1beta1
 	gateways bool
 }
@@ -106,7 +108,7 @@ func (p *Source) discover() (served, error) {
 	if err != nil {
 		return s, err
 	}
-	s.gateways, s.routes = v1["gateways"], v1["httproutes"]
+	s.gateways, s.routes, s.grpc = v1["gateways"], v1["httproutes"], v1["grpcroutes"]
 	if v1["referencegrants"] {
 		s.grants = groupVersionV1
 	} else if p.cfg.Routes {
@@ -209,6 +211,11 @@ func (p *Source) watch(ctx context.Context, s served, onChange func()) error {
 		} else {
 			p.log.Warn(msgNoRoutes)
 		}
+		if s.grpc {
+			gr := v1.GRPCRoutes()
+			infs["grpcroutes"] = gr.Informer()
+			l.grpc = func() ([]*gatewayv1.GRPCRoute, error) { return gr.Lister().List(labels.Everything()) }
+		}
 		switch s.grants {
 		case groupVersionV1:
 			rg := v1.ReferenceGrants()
@@ -264,6 +271,10 @@ func trim(obj any) (any, error) {
 		c := *o
 		c.ManagedFields, c.Annotations = nil, nil
 		return &c, nil
+	case *gatewayv1.GRPCRoute:
+		c := *o
+		c.ManagedFields, c.Annotations = nil, nil
+		return &c, nil
 	}
 	return obj, nil
 }
@@ -300,6 +311,12 @@ func (p *Source) Gateways() (kube.Gateways, error) {
 			return kube.Gateways{}, fmt.Errorf("list httproutes: %w", err)
 		}
 	}
+	var grpc []*gatewayv1.GRPCRoute
+	if l.grpc != nil {
+		if grpc, err = l.grpc(); err != nil {
+			return kube.Gateways{}, fmt.Errorf("list grpcroutes: %w", err)
+		}
+	}
 	var grants []*gatewayv1.ReferenceGrant
 	if l.grants != nil {
 		if grants, err = l.grants(); err != nil {
@@ -308,6 +325,7 @@ func (p *Source) Gateways() (kube.Gateways, error) {
 	}
 	slices.SortFunc(gws, func(a, b *gatewayv1.Gateway) int { return compareMeta(&a.ObjectMeta, &b.ObjectMeta) })
 	slices.SortFunc(routes, func(a, b *gatewayv1.HTTPRoute) int { return compareMeta(&a.ObjectMeta, &b.ObjectMeta) })
+	slices.SortFunc(grpc, func(a, b *gatewayv1.GRPCRoute) int { return compareMeta(&a.ObjectMeta, &b.ObjectMeta) })
 	slices.SortFunc(grants, func(a, b *gatewayv1.ReferenceGrant) int { return compareMeta(&a.ObjectMeta, &b.ObjectMeta) })
 
 	var key strings.Builder
@@ -317,6 +335,9 @@ func (p *Source) Gateways() (kube.Gateways, error) {
 	for _, r := range routes {
 		fmt.Fprintf(&key, "r/%s/%s/%s\n", r.Namespace, r.Name, r.ResourceVersion)
 	}
+	for _, r := range grpc {
+		fmt.Fprintf(&key, "q/%s/%s/%s\n", r.Namespace, r.Name, r.ResourceVersion)
+	}
 	for _, g := range grants {
 		fmt.Fprintf(&key, "t/%s/%s/%s\n", g.Namespace, g.Name, g.ResourceVersion)
 	}
@@ -324,7 +345,7 @@ func (p *Source) Gateways() (kube.Gateways, error) {
 	if p.key != "" && k == p.key {
 		return p.last, nil
 	}
-	out := kube.Gateways{Routes: discovery.Routes{HTTPRoutes: routes, ReferenceGrants: grants}}
+	out := kube.Gateways{Routes: discovery.Routes{HTTPRoutes: routes, GRPCRoutes: grpc, ReferenceGrants: grants}}
 	for _, g := range gws {
 		if string(g.Spec.GatewayClassName) != p.cfg.Class {
 			continue

@@ -78,6 +78,9 @@ func newClient(t *testing.T, betaGrant bool) *gwfake.Clientset {
 	if _, err := c.GatewayV1().HTTPRoutes("apps").Create(ctx, &gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "r"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := c.GatewayV1().GRPCRoutes("apps").Create(ctx, &gatewayv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "g"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	grant := metav1.ObjectMeta{Namespace: "other", Name: "g"}
 	var err error
 	if betaGrant {
@@ -140,13 +143,14 @@ func TestGateways(t *testing.T) {
 		routes     bool
 		gvs        map[string][]string
 		wantRoutes int
+		wantGRPC   int
 		wantGrants int
 		betaGrant  bool
 	}{
-		{"ztunnel: gateways only", false, map[string][]string{groupVersionV1: {"gateways", "httproutes", "referencegrants"}}, 0, 0, false},
-		{"waypoint: v1 grants", true, map[string][]string{groupVersionV1: {"gateways", "httproutes", "referencegrants"}}, 1, 1, false},
-		{"waypoint: v1beta1 grants", true, map[string][]string{groupVersionV1: {"gateways", "httproutes"}, groupVersionV1beta1: {"referencegrants"}}, 1, 1, true},
-		{"waypoint: no routes served", true, map[string][]string{groupVersionV1: {"gateways"}}, 0, 0, false},
+		{"ztunnel: gateways only", false, map[string][]string{groupVersionV1: {"gateways", "httproutes", "grpcroutes", "referencegrants"}}, 0, 0, 0, false},
+		{"waypoint: v1 grants", true, map[string][]string{groupVersionV1: {"gateways", "httproutes", "grpcroutes", "referencegrants"}}, 1, 1, 1, false},
+		{"waypoint: v1beta1 grants", true, map[string][]string{groupVersionV1: {"gateways", "httproutes"}, groupVersionV1beta1: {"referencegrants"}}, 1, 0, 1, true},
+		{"waypoint: no routes served", true, map[string][]string{groupVersionV1: {"gateways"}}, 0, 0, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,8 +173,9 @@ func TestGateways(t *testing.T) {
 			if len(g.Problems) != 1 {
 				t.Errorf("problems %q, want apps/broken's", g.Problems)
 			}
-			if len(g.Routes.HTTPRoutes) != tt.wantRoutes || len(g.Routes.ReferenceGrants) != tt.wantGrants {
-				t.Errorf("routes %d, grants %d; want %d, %d", len(g.Routes.HTTPRoutes), len(g.Routes.ReferenceGrants), tt.wantRoutes, tt.wantGrants)
+			if len(g.Routes.HTTPRoutes) != tt.wantRoutes || len(g.Routes.GRPCRoutes) != tt.wantGRPC || len(g.Routes.ReferenceGrants) != tt.wantGrants {
+				t.Errorf("routes %d, grpc routes %d, grants %d; want %d, %d, %d", len(g.Routes.HTTPRoutes), len(g.Routes.GRPCRoutes),
+					len(g.Routes.ReferenceGrants), tt.wantRoutes, tt.wantGRPC, tt.wantGrants)
 			}
 			again, _ := src.Gateways()
 			if len(g.Waypoints) > 0 && again.Waypoints[0] != g.Waypoints[0] {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/discovery/kube"
 	"github.com/ambitmesh/ambit/identity"
 	"github.com/ambitmesh/ambit/identity/ca"
@@ -22,8 +23,8 @@ import (
 
 const byNodeIndex = "node"
 
-// podInformer lists the pods scheduled on each node from a watch on the API server
-// (pods only: the CA needs no more than that), for ca.NodeAuthorizer.
+// podInformer finds pods (those scheduled on a node, and one by name) from a watch on
+// the API server (pods only: the CA needs no more than that), for ca.PodAuthorizer.
 type podInformer struct {
 	informer cache.SharedIndexInformer
 }
@@ -34,8 +35,12 @@ func newPodInformer(client kubernetes.Interface) (*podInformer, error) {
 	if err := inf.SetTransform(func(obj any) (any, error) {
 		if p, ok := obj.(*corev1.Pod); ok {
 			// Keep only what authorization reads.
+			var labels map[string]string
+			if gw, ok := p.Labels[discovery.LabelGatewayName]; ok {
+				labels = map[string]string{discovery.LabelGatewayName: gw}
+			}
 			return &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion},
+				ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion, Labels: labels},
 				Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName, HostNetwork: p.Spec.HostNetwork},
 				Status:     corev1.PodStatus{Phase: p.Status.Phase},
 			}, nil
@@ -70,15 +75,36 @@ func (a *podInformer) PodsOnNode(node string) ([]ca.Pod, error) {
 	}
 	pods := make([]ca.Pod, 0, len(objs))
 	for _, o := range objs {
-		p := o.(*corev1.Pod)
-		pods = append(pods, ca.Pod{
-			Namespace:      p.Namespace,
-			ServiceAccount: p.Spec.ServiceAccountName,
-			HostNetwork:    p.Spec.HostNetwork,
-			Finished:       p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
-		})
+		pods = append(pods, caPod(o.(*corev1.Pod)))
 	}
 	return pods, nil
+}
+
+// Pod implements ca.PodLister.
+func (a *podInformer) Pod(namespace, name string) (ca.Pod, bool, error) {
+	if !a.informer.HasSynced() {
+		return ca.Pod{}, false, fmt.Errorf("pods not synced yet: %w", identity.ErrUnavailable)
+	}
+	o, ok, err := a.informer.GetIndexer().GetByKey(namespace + "/" + name)
+	if err != nil {
+		return ca.Pod{}, false, fmt.Errorf("%w: %w", identity.ErrUnavailable, err)
+	}
+	if !ok {
+		return ca.Pod{}, false, nil
+	}
+	return caPod(o.(*corev1.Pod)), true, nil
+}
+
+func caPod(p *corev1.Pod) ca.Pod {
+	return ca.Pod{
+		Namespace:      p.Namespace,
+		Name:           p.Name,
+		UID:            string(p.UID),
+		ServiceAccount: p.Spec.ServiceAccountName,
+		HostNetwork:    p.Spec.HostNetwork,
+		Finished:       p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		Gateway:        p.Labels[discovery.LabelGatewayName],
+	}
 }
 
 // publishRoot writes the root certificate into a ConfigMap that every ztunnel mounts.

@@ -25,24 +25,31 @@ func pod(name, ns, node, sa string, hostNet bool, phase corev1.PodPhase) *corev1
 	}
 }
 
-// The informer hands the API server's pods to ca.NodeAuthorizer as they are scheduled.
+// The informer hands the API server's pods to ca.PodAuthorizer as they are scheduled.
 func TestPodInformer(t *testing.T) {
+	waypointPod := pod("waypoint-0", "apps", "node3", "waypoint", false, corev1.PodRunning)
+	waypointPod.UID = "uid-wp"
+	waypointPod.Labels = map[string]string{"gateway.networking.k8s.io/gateway-name": "waypoint", "other": "dropped"}
 	client := fake.NewClientset(
 		pod("client", "default", "node1", "client", false, corev1.PodRunning),
 		pod("echo", "default", "node2", "echo", false, corev1.PodRunning),
 		pod("proxy", "kube-system", "node1", "proxy", true, corev1.PodRunning),
 		pod("job", "batch", "node1", "job", false, corev1.PodSucceeded),
 		pod("pending", "default", "", "pending", false, corev1.PodPending),
+		waypointPod,
 	)
 	inf, err := newPodInformer(client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := ca.NodeAuthorizer{Pods: inf}
+	a := ca.PodAuthorizer{Pods: inf}
+	if _, _, err := inf.Pod("apps", "waypoint-0"); !errors.Is(err, identity.ErrUnavailable) {
+		t.Fatalf("pod before the informer synced: %v, want ErrUnavailable", err)
+	}
 	id := func(ns, sa string) spiffeid.ID {
 		return spiffeid.RequireFromString("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
 	}
-	if err := a.Authorize(t.Context(), "node1", id("default", "client")); !errors.Is(err, identity.ErrUnavailable) {
+	if err := a.Authorize(t.Context(), ca.Caller{Node: "node1"}, id("default", "client")); !errors.Is(err, identity.ErrUnavailable) {
 		t.Fatalf("before the informer synced: %v, want ErrUnavailable", err)
 	}
 	go inf.Run(t.Context())
@@ -68,16 +75,23 @@ func TestPodInformer(t *testing.T) {
 		{"node3", "default", "client", false},
 		{"", "default", "pending", false},
 	} {
-		err := a.Authorize(t.Context(), tt.node, id(tt.ns, tt.sa))
+		err := a.Authorize(t.Context(), ca.Caller{Node: tt.node}, id(tt.ns, tt.sa))
 		if tt.allowed != (err == nil) || (!tt.allowed && !errors.Is(err, identity.ErrNotAuthorized)) {
 			t.Errorf("node %q for %s/%s: %v, want allowed %v", tt.node, tt.ns, tt.sa, err, tt.allowed)
 		}
+	}
+	// Pods by name, with what a workload's authorization reads (UID, waypoint label).
+	if p, ok, err := inf.Pod("apps", "waypoint-0"); err != nil || !ok || p.UID != "uid-wp" || p.Gateway != "waypoint" || p.ServiceAccount != "waypoint" {
+		t.Errorf("pod apps/waypoint-0: %+v, %v, %v; want UID uid-wp, gateway waypoint, service account waypoint", p, ok, err)
+	}
+	if _, ok, err := inf.Pod("apps", "none"); ok || err != nil {
+		t.Errorf("pod apps/none: found %v, %v", ok, err)
 	}
 	// A pod scheduled later is allowed once the watch sees it.
 	if _, err := client.CoreV1().Pods("default").Create(t.Context(), pod("late", "default", "node3", "late", false, corev1.PodRunning), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; a.Authorize(t.Context(), "node3", id("default", "late")) != nil; i++ {
+	for i := 0; a.Authorize(t.Context(), ca.Caller{Node: "node3"}, id("default", "late")) != nil; i++ {
 		if i == 500 {
 			t.Fatal("a pod scheduled later is not authorized")
 		}

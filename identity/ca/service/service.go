@@ -1,8 +1,9 @@
 // Package service runs the built-in CA as the ambit-ca service: the CA's root in a state
 // directory, nodes authenticated by a token file (local mode) or Kubernetes TokenReview,
 // each node authorized for the identities of the workloads scheduled on it (by the mesh
-// model file, or by the pods the API server places on it), and the issuing server on
-// its listener. Kubernetes mode links client-go, which is why this is not package ca
+// model file, or by the pods the API server places on it), in Kubernetes mode also a
+// waypoint pod by its own token for its own identity, and the issuing server on its
+// listener. Kubernetes mode links client-go, which is why this is not package ca
 // (ztunnel imports that for its client).
 package service
 
@@ -46,8 +47,9 @@ type Config struct {
 
 	// Kubernetes mode (also set by Kubeconfig): nodes authenticate with ztunnel's
 	// service-account tokens for TokenAudience, workloads are placed by the pods
-	// scheduled on each node, and the root is published to RootConfigMap
-	// ("namespace/name") when set.
+	// scheduled on each node, a waypoint pod's own pod-bound token (same audience) gets
+	// its own identity, and the root is published to RootConfigMap ("namespace/name")
+	// when set.
 	Kube                   bool
 	Kubeconfig             string
 	TokenAudience          string
@@ -93,7 +95,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LeafTTL, "leaf-ttl", c.LeafTTL, "workload certificate lifetime")
 	fs.BoolVar(&c.Kube, "kube", c.Kube, "Kubernetes mode: authenticate nodes with TokenReview and authorize from the pods scheduled on them")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (Kubernetes mode; default in-cluster)")
-	fs.StringVar(&c.TokenAudience, "token-audience", c.TokenAudience, "audience of the ztunnel service-account tokens (Kubernetes mode)")
+	fs.StringVar(&c.TokenAudience, "token-audience", c.TokenAudience, "audience of the ztunnel and waypoint service-account tokens (Kubernetes mode)")
 	fs.Var(flagvalue.ListVar(&c.ZtunnelServiceAccounts), "ztunnel-service-account", "comma-separated namespace/name of the service accounts ztunnel runs as (Kubernetes mode)")
 	fs.StringVar(&c.RootConfigMap, "root-configmap", c.RootConfigMap, "namespace/name of a ConfigMap to publish root.pem into (Kubernetes mode)")
 }
@@ -124,7 +126,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := ca.NewServer(ca.ServerConfig{CA: authority, Authenticator: authn, Authorizer: ca.NodeAuthorizer{Pods: pods}, Logger: log})
+	srv, err := ca.NewServer(ca.ServerConfig{CA: authority, Authenticator: authn, Authorizer: ca.PodAuthorizer{Pods: pods}, Logger: log})
 	if err != nil {
 		return err
 	}
