@@ -118,9 +118,11 @@ func New(cfg Config, deps Deps) (*Waypoint, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
-		mgr.SetWanted([]spiffeid.ID{self})
 		w.ident = mgr
 	}
+	// Any source learns the one identity the waypoint serves; a SPIRE source
+	// reports in readiness when the agent issues another.
+	w.ident.SetWanted([]spiffeid.ID{self})
 	pool, err := hbone.NewPool(hbone.ClientConfig{
 		Dial: w.dial,
 		TLSConfig: func(src, dst spiffeid.ID) (*tls.Config, error) {
@@ -212,7 +214,10 @@ func (w *Waypoint) ready() error {
 	if w.store.Load().Waypoint(w.ref) == nil {
 		return fmt.Errorf("waypoint %s is not declared in the model", w.ref)
 	}
-	if r, ok := w.ident.(interface{ Ready() bool }); ok && !r.Ready() {
+	if !w.ident.Ready() {
+		if st, ok := w.ident.(interface{ Status() string }); ok && st.Status() != "" {
+			return fmt.Errorf("certificate of %s: %s", w.self, st.Status())
+		}
 		return errors.New("certificate not issued yet")
 	}
 	return nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/ambitmesh/ambit/discovery/kube/cluster"
 	"github.com/ambitmesh/ambit/internal/daemon"
 	"github.com/ambitmesh/ambit/waypoint"
 )
@@ -21,15 +20,13 @@ func main() {
 
 func run(args []string) error {
 	var (
-		cfg        waypoint.Config
-		proc       daemon.Config
-		kube       bool
-		kubeconfig string
+		cfg  waypoint.Config
+		proc daemon.Config
+		src  sources
 	)
 	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	fs.BoolVar(&kube, "kube", false, "read the mesh model from Kubernetes (in-cluster config unless -kubeconfig)")
-	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (implies -kube)")
+	src.registerFlags(fs)
 	proc.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -40,16 +37,8 @@ func run(args []string) error {
 	}
 	defer d.Close()
 	deps := waypoint.Deps{Logger: d.Logger, Registry: d.Registry}
-	if kube || kubeconfig != "" {
-		// The same source as ztunnel's, with the routes the waypoint compiles.
-		src, store, err := cluster.New(cluster.Config{
-			Kubeconfig: kubeconfig, UserAgent: "ambit-waypoint", RootNamespace: cfg.RootNamespace,
-			WaypointClass: cfg.WaypointClass, Routes: true, Options: cfg.Enrollment, Logger: d.Logger,
-		})
-		if err != nil {
-			return err
-		}
-		deps.Store, deps.ModelSource = store, src
+	if err := src.wire(&deps, cfg); err != nil {
+		return err
 	}
 	w, err := waypoint.New(cfg, deps)
 	if err != nil {
