@@ -147,6 +147,7 @@ func (s *OwnSource) update(svids []*x509svid.SVID, bundles []*x509bundle.Bundle)
 	s.wl.setUp()
 	held := make(map[spiffeid.ID]*ownState, len(svids))
 	order := make([]spiffeid.ID, 0, len(svids))
+	changed := len(svids) != len(s.order)
 	for _, sv := range svids {
 		if len(sv.Certificates) == 0 || held[sv.ID] != nil {
 			continue
@@ -156,11 +157,19 @@ func (s *OwnSource) update(svids []*x509svid.SVID, bundles []*x509bundle.Bundle)
 			held[sv.ID] = old
 		} else {
 			held[sv.ID] = &ownState{svid: sv, cert: tlsCert(sv)}
+			changed = true
 			s.log.Info("own SVID updated", "id", sv.ID.String(), "serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
 		}
 		order = append(order, sv.ID)
 	}
 	s.svids, s.order = held, order
+	if changed {
+		for _, id := range s.wanted {
+			if held[id] == nil {
+				s.log.Warn("SPIRE did not issue the wanted identity", "want", id.String(), "issued", s.issuedLocked())
+			}
+		}
+	}
 	s.logBundleChangesLocked(set)
 	s.bundles = set
 	close(s.changed)
