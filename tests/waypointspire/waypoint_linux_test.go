@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,28 +60,8 @@ spec:
 // handshake for another identity, and a waypoint configured for another service account
 // is not ready and says what SPIRE issued.
 func TestWaypointSPIREIdentity(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real SPIRE processes")
-	}
-	netns.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	srv := spiretest.StartServerForTest(t, ctx, spiretest.Options{})
-	td := spiffeid.RequireTrustDomainFromString(srv.TrustDomain)
+	ctx, agent, td, dir := startSPIRE(t)
 	wp := spiffeid.RequireFromPath(td, "/ns/apps/sa/wp")
-	if _, err := srv.CreateEntry(ctx, wp.String(), srv.NodeID("node1"), []string{"unix:uid:0"}, 0); err != nil {
-		t.Fatal(err)
-	}
-	agent, err := srv.StartAgent(ctx, "node1", nil)
-	if err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	dir := t.TempDir()
-	for name, content := range map[string]string{"mesh.yaml": model, "manifests.yaml": manifests} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	good, goodSrc := startWaypoint(t, agent, dir, td, "wp")
 	bad, _ := startWaypoint(t, agent, dir, td, "other")
@@ -114,6 +96,93 @@ func TestWaypointSPIREIdentity(t *testing.T) {
 	eventually(t, "mis-registered readiness", func() bool { return strings.Contains(readiness(t, bad.ready), want) })
 	if c := handshake(t, bad.hbone, identity.ClientTLSConfig(goodSrc, wp, other)); c.err == nil {
 		t.Errorf("the mis-configured waypoint completed a handshake")
+	}
+}
+
+// startSPIRE starts a SPIRE server and node1's agent, which issues the test process
+// (unix:uid:0) spiffe://<td>/ns/apps/sa/wp, and writes the model files into the
+// returned directory. The context ends with the test or after two minutes.
+func startSPIRE(tb testing.TB) (context.Context, *spiretest.Agent, spiffeid.TrustDomain, string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("starts real SPIRE processes")
+	}
+	netns.RequireRoot(tb)
+	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
+	tb.Cleanup(cancel)
+	srv := spiretest.StartServerForTest(tb, ctx, spiretest.Options{})
+	td := spiffeid.RequireTrustDomainFromString(srv.TrustDomain)
+	wp := spiffeid.RequireFromPath(td, "/ns/apps/sa/wp")
+	if _, err := srv.CreateEntry(ctx, wp.String(), srv.NodeID("node1"), []string{"unix:uid:0"}, 0); err != nil {
+		tb.Fatal(err)
+	}
+	agent, err := srv.StartAgent(ctx, "node1", nil)
+	if err != nil {
+		tb.Fatalf("start agent: %v", err)
+	}
+	dir := tb.TempDir()
+	for name, content := range map[string]string{"mesh.yaml": model, "manifests.yaml": manifests} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return ctx, agent, td, dir
+}
+
+// TestWaypointBinarySPIRE runs the built waypoint with -identity spire: it becomes ready
+// and presents the SVID the agent issued.
+func TestWaypointBinarySPIRE(t *testing.T) {
+	ctx, agent, td, dir := startSPIRE(t)
+	wp := spiffeid.RequireFromPath(td, "/ns/apps/sa/wp")
+	bin := filepath.Join(dir, "waypoint")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ambitmesh/ambit/cmd/waypoint").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	a := addrs{hbone: freeAddr(t), ready: freeAddr(t)}
+	cmd := exec.Command(bin, "-name", "wp", "-namespace", "apps", "-trust-domain", td.Name(),
+		"-listen", a.hbone, "-readiness-addr", a.ready, "-metrics-addr", "off", "-admin-addr", "off",
+		"-model", filepath.Join(dir, "mesh.yaml"), "-policies", filepath.Join(dir, "manifests.yaml"),
+		"-identity", "spire", "-spire-workload-socket", agent.WorkloadAddr(), "-drain-timeout", "1s")
+	cmd.Stdout, cmd.Stderr = t.Output(), t.Output()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("waypoint exited: %v", err)
+		}
+	})
+	eventually(t, "waypoint ready", func() bool {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("waypoint exited early: %v", err)
+		default:
+		}
+		return readiness(t, a.ready) == ""
+	})
+
+	// The client is this process, with the same SVID from the agent.
+	client, err := spire.NewOwn(spire.OwnConfig{WorkloadSocket: agent.WorkloadAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- client.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	if _, err := client.Certificate(ctx, wp); err != nil {
+		t.Fatal(err)
+	}
+	c := handshake(t, a.hbone, identity.ClientTLSConfig(client, wp, wp))
+	if c.err != nil {
+		t.Fatalf("HBONE handshake: %v", c.err)
+	}
+	if got, err := x509svid.IDFromCert(c.state.PeerCertificates[0]); err != nil || got != wp {
+		t.Errorf("waypoint presented %v (%v), want %s", got, err, wp)
 	}
 }
 
