@@ -66,6 +66,7 @@ func (ff *fastFront) serve(c net.Conn, in *inbound) {
 	bw := writers.Get().(*bufio.Writer)
 	bw.Reset(c)
 	hb := headBufs.Get().(*[]byte)
+	var reqHead head // reused by each request of the stream (its header map too)
 	defer func() {
 		br.Reset(nil)
 		readers.Put(br)
@@ -83,9 +84,9 @@ func (ff *fastFront) serve(c net.Conn, in *inbound) {
 		_ = c.SetReadDeadline(time.Now().Add(fastHeaderTimeout))
 		var err error
 		*hb, err = readHead(br, (*hb)[:0], maxHeadBytes)
-		var h *head
+		h := &reqHead
 		if err == nil {
-			h, err = parseRequestHead(*hb)
+			err = h.parseRequest(*hb)
 		}
 		_ = c.SetReadDeadline(time.Time{})
 		switch {
@@ -476,6 +477,7 @@ type upConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	resp      head // the response being forwarded, reused
 }
 
 // maxIdlePerKey bounds the idle connections kept per client and endpoint.
@@ -584,8 +586,8 @@ func (uc *upConn) send(req *route.Request, h *head, body []byte) (*head, error) 
 		if *hb, err = readHead(uc.br, (*hb)[:0], maxHeadBytes); err != nil {
 			return nil, err
 		}
-		resp, err := parseResponseHead(*hb)
-		if err != nil {
+		resp := &uc.resp
+		if err := resp.parseResponse(*hb); err != nil {
 			return nil, err
 		}
 		if resp.code >= 200 || resp.code == http.StatusSwitchingProtocols {

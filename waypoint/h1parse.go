@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -48,7 +49,7 @@ func readHead(br *bufio.Reader, buf []byte, limit int) ([]byte, error) {
 	}
 }
 
-// head is a parsed message head; its strings are copies.
+// head is a parsed message head; its strings are copies (one per head).
 type head struct {
 	method, target string // request
 	code           int    // response
@@ -60,13 +61,13 @@ type head struct {
 	host           string
 }
 
-// nextLine splits b at its first line, CRLF or LF removed.
-func nextLine(b []byte) (line, rest []byte) {
-	i := bytes.IndexByte(b, '\n')
+// nextLine splits s at its first line, CRLF or LF removed.
+func nextLine(s string) (line, rest string) {
+	i := strings.IndexByte(s, '\n')
 	if i < 0 {
-		return b, nil
+		return s, ""
 	}
-	line, rest = b[:i], b[i+1:]
+	line, rest = s[:i], s[i+1:]
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
 	}
@@ -75,99 +76,122 @@ func nextLine(b []byte) (line, rest []byte) {
 
 // parseRequestHead parses a request head read by readHead.
 func parseRequestHead(b []byte) (*head, error) {
-	line, rest := nextLine(b)
-	sp1 := bytes.IndexByte(line, ' ')
+	h := &head{}
+	return h, h.parseRequest(b)
+}
+
+// reset empties h for the next message, keeping its header map.
+func (h *head) reset() {
+	hdr := h.header
+	clear(hdr)
+	*h = head{header: hdr}
+}
+
+// parseRequest parses a request head read by readHead into h, reusing h's header map.
+// The head is copied into one string; method, target and fields are parts of it.
+func (h *head) parseRequest(b []byte) error {
+	h.reset()
+	line, rest := nextLine(string(b))
+	sp1 := strings.IndexByte(line, ' ')
 	if sp1 <= 0 {
-		return nil, errMalformed
+		return errMalformed
 	}
-	sp2 := bytes.IndexByte(line[sp1+1:], ' ')
+	sp2 := strings.IndexByte(line[sp1+1:], ' ')
 	if sp2 < 0 {
-		return nil, errMalformed
+		return errMalformed
 	}
 	sp2 += sp1 + 1
 	method, target, proto := line[:sp1], line[sp1+1:sp2], line[sp2+1:]
-	for _, c := range method {
-		if !httpguts.IsTokenRune(rune(c)) {
-			return nil, errMalformed
+	for i := 0; i < len(method); i++ {
+		if !httpguts.IsTokenRune(rune(method[i])) {
+			return errMalformed
 		}
 	}
 	if len(target) == 0 {
-		return nil, errMalformed
+		return errMalformed
 	}
-	for _, c := range target {
-		if c <= ' ' || c == 0x7f {
-			return nil, errMalformed
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= ' ' || c == 0x7f {
+			return errMalformed
 		}
 	}
-	switch string(proto) {
+	switch proto {
 	case "HTTP/1.1":
 	case "HTTP/1.0":
-		return nil, errFallback
+		return errFallback
 	default:
-		return nil, errMalformed
+		return errMalformed
 	}
 	if target[0] != '/' {
-		return nil, errFallback // absolute form, "*", garbage: the std path decides
+		return errFallback // absolute form, "*", garbage: the std path decides
 	}
-	h := &head{method: string(method), target: string(target), proto11: true}
+	h.method, h.target, h.proto11 = method, target, true
 	if err := parseFields(rest, h, true); err != nil {
-		return nil, err
+		return err
 	}
 	hosts := h.header["Host"]
 	if len(hosts) != 1 || !httpguts.ValidHostHeader(hosts[0]) {
-		return nil, errMalformed
+		return errMalformed
 	}
 	h.host = hosts[0]
 	delete(h.header, "Host") // as net/http does: Host is its own field
 	if _, ok := h.header["Transfer-Encoding"]; ok {
-		return nil, errFallback
+		return errFallback
 	}
 	for _, k := range []string{"Upgrade", "Expect"} {
 		if _, ok := h.header[k]; ok {
-			return nil, errFallback
+			return errFallback
 		}
 	}
-	return h, nil
+	return nil
 }
 
 // parseResponseHead parses a response head read by readHead.
 func parseResponseHead(b []byte) (*head, error) {
-	line, rest := nextLine(b)
-	if len(line) < 12 || line[8] != ' ' {
-		return nil, errMalformed
-	}
 	h := &head{}
-	switch string(line[:8]) {
+	return h, h.parseResponse(b)
+}
+
+// parseResponse is parseRequest for a response head.
+func (h *head) parseResponse(b []byte) error {
+	h.reset()
+	line, rest := nextLine(string(b))
+	if len(line) < 12 || line[8] != ' ' {
+		return errMalformed
+	}
+	switch line[:8] {
 	case "HTTP/1.1":
 		h.proto11 = true
 	case "HTTP/1.0":
 	default:
-		return nil, errMalformed
+		return errMalformed
 	}
-	code, err := strconv.Atoi(string(line[9:12]))
+	code, err := strconv.Atoi(line[9:12])
 	if err != nil || code < 100 || code > 999 || (len(line) > 12 && line[12] != ' ') {
-		return nil, errMalformed
+		return errMalformed
 	}
 	h.code = code
 	if err := parseFields(rest, h, false); err != nil {
-		return nil, err
+		return err
 	}
 	if te := h.header["Transfer-Encoding"]; len(te) > 0 {
 		if len(te) != 1 || !httpguts.HeaderValuesContainsToken(te, "chunked") || te[0] != "chunked" {
-			return nil, errMalformed // only plain chunked is forwarded
+			return errMalformed // only plain chunked is forwarded
 		}
 		h.chunked, h.contentLength = true, -1
 	}
-	return h, nil
+	return nil
 }
 
-// parseFields parses the header lines of b into h.
-func parseFields(b []byte, h *head, request bool) error {
-	h.header = make(http.Header, 8)
+// parseFields parses the header lines of s into h.header (empty, or nil).
+func parseFields(s string, h *head, request bool) error {
+	if h.header == nil {
+		h.header = make(http.Header, 8)
+	}
 	h.contentLength = -1
-	for len(b) > 0 {
-		var line []byte
-		line, b = nextLine(b)
+	for len(s) > 0 {
+		var line string
+		line, s = nextLine(s)
 		if len(line) == 0 {
 			break
 		}
@@ -177,22 +201,22 @@ func parseFields(b []byte, h *head, request bool) error {
 			}
 			return errMalformed
 		}
-		colon := bytes.IndexByte(line, ':')
+		colon := strings.IndexByte(line, ':')
 		if colon <= 0 {
 			return errMalformed
 		}
 		name := line[:colon]
-		for _, c := range name {
-			if !httpguts.IsTokenRune(rune(c)) {
+		for i := 0; i < len(name); i++ {
+			if !httpguts.IsTokenRune(rune(name[i])) {
 				return errMalformed
 			}
 		}
-		value := bytes.Trim(line[colon+1:], " \t")
-		if !httpguts.ValidHeaderFieldValue(string(value)) {
+		value := strings.Trim(line[colon+1:], " \t")
+		if !httpguts.ValidHeaderFieldValue(value) {
 			return errMalformed
 		}
-		key := http.CanonicalHeaderKey(string(name))
-		h.header[key] = append(h.header[key], string(value))
+		key := http.CanonicalHeaderKey(name)
+		h.header[key] = append(h.header[key], value)
 	}
 	if cl := h.header["Content-Length"]; len(cl) > 0 {
 		for _, v := range cl[1:] {

@@ -62,8 +62,9 @@ func (w *Waypoint) logFast(rec *fastRecord, info *reqInfo, d time.Duration) {
 	w.accessLog(rec.method, rec.path, rec.code, rec.sent, "", info, d)
 }
 
-// accessLog writes the access-log line and records the metrics. The line is built from
-// typed attributes only when it is written (no boxing per request).
+// accessLog writes the access-log line and records the metrics. The record goes to the
+// logger's handler directly: no caller's PC is taken (the handler adds no source), the
+// stream's address strings are made once.
 func (w *Waypoint) accessLog(method, path string, code int, sent int64, grpcStatus string, info *reqInfo, d time.Duration) {
 	if ctx := context.Background(); w.log.Enabled(ctx, slog.LevelInfo) {
 		svc := ""
@@ -72,21 +73,25 @@ func (w *Waypoint) accessLog(method, path string, code int, sent int64, grpcStat
 		}
 		up := "-"
 		if info.upstream.addr.IsValid() {
-			up = info.upstream.addr.String()
+			up = info.in.upstreamStr(info.upstream.addr)
 		}
-		attrs := make([]slog.Attr, 0, 16)
-		attrs = append(attrs, slog.String(keySrc, info.in.client.String()), slog.String(keyIdentity, info.in.peer),
-			slog.String(keyAuthority, info.in.t.authority.String()), slog.String(keyService, svc),
+		client, authority := info.in.clientStr, info.in.authorityStr
+		if client == "" { // an inbound made elsewhere (tests)
+			client, authority = info.in.client.String(), info.in.t.authority.String()
+		}
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, msgRequest, 0)
+		r.AddAttrs(slog.String(keySrc, client), slog.String(keyIdentity, info.in.peer),
+			slog.String(keyAuthority, authority), slog.String(keyService, svc),
 			slog.String(keyMethod, method), slog.String(keyPath, path), slog.String(keyUpstream, up),
 			slog.Int(keyStatus, code), slog.String(keyFlags, info.flags), slog.String(keyDuration, d.String()),
 			slog.Int64(keyBytesRecv, info.body.n), slog.Int64(keyBytesSent, sent))
 		if info.grpc {
-			attrs = append(attrs, slog.String(keyGRPCStatus, grpcStatus))
+			r.AddAttrs(slog.String(keyGRPCStatus, grpcStatus))
 		}
 		if info.policy != "" {
-			attrs = append(attrs, slog.String(keyPolicy, info.policy))
+			r.AddAttrs(slog.String(keyPolicy, info.policy))
 		}
-		w.log.LogAttrs(ctx, slog.LevelInfo, msgRequest, attrs...)
+		_ = w.log.Handler().Handle(ctx, r)
 	}
 	w.m.request(info, code, d, info.body.n, sent)
 }

@@ -61,7 +61,8 @@ func (w *Waypoint) serveHBONE(s *hbone.Stream) {
 		return
 	}
 	ctx := context.Background()
-	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap, policies: w.policiesFor(snap, t)}
+	in := &inbound{t: t, client: client, peer: req.Peer.String(), snap: snap, policies: w.policiesFor(snap, t),
+		clientStr: client.String(), authorityStr: t.authority.String()}
 	declared := protocolOf(t.port)
 	if declared == protoTCP {
 		w.forwardTCP(ctx, s, in, nil)
@@ -95,6 +96,26 @@ type inbound struct {
 	// destination Service (targetRefs).
 	policies *policy.Applied
 	obs      obsCache // the request metrics' series of this stream
+	// The access log's strings of client and t.authority, made once per stream, and
+	// of the last upstream endpoint (see upstreamStr).
+	clientStr, authorityStr string
+	lastUp                  atomic.Pointer[upStr]
+}
+
+type upStr struct {
+	addr netip.AddrPort
+	s    string
+}
+
+// upstreamStr is addr.String(), remembered for the stream's next requests (most go to
+// the same endpoint); streams of HTTP/2 share it between goroutines, hence the atomic.
+func (in *inbound) upstreamStr(addr netip.AddrPort) string {
+	if u := in.lastUp.Load(); u != nil && u.addr == addr {
+		return u.s
+	}
+	u := &upStr{addr: addr, s: addr.String()}
+	in.lastUp.Store(u)
+	return u.s
 }
 
 // refresh returns in as of the current model: a request of a long-lived stream is
@@ -108,7 +129,8 @@ func (w *Waypoint) refresh(in *inbound) (*inbound, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &inbound{t: t, client: in.client, peer: in.peer, snap: snap, policies: w.policiesFor(snap, t)}, nil
+	return &inbound{t: t, client: in.client, peer: in.peer, snap: snap, policies: w.policiesFor(snap, t),
+		clientStr: in.clientStr, authorityStr: in.authorityStr}, nil
 }
 
 // policiesFor returns the policies this waypoint enforces for t.
