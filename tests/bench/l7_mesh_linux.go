@@ -25,16 +25,6 @@ const (
 	l7WaypointSA   = "waypoint"
 	l7Service      = "l7"
 	l7GatewayFile  = "l7-waypoint.yaml"
-	l7GatewayDoc   = `apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: mesh
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - {name: mesh, port: 15008, protocol: HBONE}
-`
 )
 
 // l7VIP is the bound service's address (the policy case's synthetic addresses are
@@ -70,7 +60,7 @@ func l7Model(t *netns.Topology) *mesh.Model {
 // newL7Mesh declares the waypoint (its Gateway) and returns the L7 case's pods and hooks;
 // the waypoint starts when the L7 case is set up.
 func newL7Mesh(m *mesh.Mesh) (*l7Fabric, error) {
-	if err := m.WritePolicies(l7GatewayFile, l7GatewayDoc); err != nil {
+	if err := m.WritePolicies(l7GatewayFile, mesh.WaypointGateway("mesh", l7WaypointName)); err != nil {
 		return nil, err
 	}
 	n1, n2, n3 := m.Topo.Nodes[0], m.Topo.Nodes[1], m.Topo.Nodes[2]

@@ -166,13 +166,7 @@ func run() error {
 
 // waypointManifests declare the waypoint, route service web through it (a redirect for
 // /old/, everything else to web's pods) and let it admit GET only.
-const waypointManifests = `apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: mesh}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+var waypointManifests = mesh.WaypointGateway("mesh", "waypoint") + `---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: web, namespace: mesh}

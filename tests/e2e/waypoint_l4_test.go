@@ -38,18 +38,7 @@ const (
 var wpVIP = netip.AddrPortFrom(mesh.VIP(5), 80)
 
 // wpGateway declares the waypoint as Istio users write it.
-const wpGateway = `apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: wp
-  namespace: mesh
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-`
+var wpGateway = mesh.WaypointGateway("mesh", "wp")
 
 func TestWaypointL4(t *testing.T) {
 	requireMesh(t)

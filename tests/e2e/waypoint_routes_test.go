@@ -60,7 +60,7 @@ func runWaypoint(t *testing.T, edit func(*mesh.Model)) *netns.Pod {
 	if edit != nil {
 		edit(m.Model)
 	}
-	if err := m.WritePolicies("waypoint.yaml", waypointDoc); err != nil {
+	if err := m.WritePolicies("waypoint.yaml", mesh.WaypointGateway("mesh", "waypoint")); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Apply(); err != nil {

@@ -20,18 +20,8 @@ import (
 // ztunnel: a waypoint pod is never captured), for service "web" (HTTP on echo-a and
 // echo-b, port 8081).
 const (
-	webPort     = 8081
-	waypointSA  = "waypoint"
-	waypointDoc = `apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: mesh
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - {name: mesh, port: 15008, protocol: HBONE}
-`
+	webPort    = 8081
+	waypointSA = "waypoint"
 )
 
 var webVIP = netip.AddrPortFrom(mesh.VIP(1), 80)

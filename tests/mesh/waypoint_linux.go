@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/tests/netns"
 )
 
@@ -116,4 +117,19 @@ func ServingIdentities(ctx context.Context, p *netns.Pod, addr string) ([]string
 		ids = append(ids, u.String())
 	}
 	return ids, nil
+}
+
+// WaypointGateway is the Gateway that declares waypoint ns/name, as Istio users write
+// it: class istio-waypoint, one HBONE listener on 15008.
+func WaypointGateway(ns, name string) string {
+	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  gatewayClassName: %s
+  listeners:
+  - {name: mesh, port: %d, protocol: HBONE}
+`, name, ns, discovery.DefaultWaypointClass, discovery.WaypointPort)
 }
