@@ -1,17 +1,20 @@
 package waypoint
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/waypoint/route"
 )
 
-// routing is the compiled routes of one model version.
+// routing is what the waypoint derives from one model version: the compiled routes
+// and, filled as streams need them, the policies it enforces per destination.
 type routing struct {
 	version  uint64
 	table    *route.Table
 	statuses []route.Status
+	policies sync.Map // "namespace/name" of the Service ("/" for a workload) -> *policy.Applied
 }
 
 // routesCache holds the routing of the latest model version seen.

@@ -133,13 +133,20 @@ func (w *Waypoint) refresh(in *inbound) (*inbound, error) {
 		clientStr: in.clientStr, authorityStr: in.authorityStr}, nil
 }
 
-// policiesFor returns the policies this waypoint enforces for t.
+// policiesFor returns the policies this waypoint enforces for t: selected once per
+// model version and destination (a walk of every AuthorizationPolicy), not per stream.
 func (w *Waypoint) policiesFor(snap *discovery.Snapshot, t target) *policy.Applied {
 	var ns, name string
 	if t.svc != nil {
 		ns, name = t.svc.Namespace, t.svc.Name
 	}
-	return snap.Policies.ForWaypoint(w.cfg.Namespace, w.cfg.Name, w.cfg.WaypointClass, ns, name)
+	r := w.routesFor(snap)
+	key := ns + "/" + name
+	if p, ok := r.policies.Load(key); ok {
+		return p.(*policy.Applied)
+	}
+	p, _ := r.policies.LoadOrStore(key, snap.Policies.ForWaypoint(w.cfg.Namespace, w.cfg.Name, w.cfg.WaypointClass, ns, name))
+	return p.(*policy.Applied)
 }
 
 // authorize decides a stream (r nil: TCP, the policies' HTTP fields cannot match) or

@@ -93,35 +93,38 @@ func (c *Controller) reconcileRoutes(ctx context.Context) error {
 		}
 	}
 	var errs []error
-	for _, hr := range hrs {
-		k := routeKey{route.KindHTTPRoute, hr.Namespace, hr.Name}
-		gatewayParents(k, hr.Generation, hr.Spec.ParentRefs)
-		parents, changed := mergeParents(hr.Status.Parents, want[k], ctrl)
+	// sync writes one route's parent statuses when they changed.
+	sync := func(k routeKey, gen int64, refs []gatewayv1.ParentReference, cur []gatewayv1.RouteParentStatus,
+		update func([]gatewayv1.RouteParentStatus) error) {
+		gatewayParents(k, gen, refs)
+		parents, changed := mergeParents(cur, want[k], ctrl)
 		if !changed {
-			continue
+			return
 		}
-		cp := hr.DeepCopy()
-		cp.Status.Parents = parents
-		if _, err := c.gw.GatewayV1().HTTPRoutes(hr.Namespace).UpdateStatus(ctx, cp, updateOpts); err != nil {
-			errs = append(errs, fmt.Errorf("update HTTPRoute %s/%s status: %w", hr.Namespace, hr.Name, err))
-			continue
+		name := k.kind + " " + k.ns + "/" + k.name
+		if err := update(parents); err != nil {
+			errs = append(errs, fmt.Errorf("update %s status: %w", name, err))
+			return
 		}
-		c.log.Debug(msgRouteStatus, keyRoute, "HTTPRoute "+hr.Namespace+"/"+hr.Name)
+		c.log.Debug(msgRouteStatus, keyRoute, name)
+	}
+	for _, hr := range hrs {
+		sync(routeKey{route.KindHTTPRoute, hr.Namespace, hr.Name}, hr.Generation, hr.Spec.ParentRefs, hr.Status.Parents,
+			func(parents []gatewayv1.RouteParentStatus) error {
+				cp := hr.DeepCopy()
+				cp.Status.Parents = parents
+				_, err := c.gw.GatewayV1().HTTPRoutes(hr.Namespace).UpdateStatus(ctx, cp, updateOpts)
+				return err
+			})
 	}
 	for _, gr := range grs {
-		k := routeKey{route.KindGRPCRoute, gr.Namespace, gr.Name}
-		gatewayParents(k, gr.Generation, gr.Spec.ParentRefs)
-		parents, changed := mergeParents(gr.Status.Parents, want[k], ctrl)
-		if !changed {
-			continue
-		}
-		cp := gr.DeepCopy()
-		cp.Status.Parents = parents
-		if _, err := c.gw.GatewayV1().GRPCRoutes(gr.Namespace).UpdateStatus(ctx, cp, updateOpts); err != nil {
-			errs = append(errs, fmt.Errorf("update GRPCRoute %s/%s status: %w", gr.Namespace, gr.Name, err))
-			continue
-		}
-		c.log.Debug(msgRouteStatus, keyRoute, "GRPCRoute "+gr.Namespace+"/"+gr.Name)
+		sync(routeKey{route.KindGRPCRoute, gr.Namespace, gr.Name}, gr.Generation, gr.Spec.ParentRefs, gr.Status.Parents,
+			func(parents []gatewayv1.RouteParentStatus) error {
+				cp := gr.DeepCopy()
+				cp.Status.Parents = parents
+				_, err := c.gw.GatewayV1().GRPCRoutes(gr.Namespace).UpdateStatus(ctx, cp, updateOpts)
+				return err
+			})
 	}
 	return joinErrs(errs)
 }

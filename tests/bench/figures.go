@@ -207,24 +207,29 @@ func summarise(paths []string, runs []Run, notes map[string]string) []Summary {
 	return out
 }
 
+// okRuns are the runs of path and test that succeeded.
+func okRuns(runs []Run, path, test string) []Run {
+	var rs []Run
+	for _, r := range runs {
+		if r.Path == path && r.Test == test && r.Error == "" {
+			rs = append(rs, r)
+		}
+	}
+	return rs
+}
+
+// med is the median of f over rs.
+func med(rs []Run, f func(Run) Num) Num {
+	xs := make([]Num, len(rs))
+	for i, r := range rs {
+		xs[i] = f(r)
+	}
+	return median(xs)
+}
+
 func reduce(path string, runs []Run) Summary {
 	s := Summary{Path: path}
-	pick := func(test string) []Run {
-		var rs []Run
-		for _, r := range runs {
-			if r.Path == path && r.Test == test && r.Error == "" {
-				rs = append(rs, r)
-			}
-		}
-		return rs
-	}
-	med := func(rs []Run, f func(Run) Num) Num {
-		xs := make([]Num, len(rs))
-		for i, r := range rs {
-			xs[i] = f(r)
-		}
-		return median(xs)
-	}
+	pick := func(test string) []Run { return okRuns(runs, path, test) }
 	// Per-run ratios first, then the median: CPU and volume of one run belong together.
 	perGB := func(rs []Run, end int) Num {
 		return med(rs, func(r Run) Num { return div(r.CPU[end], r.Bytes/1e9) })

@@ -24,23 +24,7 @@ func summariseL7(hops []string, runs []Run, notes map[string]string) []L7Summary
 	var out []L7Summary
 	for _, h := range hops {
 		s := L7Summary{Hop: h, Note: notes[h]}
-		pick := func(test string) []Run {
-			var rs []Run
-			for _, r := range runs {
-				if r.Path == h && r.Test == test && r.Error == "" {
-					rs = append(rs, r)
-				}
-			}
-			return rs
-		}
-		med := func(rs []Run, f func(Run) Num) Num {
-			xs := make([]Num, len(rs))
-			for i, r := range rs {
-				xs[i] = f(r)
-			}
-			return median(xs)
-		}
-		mx, rate := pick(testL7Max), pick(testL7Rate)
+		mx, rate := okRuns(runs, h, testL7Max), okRuns(runs, h, testL7Rate)
 		s.RPS = med(mx, func(r Run) Num { return r.QPS })
 		s.HopCores = med(mx, func(r Run) Num { return div(r.CPU[0], r.Seconds) })
 		s.RPSPerCore = med(mx, func(r Run) Num { return div(r.Requests, r.CPU[0]) })

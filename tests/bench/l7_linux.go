@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -376,38 +375,5 @@ func (b *bench) l7Load(ctx context.Context, h *l7Hop, test string, rep, qps int,
 		}
 	}
 	time.Sleep(settle)
-	if err != nil {
-		r.Error = fmt.Sprintf("fortio: %v: %s", err, firstLines(out))
-		return r
-	}
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		r.Error = fmt.Sprintf("fortio result: %v", err)
-		return r
-	}
-	var res fortioResult
-	if err := json.Unmarshal(raw, &res); err != nil {
-		r.Error = fmt.Sprintf("fortio result: %v", err)
-		return r
-	}
-	ok := res.RetCodes["200"]
-	if ok == 0 || ok < res.DurationHistogram.Count {
-		r.Error = fmt.Sprintf("fortio: %d of %d requests answered 200 (%v)", ok, res.DurationHistogram.Count, res.RetCodes)
-		return r
-	}
-	r.QPS, r.Requests = Num(res.ActualQPS), Num(res.DurationHistogram.Count)
-	for _, pc := range res.DurationHistogram.Percentiles {
-		ms := Num(pc.Value * 1000)
-		switch pc.Percentile {
-		case 50:
-			r.P50 = ms
-		case 90:
-			r.P90 = ms
-		case 99:
-			r.P99 = ms
-		case 99.9:
-			r.P999 = ms
-		}
-	}
-	return r
+	return fortioResults(r, out, err, file, "200")
 }

@@ -86,6 +86,13 @@ func (b *bench) fortio(ctx context.Context, p *benchPath, qps, c int, d time.Dur
 	time.Sleep(settle)
 	wall := time.Since(t0) - settle
 	r := Run{CPU: cpuDelta(before, p.cpu()), Seconds: Num(wall.Seconds())}
+	return fortioResults(r, out, err, file, "OK")
+}
+
+// fortioResults fills r from a fortio run: its error and output, and the JSON result
+// in file, in which every request must have returned ok ("OK" for tcp://, "200" for
+// HTTP).
+func fortioResults(r Run, out []byte, err error, file, ok string) Run {
 	if err != nil {
 		r.Error = fmt.Sprintf("fortio: %v: %s", err, firstLines(out))
 		return r
@@ -100,12 +107,11 @@ func (b *bench) fortio(ctx context.Context, p *benchPath, qps, c int, d time.Dur
 		r.Error = fmt.Sprintf("fortio result: %v", err)
 		return r
 	}
-	ok := res.RetCodes["OK"]
-	if ok == 0 || ok < res.DurationHistogram.Count {
-		r.Error = fmt.Sprintf("fortio: %d of %d requests OK (%v)", ok, res.DurationHistogram.Count, res.RetCodes)
+	if n := res.RetCodes[ok]; n == 0 || n < res.DurationHistogram.Count {
+		r.Error = fmt.Sprintf("fortio: %d of %d requests %s (%v)", n, res.DurationHistogram.Count, ok, res.RetCodes)
 		return r
 	}
-	r.QPS = Num(res.ActualQPS)
+	r.QPS, r.Requests = Num(res.ActualQPS), Num(res.DurationHistogram.Count)
 	for _, pc := range res.DurationHistogram.Percentiles {
 		ms := Num(pc.Value * 1000)
 		switch pc.Percentile {

@@ -2,8 +2,12 @@ package kubetest
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/ambitmesh/ambit/tests/netns"
 	"github.com/ambitmesh/ambit/tests/tooling"
 )
 
@@ -43,4 +47,17 @@ func EnsureBinaries(ctx context.Context) (Binaries, error) {
 		return Binaries{}, err
 	}
 	return b, nil
+}
+
+// PrepareTests is a TestMain's set-up for tests on a real API server: it finds (or
+// builds, ~20 min cold) kube-apiserver and etcd, then enters a private network
+// namespace. It returns why the binaries are missing (also written to stderr, naming
+// pkg), so that the real API server tests fail and the others still run.
+func PrepareTests(pkg string) error {
+	err := tooling.EnsureAsRoot(time.Hour, EnsureBinaries)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", pkg, err)
+	}
+	netns.EnterPrivate()
+	return err
 }

@@ -2,8 +2,9 @@ package route
 
 import (
 	"fmt"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"testing"
+
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 func TestMatchTypes(t *testing.T) {
