@@ -189,6 +189,7 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, hdrs []hpack.HeaderField,
 	s.canSend = early
 	c.nextID += 2
 	c.streams[s.id] = s
+	c.open.Store(int32(len(c.streams)))
 	// Queued under c.mu so stream ids go out in increasing order, written by
 	// this goroutine unless someone else is writing.
 	ok := c.push(wreq{kind: wHeaders, streamID: s.id, hdrs: hdrs})

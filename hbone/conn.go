@@ -118,6 +118,7 @@ type conn struct {
 	wrote bool  // inline writer: its batch is written
 
 	peerMaxFrame atomic.Uint32
+	open         atomic.Int32 // len(streams), for writers that do not hold mu
 	lastRecv     atomic.Int64
 
 	mu             sync.Mutex
@@ -567,6 +568,7 @@ func (c *conn) closeWith(err error) {
 		streams = append(streams, s)
 	}
 	clear(c.streams)
+	c.open.Store(0)
 	c.mu.Unlock()
 	close(c.closedCh)
 	c.wqMu.Lock()
@@ -1070,6 +1072,7 @@ func (c *conn) removeIfDone(s *stream) {
 		delete(c.streams, s.id)
 	}
 	n := len(c.streams)
+	c.open.Store(int32(n))
 	if n == 0 {
 		c.idleSince = time.Now()
 	}

@@ -251,3 +251,87 @@ func TestRequestHeadersIndexing(t *testing.T) {
 		}
 	}
 }
+
+// gatedConn passes reads through until armed, then lets budget more bytes through and
+// blocks the next read (signalling blocked) until release is closed.
+type gatedConn struct {
+	net.Conn
+	mu      sync.Mutex
+	armed   bool
+	budget  int
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedConn) arm(budget int) {
+	g.mu.Lock()
+	g.armed, g.budget = true, budget
+	g.mu.Unlock()
+}
+
+func (g *gatedConn) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	if g.armed && g.budget == 0 {
+		g.armed = false
+		g.mu.Unlock()
+		close(g.blocked)
+		<-g.release
+		return g.Conn.Read(p)
+	}
+	if g.armed {
+		p = p[:min(len(p), g.budget)]
+	}
+	g.mu.Unlock()
+	n, err := g.Conn.Read(p)
+	g.mu.Lock()
+	if g.armed {
+		g.budget -= n
+	}
+	g.mu.Unlock()
+	return n, err
+}
+
+// CloseRead while the read loop is in the middle of a DATA frame: the rest of that
+// frame and everything after it are dropped, never read.
+func TestCloseReadMidFrame(t *testing.T) { onLayers(t, testCloseReadMidFrame) }
+
+func testCloseReadMidFrame(t *testing.T) {
+	start, wrote := make(chan struct{}), make(chan struct{})
+	_, addr := startServer(t, HandlerFunc(func(s *Stream) {
+		defer close(wrote)
+		s.Accept()
+		<-start
+		buf := make([]byte, 1<<20) // frames of 256 KiB, read in chunks of 128 KiB
+		for range 16 {
+			if _, err := s.Write(buf); err != nil {
+				t.Errorf("server write: %v", err)
+				return
+			}
+		}
+		s.CloseWrite()
+	}), nil)
+	gate := &gatedConn{blocked: make(chan struct{}), release: make(chan struct{})}
+	p := newTestPool(t, func(cfg *ClientConfig) {
+		cfg.Dial = func(ctx context.Context, network, a string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, a)
+			gate.Conn = nc
+			return gate, err
+		}
+	})
+	c, err := p.Dial(context.Background(), testReq(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	gate.arm(64 << 10) // into the first DATA frame's first chunk
+	close(start)
+	<-gate.blocked
+	if err := c.CloseRead(); err != nil {
+		t.Fatal(err)
+	}
+	close(gate.release)
+	<-wrote // the server wrote all of it: its windows were returned
+	if n, err := c.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Fatalf("Read after CloseRead mid-frame = %d, %v, want 0, EOF", n, err)
+	}
+}

@@ -175,7 +175,7 @@ func TestDialEarlyFirstData(t *testing.T) { onLayers(t, testDialEarlyFirstData) 
 
 func testDialEarlyFirstData(t *testing.T) {
 	_, addr := startServer(t, echoHandler, nil)
-	p, writes := writeCountingPool(t)
+	p, writes := writeCountingPool(t, nil)
 	// A first stream, used to its end, opens the pooled connection and leaves
 	// nothing (settings, acks) for later writes.
 	warm, err := p.Dial(context.Background(), testReq(addr))

@@ -69,9 +69,12 @@ func (w writeCounter) Write(p []byte) (int, error) {
 
 // writeCountingPool is a test pool whose connections count their socket writes. The
 // wrapper is no syscall.Conn, so the record layer writes through it.
-func writeCountingPool(tb testing.TB) (*Pool, *atomic.Int32) {
+func writeCountingPool(tb testing.TB, mod func(*ClientConfig)) (*Pool, *atomic.Int32) {
 	writes := new(atomic.Int32)
 	p := newTestPool(tb, func(cfg *ClientConfig) {
+		if mod != nil {
+			mod(cfg)
+		}
 		cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err != nil {

@@ -1,10 +1,12 @@
 package hbone
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -405,5 +407,63 @@ func testPoolSpreadsConcurrentStreams(t *testing.T) {
 	b := make([]byte, 1)
 	if _, err := io.ReadFull(c2, b); err != nil || b[0] != 'x' {
 		t.Fatalf("echo over the shared connection: %q %v", b, err)
+	}
+}
+
+// Streams of one connection that write at the same moment share a socket write: the
+// first writer lets the others queue their frames before it writes the batch. One P
+// makes "the same moment" exact: the writers are all runnable when the first runs.
+// (A waypoint's requests from one client, a node pair's connections, share connections
+// like this; the kernel's cost of a write is most of a small request's.)
+func TestConcurrentWritesShareASocketWrite(t *testing.T) {
+	onLayers(t, testConcurrentWritesShareASocketWrite)
+}
+
+func testConcurrentWritesShareASocketWrite(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	_, addr := startServer(t, echoHandler, nil)
+	p, writes := writeCountingPool(t, func(c *ClientConfig) { c.ConnsPerDest = 1 })
+	const n = 4
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := p.Dial(context.Background(), testReq(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	msg := []byte("a small request")
+	// A first round settles the connection: settings, acks and answers all written.
+	for _, c := range conns {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := writes.Load()
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			<-start
+			if _, err := c.Write(msg); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	runtime.Gosched() // all writers wait on start
+	close(start)
+	wg.Wait()
+	if got := writes.Load() - before; got >= n {
+		t.Errorf("%d streams writing at once took %d socket writes, want fewer than %d", n, got, n)
+	}
+	for _, c := range conns {
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo after the shared write: %q, %v", got, err)
+		}
 	}
 }

@@ -195,7 +195,7 @@ func testSendSlotsShortWindow(t *testing.T) {
 		b, _ := io.ReadAll(s)
 		got <- b
 	}), nil)
-	p, writes := writeCountingPool(t)
+	p, writes := writeCountingPool(t, nil)
 	c, err := p.Dial(context.Background(), testReq(addr))
 	if err != nil {
 		t.Fatal(err)

@@ -332,6 +332,7 @@ func (srv *Server) onHeaders(c *conn, f *http2.MetaHeadersFrame) error {
 	}
 	s := newStream(c, id)
 	c.streams[id] = s
+	c.open.Store(int32(len(c.streams)))
 	if f.StreamEnded() {
 		s.remoteEnd = true
 		s.rErr = errEOF()

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -273,13 +274,18 @@ func (s *stream) admit(length int64) (keep bool, code http2.ErrCode) {
 func (s *stream) fill(r io.Reader, n int64) error {
 	for n > 0 {
 		s.mu.Lock()
-		if s.closed {
+		if s.closed || s.readClosed {
+			// Closed, or CloseRead, meanwhile: drop the rest (after CloseRead the
+			// stream's window is returned too, so the peer never blocks on it).
+			readClosed := !s.closed
 			s.mu.Unlock()
-			// Closed meanwhile: drop the rest.
 			if err := s.c.discard(n); err != nil {
 				return err
 			}
 			s.c.creditConn(n)
+			if readClosed {
+				s.creditStream(n)
+			}
 			return nil
 		}
 		var dst []byte
@@ -306,9 +312,14 @@ func (s *stream) fill(r io.Reader, n int64) error {
 
 		s.mu.Lock()
 		s.filling = false
-		if s.closed || len(s.chunks) == 0 {
+		if s.closed || s.readClosed || len(s.chunks) == 0 {
+			// The buffer was dropped while this read ran: so is what it read.
+			readClosed := !s.closed
 			s.mu.Unlock()
 			s.c.creditConn(int64(len(dst)))
+			if readClosed {
+				s.creditStream(int64(len(dst)))
+			}
 		} else {
 			k := len(s.chunks) - 1
 			s.chunks[k] = s.chunks[k][:len(s.chunks[k])+len(dst)]
@@ -934,6 +945,15 @@ func (s *stream) send(r wreq, n int) error {
 		return s.c.closeErr()
 	}
 	if inline {
+		if s.c.open.Load() > 1 {
+			// Other streams of the connection may be about to write (a waypoint's
+			// concurrent requests, a node pair's many connections): let the goroutines
+			// that are ready run first, so their frames join this system call. The
+			// kernel's cost per write (the veth and the receiver's TCP, paid here) is
+			// most of a small request's, and it is not paid twice; with nothing else
+			// ready the yield returns at once.
+			runtime.Gosched()
+		}
 		return s.c.drain(true)
 	}
 	select {
