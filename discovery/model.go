@@ -27,13 +27,15 @@ const DefaultServiceAccount = "default"
 
 // Workload is one pod (or VM) with its addresses and identity inputs.
 type Workload struct {
-	UID            string            `json:"uid"` // "<namespace>/<name>" if not given
-	Name           string            `json:"name"`
-	Namespace      string            `json:"namespace"`
-	ServiceAccount string            `json:"serviceAccount"`
-	Node           string            `json:"node,omitempty"`
-	IPs            []netip.Addr      `json:"ips,omitempty"`
-	Labels         map[string]string `json:"labels,omitempty"`
+	UID            string `json:"uid"` // "<namespace>/<name>" if not given
+	Name           string `json:"name"`
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+	Node           string `json:"node,omitempty"`
+	// Locality is where the workload runs; Build fills it from its node when unset.
+	Locality Locality          `json:"locality,omitzero"`
+	IPs      []netip.Addr      `json:"ips,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
 	// Enrolled is computed by Build from EnrollmentOptions.
 	Enrolled bool `json:"enrolled"`
 	// Protocol is computed by Build: HBONE when Enrolled, else TCP.
@@ -77,6 +79,10 @@ type Service struct {
 	Ports     []ServicePort     `json:"ports,omitempty"`
 	Selector  map[string]string `json:"selector,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
+	// TrafficDistribution is Kubernetes' spec.trafficDistribution: PreferClose (or its
+	// newer name PreferSameZone) keeps traffic in the client's zone while it has
+	// endpoints there; empty for none.
+	TrafficDistribution string `json:"trafficDistribution,omitempty"`
 	// Waypoint is computed by Build: the waypoint ("namespace/name") that traffic to the
 	// service's VIPs goes through, per istio.io/use-waypoint.
 	Waypoint string `json:"waypoint,omitempty"`
@@ -105,7 +111,34 @@ type Namespace struct {
 type Node struct {
 	Name      string       `json:"name"`
 	Addresses []netip.Addr `json:"addresses,omitempty"`
+	// Locality is the node's topology (Kubernetes labels topology.kubernetes.io/region
+	// and zone, topology.istio.io/subzone), inherited by its workloads.
+	Locality Locality `json:"locality,omitzero"`
 }
+
+// Locality is a place in the cluster's topology, from the widest to the narrowest.
+type Locality struct {
+	Region  string `json:"region,omitempty"`
+	Zone    string `json:"zone,omitempty"`
+	Subzone string `json:"subzone,omitempty"`
+}
+
+// String is Istio's form, "region/zone/subzone" (empty parts kept, trailing ones cut).
+func (l Locality) String() string {
+	switch {
+	case l.Subzone != "":
+		return l.Region + "/" + l.Zone + "/" + l.Subzone
+	case l.Zone != "":
+		return l.Region + "/" + l.Zone
+	}
+	return l.Region
+}
+
+// Traffic distributions of Kubernetes Services that prefer endpoints in the client's zone.
+const (
+	TrafficDistributionPreferClose    = "PreferClose"
+	TrafficDistributionPreferSameZone = "PreferSameZone"
+)
 
 // EnrollmentOptions decides which workloads are in the mesh.
 type EnrollmentOptions struct {

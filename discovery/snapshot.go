@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+
 	"github.com/ambitmesh/ambit/policy"
 )
 
@@ -32,6 +34,11 @@ type Snapshot struct {
 	WaypointProblems []string `json:"waypointProblems,omitempty"`
 	// Routes are the Gateway API routes, as declared (the waypoints compile them).
 	Routes Routes `json:"-"`
+	// DestinationRules are Istio's traffic policies, as declared (the waypoints
+	// compile them, package waypoint/upstream).
+	DestinationRules []*networkingv1.DestinationRule `json:"-"`
+	// TrafficProblems are the DestinationRules that could not be decoded.
+	TrafficProblems []string `json:"trafficProblems,omitempty"`
 
 	applied       *sync.Map // *Workload -> *policy.Applied; shared by copies
 	workloadByIP  map[netip.Addr]*Workload
@@ -60,6 +67,9 @@ type Input struct {
 	Waypoints        []*Waypoint
 	WaypointProblems []string
 	Routes           Routes
+	// DestinationRules and TrafficProblems are carried into the snapshot as they are.
+	DestinationRules []*networkingv1.DestinationRule
+	TrafficProblems  []string
 }
 
 // Build validates in, fills defaults (workload UID and service account,
@@ -108,6 +118,8 @@ func (b *builder) build(in Input) *Snapshot {
 		PolicyProblems:   slices.Clone(in.PolicyProblems),
 		WaypointProblems: slices.Clone(in.WaypointProblems),
 		Routes:           in.Routes,
+		DestinationRules: in.DestinationRules,
+		TrafficProblems:  slices.Clone(in.TrafficProblems),
 	}
 	b.namespaces(s, in.Namespaces)
 	b.nodes(s, in.Nodes)
@@ -136,7 +148,7 @@ func (b *builder) nodes(s *Snapshot, in []*Node) {
 	first := make(map[string]string, len(in))
 	addrOwner := make(map[netip.Addr]ref)
 	each(b, "nodes", in, func(path string, n *Node) {
-		node := &Node{Name: n.Name}
+		node := &Node{Name: n.Name, Locality: n.Locality}
 		checkSubdomain(&b.errs, path+".name", node.Name)
 		node.Addresses = b.claimAddrs(path+".addresses", "node "+node.Name, n.Addresses, false, addrOwner)
 		if !b.declare(first, path, "node", node.Name) {
@@ -161,7 +173,11 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 			Namespace:      w.Namespace,
 			ServiceAccount: cmp.Or(w.ServiceAccount, DefaultServiceAccount),
 			Node:           w.Node,
+			Locality:       w.Locality,
 			Labels:         maps.Clone(w.Labels),
+		}
+		if n := s.nodeByName[wl.Node]; n != nil && wl.Locality == (Locality{}) {
+			wl.Locality = n.Locality
 		}
 		if wl.UID == "" {
 			wl.UID = wl.Namespace + "/" + wl.Name
@@ -225,6 +241,8 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 			Ports:     slices.Clone(sv.Ports),
 			Selector:  maps.Clone(sv.Selector),
 			Labels:    maps.Clone(sv.Labels),
+
+			TrafficDistribution: sv.TrafficDistribution,
 		}
 		key := svc.Namespace + "/" + svc.Name
 		what := "service " + key
