@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,6 +27,9 @@ type Config struct {
 	// waypoint Deployment runs as).
 	ServiceAccount string
 	TrustDomain    string
+	// NodeName is the node the waypoint runs on (default $NODE_NAME): its locality is
+	// the waypoint's, which locality load balancing starts from.
+	NodeName string
 	// ListenAddr is where HBONE is served (default ":15008").
 	ListenAddr string
 
@@ -121,6 +125,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace of the waypoint")
 	fs.StringVar(&c.ServiceAccount, "service-account", "", "service account of the waypoint (default: its name)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&c.NodeName, "node", os.Getenv("NODE_NAME"), "node of this waypoint's pod, for locality load balancing (env NODE_NAME)")
 	fs.StringVar(&c.ListenAddr, "listen", c.ListenAddr, "HBONE listen address")
 	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "path of the YAML mesh model (local mode)")
 	fs.StringVar(&c.ManifestPath, "policies", c.ManifestPath, "file or directory of Istio and Gateway API manifests (local mode)")

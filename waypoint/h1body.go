@@ -29,6 +29,7 @@ func bufferBody(r *http.Request) (*http.Request, error) {
 	}
 	out := r.WithContext(r.Context())
 	out.Body = io.NopCloser(bytes.NewReader(b))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil } // for retries
 	return out, nil
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ambitmesh/ambit/policy"
 	"github.com/ambitmesh/ambit/waypoint/route"
+	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
 // The HTTP/1.1 fast path (-datapath fast): a client stream's requests are parsed and
@@ -155,6 +156,7 @@ func (ff *fastFront) request(c net.Conn, in *inbound, h *head, headBytes []byte,
 		}
 	}
 	info := &reqInfo{in: in, flags: "-"}
+	defer info.finish()
 	rec := &fastRecord{method: h.method, path: rawPath}
 	if p, err := url.PathUnescape(rawPath); err == nil {
 		rec.path = p // the access log's path, as the std path logs it
@@ -242,12 +244,25 @@ func (ff *fastFront) request(c net.Conn, in *inbound, h *head, headBytes []byte,
 	if httpguts.HeaderValuesContainsToken(te, "trailers") {
 		h.header["Te"] = []string{"trailers"}
 	}
-	up, resp, err := ff.roundTrip(info, req, h, body)
+	up, resp, end, err := ff.roundTrip(info, req, h, body)
 	if err != nil {
-		info.flags = "UF"
-		answer(http.StatusServiceUnavailable, "", "upstream connect error or disconnect/reset before headers")
+		flag, msg := "UC", "upstream connect error or disconnect/reset before headers"
+		switch {
+		case errors.Is(err, upstream.ErrOverflow):
+			flag, msg = "UO", "upstream overflow"
+		case errors.Is(err, errDial):
+			flag = "UF"
+		}
+		if info.flags == "URX" {
+			flag += ",URX"
+		}
+		info.flags = flag
+		answer(http.StatusServiceUnavailable, "", msg)
 		w.log.Debug(msgUpstreamError, keyError, err.Error())
 		return keep, false
+	}
+	if info.cookie != nil {
+		resp.header.Add("Set-Cookie", setCookieLine(info.cookie))
 	}
 	if info.backend != nil {
 		info.backend.ApplyResponse(resp.header)
@@ -258,7 +273,9 @@ func (ff *fastFront) request(c net.Conn, in *inbound, h *head, headBytes []byte,
 	rec.code = resp.code
 	ok, sent := ff.writeResponse(bw, up, resp, h.method, &keep)
 	rec.sent = sent
-	ff.pool.done(up, ok && !resp.closeConn)
+	end(upstream.Result{Status: resp.code})
+	up.requests++
+	ff.pool.done(up, ok && !resp.closeConn && !info.connSpent(up.requests))
 	w.logFast(rec, info, time.Since(start))
 	return keep && ok, false
 }
@@ -285,18 +302,17 @@ func indexAny(s, chars string) int {
 
 // roundTrip sends the request to an endpoint over a pooled connection and reads the
 // response head; connection failures are retried on another endpoint (Istio's default,
-// as on the std path), a reused connection that fails before answering once more on a
-// new one.
-func (ff *fastFront) roundTrip(info *reqInfo, req *route.Request, h *head, body []byte) (*upConn, *head, error) {
+// as on the std path, after its back-off and within the retry breaker), a reused
+// connection that fails before answering once more on a new one. end reports the
+// attempt's result once the response is forwarded.
+func (ff *fastFront) roundTrip(info *reqInfo, req *route.Request, h *head, body []byte) (*upConn, *head, func(upstream.Result), error) {
 	var lastErr error
-	for attempt := 0; attempt <= defaultRetries; attempt++ {
-		if attempt > 0 {
-			up, err := ff.w.upstreamOf(info.in, info.svc, info.port)
-			if err != nil {
-				break
-			}
-			info.upstream = up
+	rp := retryPolicyOf(info.rule)
+	for attempt := 0; attempt <= rp.retries; attempt++ {
+		if attempt > 0 && !ff.w.nextAttempt(context.Background(), info, rp, attempt) {
+			break
 		}
+		end := info.startAttempt()
 		uc, reused, err := ff.pool.get(ff, info, false)
 		if err == nil {
 			var resp *head
@@ -308,17 +324,22 @@ func (ff *fastFront) roundTrip(info *reqInfo, req *route.Request, h *head, body 
 				}
 			}
 			if err == nil {
-				return uc, resp, nil
+				return uc, resp, end, nil
 			}
+			end(upstream.Result{Local: localOrigin(err)})
 			if uc != nil {
 				uc.close()
 			}
-			return nil, nil, err // sent, not answered: not retried (it may have had effects)
+			return nil, nil, nil, err // sent, not answered: not retried (it may have had effects)
 		}
-		lastErr = err // a connect failure: the next endpoint
+		end(upstream.Result{Local: localOrigin(err)})
+		lastErr = err // a connect failure (or a breaker): the next endpoint
+		if !errors.Is(err, errDial) {
+			return nil, nil, nil, err
+		}
 	}
 	info.flags = "URX"
-	return nil, nil, lastErr
+	return nil, nil, nil, lastErr
 }
 
 // writeResponse forwards the response head and body to the client; ok says the upstream
@@ -477,7 +498,8 @@ type upConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
-	resp      head // the response being forwarded, reused
+	requests  uint32 // requests answered on it, for maxRequestsPerConnection
+	resp      head   // the response being forwarded, reused
 }
 
 // maxIdlePerKey bounds the idle connections kept per client and endpoint.

@@ -20,6 +20,7 @@ import (
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/policy"
 	"github.com/ambitmesh/ambit/waypoint/route"
+	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
 // httpFront serves the HTTP streams: one http.Server (HTTP/1.1 and h2c prior
@@ -60,7 +61,12 @@ type reqInfo struct {
 	redirect string
 	svc      *discovery.Service // where the endpoints come from (nil: the bound workload)
 	port     *discovery.ServicePort
-	upstream upstream
+	upstream upEndpoint
+	// hash is the request's consistent-hash input; cookie the one to set for it.
+	hash     *upstream.HashInput
+	cookie   *upstream.SetCookie
+	tried    []*upstream.Host // endpoints attempted, Istio's previous hosts
+	releases []func()         // the cluster breakers held
 	flags    string
 	policy   string // the deciding policy, when one denied, audited or ran dry
 	grpc     bool
@@ -168,7 +174,10 @@ func (f *httpFront) handle(rw http.ResponseWriter, r *http.Request) {
 	}
 	info := &reqInfo{in: in, flags: "-", grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
 	sw := &statusWriter{ResponseWriter: rw}
-	defer func() { f.w.logRequest(r, info, sw, time.Since(start)) }()
+	defer func() {
+		info.finish()
+		f.w.logRequest(r, info, sw, time.Since(start))
+	}()
 	if r.Body != nil && r.Body != http.NoBody {
 		info.body.ReadCloser = r.Body
 		r.Body = &info.body
@@ -297,12 +306,20 @@ func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, 
 			info.backend, info.svc, info.port = b, svc, svc.Port(b.Port)
 		}
 	}
-	up, err := f.w.upstreamOf(in, info.svc, info.port)
+	if info.svc != nil {
+		info.hash = hashInput(in, req)
+	}
+	up, err := f.w.upstreamOf(in, info.svc, info.port, info.hash, nil)
+	info.upstream = up.upEndpoint
 	if err != nil {
 		info.flags = "UH"
 		return http.StatusServiceUnavailable, "no healthy upstream"
 	}
-	info.upstream = up
+	info.cookie = up.cookie
+	if !info.startRequest() {
+		info.flags = "UO"
+		return http.StatusServiceUnavailable, "upstream overflow"
+	}
 	return 0, ""
 }
 
@@ -311,60 +328,69 @@ func rewrite(pr *httputil.ProxyRequest) {
 	if info, ok := pr.In.Context().Value(keyRequest).(*reqInfo); ok {
 		pr.Out.URL.Scheme = "http"
 		pr.Out.URL.Host = info.upstream.addr.String()
+		pr.Out.Close = info.connSpent(1) // maxRequestsPerConnection 1: no keep-alive upstream
 	}
 	pr.Out.Host = pr.In.Host
 }
 
 // modifyResponse applies the route's response filters (the backend's first).
 func modifyResponse(resp *http.Response) error {
-	if info, ok := resp.Request.Context().Value(keyRequest).(*reqInfo); ok && info.rule != nil {
+	info, ok := resp.Request.Context().Value(keyRequest).(*reqInfo)
+	if !ok {
+		return nil
+	}
+	if info.rule != nil {
 		if info.backend != nil {
 			info.backend.ApplyResponse(resp.Header)
 		}
 		info.rule.ApplyResponse(resp.Header)
 	}
+	if info.cookie != nil {
+		resp.Header.Add("Set-Cookie", setCookieLine(info.cookie))
+	}
 	return nil
 }
 
-// Istio's default retry policy: connection failures, retried twice on other endpoints.
-const defaultRetries = 2
-
-// roundTrip sends the outbound request over the client's own upstream pool, retrying
-// connection failures on another endpoint (Istio's default) and, with an HTTPRoute
-// retry, the listed status codes when the request has no body to replay.
+// roundTrip sends the outbound request over the client's own upstream pool: each
+// attempt on an endpoint its cluster picks (never one already tried while another is
+// healthy), its result fed to outlier detection; connect failures, refused streams and
+// gRPC UNAVAILABLE/CANCELLED are retried (Istio's default), and with an HTTPRoute retry
+// the listed status codes when the request body can be replayed, after Envoy's
+// jittered back-off and within the cluster's retry breaker.
 func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 	info, _ := r.Context().Value(keyRequest).(*reqInfo)
 	if info == nil {
 		return nil, errors.New("request without routing information")
 	}
-	retries, codes, backoff := defaultRetries, []int(nil), time.Duration(0)
+	rp := retryPolicyOf(info.rule)
 	var perTry time.Duration
 	if info.rule != nil {
 		perTry = info.rule.Timeouts.BackendRequest
-		if rt := info.rule.Retry; rt != nil {
-			if rt.Attempts >= 0 {
-				retries = rt.Attempts
-			}
-			codes, backoff = rt.Codes, rt.Backoff
-		}
 	}
-	replayable := r.Body == nil || r.Body == http.NoBody
 	r, err := bufferBody(r)
 	if err != nil {
 		return nil, err
 	}
+	// A body streamed upstream cannot be sent again: its request is not retried, not
+	// even after a connect failure (the Transport has closed it).
+	replayable := r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
+	if !replayable {
+		rp.retries = 0
+	}
 	h2 := protocolOf(info.port) == protoHTTP2 || r.ProtoMajor == 2
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			if up, err := f.w.upstreamOf(info.in, info.svc, info.port); err == nil {
-				info.upstream = up
+			if !f.w.nextAttempt(r.Context(), info, rp, attempt) {
+				info.flags = "URX"
+				if err == nil {
+					return nil, errRetriesExhausted
+				}
+				return nil, err
 			}
 			r.URL.Host = info.upstream.addr.String()
-			if backoff > 0 {
-				select {
-				case <-time.After(backoff):
-				case <-r.Context().Done():
-					return nil, r.Context().Err()
+			if r.GetBody != nil {
+				if r.Body, err = r.GetBody(); err != nil {
+					return nil, err
 				}
 			}
 		}
@@ -374,40 +400,49 @@ func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(r.Context(), perTry)
 			try = r.WithContext(ctx)
 		}
-		resp, err := f.transport(info.in.client, h2).RoundTrip(try)
-		switch {
-		case err != nil && errors.Is(err, errDial) && attempt < retries:
+		end := info.startAttempt()
+		var resp *http.Response
+		resp, err = f.transport(info.in.client, h2).RoundTrip(try)
+		if err != nil {
+			end(upstream.Result{Local: localOrigin(err)})
 			cancel()
-			continue
-		case err == nil && attempt < retries && replayable && slices.Contains(codes, resp.StatusCode):
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			cancel()
-			continue
-		case err != nil:
-			cancel()
+			if (errors.Is(err, errDial) || refusedStream(err)) && attempt < rp.retries {
+				continue
+			}
 			if attempt > 0 {
 				info.flags = "URX"
 			}
 			return nil, err
 		}
-		if perTry > 0 {
-			resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
-		} else {
+		if attempt < rp.retries && (retryableGRPC(resp.Header) || slices.Contains(rp.codes, resp.StatusCode)) {
+			end(upstream.Result{Status: resp.StatusCode})
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
 			cancel()
+			continue
 		}
+		if attempt > 0 && slices.Contains(rp.codes, resp.StatusCode) {
+			info.flags = "URX"
+		}
+		resp.Body = &endBody{ReadCloser: resp.Body, end: func() { end(upstream.Result{Status: resp.StatusCode}) }, cancel: cancel}
 		return resp, nil
 	}
 }
 
-// cancelBody ends a per-try context when the response body is done.
-type cancelBody struct {
+// errRetriesExhausted: the retry breaker or the request's deadline stopped a retry.
+var errRetriesExhausted = errors.New("upstream retries exhausted")
+
+// endBody reports the attempt's result and ends its per-try context when the response
+// body is done: an endpoint's active request lasts until then (LEAST_REQUEST).
+type endBody struct {
 	io.ReadCloser
+	end    func()
 	cancel context.CancelFunc
 }
 
-func (b *cancelBody) Close() error {
+func (b *endBody) Close() error {
 	err := b.ReadCloser.Close()
+	b.end()
 	b.cancel()
 	return err
 }
@@ -453,22 +488,39 @@ func (f *httpFront) transport(client netip.AddrPort, h2 bool) *http.Transport {
 }
 
 // upstreamError answers a failed forward as Envoy would: 503 with UF (connection
-// failure) or UC (terminated), 504 UT on a timeout.
+// failure), UO (a circuit breaker) or UC (the connection ended before a response), 504
+// UT on a timeout; URX joins them when retries ran out.
 func (f *httpFront) upstreamError(rw http.ResponseWriter, r *http.Request, err error) {
 	info, _ := r.Context().Value(keyRequest).(*reqInfo)
-	code, flag := http.StatusServiceUnavailable, "UF"
+	code, flag := http.StatusServiceUnavailable, "UC"
 	var ne net.Error
 	switch {
+	case errors.Is(err, upstream.ErrOverflow):
+		flag = "UO"
+	case errors.Is(err, errDial):
+		flag = "UF"
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
 		code, flag = http.StatusGatewayTimeout, "UT"
 	case errors.Is(err, context.Canceled):
 		code, flag = 499, "DC"
+	case errors.Is(err, errRetriesExhausted):
+		flag = "URX"
 	}
 	if info != nil {
+		if info.flags == "URX" && flag != "URX" {
+			flag += ",URX"
+		}
 		info.flags = flag
 	}
 	f.w.log.Debug(msgUpstreamError, keyError, err.Error())
-	localReply(rw, info, code, "upstream connect error or disconnect/reset before headers")
+	msg := "upstream connect error or disconnect/reset before headers"
+	switch flag {
+	case "UO":
+		msg = "upstream overflow"
+	case "UT":
+		msg = "upstream request timeout"
+	}
+	localReply(rw, info, code, msg)
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

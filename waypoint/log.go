@@ -5,22 +5,31 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
 // Log messages are constant; details go in keyed attributes.
 const (
-	msgStarted       = "waypoint started"
-	msgDraining      = "draining connections"
-	msgRefused       = "connection refused"
-	msgRequest       = "request"
-	msgTCP           = "connection closed"
-	msgTCPFailed     = "connection failed"
-	msgUpstreamError = "upstream error"
-	msgDenied        = "connection denied by policy"
-	msgPolicyClosed  = "connection closed by policy"
-	msgRouteProblem  = "route not accepted"
-	msgMirrorFailed  = "mirrored request failed"
+	msgStarted        = "waypoint started"
+	msgDraining       = "draining connections"
+	msgRefused        = "connection refused"
+	msgRequest        = "request"
+	msgTCP            = "connection closed"
+	msgTCPFailed      = "connection failed"
+	msgUpstreamError  = "upstream error"
+	msgDenied         = "connection denied by policy"
+	msgPolicyClosed   = "connection closed by policy"
+	msgRouteProblem   = "route not accepted"
+	msgMirrorFailed   = "mirrored request failed"
+	msgTrafficProblem = "destination rule not applied"
+	msgTrafficWarning = "destination rule field not applied"
+	msgEjected        = "endpoint ejected"
+	msgReturned       = "endpoint returned"
+	msgOverflow       = "circuit breaker overflow"
 )
 
 // Log keys; the access log's follow Istio's.
@@ -46,6 +55,9 @@ const (
 	keyRoute      = "route"
 	keyParent     = "parent"
 	keyCondition  = "condition"
+	keyCluster    = "cluster"
+	keyUntil      = "until"
+	keyLimit      = "limit"
 )
 
 // logRequest writes the request's access-log line and records its metrics.
@@ -121,7 +133,19 @@ func (w *Waypoint) configDump(rw http.ResponseWriter, _ *http.Request) {
 		Services []svc    `json:"services"`
 		Routes   []rt     `json:"routes"`
 		Problems []string `json:"waypointProblems,omitempty"`
+		// Clusters are the Service ports forwarded to so far: policy, endpoints with
+		// their load and health, breakers, outlier detection.
+		Clusters        []upstream.ClusterStatus `json:"clusters"`
+		TrafficProblems []string                 `json:"trafficProblems,omitempty"`
 	}{Waypoint: w.ref, Identity: w.self.String(), Declared: snap.Waypoint(w.ref) != nil, Problems: snap.WaypointProblems}
+	tr := w.trafficFor(snap)
+	d.TrafficProblems = slices.Clone(snap.TrafficProblems)
+	for _, err := range tr.problems.Errors {
+		d.TrafficProblems = append(d.TrafficProblems, err.Error())
+	}
+	d.TrafficProblems = append(d.TrafficProblems, tr.problems.Warnings...)
+	d.Clusters = w.clusters.statuses()
+	slices.SortFunc(d.Clusters, func(a, b upstream.ClusterStatus) int { return strings.Compare(a.Name, b.Name) })
 	for _, s := range snap.Services {
 		if s.Waypoint != w.ref {
 			continue

@@ -136,3 +136,58 @@ func workloadOf(info *reqInfo) *discovery.Workload {
 	}
 	return info.in.t.workload
 }
+
+// clusterCollector exports the clusters' state with the names Envoy's cluster
+// statistics have in Istio's Prometheus output (label cluster_name), read at scrape time.
+type clusterCollector struct{ c *clusters }
+
+var (
+	descRqActive        = clusterDesc("envoy_cluster_upstream_rq_active", "Requests in flight to the cluster.")
+	descCxActive        = clusterDesc("envoy_cluster_upstream_cx_active", "Connections counted by the cluster's connection breaker.")
+	descPendingOverflow = clusterDesc("envoy_cluster_upstream_rq_pending_overflow", "Requests refused by the pending or max requests breakers (503 UO).")
+	descCxOverflow      = clusterDesc("envoy_cluster_upstream_cx_overflow", "Connections refused by the max connections breaker (503 UO).")
+	descRetry           = clusterDesc("envoy_cluster_upstream_rq_retry", "Retries sent.")
+	descRetryOverflow   = clusterDesc("envoy_cluster_upstream_rq_retry_overflow", "Retries refused by the retry breaker or budget.")
+	descEjectActive     = clusterDesc("envoy_cluster_outlier_detection_ejections_active", "Endpoints ejected now.")
+	descEjectEnforced   = clusterDesc("envoy_cluster_outlier_detection_ejections_enforced_total", "Ejections enforced.")
+	descEjectOverflow   = clusterDesc("envoy_cluster_outlier_detection_ejections_overflow", "Ejections refused by maxEjectionPercent.")
+	descHealthy         = clusterDesc("envoy_cluster_membership_healthy", "Endpoints not ejected.")
+	descTotal           = clusterDesc("envoy_cluster_membership_total", "Endpoints of the cluster.")
+)
+
+func clusterDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, []string{"cluster_name"}, nil)
+}
+
+func (cc clusterCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(cc, ch) }
+
+func (cc clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range cc.c.statuses() {
+		n, b := st.Name, st.Breakers
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, n)
+		}
+		counter := func(d *prometheus.Desc, v uint64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), n)
+		}
+		gauge(descRqActive, float64(b.Requests))
+		gauge(descCxActive, float64(b.Connections))
+		counter(descPendingOverflow, b.PendingOverflows+b.RequestOverflows)
+		counter(descCxOverflow, b.ConnectionOverflows)
+		counter(descRetry, b.RetriesTotal)
+		counter(descRetryOverflow, b.RetryOverflows)
+		healthy := 0
+		for _, e := range st.Endpoints {
+			if e.Health == "healthy" {
+				healthy++
+			}
+		}
+		gauge(descHealthy, float64(healthy))
+		gauge(descTotal, float64(len(st.Endpoints)))
+		if o := st.Outlier; o != nil {
+			gauge(descEjectActive, float64(o.EjectionsActive))
+			counter(descEjectEnforced, o.EjectionsEnforced)
+			counter(descEjectOverflow, o.EjectionsOverflow)
+		}
+	}
+}

@@ -46,11 +46,11 @@ func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) (
 		if svc == nil || svc.Port(m.Backend.Port) == nil {
 			continue
 		}
-		up, err := f.w.pickEndpoint(info.in.snap, svc, svc.Port(m.Backend.Port))
+		up, err := f.w.pickEndpoint(info.in.snap, svc, svc.Port(m.Backend.Port), nil, nil)
 		if err != nil {
 			continue
 		}
-		mi := &reqInfo{in: info.in, svc: svc, port: svc.Port(m.Backend.Port), upstream: up, flags: "-"}
+		mi := &reqInfo{in: info.in, svc: svc, port: svc.Port(m.Backend.Port), upstream: up.upEndpoint, flags: "-"}
 		ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(r.Context()), keyRequest, mi), mirrorTimeout)
 		out := r.Clone(ctx)
 		out.RequestURI = ""

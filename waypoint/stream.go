@@ -14,6 +14,7 @@ import (
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/policy"
+	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
 // protocol is how a bound port's traffic is handled.
@@ -257,13 +258,9 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 		w.log.Warn(msgDenied, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyPolicy, d.String())
 		return
 	}
-	up, err := w.upstreamOf(in, in.t.svc, in.t.port)
+	up, c, err := w.connectTCP(ctx, in)
 	if err == nil {
-		var c net.Conn
-		ctx, cancel := context.WithTimeout(ctx, w.cfg.ConnectTimeout)
-		c, err = w.dialUpstream(ctx, up, in.client)
-		cancel()
-		if err == nil {
+		{
 			if len(first) > 0 {
 				if _, err = c.Write(first); err != nil {
 					c.Close()
@@ -286,11 +283,47 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 	w.log.Warn(msgTCPFailed, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyError, err.Error())
 }
 
+// connectTCP connects a TCP stream to an endpoint of its destination, trying up to
+// defaultRetries more endpoints after connect failures (never one already tried while
+// another is healthy); connect failures count for outlier detection, as in Envoy.
+func (w *Waypoint) connectTCP(ctx context.Context, in *inbound) (upEndpoint, net.Conn, error) {
+	var tried []*upstream.Host
+	for attempt := 0; ; attempt++ {
+		up, err := w.upstreamOf(in, in.t.svc, in.t.port, nil, tried)
+		if err != nil {
+			return up.upEndpoint, nil, err
+		}
+		var done func(upstream.Result)
+		if up.host != nil {
+			tried = append(tried, up.host)
+			done = up.host.Start()
+		}
+		dctx, cancel := context.WithTimeout(ctx, w.cfg.ConnectTimeout)
+		c, err := w.dialUpstream(dctx, up.upEndpoint, in.client)
+		cancel()
+		if done != nil {
+			r := upstream.Result{}
+			if err != nil {
+				r.Local = localOrigin(err)
+			}
+			done(r) // TCP: the connect is the request
+		}
+		if err == nil || !errors.Is(err, errDial) || attempt >= defaultRetries || up.host == nil {
+			return up.upEndpoint, c, err
+		}
+	}
+}
+
 // upstreamOf picks where traffic goes when no route says otherwise: an endpoint of
 // svc's port, or (svc nil) the bound workload itself.
-func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort) (upstream, error) {
+// hash is the request's consistent-hash input (nil for TCP: the source address then);
+// tried are the endpoints this request already failed on.
+func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort, hash *upstream.HashInput, tried []*upstream.Host) (upstreamPick, error) {
 	if svc != nil {
-		return w.pickEndpoint(in.snap, svc, port)
+		if hash == nil {
+			hash = &upstream.HashInput{Source: in.client}
+		}
+		return w.pickEndpoint(in.snap, svc, port, hash, tried)
 	}
-	return upstream{addr: in.t.authority, workload: in.t.workload}, nil
+	return upstreamPick{upEndpoint: upEndpoint{addr: in.t.authority, workload: in.t.workload}}, nil
 }

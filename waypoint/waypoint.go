@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -27,6 +26,7 @@ import (
 	"github.com/ambitmesh/ambit/identity/ca"
 	"github.com/ambitmesh/ambit/internal/relay"
 	"github.com/ambitmesh/ambit/internal/serve"
+	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
 // Runner is a long-running collaborator (model source, certificate manager).
@@ -70,7 +70,7 @@ type Waypoint struct {
 
 	routes    routesCache
 	tcp       tcpStreams
-	rr        sync.Map // service key -> *atomic.Uint64
+	clusters  clusters
 	closeOnce sync.Once
 }
 
@@ -95,6 +95,7 @@ func New(cfg Config, deps Deps) (*Waypoint, error) {
 		w.reg = prometheus.NewRegistry()
 	}
 	w.m = newMetrics(w.reg)
+	w.reg.MustRegister(clusterCollector{&w.clusters})
 	if w.dial == nil {
 		d := &net.Dialer{Timeout: cfg.ConnectTimeout}
 		w.dial = d.DialContext
@@ -232,6 +233,7 @@ func (w *Waypoint) Close() error {
 		if w.fast != nil {
 			w.fast.pool.close()
 		}
+		w.clusters.close()
 		if c, ok := w.ident.(interface{ Close() error }); ok {
 			_ = c.Close()
 		}
@@ -294,28 +296,58 @@ func (w *Waypoint) clientAddr(snap *discovery.Snapshot, req *hbone.ConnectReques
 }
 
 // upstream is one chosen endpoint of a Service, or a bound workload itself.
-type upstream struct {
+type upEndpoint struct {
 	addr     netip.AddrPort // the endpoint: pod IP and target port
 	workload *discovery.Workload
-}
-
-// pickEndpoint chooses an endpoint of svc for port (round robin; the resilience
-// issue replaces this with load balancing policies).
-func (w *Waypoint) pickEndpoint(snap *discovery.Snapshot, svc *discovery.Service, port *discovery.ServicePort) (upstream, error) {
-	if len(svc.Endpoints) == 0 || port.TargetPort == 0 {
-		return upstream{}, fmt.Errorf("service %s/%s: %w", svc.Namespace, svc.Name, errNoBackend)
-	}
-	key := svc.Namespace + "/" + svc.Name
-	v, _ := w.rr.LoadOrStore(key, new(atomic.Uint64))
-	i := v.(*atomic.Uint64).Add(1)
-	ep := svc.Endpoints[i%uint64(len(svc.Endpoints))]
-	return upstream{addr: netip.AddrPortFrom(ep.Addr, port.TargetPort), workload: snap.WorkloadByUID(ep.WorkloadUID)}, nil
+	// host and cluster are the Service endpoint's (nil for a bound workload itself).
+	host    *upstream.Host
+	cluster *upstream.Cluster
 }
 
 // dialUpstream connects to up on behalf of client: over HBONE with the waypoint's own
 // identity to a mesh endpoint (its ztunnel delivers from the client's address, which
 // it takes from a waypoint), plain TCP to one outside the mesh.
-func (w *Waypoint) dialUpstream(ctx context.Context, up upstream, client netip.AddrPort) (net.Conn, error) {
+func (w *Waypoint) dialUpstream(ctx context.Context, up upEndpoint, client netip.AddrPort) (net.Conn, error) {
+	if up.cluster == nil {
+		return w.dialEndpoint(ctx, up, client)
+	}
+	lim := &up.cluster.Policy().Limits
+	if lim.MaxConnections == upstream.Unlimited && lim.MaxPendingRequests == upstream.Unlimited {
+		// No breaker to keep: the connection unwrapped, so the relay keeps its fast paths.
+		if t := lim.ConnectTimeout; t > 0 && t < w.cfg.ConnectTimeout {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, t)
+			defer cancel()
+		}
+		return w.dialEndpoint(ctx, up, client)
+	}
+	// The cluster's connection and pending-request breakers: over either, the request
+	// is refused at once (UO) rather than queued.
+	releaseConn, err := up.cluster.OpenConn()
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: %w", up.addr, err)
+	}
+	releasePending, err := up.cluster.StartPending()
+	if err != nil {
+		releaseConn()
+		return nil, fmt.Errorf("dial upstream %s: %w", up.addr, err)
+	}
+	if t := lim.ConnectTimeout; t > 0 && t < w.cfg.ConnectTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	c, err := w.dialEndpoint(ctx, up, client)
+	releasePending()
+	if err != nil {
+		releaseConn()
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: releaseConn}, nil
+}
+
+// dialEndpoint is dialUpstream without the cluster's breakers.
+func (w *Waypoint) dialEndpoint(ctx context.Context, up upEndpoint, client netip.AddrPort) (net.Conn, error) {
 	if up.workload == nil || up.workload.Protocol != discovery.ProtocolHBONE || up.workload.Gateway != "" {
 		c, err := w.dial(ctx, "tcp", up.addr.String())
 		if err != nil {

@@ -1,0 +1,191 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ambitmesh/ambit/waypoint/route"
+	"github.com/ambitmesh/ambit/waypoint/upstream"
+)
+
+// A request's life at its cluster, the same on both data paths: the request breaker
+// from the pick to the end of the response, the endpoint's active-request count and
+// outlier result per attempt, and before a retry the retry breaker and back-off.
+
+// Istio's default retry policy: 2 retries of connect failures, refused streams and
+// gRPC UNAVAILABLE / CANCELLED, each on another endpoint.
+const defaultRetries = 2
+
+// retryPolicy is what a request may retry, from its HTTPRoute rule or Istio's default.
+type retryPolicy struct {
+	retries int
+	codes   []int
+	base    time.Duration // back-off base; the cap is 10x (Envoy's)
+}
+
+func retryPolicyOf(rule *route.Rule) retryPolicy {
+	p := retryPolicy{retries: defaultRetries, base: upstream.DefaultRetryBase}
+	if rule != nil && rule.Retry != nil {
+		if rule.Retry.Attempts >= 0 {
+			p.retries = rule.Retry.Attempts
+		}
+		p.codes = rule.Retry.Codes
+		if rule.Retry.Backoff > 0 {
+			p.base = rule.Retry.Backoff
+		}
+	}
+	return p
+}
+
+// startRequest takes the request breaker of the chosen cluster; false: overflow (UO).
+func (info *reqInfo) startRequest() bool {
+	c := info.upstream.cluster
+	if c == nil {
+		return true
+	}
+	release, err := c.StartRequest()
+	if err != nil {
+		return false
+	}
+	info.releases = append(info.releases, release)
+	return true
+}
+
+// finish releases what the request held at its cluster.
+func (info *reqInfo) finish() {
+	for _, r := range info.releases {
+		r()
+	}
+	info.releases = nil
+}
+
+// connSpent: an upstream connection that carried n requests has reached the cluster's
+// maxRequestsPerConnection.
+func (info *reqInfo) connSpent(n uint32) bool {
+	c := info.upstream.cluster
+	if c == nil {
+		return false
+	}
+	max := c.Policy().Limits.MaxRequestsPerConnection
+	return max > 0 && n >= max
+}
+
+// startAttempt counts an attempt on the current endpoint; end reports its result once.
+func (info *reqInfo) startAttempt() (end func(upstream.Result)) {
+	h := info.upstream.host
+	if h == nil {
+		return func(upstream.Result) {}
+	}
+	info.tried = append(info.tried, h)
+	done := h.Start()
+	ended := false
+	return func(r upstream.Result) {
+		if !ended {
+			ended = true
+			done(r)
+		}
+	}
+}
+
+// nextAttempt prepares retry k (1-based): the retry breaker, the back-off and another
+// endpoint. False when the request must stop with what it has.
+func (w *Waypoint) nextAttempt(ctx context.Context, info *reqInfo, rp retryPolicy, k int) bool {
+	if c := info.upstream.cluster; c != nil {
+		release, ok := c.TryRetry()
+		if !ok {
+			return false
+		}
+		info.releases = append(info.releases, release)
+	}
+	if d := upstream.Backoff(rp.base, 10*rp.base, k, rand.Uint64); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		}
+	}
+	if info.svc == nil {
+		return true
+	}
+	up, err := w.upstreamOf(info.in, info.svc, info.port, info.hash, info.tried)
+	if err != nil {
+		return false
+	}
+	info.upstream = up.upEndpoint
+	return true
+}
+
+// localOrigin classifies a failure without a response for the outlier detector.
+func localOrigin(err error) upstream.LocalOrigin {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errDial):
+		return upstream.ConnectFailed
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+		return upstream.Timeout
+	}
+	return upstream.Reset
+}
+
+// refusedStream: the upstream's HTTP/2 server refused the stream before processing it
+// (safe to retry, Istio's refused-stream).
+func refusedStream(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "REFUSED_STREAM")
+}
+
+// retryableGRPC: Istio's default retries gRPC UNAVAILABLE (14) and CANCELLED (1).
+func retryableGRPC(h http.Header) bool {
+	s := h.Get("Grpc-Status")
+	return s == "14" || s == "1"
+}
+
+// hashInput is the request's consistent-hash input.
+func hashInput(in *inbound, req *route.Request) *upstream.HashInput {
+	return &upstream.HashInput{
+		Source: in.client,
+		Header: func(name string) []string { return req.Header.Values(name) },
+		Cookie: func(name string) (string, bool) {
+			for _, line := range req.Header["Cookie"] {
+				if cs, err := http.ParseCookie(line); err == nil {
+					for _, c := range cs {
+						if c.Name == name {
+							return c.Value, true
+						}
+					}
+				}
+			}
+			return "", false
+		},
+		Query: func(name string) (string, bool) {
+			q, err := url.ParseQuery(req.RawQuery)
+			if err != nil || !q.Has(name) {
+				return "", false
+			}
+			return q.Get(name), true
+		},
+	}
+}
+
+// setCookieLine is the Set-Cookie value that keeps a client on its hash.
+func setCookieLine(sc *upstream.SetCookie) string {
+	c := &http.Cookie{Name: sc.Name, Value: sc.Value, Path: sc.Path, HttpOnly: true}
+	if sc.MaxAge > 0 {
+		c.MaxAge = int(sc.MaxAge / time.Second)
+	}
+	line := c.String()
+	for _, a := range sc.Attributes {
+		line += "; " + a.Name
+		if a.Value != "" {
+			line += "=" + a.Value
+		}
+	}
+	return line
+}
