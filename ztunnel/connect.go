@@ -29,6 +29,12 @@ const (
 // errClientGone ends a connect whose client went away meanwhile: never retried.
 var errClientGone = errors.New("client closed the connection before it was established")
 
+// routeRefusal is route's refusal of the connection to another endpoint (its policy,
+// its waypoint binding): no failure of an endpoint.
+type routeRefusal struct{ error }
+
+func (r routeRefusal) Unwrap() error { return r.error }
+
 // aLongTimeAgo, as a deadline, wakes a blocked Read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
@@ -78,7 +84,7 @@ func (z *Ztunnel) connectBalanced(ctx context.Context, c net.Conn, rec *record, 
 			if errors.Is(d.reason, errEndpointsTried) {
 				return nil, last
 			}
-			return nil, d.reason
+			return nil, routeRefusal{d.reason}
 		}
 	}
 }
@@ -195,8 +201,9 @@ func (z *Ztunnel) await(ctx context.Context, c net.Conn, up HBONEConn, rec *reco
 // request), which ends the connection as it is.
 func failureReason(err error) (reason string, retry bool) {
 	var se *hbone.StatusError
+	var rr routeRefusal
 	switch {
-	case errors.Is(err, errClientGone), errors.Is(err, errPeerLimit), errors.Is(err, context.Canceled):
+	case errors.As(err, &rr), errors.Is(err, errClientGone), errors.Is(err, errPeerLimit), errors.Is(err, context.Canceled):
 		return "", false
 	case errors.As(err, &se):
 		if se.Code == http.StatusServiceUnavailable {

@@ -140,6 +140,21 @@ type testNode struct {
 	// fail makes connects fail: a dial to a target ("ip:port"; for HBONE the peer's
 	// address) with the error, and for "answer <authority>" an HBONE stream's answer.
 	fail map[string]error
+	// gates hold the answer of HBONE streams to an authority until the test sends it.
+	gates map[string]chan error
+}
+
+// gate makes the answer of the next HBONE streams to authority wait for the test to
+// send it on the channel returned.
+func (n *testNode) gate(authority string) chan error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gates == nil {
+		n.gates = map[string]chan error{}
+	}
+	ch := make(chan error, 1)
+	n.gates[authority] = ch
+	return ch
 }
 
 // failing makes the node's connects to key fail with err (see testNode.fail).
@@ -180,6 +195,7 @@ func newTestNodeWith(tb testing.TB, node string, snap *discovery.Snapshot) *test
 		ident:  heldIdentity{},
 		conns:  newConnTable(),
 		limits: newPeerLimits(defaultMaxStreamsPerPeer, defaultMaxUpstreamsPerPeer),
+		health: newEndpointHealth(defaultEndpointBackoff, defaultEndpointBackoffMax),
 		relay:  &relay.Relay{},
 	}
 	z.dial = func(_ context.Context, _, addr string) (net.Conn, error) {
@@ -275,16 +291,30 @@ func (d fakeDialer) DialEarly(_ context.Context, req hbone.Request, first []byte
 	if _, err := c.Write(first); err != nil {
 		return nil, err
 	}
-	return fakeHBONE{c, answer}, nil
+	d.n.mu.Lock()
+	gate := d.n.gates[req.Authority]
+	d.n.mu.Unlock()
+	return fakeHBONE{c, answer, gate}, nil
 }
 
-// fakeHBONE is a stream answered with answer (nil: 200).
+// fakeHBONE is a stream answered with answer (nil: 200), or what gate brings.
 type fakeHBONE struct {
 	*net.TCPConn
 	answer error
+	gate   chan error
 }
 
-func (c fakeHBONE) Answer(context.Context) error { return c.answer }
+func (c fakeHBONE) Answer(ctx context.Context) error {
+	if c.gate == nil {
+		return c.answer
+	}
+	select {
+	case err := <-c.gate:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 func (fakeDialer) Stats() hbone.PoolStats { return hbone.PoolStats{} }
 func (fakeDialer) Close() error           { return nil }
 
