@@ -18,10 +18,10 @@ import (
 // Reasons a connect to a service endpoint failed: the reason label of
 // ambit_endpoint_connect_failures_total and the access log's connect_failures.
 const (
-	reasonRefused     = "refused"      // the endpoint reset the TCP connect
-	reasonTimeout     = "timeout"      // no answer within the attempt's share of ConnectTimeout
+	reasonRefused     = "refused"      // the endpoint (same node, or outside the mesh) reset the TCP connect
+	reasonTimeout     = "timeout"      // no connection or answer within the attempt's share of ConnectTimeout
 	reasonUnreachable = "unreachable"  // no route to the endpoint
-	reasonHBONE       = "hbone"        // the endpoint's ztunnel could not be reached or authenticated
+	reasonHBONE       = "hbone"        // the endpoint's ztunnel refused the tunnel or could not be authenticated
 	reasonUpstream    = "upstream_503" // the endpoint's ztunnel answered 503: its connect to the pod failed
 	reasonOther       = "error"
 )
@@ -67,7 +67,7 @@ func (z *Ztunnel) connectBalanced(ctx context.Context, c net.Conn, rec *record, 
 			z.health.succeeded(rec.Dst.Addr())
 			return up, nil
 		}
-		reason, retry := failureReason(err)
+		reason := failureReason(err)
 		if reason == "" {
 			return nil, err
 		}
@@ -75,7 +75,7 @@ func (z *Ztunnel) connectBalanced(ctx context.Context, c net.Conn, rec *record, 
 		z.m.connectFailed(rec, reason)
 		rec.failures = append(rec.failures, rec.Dst.String()+" "+reason)
 		z.limits.release(rec)
-		if !retry || rec.attempts >= z.cfg.ConnectAttempts || ctx.Err() != nil {
+		if rec.attempts >= min(z.cfg.ConnectAttempts, rec.candidates) || ctx.Err() != nil {
 			return nil, err
 		}
 		last := err
@@ -196,28 +196,28 @@ func (z *Ztunnel) await(ctx context.Context, c net.Conn, up HBONEConn, rec *reco
 }
 
 // failureReason classifies the error of an attempt: the reason of a connect failure
-// of the endpoint, and whether another endpoint may be tried; "" when the endpoint
-// is not to blame (the client left, a refusal by policy or a per-peer cap, a bad
-// request), which ends the connection as it is.
-func failureReason(err error) (reason string, retry bool) {
+// of the endpoint, after which another may be tried; "" when the endpoint is not to
+// blame (the client left, a refusal by policy or a per-peer cap, a bad request),
+// which ends the connection as it is.
+func failureReason(err error) string {
 	var se *hbone.StatusError
 	var rr routeRefusal
 	switch {
 	case errors.As(err, &rr), errors.Is(err, errClientGone), errors.Is(err, errPeerLimit), errors.Is(err, context.Canceled):
-		return "", false
+		return ""
 	case errors.As(err, &se):
 		if se.Code == http.StatusServiceUnavailable {
-			return reasonUpstream, true
+			return reasonUpstream
 		}
-		return "", false
-	case errors.Is(err, errHBONEDial):
-		return reasonHBONE, true
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return reasonRefused, true
+		return ""
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
-		return reasonTimeout, true
+		return reasonTimeout
+	case errors.Is(err, errHBONEDial):
+		return reasonHBONE
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return reasonRefused
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return reasonUnreachable, true
+		return reasonUnreachable
 	}
-	return reasonOther, true
+	return reasonOther
 }

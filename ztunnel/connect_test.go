@@ -347,3 +347,28 @@ func TestConnectSkipsFailing(t *testing.T) {
 		t.Fatalf("endpointHealth in /config_dump: %s", b)
 	}
 }
+
+func TestFailureReason(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("%w 1.2.3.4:80 via 1.2.3.4:15008: %w", errHBONEDial, errRefusedConn), reasonHBONE},
+		{fmt.Errorf("%w 1.2.3.4:80 via 1.2.3.4:15008: %w", errHBONEDial, context.DeadlineExceeded), reasonTimeout},
+		{fmt.Errorf("hbone connect: %w", status503), reasonUpstream},
+		{fmt.Errorf("hbone connect: %w", status401), ""},
+		{fmt.Errorf("dial pod: %w", errRefusedConn), reasonRefused},
+		{fmt.Errorf("dial pod: %w", syscall.EHOSTUNREACH), reasonUnreachable},
+		{fmt.Errorf("dial pod: %w", syscall.ETIMEDOUT), reasonTimeout},
+		{fmt.Errorf("x: %w", errPeerLimit), ""},
+		{fmt.Errorf("%w: reset", errClientGone), ""},
+		{routeRefusal{errDenyAll}, ""},
+		{context.Canceled, ""},
+		{fmt.Errorf("dial pod: %w", syscall.EPERM), reasonOther},
+	}
+	for _, tt := range tests {
+		if got := failureReason(tt.err); got != tt.want {
+			t.Errorf("failureReason(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}

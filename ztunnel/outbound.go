@@ -65,7 +65,7 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 // refuseUpstream refuses an outbound connection whose upstream did not connect,
 // counted as Envoy's UF when its destination is to blame.
 func (z *Ztunnel) refuseUpstream(c net.Conn, rec *record, err error) {
-	if reason, _ := failureReason(err); reason != "" {
+	if failureReason(err) != "" {
 		z.m.upstreamFailed(rec)
 	}
 	z.refuse(c, rec, err)
