@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -147,6 +148,28 @@ func (p *Pool) Dial(ctx context.Context, req Request) (*Conn, error) {
 // once first is written; the caller may reuse it then.
 func (p *Pool) DialEarly(ctx context.Context, req Request, first []byte) (*Conn, error) {
 	return p.dial(ctx, req, true, first)
+}
+
+// Answer waits for the peer's answer to the CONNECT: nil for a 200, a *StatusError
+// for another status, the error that ended the stream before any answer came, or
+// ctx's once it ends. A stream from Dial has its answer already. It lets a caller of
+// DialEarly learn that the tunnel is open (or refused) without reading from it: a
+// proxy that may still retry elsewhere holds the client's bytes until then.
+func (c *Conn) Answer(ctx context.Context) error {
+	select {
+	case <-c.respCh:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.respErr != nil:
+		return c.respErr
+	case c.status != http.StatusOK:
+		return &StatusError{Code: c.status}
+	}
+	return nil
 }
 
 func (p *Pool) dial(ctx context.Context, req Request, early bool, first []byte) (*Conn, error) {

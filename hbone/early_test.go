@@ -362,3 +362,64 @@ func (rc *rawClient) next(t *testing.T, frames *[]http2.Frame) *http2.PingFrame 
 	}
 	return nil
 }
+
+// Answer tells a DialEarly stream's answer without reading from the stream.
+func TestDialEarlyAnswer(t *testing.T) { onLayers(t, testDialEarlyAnswer) }
+
+func testDialEarlyAnswer(t *testing.T) {
+	tests := []struct {
+		name     string
+		handler  HandlerFunc
+		wantCode int // 0: nil
+	}{
+		{"200", func(s *Stream) {
+			if s.Accept() == nil {
+				io.Copy(s, s)
+				s.CloseWrite()
+			}
+		}, 0},
+		{"503", func(s *Stream) { s.Reject(StatusFor(ErrUpstream), "upstream refused") }, 503},
+		{"401", func(s *Stream) { s.Reject(StatusFor(ErrDenied), "policy") }, 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, addr := startServer(t, tt.handler, nil)
+			p := newTestPool(t, nil)
+			c, err := p.DialEarly(context.Background(), testReq(addr), []byte("hi"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err = c.Answer(ctx)
+			var se *StatusError
+			switch {
+			case tt.wantCode == 0 && err != nil:
+				t.Fatalf("Answer: %v, want nil", err)
+			case tt.wantCode != 0 && (!errors.As(err, &se) || se.Code != tt.wantCode):
+				t.Fatalf("Answer: %v, want status %d", err, tt.wantCode)
+			}
+			if tt.wantCode == 0 {
+				got := make([]byte, 2)
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != "hi" {
+					t.Fatalf("after Answer read %q, %v", got, err)
+				}
+			}
+		})
+	}
+	// No answer before ctx ended: ctx's error.
+	release := make(chan struct{})
+	_, addr := startServer(t, HandlerFunc(func(s *Stream) { <-release }), nil)
+	t.Cleanup(func() { close(release) })
+	c, err := newTestPool(t, nil).DialEarly(context.Background(), testReq(addr), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Answer(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Answer without an answer: %v, want the context's error", err)
+	}
+}

@@ -78,8 +78,18 @@ type Config struct {
 	// HTTP is where readiness, metrics and admin are served.
 	HTTP serve.Config
 
-	// ConnectTimeout bounds dialing an upstream (HBONE peer or pod).
+	// ConnectTimeout bounds dialing an upstream (HBONE peer or pod): for a service, all
+	// the endpoints a connection tries.
 	ConnectTimeout time.Duration
+	// ConnectAttempts is how many of a service's endpoints one connection may try, in
+	// all, before it is refused (1 to 8; default 3). Only connects are retried, never a
+	// connection that relayed anything.
+	ConnectAttempts int
+	// EndpointBackoff is how long a service endpoint whose connect failed is passed over
+	// (while another is healthy); each further consecutive failure doubles it, up to
+	// EndpointBackoffMax. Defaults 1s and 30s.
+	EndpointBackoff    time.Duration
+	EndpointBackoffMax time.Duration
 	// DrainTimeout is how long shutdown waits for open connections.
 	DrainTimeout time.Duration
 	// ReconcileInterval re-checks enrollment even without model changes (pod interfaces may
@@ -149,6 +159,15 @@ func (c Config) WithDefaults() Config {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = defaultConnectTimeout
 	}
+	if c.ConnectAttempts == 0 {
+		c.ConnectAttempts = defaultConnectAttempts
+	}
+	if c.EndpointBackoff == 0 {
+		c.EndpointBackoff = defaultEndpointBackoff
+	}
+	if c.EndpointBackoffMax == 0 {
+		c.EndpointBackoffMax = max(defaultEndpointBackoffMax, c.EndpointBackoff)
+	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = defaultDrainTimeout
 	}
@@ -196,6 +215,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.HBONEConnsPerPeer, "hbone-conns-per-peer", c.HBONEConnsPerPeer, "HBONE connections that concurrent streams to one peer (per pair of identities) may spread over")
 	fs.DurationVar(&c.HBONEPoolIdleTimeout, "hbone-pool-idle-timeout", c.HBONEPoolIdleTimeout, "how long a pooled HBONE connection to a peer stays open without streams")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "how long shutdown waits for connections")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "how long connecting an upstream may take (for a service, all the endpoints tried)")
+	fs.IntVar(&c.ConnectAttempts, "connect-attempts", c.ConnectAttempts, "service endpoints one connection may try before it is refused (1 to 8)")
+	fs.DurationVar(&c.EndpointBackoff, "endpoint-backoff", c.EndpointBackoff, "how long a service endpoint whose connect failed is passed over; doubled per further failure")
+	fs.DurationVar(&c.EndpointBackoffMax, "endpoint-backoff-max", c.EndpointBackoffMax, "longest a failing service endpoint is passed over")
 	fs.IntVar(&c.MaxStreamsPerPeer, "max-streams-per-peer", c.MaxStreamsPerPeer, "concurrent inbound HBONE streams one peer identity may hold (over all its connections)")
 	fs.IntVar(&c.MaxUpstreamsPerPeer, "max-upstreams-per-peer", c.MaxUpstreamsPerPeer, "sockets to local pods ztunnel holds open on one peer identity's behalf")
 	fs.Var(inverted{&c.AllowWaypointBypass}, "waypoint-bypass-check", "refuse connections to a destination behind a waypoint that do not come from that waypoint (false: accept them, as Istio does)")
@@ -248,6 +271,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: hbone connections per peer %d: want 1 to %d", ErrConfig, c.HBONEConnsPerPeer, maxConnsPerPeer)
 	case c.HBONEPoolIdleTimeout < 0:
 		return fmt.Errorf("%w: hbone pool idle timeout %s: must not be negative", ErrConfig, c.HBONEPoolIdleTimeout)
+	case c.ConnectTimeout < 0:
+		return fmt.Errorf("%w: connect timeout %s: must not be negative", ErrConfig, c.ConnectTimeout)
+	case c.ConnectAttempts < 0 || c.ConnectAttempts > maxConnectAttempts:
+		return fmt.Errorf("%w: connect attempts %d: want 1 to %d", ErrConfig, c.ConnectAttempts, maxConnectAttempts)
+	case c.EndpointBackoff < 0:
+		return fmt.Errorf("%w: endpoint backoff %s: must not be negative", ErrConfig, c.EndpointBackoff)
+	case c.EndpointBackoffMax < c.EndpointBackoff:
+		return fmt.Errorf("%w: endpoint backoff max %s: below the endpoint backoff %s", ErrConfig, c.EndpointBackoffMax, c.EndpointBackoff)
 	case c.MaxStreamsPerPeer < 0:
 		return fmt.Errorf("%w: max streams per peer %d: must not be negative", ErrConfig, c.MaxStreamsPerPeer)
 	case c.MaxUpstreamsPerPeer < 0:

@@ -87,6 +87,10 @@ func TestRegisterFlagsNames(t *testing.T) {
 		"max-streams-per-peer":    "32768",
 		"max-upstreams-per-peer":  "32768",
 		"waypoint-bypass-check":   "true",
+		"connect-timeout":         "5s",
+		"connect-attempts":        "3",
+		"endpoint-backoff":        "1s",
+		"endpoint-backoff-max":    "30s",
 	}
 	got := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { got[f.Name] = f.DefValue })
@@ -122,6 +126,10 @@ func TestRegisterFlagsParse(t *testing.T) {
 		{name: "durations", args: []string{"-drain-timeout=1s", "-hbone-pool-idle-timeout=30s", "-hbone-conns-per-peer=8"},
 			check: func(c Config) bool {
 				return c.DrainTimeout == time.Second && c.HBONEPoolIdleTimeout == 30*time.Second && c.HBONEConnsPerPeer == 8
+			}},
+		{name: "connect retries", args: []string{"-connect-timeout=2s", "-connect-attempts=5", "-endpoint-backoff=500ms", "-endpoint-backoff-max=1m"},
+			check: func(c Config) bool {
+				return c.ConnectTimeout == 2*time.Second && c.ConnectAttempts == 5 && c.EndpointBackoff == 500*time.Millisecond && c.EndpointBackoffMax == time.Minute
 			}},
 		{name: "waypoint bypass check on", args: []string{"-waypoint-bypass-check"}, check: func(c Config) bool { return !c.AllowWaypointBypass }},
 		{name: "waypoint bypass check off", args: []string{"-waypoint-bypass-check=false"}, check: func(c Config) bool { return c.AllowWaypointBypass }},

@@ -137,6 +137,40 @@ type testNode struct {
 
 	mu    sync.Mutex
 	dials []dialCall
+	// fail makes connects fail: a dial to a target ("ip:port"; for HBONE the peer's
+	// address) with the error, and for "answer <authority>" an HBONE stream's answer.
+	fail map[string]error
+	// gates hold the answer of HBONE streams to an authority until the test sends it.
+	gates map[string]chan error
+}
+
+// gate makes the answer of the next HBONE streams to authority wait for the test to
+// send it on the channel returned.
+func (n *testNode) gate(authority string) chan error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gates == nil {
+		n.gates = map[string]chan error{}
+	}
+	ch := make(chan error, 1)
+	n.gates[authority] = ch
+	return ch
+}
+
+// failing makes the node's connects to key fail with err (see testNode.fail).
+func (n *testNode) failing(key string, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fail == nil {
+		n.fail = map[string]error{}
+	}
+	n.fail[key] = err
+}
+
+func (n *testNode) failure(key string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.fail[key]
 }
 
 func newTestNode(tb testing.TB, node string) *testNode {
@@ -161,13 +195,14 @@ func newTestNodeWith(tb testing.TB, node string, snap *discovery.Snapshot) *test
 		ident:  heldIdentity{},
 		conns:  newConnTable(),
 		limits: newPeerLimits(defaultMaxStreamsPerPeer, defaultMaxUpstreamsPerPeer),
+		health: newEndpointHealth(defaultEndpointBackoff, defaultEndpointBackoffMax),
 		relay:  &relay.Relay{},
 	}
 	z.dial = func(_ context.Context, _, addr string) (net.Conn, error) {
-		return n.upstream(tb, dialCall{kind: "dial", target: addr}), nil
+		return n.upstream(tb, dialCall{kind: "dial", target: addr})
 	}
 	z.dialT = func(_ context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
-		return n.upstream(tb, dialCall{kind: "transparent", bind: src, target: dst.String()}), nil
+		return n.upstream(tb, dialCall{kind: "transparent", bind: src, target: dst.String()})
 	}
 	z.pool = fakeDialer{n, tb}
 	n.Ztunnel = z
@@ -176,13 +211,19 @@ func newTestNodeWith(tb testing.TB, node string, snap *discovery.Snapshot) *test
 	return n
 }
 
-func (n *testNode) upstream(tb testing.TB, call dialCall) *net.TCPConn {
-	near, far := relaytest.TCPPair(tb)
+// upstream records call and returns a connection for it, whose far end goes to pods;
+// or the failure the test set for its target.
+func (n *testNode) upstream(tb testing.TB, call dialCall) (*net.TCPConn, error) {
 	n.mu.Lock()
 	n.dials = append(n.dials, call)
+	err := n.fail[call.target]
 	n.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	near, far := relaytest.TCPPair(tb)
 	n.pods <- far
-	return near
+	return near, nil
 }
 
 func (n *testNode) dialed() []dialCall {
@@ -230,13 +271,49 @@ type fakeDialer struct {
 	tb testing.TB
 }
 
-// DialEarly sends first ahead, as the request would carry it.
+// DialEarly sends first ahead, as the request would carry it. A stream the test
+// refuses ("answer <authority>") goes nowhere: its far end is not a pod.
 func (d fakeDialer) DialEarly(_ context.Context, req hbone.Request, first []byte) (HBONEConn, error) {
-	c := d.n.upstream(d.tb, dialCall{kind: "hbone", target: req.Addr, req: req})
+	answer := d.n.failure("answer " + req.Authority)
+	call := dialCall{kind: "hbone", target: req.Addr, req: req}
+	var c *net.TCPConn
+	if answer != nil {
+		d.n.mu.Lock()
+		d.n.dials = append(d.n.dials, call)
+		d.n.mu.Unlock()
+		c, _ = relaytest.TCPPair(d.tb)
+	} else {
+		var err error
+		if c, err = d.n.upstream(d.tb, call); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := c.Write(first); err != nil {
 		return nil, err
 	}
-	return c, nil
+	d.n.mu.Lock()
+	gate := d.n.gates[req.Authority]
+	d.n.mu.Unlock()
+	return fakeHBONE{c, answer, gate}, nil
+}
+
+// fakeHBONE is a stream answered with answer (nil: 200), or what gate brings.
+type fakeHBONE struct {
+	*net.TCPConn
+	answer error
+	gate   chan error
+}
+
+func (c fakeHBONE) Answer(ctx context.Context) error {
+	if c.gate == nil {
+		return c.answer
+	}
+	select {
+	case err := <-c.gate:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 func (fakeDialer) Stats() hbone.PoolStats { return hbone.PoolStats{} }
 func (fakeDialer) Close() error           { return nil }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/identity"
@@ -47,6 +48,9 @@ type ConfigDump struct {
 	// waypoints' and bindings' problems.
 	Waypoints        []dumpWaypoint `json:"waypoints"`
 	WaypointProblems []string       `json:"waypointProblems,omitempty"`
+	// EndpointHealth are the service endpoints whose connects failed lately, passed
+	// over until their backoff ends (none: every endpoint is healthy).
+	EndpointHealth []EndpointHealth `json:"endpointHealth"`
 }
 
 type dumpWaypoint struct {
@@ -98,6 +102,7 @@ func (z *Ztunnel) Dump() ConfigDump {
 		Captured:     map[string]int{},
 		Connections:  z.conns.snapshot(),
 	}
+	d.EndpointHealth = z.health.dump(time.Now())
 	if err := z.Ready(); err != nil {
 		d.Ready = err.Error()
 	}

@@ -55,4 +55,9 @@ const (
 	keyDecision     = "decision" // a policy decision
 	keyAudit        = "audit"    // AUDIT policies that matched
 	keyDryRun       = "dry_run"  // the decision with dry-run policies enforced
+	// A connection to a service whose first endpoint did not connect: the endpoints
+	// tried (the last one dst.addr, unless all failed), and "ip:port reason" of each
+	// that failed.
+	keyConnectAttempts = "connect_attempts"
+	keyConnectFailures = "connect_failures"
 )

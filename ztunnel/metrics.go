@@ -14,6 +14,7 @@ type metrics struct {
 	sent, received *prometheus.CounterVec
 	refused        *prometheus.CounterVec
 	failed         *prometheus.CounterVec // tcpLabels and response_flags
+	connectFails   *prometheus.CounterVec // connectLabels
 	peerLimited    [numLimits]prometheus.Counter
 
 	mu     sync.Mutex
@@ -36,6 +37,12 @@ var tcpLabels = []string{
 	"destination_service", "connection_security_policy", "direction",
 }
 
+// connectLabels are those of ambit_endpoint_connect_failures_total: the endpoint's
+// workload and service in Istio's names, and why it failed (the reason* constants).
+var connectLabels = []string{
+	"destination_workload", "destination_workload_namespace", "destination_service", "reason",
+}
+
 func newMetrics(reg prometheus.Registerer) *metrics {
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
@@ -48,6 +55,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refused:  counter("ambit_connections_refused_total", "Connections refused before proxying, by direction.", "direction"),
 		failed: counter("istio_tcp_connections_failed_total",
 			"TCP connections refused or closed, by Istio's response_flags (DENY: by policy).", append(tcpLabels[:len(tcpLabels):len(tcpLabels)], "response_flags")...),
+		connectFails: counter("ambit_endpoint_connect_failures_total",
+			"Connects to a service endpoint that failed (the endpoint is then passed over for a while, and another one tried), by endpoint and reason.", connectLabels...),
 		series: map[seriesKey]*tcpSeries{},
 	}
 	limited := counter("ambit_peer_limit_refused_total",
@@ -55,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for k := range numLimits {
 		m.peerLimited[k] = limited.WithLabelValues(k.String())
 	}
-	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, m.failed, limited)
+	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.refused, m.failed, m.connectFails, limited)
 	return m
 }
 
@@ -82,6 +91,20 @@ func (m *metrics) forConn(rec *record) *tcpSeries {
 // is not cached.
 func (m *metrics) denied(rec *record) {
 	m.failed.WithLabelValues(append(keyOf(rec).values(), "DENY")...).Inc()
+}
+
+// connectFailed counts a failed connect of rec to its endpoint. Failures are rare:
+// the series is not cached.
+func (m *metrics) connectFailed(rec *record, reason string) {
+	vals := seriesKey{orUnknown(rec.DstWorkload.Name), orUnknown(rec.DstWorkload.Namespace),
+		orUnknown(rec.Service.Hostname), reason}.values()[:len(connectLabels)]
+	m.connectFails.WithLabelValues(vals...).Inc()
+}
+
+// upstreamFailed counts rec as refused because no endpoint connected: Envoy's UF
+// (upstream connection failure).
+func (m *metrics) upstreamFailed(rec *record) {
+	m.failed.WithLabelValues(append(keyOf(rec).values(), "UF")...).Inc()
 }
 
 func keyOf(rec *record) seriesKey {

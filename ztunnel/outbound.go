@@ -30,6 +30,18 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 	// after this goroutine is done (the relay does not keep it): once the connection is
 	// relayed, its end cancels dialCtx.
 	dialCtx, cancel := context.WithTimeout(ctx, z.cfg.ConnectTimeout)
+	if rec.balanced() {
+		// Another endpoint may take it: connected before anything is relayed, answer
+		// included, so a failure is not the client's.
+		up, err := z.connectBalanced(dialCtx, c, rec, d)
+		cancel()
+		if err != nil {
+			z.refuseUpstream(c, rec, err)
+			return
+		}
+		z.proxy(c, up, rec, nil)
+		return
+	}
 	var first []byte
 	var bp *[]byte
 	if d.action == actHBONE {
@@ -44,8 +56,17 @@ func (z *Ztunnel) handleOutbound(ctx context.Context, c net.Conn) {
 	}
 	if err != nil {
 		cancel()
-		z.refuse(c, rec, err)
+		z.refuseUpstream(c, rec, err)
 		return
 	}
 	z.proxy(c, up, rec, cancel)
+}
+
+// refuseUpstream refuses an outbound connection whose upstream did not connect,
+// counted as Envoy's UF when its destination is to blame.
+func (z *Ztunnel) refuseUpstream(c net.Conn, rec *record, err error) {
+	if failureReason(err) != "" {
+		z.m.upstreamFailed(rec)
+	}
+	z.refuse(c, rec, err)
 }

@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/internal/relay"
 )
+
+// errHBONEDial marks an HBONE stream that could not be opened: the peer's ztunnel
+// was not reached, not authenticated, or refused the stream.
+var errHBONEDial = errors.New("hbone connect")
 
 // open carries out d, a decision to connect (not actRefuse), under ctx: the upstream
 // side of rec's connection. first are bytes the client already sent, for an HBONE
@@ -30,7 +35,7 @@ func (z *Ztunnel) open(ctx context.Context, rec *record, d decision, first []byt
 		// connection with the status as its error.
 		up, err := z.pool.DialEarly(ctx, req, first)
 		if err != nil {
-			return nil, fmt.Errorf("hbone connect %s via %s: %w", d.target, d.peer, err)
+			return nil, fmt.Errorf("%w %s via %s: %w", errHBONEDial, d.target, d.peer, err)
 		}
 		rec.Sent.Add(int64(len(first)))
 		return up, nil
@@ -173,6 +178,10 @@ func logAttrs(rec *record) []slog.Attr {
 	}
 	if d := rec.decision; d.Policy != "" {
 		attrs = append(attrs, slog.String(keyPolicy, d.String()))
+	}
+	if rec.attempts > 1 || len(rec.failures) > 0 {
+		attrs = append(attrs, slog.Int(keyConnectAttempts, rec.attempts),
+			slog.String(keyConnectFailures, strings.Join(rec.failures, ", ")))
 	}
 	return attrs
 }

@@ -3,6 +3,7 @@ package ztunnel
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +117,49 @@ type record struct {
 	// explain marks a what-if record of /policy/explain: routed and decided as
 	// a real connection, never logged or connected.
 	explain bool
+
+	// For an outbound connection to a service's endpoints: tried are the endpoint
+	// addresses picked so far, the last one Dst's, and candidates the service's
+	// endpoint count then; failures say why the earlier ones did not connect
+	// ("ip:port reason").
+	tried      [maxConnectAttempts]netip.Addr
+	attempts   int
+	candidates int
+	failures   []string
+}
+
+// tryEndpoint notes that a's endpoint, of a service with candidates, is tried.
+func (r *record) tryEndpoint(a netip.Addr, candidates int) {
+	if r.attempts < len(r.tried) {
+		r.tried[r.attempts] = a
+	}
+	r.attempts++
+	r.candidates = candidates
+}
+
+// triedAddr reports whether a's endpoint was tried already.
+func (r *record) triedAddr(a netip.Addr) bool {
+	return slices.Contains(r.tried[:min(r.attempts, len(r.tried))], a)
+}
+
+// balanced reports whether rec's destination was picked among several service
+// endpoints, so that another may be tried should it not connect.
+func (r *record) balanced() bool { return r.candidates > 1 }
+
+// retarget clears what route set of rec's destination, before it routes the
+// connection again to another endpoint: every check route made of the destination
+// (its identity, waypoint binding, policy) is made anew.
+func (r *record) retarget() {
+	r.Direction = dirOutbound
+	r.Dst = r.OrigDst
+	r.DstWorkload = workloadRef{}
+	r.DstID = spiffeid.ID{}
+	r.Service = serviceRef{}
+	r.HBONEAddr = netip.AddrPort{}
+	r.Waypoint = ""
+	r.MutualTLS = false
+	r.decision = policy.Decision{}
+	r.Sent.Store(0)
 }
 
 func newRecord(dir direction, src, dst netip.AddrPort) *record {

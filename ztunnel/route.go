@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/identity"
@@ -20,6 +21,7 @@ var (
 	errAuthorityMatch = errors.New("authority does not name the workload this connection was sent to")
 	errLoop           = errors.New("destination is this node (loop)")
 	errNoEndpoint     = errors.New("service has no endpoints")
+	errEndpointsTried = errors.New("every endpoint of the service was tried")
 	errUnknownPort    = errors.New("service has no such port")
 	errDirection      = errors.New("connection of no known direction")
 	// The waypoint refusals read "waypoint apps/wp is not declared", "... has no ready
@@ -97,7 +99,7 @@ func (z *Ztunnel) routeOutbound(snap *discovery.Snapshot, rec *record) decision 
 	}
 	rec.SrcID = srcID
 
-	r, err := z.resolve(snap, rec.OrigDst)
+	r, err := z.resolve(snap, rec, srcW)
 	if err != nil {
 		return refusal(http.StatusBadRequest, err)
 	}
@@ -321,8 +323,10 @@ type resolved struct {
 	waypoint string
 }
 
-// resolve maps an original destination to the workload and address to reach.
-func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolved, error) {
+// resolve maps rec's original destination to the workload and address to reach; a
+// service's endpoint is picked for srcW, the client, among those rec has not tried.
+func (z *Ztunnel) resolve(snap *discovery.Snapshot, rec *record, srcW *discovery.Workload) (resolved, error) {
+	dst := rec.OrigDst
 	if z.isLocalAddr(dst.Addr()) {
 		return resolved{}, errLoop
 	}
@@ -333,7 +337,7 @@ func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolve
 		if svc.Waypoint != "" {
 			return resolved{target: dst, svc: svc, mesh: true, waypoint: svc.Waypoint}, nil
 		}
-		ep, err := z.pickEndpoint(svc)
+		ep, err := z.pickEndpoint(snap, svc, srcW, rec)
 		if err != nil {
 			return resolved{}, err
 		}
@@ -342,11 +346,7 @@ func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolve
 			tp = port.Port
 		}
 		r := resolved{target: netip.AddrPortFrom(ep.Addr, tp), svc: svc}
-		if w := snap.WorkloadByUID(ep.WorkloadUID); w != nil {
-			r.dstW = w
-		} else {
-			r.dstW = snap.WorkloadByIP(ep.Addr)
-		}
+		r.dstW = endpointWorkload(snap, ep)
 		r.mesh = r.dstW != nil && r.dstW.Protocol == discovery.ProtocolHBONE
 		return r, nil
 	}
@@ -361,17 +361,101 @@ func (z *Ztunnel) resolve(snap *discovery.Snapshot, dst netip.AddrPort) (resolve
 	return r, nil
 }
 
+func endpointWorkload(snap *discovery.Snapshot, ep discovery.Endpoint) *discovery.Workload {
+	if w := snap.WorkloadByUID(ep.WorkloadUID); w != nil {
+		return w
+	}
+	return snap.WorkloadByIP(ep.Addr)
+}
+
 // serviceKey is a service's key in the round-robin cursors: a struct, not a joined
 // string, so a lookup allocates nothing.
 type serviceKey struct{ namespace, name string }
 
-// pickEndpoint balances round robin over the service's endpoints.
-func (z *Ztunnel) pickEndpoint(svc *discovery.Service) (discovery.Endpoint, error) {
-	if len(svc.Endpoints) == 0 {
+// pickEndpoint balances round robin over the service's endpoints that rec has not
+// tried yet, preferring, in this order: healthy ones in the client's zone (when the
+// service prefers close endpoints), healthy ones, any. An endpoint is healthy unless
+// its connects failed lately (endpointHealth); when none is, one is tried all the
+// same. The endpoint picked is added to rec's tries.
+func (z *Ztunnel) pickEndpoint(snap *discovery.Snapshot, svc *discovery.Service, srcW *discovery.Workload, rec *record) (discovery.Endpoint, error) {
+	eps := svc.Endpoints
+	if len(eps) == 0 {
 		return discovery.Endpoint{}, fmt.Errorf("%s: %w", svc.Hostname, errNoEndpoint)
 	}
+	zone := preferredZone(svc, srcW)
 	n := next(&z.rr, serviceKey{svc.Namespace, svc.Name})
-	return svc.Endpoints[n%uint64(len(svc.Endpoints))], nil
+	var ep discovery.Endpoint
+	found := false
+	if zone == (discovery.Locality{}) && rec.attempts == 0 && z.health.empty() {
+		ep, found = eps[n%uint64(len(eps))], true // the common case: plain round robin
+	} else {
+		z.health.view(time.Now(), func(healthy func(netip.Addr) bool) {
+			tiers := [...]func(discovery.Endpoint) bool{
+				func(e discovery.Endpoint) bool { return healthy(e.Addr) && inZone(snap, e, zone) },
+				func(e discovery.Endpoint) bool { return healthy(e.Addr) },
+				func(discovery.Endpoint) bool { return true },
+			}
+			start := 0
+			if zone == (discovery.Locality{}) {
+				start = 1
+			}
+			for _, ok := range tiers[start:] {
+				if ep, found = nth(eps, n, func(e discovery.Endpoint) bool { return !rec.triedAddr(e.Addr) && ok(e) }); found {
+					return
+				}
+			}
+		})
+	}
+	if !found {
+		return discovery.Endpoint{}, fmt.Errorf("%s: %w", svc.Hostname, errEndpointsTried)
+	}
+	rec.tryEndpoint(ep.Addr, len(eps))
+	return ep, nil
+}
+
+// nth returns the (n mod k)-th of the k endpoints that ok accepts, if any: round
+// robin over them, without allocating.
+func nth(eps []discovery.Endpoint, n uint64, ok func(discovery.Endpoint) bool) (discovery.Endpoint, bool) {
+	k := uint64(0)
+	for _, e := range eps {
+		if ok(e) {
+			k++
+		}
+	}
+	if k == 0 {
+		return discovery.Endpoint{}, false
+	}
+	i := n % k
+	for _, e := range eps {
+		if ok(e) {
+			if i == 0 {
+				return e, true
+			}
+			i--
+		}
+	}
+	return discovery.Endpoint{}, false
+}
+
+// preferredZone is the client's region and zone when svc keeps traffic in the
+// client's zone (trafficDistribution PreferClose or PreferSameZone) and the client's
+// zone is known; zero otherwise.
+func preferredZone(svc *discovery.Service, srcW *discovery.Workload) discovery.Locality {
+	switch svc.TrafficDistribution {
+	case discovery.TrafficDistributionPreferClose, discovery.TrafficDistributionPreferSameZone:
+	default:
+		return discovery.Locality{}
+	}
+	if srcW == nil || srcW.Locality.Zone == "" {
+		return discovery.Locality{}
+	}
+	return discovery.Locality{Region: srcW.Locality.Region, Zone: srcW.Locality.Zone}
+}
+
+// inZone reports whether ep's workload runs in zone (same region and zone).
+func inZone(snap *discovery.Snapshot, ep discovery.Endpoint, zone discovery.Locality) bool {
+	w := endpointWorkload(snap, ep)
+	return w != nil && w.Locality.Region == zone.Region && w.Locality.Zone == zone.Zone
 }
 
 // next advances the round-robin cursor of key (a serviceKey or waypointKey). Typed,

@@ -27,6 +27,9 @@ type HBONEConn interface {
 	net.Conn
 	CloseWrite() error
 	CloseRead() error
+	// Answer waits for the peer's answer to an early stream: nil for a 200, the
+	// *hbone.StatusError of a refusal, the stream's error, or ctx's.
+	Answer(ctx context.Context) error
 }
 
 // HBONEStream is a server-side CONNECT stream, answered with Accept or Reject; after

@@ -99,6 +99,7 @@ type Ztunnel struct {
 	relay  *relay.Relay
 	conns  *connTable
 	limits *peerLimits
+	health *endpointHealth // service endpoints whose connects failed lately
 	// authorize is asked on every path to a local pod (see toLocal): the policies
 	// (authorizePolicy) unless a test replaces it.
 	authorize authorizer
@@ -135,6 +136,7 @@ func New(cfg Config, deps Deps) (*Ztunnel, error) {
 		dial:          deps.Dial,
 		conns:         newConnTable(),
 		limits:        newPeerLimits(cfg.MaxStreamsPerPeer, cfg.MaxUpstreamsPerPeer),
+		health:        newEndpointHealth(cfg.EndpointBackoff, cfg.EndpointBackoffMax),
 		// The streams' receive paths write straight into the sockets they relay to.
 		relay: &relay.Relay{NonBlocking: sockio.NonBlocking},
 	}
@@ -279,6 +281,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return z.reconcileLoop(ctx) })
 	g.Go(func() error { return z.recheckLoop(ctx) })
+	g.Go(func() error { return z.healthLoop(ctx) })
 
 	z.log.Info(msgStarted,
 		keyOutbound, z.cfg.OutboundAddr.String(),

@@ -31,6 +31,11 @@ func TestConfigValidate(t *testing.T) {
 		{"negative hbone connections", func(c *Config) { c.HBONEConnsPerPeer = -1 }, "hbone connections per peer"},
 		{"too many hbone connections", func(c *Config) { c.HBONEConnsPerPeer = 65 }, "want 1 to 64"},
 		{"negative pool idle timeout", func(c *Config) { c.HBONEPoolIdleTimeout = -time.Second }, "hbone pool idle timeout -1s"},
+		{"negative connect timeout", func(c *Config) { c.ConnectTimeout = -time.Second }, "connect timeout -1s"},
+		{"too many connect attempts", func(c *Config) { c.ConnectAttempts = 9 }, "connect attempts 9: want 1 to 8"},
+		{"negative connect attempts", func(c *Config) { c.ConnectAttempts = -1 }, "connect attempts -1"},
+		{"negative endpoint backoff", func(c *Config) { c.EndpointBackoff = -time.Second }, "endpoint backoff -1s"},
+		{"backoff cap below backoff", func(c *Config) { c.EndpointBackoff, c.EndpointBackoffMax = time.Minute, time.Second }, "endpoint backoff max 1s: below the endpoint backoff 1m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,7 +119,7 @@ func TestResolve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := z.resolve(snap, ap(tt.dst))
+			r, err := z.resolve(snap, newRecord(dirOutbound, ap("198.18.1.10:40000"), ap(tt.dst)), nil)
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("err %v, want %v", err, tt.err)
@@ -147,7 +152,7 @@ func TestResolveServiceRoundRobin(t *testing.T) {
 	z := &Ztunnel{cfg: Config{NodeName: "node1"}.WithDefaults(), store: store}
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
-		r, err := z.resolve(snap, netip.MustParseAddrPort("198.19.0.10:80"))
+		r, err := z.resolve(snap, newRecord(dirOutbound, ap("198.18.1.10:40000"), ap("198.19.0.10:80")), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

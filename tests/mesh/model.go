@@ -24,13 +24,18 @@ type Namespace struct {
 type Node struct {
 	Name      string
 	Addresses []netip.Addr
+	Locality  Locality // written only when set
 }
 
 type Workload struct {
 	Name, Namespace, ServiceAccount, Node string
 	IPs                                   []netip.Addr
 	Labels                                map[string]string
+	Locality                              Locality // written only when set: else the node's
 }
+
+// Locality is a node's or workload's region and zone.
+type Locality struct{ Region, Zone string }
 
 type ServicePort struct {
 	Port, TargetPort uint16
@@ -43,6 +48,8 @@ type Service struct {
 	Ports           []ServicePort
 	Selector        map[string]string
 	Labels          map[string]string
+	// TrafficDistribution is Kubernetes' (PreferClose); written only when set.
+	TrafficDistribution string
 }
 
 // Service returns the named service of namespace ns, or nil.
@@ -87,12 +94,14 @@ func (m *Model) YAML() string {
 	b.WriteString("nodes:\n")
 	for _, n := range m.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    addresses: [%s]\n", n.Name, joinAddrs(n.Addresses))
+		writeLocality(&b, "    ", n.Locality)
 	}
 	b.WriteString("workloads:\n")
 	for _, w := range m.Workloads {
 		fmt.Fprintf(&b, "  - name: %s\n    namespace: %s\n    serviceAccount: %s\n    node: %s\n    ips: [%s]\n",
 			w.Name, w.Namespace, w.ServiceAccount, w.Node, joinAddrs(w.IPs))
 		writeLabels(&b, "    ", w.Labels)
+		writeLocality(&b, "    ", w.Locality)
 	}
 	if len(m.Services) > 0 {
 		b.WriteString("services:\n")
@@ -112,9 +121,18 @@ func (m *Model) YAML() string {
 				}
 			}
 			writeLabels(&b, "    ", s.Labels)
+			if s.TrafficDistribution != "" {
+				fmt.Fprintf(&b, "    trafficDistribution: %s\n", s.TrafficDistribution)
+			}
 		}
 	}
 	return b.String()
+}
+
+func writeLocality(b *strings.Builder, indent string, l Locality) {
+	if l != (Locality{}) {
+		fmt.Fprintf(b, "%slocality: {region: %q, zone: %q}\n", indent, l.Region, l.Zone)
+	}
 }
 
 func writeLabels(b *strings.Builder, indent string, labels map[string]string) {
