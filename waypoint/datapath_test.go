@@ -26,6 +26,10 @@ func TestStdPath(t *testing.T) {
 		{"HTTPRoutes", TestHTTPRoutes},
 		{"MalformedHTTP", TestMalformedHTTP},
 		{"Bodies", testFastPathBodies},
+		{"OutlierEjection", TestOutlierEjection},
+		{"RetryOtherEndpoint", TestRetryOtherEndpoint},
+		{"CircuitBreakerOverflow", TestCircuitBreakerOverflow},
+		{"ConsistentHashCookie", TestConsistentHashCookie},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testDataPath = DataPathStd

@@ -19,7 +19,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
@@ -39,7 +41,7 @@ func id(ns, sa string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+
 func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	tb.Helper()
 	seq := 0
-	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq, discovery.GatewayGroup)
+	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq, discovery.GatewayGroup, "networking.istio.io")
 	if err != nil || len(probs) > 0 {
 		tb.Fatalf("policies: %v %v", err, probs)
 	}
@@ -64,6 +66,16 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 			routes.GRPCRoutes = append(routes.GRPCRoutes, &gr)
 		}
 	}
+	var drs []*networkingv1.DestinationRule
+	for _, doc := range strings.Split("\n"+manifests, "\n---") {
+		if strings.Contains(doc, "kind: DestinationRule") {
+			dr := &networkingv1.DestinationRule{}
+			if err := sigsyaml.Unmarshal([]byte(doc), dr); err != nil {
+				tb.Fatalf("DestinationRule: %v", err)
+			}
+			drs = append(drs, dr)
+		}
+	}
 	ip := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
 	in := discovery.Input{
 		Namespaces: []*discovery.Namespace{{Name: "apps", Labels: map[string]string{
@@ -86,6 +98,7 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	}
 	in.Policies = policy.NewSet("", pm.Authorizations, pm.PeerAuthentications)
 	in.Routes = routes
+	in.DestinationRules = drs
 	s, err := discovery.Build(in, discovery.EnrollmentOptions{})
 	if err != nil {
 		tb.Fatal(err)
@@ -144,6 +157,11 @@ func (b *backend) serve(s *hbone.Stream) {
 		b.bodies[r.Host] = string(reqBody)
 		b.mu.Unlock()
 		switch r.URL.Path {
+		case "/fail-b": // echo-b fails
+			if req.Target.Addr() == netip.MustParseAddr("198.18.2.11") {
+				fmt.Fprintf(s, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+				continue
+			}
 		case "/slow":
 			time.Sleep(300 * time.Millisecond)
 		case "/chunked": // with a trailer
