@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/golang/protobuf/jsonpb" // deprecated, but Istio's own JSON form (see DecodeProto)
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	sigyaml "sigs.k8s.io/yaml"
 
@@ -20,11 +22,13 @@ import (
 // unknown fields; these decode them strictly instead, with each problem at its line.
 
 // DecodeProto decodes the mapping n (the field path names it, e.g. "spec") into msg
-// as protojson reads it, refusing unknown fields. It first checks every field against
-// msg's descriptor (names, kinds of values, enum names), so that each problem has its
-// path and line; only a clean tree is handed to protojson, whose own errors (bad
-// durations, two members of a oneof) are then reported at n. lines, when not nil,
-// receives the line of every path visited. The errors have no File.
+// as Istio's generated UnmarshalJSON reads it (golang/protobuf's jsonpb: durations in
+// Go's form, "1m30s", which protojson refuses), but refusing unknown fields. It first
+// checks every field against msg's descriptor (names, kinds of values, enum names,
+// durations), so that each problem has its path and line; only a clean tree is handed
+// to jsonpb, whose remaining errors are then reported at n.
+// lines, when not nil, receives the line of every path visited. The errors have no
+// File.
 func DecodeProto(n *yaml.Node, path string, msg proto.Message, lines map[string]int) fielderr.List {
 	c := protoChecker{lines: lines}
 	c.message(n, path, msg.ProtoReflect().Descriptor())
@@ -33,7 +37,7 @@ func DecodeProto(n *yaml.Node, path string, msg proto.Message, lines map[string]
 	}
 	data, err := JSON(n)
 	if err == nil {
-		err = protojson.Unmarshal(data, msg)
+		err = (&jsonpb.Unmarshaler{}).Unmarshal(bytes.NewReader(data), protoadapt.MessageV1Of(msg))
 	}
 	if err != nil {
 		c.fail(n, path, err.Error())
@@ -101,6 +105,7 @@ func (c *protoChecker) message(n *yaml.Node, path string, md protoreflect.Messag
 		c.fail(n, path, fmt.Sprintf("expected a mapping, got %s", Describe(n)))
 		return
 	}
+	oneofs := map[protoreflect.FullName]*yaml.Node{} // oneof -> the key of its member set
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		fp := ChildPath(path, k.Value, false)
@@ -112,6 +117,14 @@ func (c *protoChecker) message(n *yaml.Node, path string, md protoreflect.Messag
 		if fd == nil {
 			c.fail(k, fp, "unknown field")
 			continue
+		}
+		// jsonpb keeps the last member of a oneof silently.
+		if o := fd.ContainingOneof(); o != nil && !o.IsSynthetic() && v.Tag != "!!null" {
+			if prev, set := oneofs[o.FullName()]; set {
+				c.fail(k, fp, fmt.Sprintf("only one of %s and %s may be set (%s is, line %d)", prev.Value, k.Value, prev.Value, prev.Line))
+				continue
+			}
+			oneofs[o.FullName()] = k
 		}
 		c.field(v, fp, fd)
 	}
@@ -156,10 +169,22 @@ func (c *protoChecker) value(n *yaml.Node, path string, fd protoreflect.FieldDes
 	want := ""
 	switch fd.Kind() {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
-		if strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.") {
-			return // well-known types have their own JSON forms; protojson checks them
+		md := fd.Message()
+		switch name := string(md.FullName()); {
+		case name == "google.protobuf.Duration":
+			if n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+				if _, err := time.ParseDuration(n.Value); err == nil {
+					return
+				}
+			}
+			c.fail(n, path, fmt.Sprintf("expected a duration such as 10s, 1.5s or 1m30s, got %s", Describe(n)))
+		case strings.HasPrefix(name, "google.protobuf.") && strings.HasSuffix(name, "Value") && md.Fields().Len() == 1:
+			c.value(n, path, md.Fields().ByName("value")) // a wrapper is written as what it wraps
+		case strings.HasPrefix(name, "google.protobuf."):
+			// Other well-known types (Struct, Any...) have their own JSON forms: jsonpb checks them.
+		default:
+			c.message(n, path, md)
 		}
-		c.message(n, path, fd.Message())
 		return
 	case protoreflect.EnumKind:
 		if n.Kind == yaml.ScalarNode && (fd.Enum().Values().ByName(protoreflect.Name(n.Value)) != nil || n.Tag == "!!int") {
