@@ -124,7 +124,7 @@ func (s *Source) awaitCRD(ctx context.Context, onChange func()) {
 			}
 			return
 		}
-		s.log.Info(msgCRDServed, keyResource, destinationRules.String())
+		s.log.Info(msgCRDServed, keyResource, destinationRules.GroupResource().String())
 		onChange()
 		return
 	}

@@ -186,9 +186,6 @@ func TestShutdownWhileWaiting(t *testing.T) {
 	src.Shutdown()
 }
 
-// The fake dynamic client cannot answer a watch-list request; its informers would
-// wait for the bookmark: list then watch.
-func TestMain(m *testing.M) {
-	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
-	os.Exit(m.Run())
-}
+// fakeClientsListThenWatch makes informers list then watch: the fake dynamic client
+// cannot answer a watch-list request, and its informers would wait for the bookmark.
+func fakeClientsListThenWatch() { os.Setenv("KUBE_FEATURE_WatchListClient", "false") }
