@@ -44,6 +44,7 @@ func parse(filename string, data []byte, opts EnrollmentOptions, m manifests) (*
 	in, ok := p.document(data)
 	in.Policies, in.PolicyProblems = m.policies, m.policyProblems
 	in.Waypoints, in.WaypointProblems, in.Routes = m.waypoints, m.waypointProblems, m.routes
+	in.DestinationRules, in.TrafficProblems = m.destinationRules, m.trafficProblems
 	if ok && len(p.errs) == 0 {
 		p.checkNamespacesDeclared(in)
 		if _, err := Build(in, opts); err != nil {
@@ -155,7 +156,11 @@ func (p *parser) namespace(n *yaml.Node, path string) *Namespace {
 
 func (p *parser) node(n *yaml.Node, path string) *Node {
 	node := &Node{}
-	p.fields(n, path, fieldSet{"name": p.toStr(&node.Name), "addresses": p.toAddrs(&node.Addresses)})
+	p.fields(n, path, fieldSet{
+		"name":      p.toStr(&node.Name),
+		"addresses": p.toAddrs(&node.Addresses),
+		"locality":  p.toLocality(&node.Locality),
+	})
 	return node
 }
 
@@ -169,6 +174,7 @@ func (p *parser) workload(n *yaml.Node, path string) *Workload {
 		"ips":            p.toAddrs(&w.IPs),
 		"labels":         p.toStrMap(&w.Labels),
 		"uid":            p.toStr(&w.UID),
+		"locality":       p.toLocality(&w.Locality),
 	})
 	return w
 }
@@ -184,6 +190,8 @@ func (p *parser) service(n *yaml.Node, path string) *Service {
 		"selector":  p.toStrMap(&s.Selector),
 		"labels":    p.toStrMap(&s.Labels),
 		"endpoints": list(p, &s.Endpoints, p.endpoint),
+
+		"trafficDistribution": p.toStr(&s.TrafficDistribution),
 	})
 	return s
 }
@@ -234,6 +242,16 @@ func (p *parser) toStr(dst *string) func(*yaml.Node, string) {
 
 func (p *parser) toStrMap(dst *map[string]string) func(*yaml.Node, string) {
 	return func(v *yaml.Node, path string) { *dst = p.strMap(v, path) }
+}
+
+// toLocality parses {region, zone, subzone}; Build checks the values.
+func (p *parser) toLocality(dst *Locality) func(*yaml.Node, string) {
+	return func(v *yaml.Node, path string) {
+		if isNull(v) {
+			return
+		}
+		p.fields(v, path, fieldSet{"region": p.toStr(&dst.Region), "zone": p.toStr(&dst.Zone), "subzone": p.toStr(&dst.Subzone)})
+	}
 }
 
 func (p *parser) toAddrs(dst *[]netip.Addr) func(*yaml.Node, string) {

@@ -24,8 +24,9 @@ const (
 type FileSourceConfig struct {
 	Path    string
 	Options EnrollmentOptions
-	// PolicyPath, when set, is a file or a directory of PeerAuthentication and
-	// AuthorizationPolicy manifests, reloaded with the model.
+	// PolicyPath, when set, is a file or a directory of manifests, reloaded with the
+	// model: PeerAuthentications and AuthorizationPolicies, waypoint Gateways and their
+	// routes, DestinationRules.
 	PolicyPath string
 	// RootNamespace is the policies' root namespace (policy.DefaultRootNamespace
 	// when empty).
@@ -195,6 +196,9 @@ func (f *FileSource) parse(model []byte, policies []policyFile) (*Snapshot, erro
 	for _, p := range snap.WaypointProblems {
 		f.log.Error("waypoint problem", "error", p)
 	}
+	for _, p := range snap.TrafficProblems {
+		f.log.Error("Istio traffic object left out", "error", p)
+	}
 	return snap, nil
 }
 
@@ -239,5 +243,6 @@ func (f *FileSource) publish(data []byte, snap *Snapshot) {
 		"workloads", len(snap.Workloads), "services", len(snap.Services),
 		"namespaces", len(snap.Namespaces), "nodes", len(snap.Nodes),
 		"authorizationPolicies", len(snap.Policies.AuthorizationPolicies()),
-		"peerAuthentications", len(snap.Policies.PeerAuthentications()))
+		"peerAuthentications", len(snap.Policies.PeerAuthentications()),
+		"destinationRules", len(snap.DestinationRules))
 }

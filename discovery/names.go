@@ -105,6 +105,16 @@ func checkLabels(errs *fieldErrors, path string, labels map[string]string) {
 	}
 }
 
+// checkLocality checks that each part of l is a label value, as the Kubernetes node
+// labels it comes from are.
+func checkLocality(errs *fieldErrors, path string, l Locality) {
+	for _, part := range []struct{ name, v string }{{"region", l.Region}, {"zone", l.Zone}, {"subzone", l.Subzone}} {
+		if !isLabelValue(part.v) {
+			errs.Add(path+"."+part.name, fmt.Sprintf(msgLabelVal, part.v))
+		}
+	}
+}
+
 // checkAddr validates an address and returns it in canonical form (IPv4 in
 // IPv6 unmapped), or false after recording an error.
 func checkAddr(errs *fieldErrors, path string, a netip.Addr) (netip.Addr, bool) {

@@ -1,5 +1,7 @@
 package discovery
 
+import "strings"
+
 // parseErrorCases are files with known problems; want lists every error
 // line Parse must return, in order.
 var parseErrorCases = []struct {
@@ -380,5 +382,72 @@ workloads:
 			`mesh.yaml:5: workloads[0].ips[0]: "fe80::1%eth0" has a zone, which is not allowed`,
 			`mesh.yaml:5: workloads[0].ips[1]: 0.0.0.0 is the unspecified address`,
 		},
+	},
+	{
+		name: "locality: unknown key, invalid values, wrong shape",
+		yaml: `
+nodes:
+  - name: n1
+    locality: {region: us-east, zone: us-east-1a, rack: r1}
+  - name: n2
+    locality: us-east/1a
+workloads:
+  - name: a
+    namespace: default
+    node: n1
+    locality:
+      region: -bad-
+      subzone: [x]
+`,
+		want: []string{
+			`mesh.yaml:4: nodes[0].locality.rack: unknown field`,
+			`mesh.yaml:6: nodes[1].locality: must be a mapping, got "us-east/1a"`,
+			`mesh.yaml:13: workloads[0].locality.subzone: must be a string, got a list`,
+		},
+	},
+	{
+		name: "locality values that are not label values",
+		yaml: `
+nodes:
+  - name: n1
+    locality: {region: us-east, zone: "us east 1a"}
+workloads:
+  - name: a
+    namespace: default
+    locality:
+      region: -bad-
+      zone: ` + strings.Repeat("z", 64) + `
+`,
+		want: []string{
+			`mesh.yaml:4: nodes[0].locality.zone: "us east 1a" is not a valid label value (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)`,
+			`mesh.yaml:9: workloads[0].locality.region: "-bad-" is not a valid label value (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)`,
+			`mesh.yaml:10: workloads[0].locality.zone: "` + strings.Repeat("z", 64) + `" is not a valid label value (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)`,
+		},
+	},
+	{
+		name: "trafficDistribution not a known value",
+		yaml: `
+services:
+  - name: s
+    namespace: default
+    trafficDistribution: preferClose
+  - name: t
+    namespace: default
+    trafficDistribution: PreferSameNode
+`,
+		want: []string{
+			`mesh.yaml:5: services[0].trafficDistribution: "preferClose" is not one of PreferClose, PreferSameZone`,
+			`mesh.yaml:8: services[1].trafficDistribution: "PreferSameNode" is not one of PreferClose, PreferSameZone`,
+		},
+	},
+	{
+		name: "trafficDistribution not a string",
+		yaml: `
+services:
+  - name: s
+    namespace: default
+    trafficDistribution: {zone: a}
+`,
+		want: []string{`mesh.yaml:5: services[0].trafficDistribution: must be a string, got a mapping`},
 	},
 }

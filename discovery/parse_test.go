@@ -82,6 +82,25 @@ func TestParseExample(t *testing.T) {
 	if n := s.NodeByIP(netip.MustParseAddr("fd00:198:18::2")); n == nil || n.Name != "node2" {
 		t.Errorf("NodeByIP(fd00:198:18::2) = %v, want node2", n)
 	}
+	if got, want := echo.TrafficDistribution, TrafficDistributionPreferClose; got != want {
+		t.Errorf("echo trafficDistribution = %q, want %q", got, want)
+	}
+	if got := ext.TrafficDistribution; got != "" {
+		t.Errorf("external trafficDistribution = %q, want none", got)
+	}
+	// Workloads take their node's locality unless they declare their own.
+	for uid, want := range map[string]string{
+		"default/client":      "us-east/us-east-1a",
+		"default/echo-1":      "us-east/us-east-1b/rack-2",
+		"6d1f3c2a-legacy-old": "eu-west/eu-west-1a",
+	} {
+		if got := s.WorkloadByUID(uid).Locality.String(); got != want {
+			t.Errorf("workload %s locality = %q, want %q", uid, got, want)
+		}
+	}
+	if got, want := s.Node("node2").Locality, (Locality{Region: "us-east", Zone: "us-east-1b", Subzone: "rack-2"}); got != want {
+		t.Errorf("node2 locality = %+v, want %+v", got, want)
+	}
 }
 
 func TestParseEmptyModels(t *testing.T) {

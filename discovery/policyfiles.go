@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+
 	"github.com/ambitmesh/ambit/internal/yamldoc"
 	"github.com/ambitmesh/ambit/policy"
 )
@@ -75,12 +77,15 @@ type manifests struct {
 	waypoints        []*Waypoint
 	waypointProblems []string
 	routes           Routes
+	destinationRules []*networkingv1.DestinationRule
+	trafficProblems  []string
 }
 
-// parseManifests decodes the files (none: nothing): Istio security objects and
-// waypoint-class Gateways (class; other Gateway API objects are the waypoint's). A
-// file that is not YAML fails the whole load (the caller keeps what it had); objects
-// that cannot be used are reported, policies failing closed.
+// parseManifests decodes the files (none: nothing): Istio security objects,
+// waypoint-class Gateways (class; other Gateway API objects are the waypoint's) and
+// Istio's DestinationRules. A file that is not YAML fails the whole load (the caller
+// keeps what it had); objects that cannot be used are reported, policies failing
+// closed, the others left out.
 func parseManifests(files []policyFile, root, class string) (manifests, error) {
 	var m manifests
 	if len(files) == 0 {
@@ -89,12 +94,13 @@ func parseManifests(files []policyFile, root, class string) (manifests, error) {
 	var authz []*policy.Authorization
 	var peer []*policy.PeerAuthentication
 	seq := 0
+	drFirst := make(map[string]string)
 	for _, f := range files {
 		objs, err := yamldoc.Objects(f.name, f.data)
 		if err != nil {
 			return manifests{}, err
 		}
-		pm, probs := policy.ParseObjects(objs, &seq, GatewayGroup)
+		pm, probs := policy.ParseObjects(objs, &seq, GatewayGroup, NetworkingGroup)
 		for _, p := range probs {
 			m.policyProblems = append(m.policyProblems, p.Error())
 		}
@@ -108,6 +114,9 @@ func parseManifests(files []policyFile, root, class string) (manifests, error) {
 		m.routes.GRPCRoutes = append(m.routes.GRPCRoutes, rs.GRPCRoutes...)
 		m.routes.ReferenceGrants = append(m.routes.ReferenceGrants, rs.ReferenceGrants...)
 		m.waypointProblems = append(m.waypointProblems, rprobs...)
+		drs, dprobs := parseDestinationRules(objs, drFirst)
+		m.destinationRules = append(m.destinationRules, drs...)
+		m.trafficProblems = append(m.trafficProblems, dprobs...)
 	}
 	m.policies = policy.NewSet(root, authz, peer)
 	return m, nil

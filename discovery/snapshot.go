@@ -150,6 +150,7 @@ func (b *builder) nodes(s *Snapshot, in []*Node) {
 	each(b, "nodes", in, func(path string, n *Node) {
 		node := &Node{Name: n.Name, Locality: n.Locality}
 		checkSubdomain(&b.errs, path+".name", node.Name)
+		checkLocality(&b.errs, path+".locality", node.Locality)
 		node.Addresses = b.claimAddrs(path+".addresses", "node "+node.Name, n.Addresses, false, addrOwner)
 		if !b.declare(first, path, "node", node.Name) {
 			return
@@ -194,6 +195,7 @@ func (b *builder) workloads(s *Snapshot, in []*Workload, nodesDeclared bool) map
 			}
 		}
 		checkLabels(&b.errs, path+".labels", wl.Labels)
+		checkLocality(&b.errs, path+".locality", w.Locality)
 		what := "workload " + key
 		dup := first.duplicate(b, path, key, what, wl.UID, wl.Name != "" && wl.Namespace != "")
 		wl.IPs = b.claimAddrs(path+".ips", what, w.IPs, dup, ipOwner)
@@ -256,6 +258,12 @@ func (b *builder) services(s *Snapshot, in []*Service, ipOwner map[netip.Addr]re
 		}
 		checkLabels(&b.errs, path+".selector", svc.Selector)
 		checkLabels(&b.errs, path+".labels", svc.Labels)
+		switch svc.TrafficDistribution {
+		case "", TrafficDistributionPreferClose, TrafficDistributionPreferSameZone:
+		default:
+			b.errs.Add(path+".trafficDistribution", fmt.Sprintf("%q is not one of %s, %s", svc.TrafficDistribution,
+				TrafficDistributionPreferClose, TrafficDistributionPreferSameZone))
+		}
 		dup := first.duplicate(b, path, key, what, svc.Hostname, svc.Name != "" && svc.Namespace != "")
 		svc.VIPs = b.claimAddrs(path+".vips", what, sv.VIPs, dup, vipOwner, ipOwner)
 		b.ports(path, svc)

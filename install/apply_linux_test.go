@@ -290,6 +290,7 @@ func checkZtunnelAccess(ctx context.Context, t *testing.T, c *kubetest.Cluster, 
 		{"namespaces", func() error { _, err := zt.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err }},
 		{"pods", func() error { _, err := zt.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err }},
 		{"services", func() error { _, err := zt.CoreV1().Services("").List(ctx, metav1.ListOptions{}); return err }},
+		{"nodes", func() error { _, err := zt.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err }},
 		{"endpointslices", func() error {
 			_, err := zt.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
 			return err
@@ -320,7 +321,7 @@ func checkZtunnelAccess(ctx context.Context, t *testing.T, c *kubetest.Cluster, 
 	wantForbidden(t, "ztunnel: delete a namespace", err)
 
 	var want []access
-	for _, r := range []struct{ group, resource string }{{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"discovery.k8s.io", "endpointslices"}} {
+	for _, r := range []struct{ group, resource string }{{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"", "nodes"}, {"discovery.k8s.io", "endpointslices"}} {
 		for _, verb := range []string{"get", "list", "watch"} {
 			want = append(want, access{group: r.group, resource: r.resource, verb: verb, allowed: true})
 		}
@@ -333,7 +334,8 @@ func checkZtunnelAccess(ctx context.Context, t *testing.T, c *kubetest.Cluster, 
 			access{resource: "secrets", verb: verb, allowed: false},
 			access{resource: "secrets", verb: verb, ns: ns, allowed: false},
 			access{resource: "configmaps", verb: verb, ns: ns, allowed: false},
-			access{resource: "nodes", verb: verb, allowed: false},
+			// DestinationRules are the waypoints' business.
+			access{group: "networking.istio.io", resource: "destinationrules", verb: verb, allowed: false},
 		)
 	}
 	want = append(want,

@@ -16,8 +16,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// istioCRDsTemplate is the chart's copy of Istio's security CRDs (scripts/gen-istio-crds.sh).
-const istioCRDsTemplate = "templates/istio-security-crds.yaml"
+// istioCRDsTemplate is the chart's copy of Istio's CRDs (scripts/gen-istio-crds.sh).
+const istioCRDsTemplate = "templates/istio-crds.yaml"
 
 // gatewayAPICRDsTemplate is the chart's copy of the Gateway API's CRDs
 // (scripts/gen-gateway-api-crds.sh).
@@ -48,9 +48,9 @@ func crdsByName(tb testing.TB, data []byte) map[string]map[string]any {
 	}
 }
 
-// With istioCRDs.install the chart installs exactly the PeerAuthentication and
-// AuthorizationPolicy CRDs of the istio.io/api module go.mod names, unchanged; without it,
-// none.
+// With istioCRDs.install the chart installs exactly the PeerAuthentication,
+// AuthorizationPolicy and DestinationRule CRDs of the istio.io/api module go.mod names,
+// unchanged; without it, none.
 func TestIstioCRDsAreIstios(t *testing.T) {
 	out, stderr, err := helmCmd(t, "template", "ambit", chartDir, "--set", "istioCRDs.install=true", "--show-only", istioCRDsTemplate)
 	if err != nil {
@@ -66,13 +66,14 @@ func TestIstioCRDsAreIstios(t *testing.T) {
 		t.Fatal(err)
 	}
 	all := crdsByName(t, src)
-	for _, name := range []string{"authorizationpolicies.security.istio.io", "peerauthentications.security.istio.io"} {
-		if !reflect.DeepEqual(got[name], all[name]) {
+	names := []string{"authorizationpolicies.security.istio.io", "peerauthentications.security.istio.io", "destinationrules.networking.istio.io"}
+	for _, name := range names {
+		if got[name] == nil || !reflect.DeepEqual(got[name], all[name]) {
 			t.Errorf("the chart's %s differs from istio.io/api's: run scripts/gen-istio-crds.sh", name)
 		}
 	}
-	if len(got) != 2 {
-		t.Errorf("the chart renders %d CRDs, want 2", len(got))
+	if len(got) != len(names) {
+		t.Errorf("the chart renders %d CRDs, want %d", len(got), len(names))
 	}
 	if _, stderr, err := helmCmd(t, "template", "ambit", chartDir, "--show-only", istioCRDsTemplate); err == nil || !strings.Contains(string(stderr), "could not find template") {
 		t.Errorf("without istioCRDs.install the CRDs are rendered (err %v, %s)", err, stderr)

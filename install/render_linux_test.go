@@ -567,6 +567,7 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 		"/namespaces:get", "/namespaces:list", "/namespaces:watch",
 		"/pods:get", "/pods:list", "/pods:watch",
 		"/services:get", "/services:list", "/services:watch",
+		"/nodes:get", "/nodes:list", "/nodes:watch",
 		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
@@ -579,7 +580,8 @@ func checkZtunnelRBAC(t *testing.T, m manifest, ns string) {
 	}
 }
 
-// checkWaypointRBAC: waypoints read what ztunnel reads, and their routes.
+// checkWaypointRBAC: waypoints read what ztunnel reads, and their routes and
+// DestinationRules.
 func checkWaypointRBAC(t *testing.T, m manifest) {
 	t.Helper()
 	cr := find[*rbacv1.ClusterRole](t, m, "", "ambit-waypoint")
@@ -587,6 +589,7 @@ func checkWaypointRBAC(t *testing.T, m manifest) {
 		"/namespaces:get", "/namespaces:list", "/namespaces:watch",
 		"/pods:get", "/pods:list", "/pods:watch",
 		"/services:get", "/services:list", "/services:watch",
+		"/nodes:get", "/nodes:list", "/nodes:watch",
 		"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 		"security.istio.io/authorizationpolicies:get", "security.istio.io/authorizationpolicies:list", "security.istio.io/authorizationpolicies:watch",
 		"security.istio.io/peerauthentications:get", "security.istio.io/peerauthentications:list", "security.istio.io/peerauthentications:watch",
@@ -594,6 +597,7 @@ func checkWaypointRBAC(t *testing.T, m manifest) {
 		"gateway.networking.k8s.io/httproutes:get", "gateway.networking.k8s.io/httproutes:list", "gateway.networking.k8s.io/httproutes:watch",
 		"gateway.networking.k8s.io/grpcroutes:get", "gateway.networking.k8s.io/grpcroutes:list", "gateway.networking.k8s.io/grpcroutes:watch",
 		"gateway.networking.k8s.io/referencegrants:get", "gateway.networking.k8s.io/referencegrants:list", "gateway.networking.k8s.io/referencegrants:watch",
+		"networking.istio.io/destinationrules:get", "networking.istio.io/destinationrules:list", "networking.istio.io/destinationrules:watch",
 	})
 }
 

@@ -1,21 +1,15 @@
 package policy
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	sigyaml "sigs.k8s.io/yaml"
 
 	"github.com/ambitmesh/ambit/internal/fielderr"
 	"github.com/ambitmesh/ambit/internal/yamldoc"
@@ -188,7 +182,7 @@ func (d *document) metadata(n, root *yaml.Node, obj *Object) {
 	}
 	d.walkPaths(n, "metadata")
 	var meta metav1.ObjectMeta
-	if err := strictJSON(n, &meta); err != nil {
+	if err := yamldoc.StrictJSON(n, &meta); err != nil {
 		d.fail(true, n, "metadata", err.Error())
 		return
 	}
@@ -208,7 +202,7 @@ func (d *document) walkPaths(n *yaml.Node, path string) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			kp := childPath(path, n.Content[i].Value, false)
+			kp := yamldoc.ChildPath(path, n.Content[i].Value, false)
 			d.walkPaths(n.Content[i+1], kp)
 			d.lines[kp] = n.Content[i].Line // the key's line, not its value's
 		}
@@ -219,154 +213,12 @@ func (d *document) walkPaths(n *yaml.Node, path string) {
 	}
 }
 
-func childPath(path, key string, mapKey bool) string {
-	if mapKey {
-		if _, err := strconv.Atoi(key); err == nil {
-			return fmt.Sprintf("%s[%s]", path, key)
-		}
-		return fmt.Sprintf("%s[%q]", path, key)
-	}
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
-// strictJSON decodes n into v through JSON, refusing unknown fields.
-func strictJSON(n *yaml.Node, v any) error {
-	data, err := nodeJSON(n)
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return nil
-}
-
-func nodeJSON(n *yaml.Node) ([]byte, error) {
-	raw, err := yaml.Marshal(n)
-	if err != nil {
-		return nil, err
-	}
-	return sigyaml.YAMLToJSON(raw)
-}
-
 // spec checks the spec's fields and types against the message's descriptor
 // (so that each problem has its line) and then decodes it strictly.
 func (d *document) spec(n *yaml.Node, msg proto.Message) {
-	before := len(d.own)
-	d.message(n, "spec", msg.ProtoReflect().Descriptor())
-	if len(d.own) > before {
-		return
-	}
-	data, err := nodeJSON(n)
-	if err == nil {
-		err = protojson.Unmarshal(data, msg)
-	}
-	if err != nil {
-		d.fail(true, n, "spec", err.Error())
-	}
-}
-
-func (d *document) message(n *yaml.Node, path string, md protoreflect.MessageDescriptor) {
-	d.lines[path] = n.Line
-	if n.Kind != yaml.MappingNode {
-		d.fail(true, n, path, fmt.Sprintf("expected a mapping, got %s", yamldoc.Describe(n)))
-		return
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		fp := childPath(path, k.Value, false)
-		d.lines[fp] = k.Line
-		fd := md.Fields().ByJSONName(k.Value)
-		if fd == nil {
-			fd = md.Fields().ByName(protoreflect.Name(k.Value))
-		}
-		if fd == nil {
-			d.fail(true, k, fp, "unknown field")
-			continue
-		}
-		d.field(v, fp, fd)
-	}
-}
-
-func (d *document) field(n *yaml.Node, path string, fd protoreflect.FieldDescriptor) {
-	if n.Tag == "!!null" {
-		return
-	}
-	switch {
-	case fd.IsMap():
-		if n.Kind != yaml.MappingNode {
-			d.fail(true, n, path, fmt.Sprintf("expected a map, got %s", yamldoc.Describe(n)))
-			return
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			kp := childPath(path, k.Value, true)
-			d.lines[kp] = k.Line
-			d.value(k, kp, fd.MapKey())
-			d.value(v, kp, fd.MapValue())
-		}
-	case fd.IsList():
-		if n.Kind != yaml.SequenceNode {
-			d.fail(true, n, path, fmt.Sprintf("expected a list, got %s", yamldoc.Describe(n)))
-			return
-		}
-		for i, c := range n.Content {
-			d.value(c, fmt.Sprintf("%s[%d]", path, i), fd)
-		}
-	default:
-		d.value(n, path, fd)
-	}
-}
-
-// value checks one value of fd's kind (a list's item, a map's key or value).
-func (d *document) value(n *yaml.Node, path string, fd protoreflect.FieldDescriptor) {
-	d.lines[path] = n.Line
-	if n.Tag == "!!null" {
-		return
-	}
-	want := ""
-	switch fd.Kind() {
-	case protoreflect.MessageKind, protoreflect.GroupKind:
-		if strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.") {
-			return // well-known types have their own JSON forms; protojson checks them
-		}
-		d.message(n, path, fd.Message())
-		return
-	case protoreflect.EnumKind:
-		if n.Kind == yaml.ScalarNode && (fd.Enum().Values().ByName(protoreflect.Name(n.Value)) != nil || n.Tag == "!!int") {
-			return
-		}
-		var names []string
-		vals := fd.Enum().Values()
-		for i := 0; i < vals.Len(); i++ {
-			names = append(names, string(vals.Get(i).Name()))
-		}
-		d.fail(true, n, path, fmt.Sprintf("%s is not one of %s", yamldoc.Describe(n), strings.Join(names, ", ")))
-		return
-	case protoreflect.StringKind, protoreflect.BytesKind:
-		want = "!!str"
-	case protoreflect.BoolKind:
-		want = "!!bool"
-	case protoreflect.FloatKind, protoreflect.DoubleKind:
-		if n.Tag == "!!float" {
-			return
-		}
-		want = "!!int"
-	default: // the integer kinds
-		want = "!!int"
-	}
-	if n.Kind != yaml.ScalarNode || n.Tag != want {
-		if want == "!!int" && n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
-			if _, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
-				return // map keys of portLevelMtls are written either way
-			}
-		}
-		d.fail(true, n, path, fmt.Sprintf("expected %s, got %s", map[string]string{"!!str": "a string", "!!bool": "true or false", "!!int": "a number"}[want], yamldoc.Describe(n)))
+	for _, e := range yamldoc.DecodeProto(n, "spec", msg, d.lines) {
+		e.File = d.file
+		d.own = append(d.own, e)
 	}
 }
 

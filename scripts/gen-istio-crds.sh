@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Copies the PeerAuthentication and AuthorizationPolicy CRDs shipped in the istio.io/api
-# module (the version go.mod names) into the Helm chart, behind istioCRDs.install.
-# install/render_linux_test.go checks the copy still matches the module.
+# Copies the PeerAuthentication, AuthorizationPolicy and DestinationRule CRDs shipped in
+# the istio.io/api module (the version go.mod names) into the Helm chart, behind
+# istioCRDs.install. install/crds_linux_test.go checks the copy still matches the module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(go list -m -f '{{.Dir}}' istio.io/api)
 src="$dir/kubernetes/customresourcedefinitions.gen.yaml"
-out=install/helm/ambit/templates/istio-security-crds.yaml
+out=install/helm/ambit/templates/istio-crds.yaml
 version=$(go list -m -f '{{.Version}}' istio.io/api)
 {
   echo "{{- if .Values.istioCRDs.install }}"
@@ -15,7 +15,7 @@ version=$(go list -m -f '{{.Version}}' istio.io/api)
   awk '
     /^---$/ { if (keep) printf "%s", doc; doc = ""; keep = 0; next }
     { doc = doc $0 "\n" }
-    /^  name: (authorizationpolicies|peerauthentications)\.security\.istio\.io$/ { keep = 1 }
+    /^  name: ((authorizationpolicies|peerauthentications)\.security|destinationrules\.networking)\.istio\.io$/ { keep = 1 }
     END { if (keep) printf "%s", doc }
   ' "$src" | awk 'BEGIN { first = 1 } /^apiVersion: apiextensions/ { if (!first) print "---"; first = 0 } { print }'
   echo "{{- end }}"

@@ -43,11 +43,12 @@ func (s *sources) wire(deps *waypoint.Deps, cfg waypoint.Config) error {
 	if !s.kube && s.kubeconfig == "" {
 		return nil
 	}
-	// The same source as ztunnel's, with the routes the waypoint compiles.
+	// The same source as ztunnel's, with the routes and DestinationRules the waypoint
+	// compiles.
 	cfg = cfg.WithDefaults()
 	src, store, err := cluster.New(cluster.Config{
 		Kubeconfig: s.kubeconfig, UserAgent: "ambit-waypoint", RootNamespace: cfg.RootNamespace,
-		WaypointClass: cfg.WaypointClass, Routes: true, Options: cfg.Enrollment, Logger: deps.Logger,
+		WaypointClass: cfg.WaypointClass, Routes: true, DestinationRules: true, Options: cfg.Enrollment, Logger: deps.Logger,
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
 )
 
 // startCluster runs etcd + kube-apiserver on loopback in the test's private
@@ -31,12 +33,22 @@ func startCluster(tb testing.TB) *kubetest.Cluster {
 // get/list/watch what the source reads: the RBAC the chart grants.
 func readerClient(tb testing.TB, c *kubetest.Cluster) kubernetes.Interface {
 	tb.Helper()
+	cs, err := kubernetes.NewForConfig(readerConfig(tb, c))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cs
+}
+
+// readerConfig is readerClient's configuration, for the metadata client.
+func readerConfig(tb testing.TB, c *kubetest.Cluster) *rest.Config {
+	tb.Helper()
 	ctx := context.Background()
 	admin := c.Client()
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "ambit-discovery-test"},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services", "nodes"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		},
 	}
@@ -55,11 +67,17 @@ func readerClient(tb testing.TB, c *kubetest.Cluster) kubernetes.Interface {
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		tb.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(c.TokenConfig(token))
+	return c.TokenConfig(token)
+}
+
+// metadataClient is a metadata client (for the Nodes) with cfg's credentials.
+func metadataClient(tb testing.TB, cfg *rest.Config) metadata.Interface {
+	tb.Helper()
+	mc, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return cs
+	return mc
 }
 
 // createRunningPod creates a pod and, standing in for the kubelet, sets its
@@ -126,7 +144,13 @@ func TestAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src, store := runSource(t, readerClient(t, c), Config{})
+	// No Node objects here (no kubelet): the pods' node-1 is declared without locality.
+	rc := readerConfig(t, c)
+	reader, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, store := runSource(t, reader, Config{Metadata: metadataClient(t, rc)})
 	s := waitModel(t, store, "pods and service", func(s *discovery.Snapshot) bool {
 		svc := s.ServiceByName(ns, "web")
 		return s.WorkloadByUID(string(a.UID)) != nil && s.WorkloadByUID(string(b.UID)) != nil && svc != nil && len(svc.Endpoints) == 2
@@ -226,4 +250,72 @@ func TestAPIServerProblems(t *testing.T) {
 		waitModel(t, store, "new gone", func(s *discovery.Snapshot) bool { return s.WorkloadByUID(string(newer.UID)) == nil })
 	}
 	waitProblem(t, src, store, KindPod, "old", reasonLeftOut)
+}
+
+// TestAPIServerLocality: Nodes' topology labels become their pods' localities, and a
+// relabelled node moves them, live; Services' trafficDistribution is read, a value
+// Ambit does not use is a Problem.
+func TestAPIServerLocality(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	admin := c.Client()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{
+		LabelRegion: "us-east", LabelZone: "us-east-1a", "kubernetes.io/hostname": "node-1",
+	}}}
+	if _, err := admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const ns = "shop"
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, newNamespace(ns, nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := createRunningPod(t, admin, ns, "a", "198.18.0.1", map[string]string{"app": "web"})
+	for name, td := range map[string]string{"web": corev1.ServiceTrafficDistributionPreferClose, "same-node": corev1.ServiceTrafficDistributionPreferSameNode} {
+		svc := newService(ns, name, nil, svcPort{name: "http", port: 80, target: intstr.FromInt32(8080)})
+		svc.Spec.TrafficDistribution = &td
+		if _, err := admin.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	rc := readerConfig(t, c)
+	reader, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, store := runSource(t, reader, Config{Metadata: metadataClient(t, rc)})
+	locality := func(s *discovery.Snapshot) string {
+		if w := s.WorkloadByUID(string(a.UID)); w != nil {
+			return w.Locality.String()
+		}
+		return "(no workload)"
+	}
+	s := waitModel(t, store, "a in us-east-1a", func(s *discovery.Snapshot) bool { return locality(s) == "us-east/us-east-1a" })
+	if svc := s.ServiceByName(ns, "web"); svc == nil || svc.TrafficDistribution != discovery.TrafficDistributionPreferClose {
+		t.Errorf("service web: %+v, want trafficDistribution PreferClose", svc)
+	}
+	if svc := s.ServiceByName(ns, "same-node"); svc == nil || svc.TrafficDistribution != "" {
+		t.Errorf("service same-node: %+v, want no trafficDistribution", svc)
+	}
+	waitProblem(t, src, store, KindService, "same-node", `spec.trafficDistribution: "PreferSameNode" is not supported`)
+
+	// A status update (what kubelets do all the time) changes nothing; a relabel moves
+	// the pod.
+	cur, err := admin.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+	if cur, err = admin.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Labels[LabelZone] = "us-east-1b"
+	cur.Labels[LabelSubzone] = "rack-7"
+	if _, err := admin.CoreV1().Nodes().Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s = waitModel(t, store, "a moved to us-east-1b", func(s *discovery.Snapshot) bool { return locality(s) == "us-east/us-east-1b/rack-7" })
+	if n := s.Node("node-1"); n == nil || n.Locality != (discovery.Locality{Region: "us-east", Zone: "us-east-1b", Subzone: "rack-7"}) {
+		t.Errorf("node-1 in the model: %+v", n)
+	}
 }

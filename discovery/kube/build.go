@@ -18,7 +18,7 @@ const maxBuildRounds = 8
 // Problem is an event-style status of an object the source could not map as
 // is, for the admin view.
 type Problem struct {
-	Kind      string    `json:"kind"` // Pod, Service, Namespace, EndpointSlice
+	Kind      string    `json:"kind"` // Pod, Service, Namespace, EndpointSlice, Node, DestinationRule...
 	Namespace string    `json:"namespace,omitempty"`
 	Name      string    `json:"name"`
 	Reason    string    `json:"reason"`
@@ -43,18 +43,25 @@ type buildResult struct {
 // rejects (with a Problem) so that one bad object never blocks the model.
 func build(objs objects, opts discovery.EnrollmentOptions, domain string) (buildResult, error) {
 	excluded := make(map[objKey]string)
+	var trafficProblems []string
+	for _, p := range objs.trafficProblems {
+		trafficProblems = append(trafficProblems, fmt.Sprintf("%s %s/%s: %s", p.Kind, p.Namespace, p.Name, p.Reason))
+	}
 	for round := 1; ; round++ {
 		m := mapObjects(objs, domain, excluded)
 		m.in.Policies = objs.policies
 		m.in.Waypoints = objs.gateways.Waypoints
 		m.in.WaypointProblems = objs.gateways.Problems
 		m.in.Routes = objs.gateways.Routes
+		m.in.DestinationRules = objs.destinationRules
+		m.in.TrafficProblems = trafficProblems
 		snap, err := discovery.Build(m.in, opts)
 		if err == nil {
 			for k, reason := range excluded {
 				m.problem(k, reason)
 			}
 			probs := append(m.problems, objs.policyProblems...)
+			probs = append(probs, objs.trafficProblems...)
 			slices.SortFunc(probs, compareProblems)
 			probs = slices.Compact(probs)
 			return buildResult{snap: snap, in: m.in, problems: probs}, nil

@@ -1,8 +1,9 @@
 // Package kube is the Kubernetes source of Ambit's mesh model: client-go
-// informers on Namespaces, Pods, Services and discovery.k8s.io/v1
-// EndpointSlices, mapped to a discovery.Input and published into a
+// informers on Namespaces, Pods, Services, discovery.k8s.io/v1 EndpointSlices
+// and Nodes' metadata, mapped to a discovery.Input and published into a
 // discovery.Store through discovery.Build after every (debounced) change.
-// Istio's policies (Config.Policies, package istiopolicy) and the Gateway
+// Istio's policies (Config.Policies, package istiopolicy), its
+// DestinationRules (Config.Traffic, package istiotraffic) and the Gateway
 // API's waypoints and routes (Config.Gateways, package gatewayapi) come
 // from feeds that link their own clients; package cluster assembles all.
 //
@@ -31,6 +32,18 @@
 //     a Problem is recorded; when no slice resolves it, TargetPort stays 0,
 //     which ztunnel treats as "same as the service port", and a Problem is
 //     recorded if the service has endpoints.
+//   - Nodes (Config.Metadata: their metadata only, trimmed to the topology
+//     labels) become nodes whose locality is topology.kubernetes.io/region,
+//     topology.kubernetes.io/zone and topology.istio.io/subzone; Build gives it
+//     to their pods. A pod's node not in the cache (yet) is declared without a
+//     locality, so the pod stays. A pod whose node gives no locality takes the
+//     zone its EndpointSlice endpoints name, when they do. Only label changes
+//     of a Node rebuild the model.
+//   - A Service's spec.trafficDistribution PreferClose or PreferSameZone is
+//     kept; other values (PreferSameNode) are ignored with a Problem.
+//   - DestinationRules (Config.Traffic, package istiotraffic) are carried as
+//     decoded, oldest first; those that cannot be decoded are Problems and the
+//     model's TrafficProblems.
 //   - discovery.Build rejects a whole input on conflicts that are transient
 //     in Kubernetes (a reused pod IP, a recreated service). The source leaves
 //     out each object Build names, records a Problem, and builds again, a

@@ -10,9 +10,12 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/policy"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Kinds named in Problems.
@@ -21,6 +24,7 @@ const (
 	KindPod           = "Pod"
 	KindService       = "Service"
 	KindEndpointSlice = "EndpointSlice"
+	KindNode          = "Node"
 )
 
 // ReasonNoPodIP is the Problem reason of a pod that has no IP yet.
@@ -42,6 +46,10 @@ type objects struct {
 	policies       *policy.Set
 	policyProblems []Problem
 	gateways       Gateways
+	// nodes are the Nodes' metadata; nil when nodes are not watched.
+	nodes            []*metav1.PartialObjectMetadata
+	destinationRules []*networkingv1.DestinationRule
+	trafficProblems  []Problem
 }
 
 type objKey struct{ kind, namespace, name string }
@@ -50,6 +58,7 @@ type objKey struct{ kind, namespace, name string }
 // came from, so that Build's errors can be traced back.
 type mapped struct {
 	in       discovery.Input
+	nodeKeys []objKey
 	nsKeys   []objKey
 	wlKeys   []objKey
 	svcKeys  []objKey
@@ -74,6 +83,8 @@ func mapObjects(objs objects, domain string, excluded map[objKey]string) *mapped
 		m.in.Namespaces = append(m.in.Namespaces, &discovery.Namespace{Name: ns.Name, Labels: ns.Labels})
 		m.nsKeys = append(m.nsKeys, k)
 	}
+
+	nodeLocality := m.nodes(objs.nodes, excluded)
 
 	pods := slices.Clone(objs.pods)
 	slices.SortFunc(pods, comparePods)
@@ -101,6 +112,9 @@ func mapObjects(objs objects, domain string, excluded map[objKey]string) *mapped
 		m.wlKeys = append(m.wlKeys, k)
 		byUID[w.UID] = w
 	}
+	if objs.nodes != nil {
+		m.undeclaredNodes(nodeLocality, excluded)
+	}
 
 	slicesBySvc := make(map[string][]*discoveryv1.EndpointSlice, len(objs.services))
 	for _, sl := range objs.slices {
@@ -122,7 +136,7 @@ func mapObjects(objs objects, domain string, excluded map[objKey]string) *mapped
 		if _, ok := excluded[k]; ok {
 			continue
 		}
-		svc := m.service(k, s, slicesBySvc[s.Namespace+"/"+s.Name], domain, byUID)
+		svc := m.service(k, s, slicesBySvc[s.Namespace+"/"+s.Name], domain, byUID, nodeLocality)
 		if svc == nil {
 			continue
 		}
@@ -130,6 +144,45 @@ func mapObjects(objs objects, domain string, excluded map[objKey]string) *mapped
 		m.svcKeys = append(m.svcKeys, k)
 	}
 	return m
+}
+
+// nodes maps the Nodes' topology labels, returning each node's locality.
+func (m *mapped) nodes(nodes []*metav1.PartialObjectMetadata, excluded map[objKey]string) map[string]discovery.Locality {
+	nodes = slices.Clone(nodes)
+	slices.SortFunc(nodes, func(a, b *metav1.PartialObjectMetadata) int { return strings.Compare(a.Name, b.Name) })
+	out := make(map[string]discovery.Locality, len(nodes))
+	for _, n := range nodes {
+		k := objKey{KindNode, "", n.Name}
+		if _, ok := excluded[k]; ok {
+			continue
+		}
+		l := discovery.Locality{Region: n.Labels[LabelRegion], Zone: n.Labels[LabelZone], Subzone: n.Labels[LabelSubzone]}
+		m.in.Nodes = append(m.in.Nodes, &discovery.Node{Name: n.Name, Locality: l})
+		m.nodeKeys = append(m.nodeKeys, k)
+		out[n.Name] = l
+	}
+	return out
+}
+
+// undeclaredNodes declares, without a locality, the nodes pods run on that are not
+// in the cache (a node just added, or gone with its pods still listed): Build refuses
+// workloads on undeclared nodes once any node is declared.
+func (m *mapped) undeclaredNodes(known map[string]discovery.Locality, excluded map[objKey]string) {
+	for _, w := range m.in.Workloads {
+		if w.Node == "" {
+			continue
+		}
+		if _, ok := known[w.Node]; ok {
+			continue
+		}
+		known[w.Node] = discovery.Locality{}
+		k := objKey{KindNode, "", w.Node}
+		if _, ok := excluded[k]; ok {
+			continue
+		}
+		m.in.Nodes = append(m.in.Nodes, &discovery.Node{Name: w.Node})
+		m.nodeKeys = append(m.nodeKeys, k)
+	}
 }
 
 // comparePods orders pods so that, when two claim the same IP, the one Build
@@ -209,7 +262,7 @@ type candidate struct {
 
 // service maps a Service and its EndpointSlices, or returns nil for a service
 // the model does not carry (ExternalName).
-func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.EndpointSlice, domain string, byUID map[string]*discovery.Workload) *discovery.Service {
+func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.EndpointSlice, domain string, byUID map[string]*discovery.Workload, nodeLocality map[string]discovery.Locality) *discovery.Service {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -218,6 +271,15 @@ func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.Endpoin
 		Namespace: s.Namespace,
 		Hostname:  s.Name + "." + s.Namespace + ".svc." + domain,
 		Labels:    s.Labels, // Build copies
+	}
+	if td := s.Spec.TrafficDistribution; td != nil && *td != "" {
+		switch *td {
+		case discovery.TrafficDistributionPreferClose, discovery.TrafficDistributionPreferSameZone:
+			svc.TrafficDistribution = *td
+		default:
+			m.problem(k, fmt.Sprintf("spec.trafficDistribution: %q is not supported (%s or %s); ignored", *td,
+				discovery.TrafficDistributionPreferClose, discovery.TrafficDistributionPreferSameZone))
+		}
 	}
 	vips := s.Spec.ClusterIPs
 	if len(vips) == 0 && s.Spec.ClusterIP != "" {
@@ -262,6 +324,7 @@ func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.Endpoin
 				if r := e.TargetRef; r != nil && (r.Kind == "Pod" || r.Kind == "") && r.UID != "" {
 					if w := byUID[string(r.UID)]; w != nil && slices.Contains(w.IPs, a) {
 						ep.WorkloadUID = w.UID
+						m.zoneFallback(sl, e.Zone, w, nodeLocality)
 					}
 				}
 				if isReady {
@@ -329,6 +392,21 @@ func (m *mapped) service(k objKey, s *corev1.Service, sls []*discoveryv1.Endpoin
 		svc.Ports = append(svc.Ports, p)
 	}
 	return svc
+}
+
+// zoneFallback gives w the zone its EndpointSlice endpoint names when its node's
+// labels give it no locality (nodes not watched, or not labelled): the EndpointSlice
+// controller copies the zone from the node, so this only fills in what the model
+// could not read itself.
+func (m *mapped) zoneFallback(sl *discoveryv1.EndpointSlice, zone *string, w *discovery.Workload, nodeLocality map[string]discovery.Locality) {
+	if zone == nil || *zone == "" || w.Locality != (discovery.Locality{}) || nodeLocality[w.Node] != (discovery.Locality{}) {
+		return
+	}
+	if errs := validation.IsValidLabelValue(*zone); len(errs) > 0 {
+		m.problem(objKey{KindEndpointSlice, sl.Namespace, sl.Name}, fmt.Sprintf("invalid endpoint zone %q: %s", *zone, strings.Join(errs, "; ")))
+		return
+	}
+	w.Locality.Zone = *zone
 }
 
 // resolveNamed finds the number the named target port of service port
@@ -403,6 +481,8 @@ func (m *mapped) locate(path string) (objKey, string, bool) {
 		keys = m.wlKeys
 	case "services":
 		keys = m.svcKeys
+	case "nodes":
+		keys = m.nodeKeys
 	}
 	if i >= len(keys) {
 		return objKey{}, "", false

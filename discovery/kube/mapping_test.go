@@ -414,7 +414,8 @@ func TestTransform(t *testing.T) {
 }
 
 func TestLocate(t *testing.T) {
-	m := &mapped{wlKeys: []objKey{{KindPod, "ns", "a"}}, svcKeys: []objKey{{KindService, "ns", "s"}}, nsKeys: []objKey{{KindNamespace, "", "ns"}}}
+	m := &mapped{wlKeys: []objKey{{KindPod, "ns", "a"}}, svcKeys: []objKey{{KindService, "ns", "s"}}, nsKeys: []objKey{{KindNamespace, "", "ns"}},
+		nodeKeys: []objKey{{KindNode, "", "n1"}}}
 	tests := []struct {
 		path  string
 		key   objKey
@@ -426,7 +427,8 @@ func TestLocate(t *testing.T) {
 		{`namespaces[0].labels["a.b/c"]`, objKey{KindNamespace, "", "ns"}, `labels["a.b/c"]`, true},
 		{"workloads[1]", objKey{}, "", false},
 		{"workloads[-1]", objKey{}, "", false},
-		{"nodes[0]", objKey{}, "", false},
+		{"nodes[0].locality.zone", objKey{KindNode, "", "n1"}, "locality.zone", true},
+		{"nodes[1]", objKey{}, "", false},
 		{"", objKey{}, "", false},
 		{"workloads[x]", objKey{}, "", false},
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -14,12 +15,17 @@ import (
 
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/policy"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -32,12 +38,19 @@ const (
 // Config configures a Source.
 type Config struct {
 	Client kubernetes.Interface
+	// Metadata, when set, watches the Nodes' metadata (their topology labels become
+	// the localities of the nodes and of their pods). The nodes' specs and statuses,
+	// most of a Node's size, are never fetched.
+	Metadata metadata.Interface
 	// Policies, when set, feeds Istio's PeerAuthentications and
 	// AuthorizationPolicies into the model (package istiopolicy).
 	Policies PolicySource
 	// Gateways, when set, feeds the Gateway API's waypoints and routes into the
 	// model (package gatewayapi).
 	Gateways GatewaySource
+	// Traffic, when set, feeds Istio's DestinationRules into the model (package
+	// istiotraffic); the waypoints compile them.
+	Traffic TrafficSource
 	// Options are the enrollment labels (unset fields take
 	// EnrollmentOptions.WithDefaults).
 	Options discovery.EnrollmentOptions
@@ -74,6 +87,16 @@ type GatewaySource interface {
 	Shutdown()
 }
 
+// TrafficSource feeds Istio's DestinationRules into the model. Start and Shutdown
+// are as PolicySource's.
+type TrafficSource interface {
+	Start(ctx context.Context, onChange func()) (served bool, err error)
+	// DestinationRules returns the rules, oldest first, and those that cannot be
+	// used (left out). The source owns the values: the model must not modify them.
+	DestinationRules() ([]*networkingv1.DestinationRule, []Problem, error)
+	Shutdown()
+}
+
 // Gateways is what a GatewaySource contributes to the model's Input. The source
 // owns the values: the model must not modify them.
 type Gateways struct {
@@ -90,12 +113,15 @@ type Source struct {
 	store *discovery.Store
 
 	factory   informers.SharedInformerFactory
+	meta      metadatainformer.SharedInformerFactory // nil: nodes not watched
+	nodeList  cache.GenericLister
 	nsList    corelisters.NamespaceLister
 	podList   corelisters.PodLister
 	svcList   corelisters.ServiceLister
 	sliceList discoverylisters.EndpointSliceLister
 	policies  PolicySource  // nil: no policies watched
 	gateways  GatewaySource // nil: no waypoints or routes
+	traffic   TrafficSource // nil: no DestinationRules
 
 	changed chan struct{} // capacity 1: a change is pending
 	running atomic.Bool
@@ -170,8 +196,28 @@ func New(cfg Config, store *discovery.Store) (*Source, error) {
 			return nil, fmt.Errorf("kube source: watch %s: %w", name, err)
 		}
 	}
+	if cfg.Metadata != nil {
+		s.meta = metadatainformer.NewSharedInformerFactoryWithOptions(cfg.Metadata, cfg.ResyncPeriod, metadatainformer.WithTransform(transformNode))
+		nodes := s.meta.ForResource(corev1.SchemeGroupVersion.WithResource("nodes"))
+		s.nodeList = nodes.Lister()
+		nodeHandler := handler
+		// Nodes' statuses change all the time; only their topology labels (all the
+		// transform keeps) matter here.
+		nodeHandler.UpdateFunc = func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*metav1.PartialObjectMetadata)
+			n, ok2 := newObj.(*metav1.PartialObjectMetadata)
+			if ok1 && ok2 && maps.Equal(o.Labels, n.Labels) {
+				return
+			}
+			s.notify()
+		}
+		if _, err := nodes.Informer().AddEventHandler(nodeHandler); err != nil {
+			return nil, fmt.Errorf("kube source: watch nodes: %w", err)
+		}
+	}
 	s.policies = cfg.Policies
 	s.gateways = cfg.Gateways
+	s.traffic = cfg.Traffic
 	return s, nil
 }
 
@@ -221,15 +267,16 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer s.factory.Shutdown() // waits for the informers' goroutines, after cancel
+	if s.meta != nil {
+		defer s.meta.Shutdown()
+	}
 	defer cancel()
 	s.factory.Start(ctx.Done())
-	for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			if ctx.Err() == nil {
-				return fmt.Errorf("kube source: sync %v cache", typ)
-			}
-			return nil
-		}
+	if s.meta != nil {
+		s.meta.Start(ctx.Done())
+	}
+	if ok, err := s.waitForCaches(ctx); !ok {
+		return err
 	}
 	if s.policies != nil {
 		defer s.policies.Shutdown()
@@ -253,6 +300,18 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		case !served:
 			s.log.Warn("Gateway API CRDs not served yet: no waypoints until they are installed (the chart's gatewayAPICRDs.install); traffic bound to a waypoint is refused")
+		}
+	}
+	if s.traffic != nil {
+		defer s.traffic.Shutdown()
+		served, err := s.traffic.Start(ctx, s.notify)
+		switch {
+		case err != nil:
+			return fmt.Errorf("kube source: destination rules: %w", err)
+		case ctx.Err() != nil:
+			return nil
+		case !served:
+			s.log.Warn("Istio DestinationRule CRD not served yet: no DestinationRules in force until it is installed (the chart's istioCRDs.install)")
 		}
 	}
 	s.log.Info("kube caches synced")
@@ -288,6 +347,30 @@ func (s *Source) Run(ctx context.Context) error {
 			retry()
 		}
 	}
+}
+
+// waitForCaches waits for the informers' first lists: false with a nil error when
+// ctx ended first.
+func (s *Source) waitForCaches(ctx context.Context) (bool, error) {
+	failed := func(what any) (bool, error) {
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		return false, fmt.Errorf("kube source: sync %v cache", what)
+	}
+	for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return failed(typ)
+		}
+	}
+	if s.meta != nil {
+		for gvr, ok := range s.meta.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return failed(gvr.Resource)
+			}
+		}
+	}
+	return true, nil
 }
 
 // Synced reports whether the caches synced and the first snapshot from them
@@ -331,6 +414,23 @@ func (s *Source) list() (objects, error) {
 	}
 	if s.gateways != nil {
 		if o.gateways, err = s.gateways.Gateways(); err != nil {
+			return o, err
+		}
+	}
+	if s.nodeList != nil {
+		nodes, err := s.nodeList.List(labels.Everything())
+		if err != nil {
+			return o, fmt.Errorf("list nodes: %w", err)
+		}
+		o.nodes = make([]*metav1.PartialObjectMetadata, 0, len(nodes))
+		for _, n := range nodes {
+			if m, ok := n.(*metav1.PartialObjectMetadata); ok {
+				o.nodes = append(o.nodes, m)
+			}
+		}
+	}
+	if s.traffic != nil {
+		if o.destinationRules, o.trafficProblems, err = s.traffic.DestinationRules(); err != nil {
 			return o, err
 		}
 	}

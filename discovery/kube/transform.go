@@ -32,6 +32,35 @@ func transform(obj any) (any, error) {
 	return obj, nil
 }
 
+// Node labels that make a locality (Istio reads the same ones).
+const (
+	LabelRegion  = corev1.LabelTopologyRegion // topology.kubernetes.io/region
+	LabelZone    = corev1.LabelTopologyZone   // topology.kubernetes.io/zone
+	LabelSubzone = "topology.istio.io/subzone"
+)
+
+// transformNode keeps of a Node's metadata its name and the topology labels: the
+// rest (many labels, annotations, managed fields) no mapping reads.
+func transformNode(obj any) (any, error) {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil
+	}
+	var keep map[string]string
+	for _, k := range []string{LabelRegion, LabelZone, LabelSubzone} {
+		if v, ok := m.Labels[k]; ok {
+			if keep == nil {
+				keep = make(map[string]string, 3)
+			}
+			keep[k] = v
+		}
+	}
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   m.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: keep},
+	}, nil
+}
+
 // trimMeta drops what no mapping reads from a copied ObjectMeta.
 func trimMeta(m *metav1.ObjectMeta) {
 	m.ManagedFields = nil

@@ -42,6 +42,7 @@ var mayImport = []struct {
 	{"identity/spire", []string{"identity"}},
 	{"discovery/kube", []string{"discovery", "policy"}},
 	{"discovery/kube/istiopolicy", []string{"discovery/kube", "policy"}},
+	{"discovery/kube/istiotraffic", []string{"discovery", "discovery/kube"}},
 }
 
 // forbidden names, per package pattern, module packages it must not import directly.
@@ -64,8 +65,14 @@ var heavy = []struct {
 	// (the node commands) must not link client-go.
 	{"k8s.io/client-go", []string{"cmd/...", "discovery/kube/...", "identity/kubeauth", "identity/ca/service", "install/...", "internal/ctl/waypointcmd", "tests/..."}},
 	{"github.com/quic-go/quic-go", []string{"hbone/...", "cmd/...", "tests/..."}},
-	{"istio.io/client-go", []string{"cmd/...", "discovery/kube/istiopolicy", "discovery/kube/cluster", "tests/...", "install/..."}},
+	// Istio's client; its API types (istio.io/client-go/pkg/apis) are the model's
+	// DestinationRules.
+	{"istio.io/client-go/pkg/clientset", istioClientUsers},
+	{"istio.io/client-go/pkg/informers", istioClientUsers},
+	{"istio.io/client-go/pkg/listers", istioClientUsers},
 }
+
+var istioClientUsers = []string{"cmd/...", "discovery/kube/istiopolicy", "discovery/kube/cluster", "tests/...", "install/..."}
 
 // match reports whether module-relative p matches pattern (exact, or "dir/..." for dir
 // and everything below it).
