@@ -35,7 +35,8 @@ func TestFlagNames(t *testing.T) {
 		"outbound-addr": "127.0.0.1:15001", "inbound-addr": "127.0.0.1:15006", "hbone-addr": "127.0.0.1:15008",
 		"readiness-addr": ":15021", "metrics-addr": ":15020", "admin-addr": "127.0.0.1:15000",
 		"hbone-conns-per-peer": "4", "hbone-pool-idle-timeout": "1m0s", "drain-timeout": "5s",
-		"datapath": "fast", "max-streams-per-peer": "32768", "max-upstreams-per-peer": "32768", "waypoint-bypass-check": "true", "gomaxprocs": "auto", "log-json": "false", "log-level": "INFO", "log-flush-interval": "100ms",
+		"datapath": "fast", "max-streams-per-peer": "32768", "max-upstreams-per-peer": "32768", "waypoint-bypass-check": "true", "gomaxprocs": "auto",
+		"connect-timeout": "5s", "connect-attempts": "3", "endpoint-backoff": "1s", "endpoint-backoff-max": "30s", "log-json": "false", "log-level": "INFO", "log-flush-interval": "100ms",
 	}
 	if !maps.Equal(got, want) {
 		for _, k := range slices.Sorted(maps.Keys(want)) {

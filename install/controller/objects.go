@@ -180,6 +180,10 @@ func (c Config) deployment(gw *gatewayv1.Gateway) *appsv1.Deployment {
 						Image:           c.Image,
 						ImagePullPolicy: c.PullPolicy,
 						Args:            c.waypointArgs(gw),
+						// The node's locality is the waypoint's, for locality load balancing.
+						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"},
+						}}},
 						Ports: []corev1.ContainerPort{
 							{Name: portNameMesh, ContainerPort: waypointPortMesh, Protocol: corev1.ProtocolTCP},
 							{Name: portNameStatus, ContainerPort: serve.PortReadiness, Protocol: corev1.ProtocolTCP},

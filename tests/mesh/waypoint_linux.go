@@ -25,7 +25,7 @@ func (m *Mesh) WaypointArgs(p *netns.Pod, ns, name string) []string {
 		dp = []string{"-datapath", v}
 	}
 	return append(dp,
-		"-name", name, "-namespace", ns,
+		"-name", name, "-namespace", ns, "-node", p.Node.Name,
 		"-trust-domain", TrustDomain,
 		"-listen", p.IP.String()+":15008",
 		"-model", m.ModelPath(), "-policies", m.PolicyDir(),
