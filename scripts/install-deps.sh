@@ -9,6 +9,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip || need+=(iproute2)
 have tcpdump || need+=(tcpdump)
 have nsenter || need+=(util-linux)
+have nft || need+=(nftables) # the resilience tests partition a pod
 if [[ "${1:-}" == "clang" ]]; then
   have clang || need+=(clang)
   have llvm-strip || need+=(llvm)

@@ -317,7 +317,8 @@ func (ff *fastFront) roundTrip(info *reqInfo, req *route.Request, h *head, body 
 		if err == nil {
 			var resp *head
 			if resp, err = uc.send(req, h, body); err != nil && reused {
-				// A pooled connection the endpoint closed meanwhile: once more on a new one.
+				// A pooled connection the endpoint closed meanwhile: once more on a new
+				// one (whose connect failure is retried like any other).
 				uc.close()
 				if uc, _, err = ff.pool.get(ff, info, true); err == nil {
 					resp, err = uc.send(req, h, body)
@@ -326,11 +327,13 @@ func (ff *fastFront) roundTrip(info *reqInfo, req *route.Request, h *head, body 
 			if err == nil {
 				return uc, resp, end, nil
 			}
-			end(upstream.Result{Local: localOrigin(err)})
 			if uc != nil {
 				uc.close()
 			}
-			return nil, nil, nil, err // sent, not answered: not retried (it may have had effects)
+			if !errors.Is(err, errDial) {
+				end(upstream.Result{Local: localOrigin(err)})
+				return nil, nil, nil, err // sent, not answered: not retried (it may have had effects)
+			}
 		}
 		end(upstream.Result{Local: localOrigin(err)})
 		lastErr = err // a connect failure (or a breaker): the next endpoint

@@ -18,3 +18,11 @@ func IstioEchoBinaries(ctx context.Context) (IstioEcho, error) {
 	b := IstioEcho{Server: filepath.Join(dir, "server"), Client: filepath.Join(dir, "client")}
 	return b, tooling.Ensure(ctx, []string{b.Server, b.Client}, "istio-echo")
 }
+
+// FortioBinary returns the cached fortio (tests/tools/build.sh fortio), building it when
+// missing: its server answers with a status or delay set per process, the resilience
+// tests' faulty endpoints.
+func FortioBinary(ctx context.Context) (string, error) {
+	p := filepath.Join(tooling.CacheDir(), "fortio")
+	return p, tooling.Ensure(ctx, []string{p}, "fortio")
+}

@@ -44,7 +44,8 @@ type Options struct {
 	// from the Helm chart, the CA and ztunnels in Kubernetes mode. Model is unused; tests
 	// create namespaces, pods and services through Mesh.Kube.
 	Kube bool
-	// IstioEcho builds Istio's echo server and client before the tests (IstioEchoBinaries).
+	// IstioEcho builds Istio's echo server and client before the tests (IstioEchoBinaries),
+	// and fortio, the resilience tests' faulty backends (FortioBinary).
 	IstioEcho bool
 	// SPIRE, if set, takes identities from a real SPIRE server and per-node agents instead
 	// of the built-in CA.

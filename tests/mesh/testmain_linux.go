@@ -40,6 +40,10 @@ func TestMain(tm *testing.M, opts Options, setup func(context.Context, *Mesh) (c
 			fmt.Fprintln(os.Stderr, "istio echo binaries:", err)
 			return 1
 		}
+		if err := tooling.EnsureAsRoot(10*time.Minute, FortioBinary); err != nil {
+			fmt.Fprintln(os.Stderr, "fortio:", err)
+			return 1
+		}
 	}
 	if opts.SPIRE != nil {
 		if err := tooling.EnsureAsRoot(40*time.Minute, spiretest.EnsureBinaries); err != nil {
