@@ -304,11 +304,13 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 		}
 	}
 	var l7 []L7Summary
+	var faults []L7FaultSummary
 	if contains(b.cfg.Tests, TestL7) {
 		if err := b.runL7(ctx); err != nil {
 			return nil, err
 		}
 		l7 = summariseL7(b.cfg.Hops, b.runs, b.notes)
+		faults = summariseL7Fault(b.runs, b.notes)
 	}
 	b.env.LoadEnd = loadavg()
 	b.env.LoadMax = max(b.env.LoadStart[0], b.env.LoadEnd[0])
@@ -317,7 +319,7 @@ func (b *bench) Run(ctx context.Context) (*Report, error) {
 	}
 	b.env.Seconds = time.Since(b.start).Seconds()
 	sums := summarise(l4Paths, b.runs, b.notes)
-	return &Report{Env: b.env, Summary: sums, L7: l7, Targets: append(targets(sums), l7Targets(l7)...), Runs: b.runs}, nil
+	return &Report{Env: b.env, Summary: sums, L7: l7, L7Fault: faults, Targets: append(targets(sums), l7Targets(l7)...), Runs: b.runs}, nil
 }
 
 // runOrder is the order in which repetition rep runs n paths: starting at path rep, so

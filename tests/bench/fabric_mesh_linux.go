@@ -27,8 +27,9 @@ func startFabric(ctx context.Context, cfg config) (*fabric, error) {
 		opts := mesh.Options{Nodes: 2, PodsPerNode: 2, BinDir: cfg.Bin, ExtraArgs: cfg.ZtunnelArgs, Model: benchModel}
 		if l7 {
 			// node3 holds the L7 hops and runs no ztunnel (a waypoint's pod is never
-			// captured); node2's third pod is the waypoint's backend (l7_mesh_linux.go).
-			opts.Nodes, opts.PodsPerNode, opts.Ztunnels, opts.Model = 3, 3, []string{"node1", "node2"}, l7Model
+			// captured); node2's third pod is the waypoint's backend, the third and fourth
+			// pods of node1 and node2 those of the fault case (l7_mesh_linux.go).
+			opts.Nodes, opts.PodsPerNode, opts.Ztunnels, opts.Model = 3, 4, []string{"node1", "node2"}, l7Model
 		}
 		m, err := mesh.Start(ctx, opts)
 		if err == nil {

@@ -130,6 +130,7 @@ type Run struct {
 	CPU [2]Num `json:"cpu_s"` // the L7 case: the hop's, then NA
 
 	Requests  Num `json:"requests,omitempty"`    // the L7 case: requests answered
+	Failed    Num `json:"failed,omitempty"`      // the L7 fault case: requests not answered 200
 	HopRSSKiB Num `json:"hop_rss_kib,omitempty"` // the L7 case: the hop's resident memory after the run
 
 	RSSRestKiB [2]Num `json:"rss_rest_kib"`

@@ -81,3 +81,22 @@ func l7Targets(sums []L7Summary) []Target {
 			Detail: "both as the hop on node3, same run"}, 1.3),
 	}
 }
+
+// summariseL7Fault reduces the fault case's runs (none: nil).
+func summariseL7Fault(runs []Run, notes map[string]string) []L7FaultSummary {
+	var out []L7FaultSummary
+	for _, c := range []string{FaultNoOD, FaultOD} {
+		rs := okRuns(runs, c, TestL7Fault)
+		if len(rs) == 0 && notes[c] == "" {
+			continue
+		}
+		out = append(out, L7FaultSummary{
+			Case: c, Note: notes[c],
+			Requests:  med(rs, func(r Run) Num { return r.Requests }),
+			ErrorRate: med(rs, func(r Run) Num { return div(r.Failed, r.Requests) }),
+			P50:       med(rs, func(r Run) Num { return r.P50 }),
+			P99:       med(rs, func(r Run) Num { return r.P99 }),
+		})
+	}
+	return out
+}

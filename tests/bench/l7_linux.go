@@ -57,6 +57,11 @@ type l7Fabric struct {
 	// waypointRequests is the waypoint's count of requests answered 200.
 	waypointRequests func(ctx context.Context) (float64, error)
 	profileWaypoint  func(ctx context.Context, d time.Duration, file string) error
+	// The fault case: the endpoints of service l7f (the last one answers 503), and a
+	// hook that turns its outlier detection on or off.
+	faultPods    []*netns.Pod
+	faultVIP     netip.AddrPort
+	setFaultRule func(ctx context.Context, od bool) error
 }
 
 // l7Hop is one way of the L7 case from the client pod to a backend.
@@ -307,7 +312,7 @@ func (b *bench) runL7(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
+	return b.runL7Fault(ctx, hops)
 }
 
 // hopCPU is the CPU seconds of the hop's processes (NA for none).

@@ -4,12 +4,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
@@ -30,6 +34,9 @@ const (
 // l7VIP is the bound service's address (the policy case's synthetic addresses are
 // elsewhere, in 198.19.64.0/18 and 198.19.128.0/24).
 var l7VIP = netip.AddrPortFrom(mesh.VIP(0), 80)
+
+// l7FaultVIP is the fault case's service (l7f) address.
+var l7FaultVIP = netip.AddrPortFrom(mesh.VIP(1), 80)
 
 // l7Model is benchModel on three nodes of three pods: node3's first pod is the
 // waypoint's, its others are outside the mesh (the other hops run in its second);
@@ -54,7 +61,78 @@ func l7Model(t *netns.Topology) *mesh.Model {
 		Selector: map[string]string{"app": backend.Name},
 		Labels:   map[string]string{discovery.LabelUseWaypoint: l7WaypointName},
 	})
+	// The fault case's service: three endpoints on two nodes, bound to the waypoint.
+	for _, p := range faultPods(t) {
+		w := md.Workload(p.Name)
+		labels := map[string]string{l7FaultService: "yes"}
+		for k, v := range w.Labels {
+			labels[k] = v
+		}
+		w.Labels = labels
+	}
+	md.Services = append(md.Services, mesh.Service{
+		Name: l7FaultService, Namespace: "mesh", VIPs: []netip.Addr{l7FaultVIP.Addr()},
+		Ports:    []mesh.ServicePort{{Port: l7FaultVIP.Port(), TargetPort: l7FaultPort, Name: "http"}},
+		Selector: map[string]string{l7FaultService: "yes"},
+		Labels:   map[string]string{discovery.LabelUseWaypoint: l7WaypointName},
+	})
 	return md
+}
+
+// faultPods are the fault case's endpoints; the last one fails.
+func faultPods(t *netns.Topology) []*netns.Pod {
+	return []*netns.Pod{t.Nodes[0].Pods[2], t.Nodes[1].Pods[3], t.Nodes[1].Pods[2]}
+}
+
+// l7FaultRule is the fault case's outlier detection (locality off: the waypoint's
+// zone would otherwise decide).
+const l7FaultRule = `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: l7f, namespace: mesh}
+spec:
+  host: l7f
+  trafficPolicy:
+    loadBalancer: {localityLbSetting: {enabled: false}}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+`
+
+const l7FaultFile = "l7-fault-rule.yaml"
+
+// setFaultRule applies (od) or removes the fault case's DestinationRule and waits until
+// the waypoint's cluster for l7f has it, sending requests from the client meanwhile.
+func setFaultRule(ctx context.Context, m *mesh.Mesh, f *l7Fabric, od bool) error {
+	want := ""
+	if od {
+		want = "mesh/" + l7FaultService
+		if err := m.WritePolicies(l7FaultFile, l7FaultRule); err != nil {
+			return err
+		}
+	} else if err := m.RemovePolicies(l7FaultFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/config_dump", serve.PortAdmin)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, _ = getText(ctx, f.client.NS, "http://"+l7FaultVIP.String()+l7Path, 2*time.Second)
+		text, err := getText(ctx, f.wpPod.NS, url, 2*time.Second)
+		if err == nil {
+			var d struct {
+				Clusters []struct {
+					Name string `json:"name"`
+					Rule string `json:"destinationRule"`
+				} `json:"clusters"`
+			}
+			if json.Unmarshal([]byte(text), &d) == nil {
+				for _, c := range d.Clusters {
+					if strings.HasSuffix(c.Name, "|"+l7FaultService+".mesh.svc.cluster.local") && c.Rule == want {
+						return nil
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the waypoint did not apply DestinationRule %q for %s: %v", want, l7FaultService, err)
+		}
+	}
 }
 
 // newL7Mesh declares the waypoint (its Gateway) and returns the L7 case's pods and hooks;
@@ -66,8 +144,9 @@ func newL7Mesh(m *mesh.Mesh) (*l7Fabric, error) {
 	n1, n2, n3 := m.Topo.Nodes[0], m.Topo.Nodes[1], m.Topo.Nodes[2]
 	f := &l7Fabric{
 		client: n1.Pods[0], server: n2.Pods[0], wpBackend: n2.Pods[2], wpPod: n3.Pods[0], hopPod: n3.Pods[1],
-		vip: l7VIP,
+		vip: l7VIP, faultPods: faultPods(m.Topo), faultVIP: l7FaultVIP,
 	}
+	f.setFaultRule = func(ctx context.Context, od bool) error { return setFaultRule(ctx, m, f, od) }
 	f.startWaypoint = func(ctx context.Context, extra []string) (int, error) {
 		cmd := f.wpPod.Command(context.Background(), filepath.Join(m.Bin, "waypoint"),
 			append(m.WaypointArgs(f.wpPod, "mesh", l7WaypointName), extra...)...)

@@ -44,3 +44,39 @@ func (r *Report) writeL7Markdown(b *strings.Builder) {
 		}
 	}
 }
+
+// writeL7FaultTable prints the fault case for a terminal.
+func (r *Report) writeL7FaultTable(w io.Writer) {
+	if len(r.L7Fault) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nL7 with a failing endpoint (%d rps through the waypoint to 3 endpoints, one answering 503)\n", l7Rate)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\trequests\terror rate %\tp50 ms\tp99 ms\t")
+	for _, s := range r.L7Fault {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", s.Case, f(s.Requests, 0), f(s.ErrorRate*100, 2), f(s.P50, 3), f(s.P99, 3))
+	}
+	tw.Flush()
+	for _, s := range r.L7Fault {
+		if s.Note != "" {
+			fmt.Fprintf(w, "  %s: %s\n", s.Case, s.Note)
+		}
+	}
+}
+
+// writeL7FaultMarkdown writes the fault case as a Markdown table.
+func (r *Report) writeL7FaultMarkdown(b *strings.Builder) {
+	if len(r.L7Fault) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n| L7, one of 3 endpoints answering 503, %d rps | requests | error rate | p50 ms | p99 ms |\n", l7Rate)
+	b.WriteString("| --- | ---: | ---: | ---: | ---: |\n")
+	for _, s := range r.L7Fault {
+		fmt.Fprintf(b, "| %s | %s | %s %% | %s | %s |\n", s.Case, f(s.Requests, 0), f(s.ErrorRate*100, 2), f(s.P50, 3), f(s.P99, 3))
+	}
+	for _, s := range r.L7Fault {
+		if s.Note != "" {
+			fmt.Fprintf(b, "\n%s: %s.\n", s.Case, s.Note)
+		}
+	}
+}

@@ -56,11 +56,12 @@ type Durations struct {
 
 // Report is the whole result, as written with -json.
 type Report struct {
-	Env     Env         `json:"env"`
-	Summary []Summary   `json:"summary"`
-	L7      []L7Summary `json:"l7,omitempty"`
-	Targets []Target    `json:"targets,omitempty"`
-	Runs    []Run       `json:"runs"`
+	Env     Env              `json:"env"`
+	Summary []Summary        `json:"summary"`
+	L7      []L7Summary      `json:"l7,omitempty"`
+	L7Fault []L7FaultSummary `json:"l7_fault,omitempty"`
+	Targets []Target         `json:"targets,omitempty"`
+	Runs    []Run            `json:"runs"`
 }
 
 func (r *Report) WriteJSON(file string) error {
@@ -112,6 +113,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		r.writeL4Table(w)
 	}
 	r.writeL7Table(w)
+	r.writeL7FaultTable(w)
 	var failed []string
 	for _, run := range r.Runs {
 		if run.Error != "" {
@@ -320,6 +322,7 @@ func (r *Report) WriteMarkdown(file string) error {
 		r.writeL4Markdown(&b)
 	}
 	r.writeL7Markdown(&b)
+	r.writeL7FaultMarkdown(&b)
 	if len(r.Targets) > 0 {
 		b.WriteString("\n| target (issues 3, 19, 20) | want | measured | verdict |\n| --- | --- | ---: | --- |\n")
 		for _, t := range r.Targets {
