@@ -76,6 +76,17 @@ func (info *reqInfo) connSpent(n uint32) bool {
 	return max > 0 && n >= max
 }
 
+// idleTimeout is how long an idle upstream connection of the request's cluster may be
+// reused: its DestinationRule's idleTimeout, else Istio's hour.
+func (info *reqInfo) idleTimeout() time.Duration {
+	if c := info.upstream.cluster; c != nil {
+		if t := c.Policy().Limits.IdleTimeout; t > 0 {
+			return t
+		}
+	}
+	return fastIdleTimeout
+}
+
 // startAttempt counts an attempt on the current endpoint; end reports its result once.
 func (info *reqInfo) startAttempt() (end func(upstream.Result)) {
 	h := info.upstream.host

@@ -534,7 +534,7 @@ func (p *upPool) get(ff *fastFront, info *reqInfo, fresh bool) (*upConn, bool, e
 		}
 		p.n--
 		p.mu.Unlock()
-		if time.Since(uc.idleSince) < fastIdleTimeout { // Istio's idle timeout, as the std Transport's
+		if time.Since(uc.idleSince) < info.idleTimeout() {
 			return uc, true, nil
 		}
 		uc.close()

@@ -41,6 +41,7 @@ type httpFront struct {
 type transportKey struct {
 	client netip.Addr
 	h2     bool
+	idle   time.Duration // the cluster's idle timeout
 }
 
 // maxTransports bounds the per-client upstream pools; past it the idle ones go first.
@@ -402,7 +403,7 @@ func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 		}
 		end := info.startAttempt()
 		var resp *http.Response
-		resp, err = f.transport(info.in.client, h2).RoundTrip(try)
+		resp, err = f.transport(info.in.client, h2, info.idleTimeout()).RoundTrip(try)
 		if err != nil {
 			end(upstream.Result{Local: localOrigin(err)})
 			cancel()
@@ -447,8 +448,8 @@ func (b *endBody) Close() error {
 	return err
 }
 
-func (f *httpFront) transport(client netip.AddrPort, h2 bool) *http.Transport {
-	key := transportKey{client: client.Addr(), h2: h2}
+func (f *httpFront) transport(client netip.AddrPort, h2 bool, idle time.Duration) *http.Transport {
+	key := transportKey{client: client.Addr(), h2: h2, idle: idle}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if t := f.transports[key]; t != nil {
@@ -481,7 +482,7 @@ func (f *httpFront) transport(client netip.AddrPort, h2 bool) *http.Transport {
 		},
 		Protocols:           protos,
 		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     time.Hour, // Istio's http idleTimeout
+		IdleConnTimeout:     idle, // the DestinationRule's http.idleTimeout, Istio's hour by default
 	}
 	f.transports[key] = t
 	return t

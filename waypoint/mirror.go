@@ -67,7 +67,7 @@ func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) (
 		h2 := protocolOf(mi.port) == protoHTTP2 || r.ProtoMajor == 2
 		go func() {
 			defer cancel()
-			resp, err := f.transport(info.in.client, h2).RoundTrip(out)
+			resp, err := f.transport(info.in.client, h2, mi.idleTimeout()).RoundTrip(out)
 			if err != nil {
 				f.w.log.Debug(msgMirrorFailed, keyUpstream, up.addr.String(), keyError, err.Error())
 				return
