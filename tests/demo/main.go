@@ -1,6 +1,7 @@
 // Command demo is `make demo`: two nodes with pods in network namespaces, the built-in
 // CA and a ztunnel per node, traffic between the pods, and tcpdump proof that the wire
-// between the nodes carries only TLS. Everything is torn down at the end.
+// between the nodes carries only TLS, then a policy, a waypoint and its outlier detection.
+// Everything is torn down at the end.
 package main
 
 import (
@@ -161,7 +162,95 @@ func run() error {
 	if err := demoPolicy(ctx, m, client, other, server); err != nil {
 		return err
 	}
-	return demoWaypoint(ctx, m, client, server, m.Topo.Nodes[1].Pods[1])
+	wpPod := m.Topo.Nodes[1].Pods[1]
+	if err := demoWaypoint(ctx, m, client, server, wpPod); err != nil {
+		return err
+	}
+	return demoOutlier(ctx, m, client, server, other, wpPod)
+}
+
+// outlierRule ejects an endpoint of web after two 5xx answers in a row.
+const outlierRule = `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: mesh}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 5s, baseEjectionTime: 1m, maxEjectionPercent: 100}
+`
+
+// demoOutlier gives web a second endpoint that answers every request 503 and shows the
+// waypoint ejecting it after two errors.
+func demoOutlier(ctx context.Context, m *mesh.Mesh, client, good, bad, wpPod *netns.Pod) error {
+	const webPort = 8081
+	step(fmt.Sprintf("resilience: %s joins web answering 503; a DestinationRule turns on outlier detection", bad.Name))
+	for _, p := range []*netns.Pod{good, bad} {
+		l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, webPort).String())
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if p == bad {
+				http.Error(rw, "broken "+bad.Name, http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(rw, "hello from %s", p.Name)
+		})}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	for _, line := range strings.Split(strings.TrimSpace(outlierRule), "\n") {
+		fmt.Printf("    %s\n", line)
+	}
+	if err := m.WritePolicies("outlier.yaml", outlierRule, "mesh/web-get-only"); err != nil { // the waypoint step's policy stays
+		return err
+	}
+	for i := range m.Model.Workloads {
+		if w := &m.Model.Workloads[i]; w.Name == bad.Name {
+			w.Labels = map[string]string{"app": m.Model.Service("mesh", "web").Selector["app"]}
+		}
+	}
+	if err := m.Apply(); err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: client.DialContext}}
+	web := "http://" + netip.AddrPortFrom(mesh.VIP(1), 80).String() + "/hello"
+	get := func() (int, error) {
+		resp, err := hc.Get(web)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	// Wait until both endpoints take requests.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if code, err := get(); err == nil && code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s never answered through the waypoint", bad.Name)
+		}
+	}
+	var codes []string
+	for range 12 {
+		code, err := get()
+		if err != nil {
+			return err
+		}
+		codes = append(codes, fmt.Sprint(code))
+	}
+	fmt.Printf("  12 requests to web: %s\n", strings.Join(codes, " "))
+	time.Sleep(100 * time.Millisecond)
+	for _, line := range strings.Split(m.Waypoint(wpPod.Name).Output(), "\n") {
+		if strings.Contains(line, "endpoint ejected") {
+			fmt.Printf("  waypoint: %s\n", trimLog(line))
+			break
+		}
+	}
+	fmt.Println("  (two 503s in a row and the broken endpoint is out: the rest are 200, for a minute)")
+	return nil
 }
 
 // waypointManifests declare the waypoint, route service web through it (a redirect for
