@@ -30,6 +30,7 @@ func TestStdPath(t *testing.T) {
 		{"RetryOtherEndpoint", TestRetryOtherEndpoint},
 		{"CircuitBreakerOverflow", TestCircuitBreakerOverflow},
 		{"ConsistentHashCookie", TestConsistentHashCookie},
+		{"ConnectFailureRetried", TestConnectFailureRetried},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testDataPath = DataPathStd

@@ -219,3 +219,66 @@ spec:
 		t.Errorf("clusters %+v: want echo's rule applied", cs)
 	}
 }
+
+// A connect failure is retried on the other endpoint, unseen by the client; with every
+// endpoint refusing, the answer is 503 UF,URX after Istio's two retries.
+func TestConnectFailureRetried(t *testing.T) {
+	// One request per upstream connection, so that every request connects.
+	h := newHarness(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+`)
+	h.backend.refuseFrom("198.18.2.11")
+	c := h.mustConnect(t, "198.19.0.1:80")
+	br := bufio.NewReader(c)
+	for i := range 10 {
+		if resp, body := getOn(t, c, br, "/p"); resp.StatusCode != http.StatusOK || !strings.HasPrefix(body, "198.18.2.10 ") {
+			t.Fatalf("request %d: %d %q, want 200 from echo-a (echo-b refuses: retried)", i, resp.StatusCode, body)
+		}
+	}
+	h.backend.refuseFrom("198.18.2.10", "198.18.2.11")
+	resp, _ := getOn(t, c, br, "/p")
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("every endpoint refusing: %d, want 503", resp.StatusCode)
+	}
+	var flags string
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if flags = h.lastFlags(); flags != "" {
+			break
+		}
+	}
+	if flags != "UF,URX" {
+		t.Errorf("response_flags %q, want UF,URX", flags)
+	}
+}
+
+// lastFlags is the response_flags label of the waypoint's 503 requests ("" for none).
+func (h *harness) lastFlags() string {
+	mfs, err := h.wp.reg.Gather()
+	if err != nil {
+		return ""
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "istio_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var code, flags string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "response_code":
+					code = l.GetValue()
+				case "response_flags":
+					flags = l.GetValue()
+				}
+			}
+			if code == "503" {
+				return flags
+			}
+		}
+	}
+	return ""
+}

@@ -113,6 +113,18 @@ type backend struct {
 	connects []*hbone.ConnectRequest
 	hosts    []string          // of the HTTP requests served
 	bodies   map[string]string // the last request body per Host
+	refuse   map[netip.Addr]bool // endpoints whose "pod" refuses connections
+}
+
+// refuseFrom makes the endpoints at addrs refuse connections, as a destination ztunnel
+// answers a CONNECT whose pod refused it.
+func (b *backend) refuseFrom(addrs ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refuse = map[netip.Addr]bool{}
+	for _, a := range addrs {
+		b.refuse[netip.MustParseAddr(a)] = true
+	}
 }
 
 // body is the last request body that arrived with Host h.
@@ -133,7 +145,12 @@ func (b *backend) serve(s *hbone.Stream) {
 	req := s.Request()
 	b.mu.Lock()
 	b.connects = append(b.connects, req)
+	refuse := b.refuse[req.Target.Addr()]
 	b.mu.Unlock()
+	if refuse {
+		_ = s.Reject(http.StatusServiceUnavailable, "connection refused")
+		return
+	}
 	if err := s.Accept(); err != nil {
 		return
 	}
