@@ -153,38 +153,21 @@ func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
 		return true, p.watch(ctx, s, onChange)
 	}
 	p.wg.Add(1)
-	go p.awaitCRDs(ctx, onChange)
+	go func() {
+		defer p.wg.Done()
+		var last served
+		kube.LateAPI{Interval: p.poll, Log: p.log,
+			Served: func() (bool, error) {
+				var err error
+				last, err = p.discover()
+				return last.gateways, err
+			},
+			Watch:          func(ctx context.Context) error { return p.watch(ctx, last, onChange) },
+			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+			ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, groupVersionV1},
+		}.Await(ctx, onChange)
+	}()
 	return false, nil
-}
-
-func (p *Source) awaitCRDs(ctx context.Context, onChange func()) {
-	defer p.wg.Done()
-	t := time.NewTicker(p.poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		s, err := p.discover()
-		if err != nil {
-			p.log.Warn(msgDiscoverFailed, keyError, err)
-			continue
-		}
-		if !s.gateways {
-			continue
-		}
-		if err := p.watch(ctx, s, onChange); err != nil {
-			if ctx.Err() == nil {
-				p.log.Error(msgWatchFailed, keyError, err)
-			}
-			return
-		}
-		p.log.Info(msgCRDsServed, keyGroupVersion, groupVersionV1)
-		onChange()
-		return
-	}
 }
 
 const (

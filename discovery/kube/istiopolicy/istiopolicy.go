@@ -82,7 +82,14 @@ func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
 		return true, p.watch(ctx, onChange)
 	}
 	p.wg.Add(1)
-	go p.awaitCRDs(ctx, onChange)
+	go func() {
+		defer p.wg.Done()
+		kube.LateAPI{Interval: p.poll, Log: p.log, Served: p.served,
+			Watch:          func(ctx context.Context) error { return p.watch(ctx, onChange) },
+			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+			ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, securityGroupVersion},
+		}.Await(ctx, onChange)
+	}()
 	return false, nil
 }
 
@@ -94,36 +101,6 @@ func (p *Source) served() (bool, error) {
 		return false, fmt.Errorf("discover %s: %w", securityGroupVersion, err)
 	}
 	return true, nil
-}
-
-func (p *Source) awaitCRDs(ctx context.Context, onChange func()) {
-	defer p.wg.Done()
-	t := time.NewTicker(p.poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		served, err := p.served()
-		if err != nil {
-			p.log.Warn(msgDiscoverFailed, keyError, err)
-			continue
-		}
-		if !served {
-			continue
-		}
-		if err := p.watch(ctx, onChange); err != nil {
-			if ctx.Err() == nil {
-				p.log.Error(msgWatchFailed, keyError, err)
-			}
-			return
-		}
-		p.log.Info(msgCRDsServed, keyGroupVersion, securityGroupVersion)
-		onChange()
-		return
-	}
 }
 
 const (

@@ -83,7 +83,14 @@ func (s *Source) Start(ctx context.Context, onChange func()) (bool, error) {
 		return true, s.watch(ctx, onChange)
 	}
 	s.wg.Add(1)
-	go s.awaitCRD(ctx, onChange)
+	go func() {
+		defer s.wg.Done()
+		kube.LateAPI{Interval: s.poll, Log: s.log, Served: s.served,
+			Watch:          func(ctx context.Context) error { return s.watch(ctx, onChange) },
+			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+			ServedMsg: msgCRDServed, ServedAttrs: []any{keyResource, destinationRules.GroupResource().String()},
+		}.Await(ctx, onChange)
+	}()
 	return false, nil
 }
 
@@ -98,36 +105,6 @@ func (s *Source) served() (bool, error) {
 	}
 	// The group may be served for other kinds (a VirtualService CRD alone).
 	return slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == destinationRules.Resource }), nil
-}
-
-func (s *Source) awaitCRD(ctx context.Context, onChange func()) {
-	defer s.wg.Done()
-	t := time.NewTicker(s.poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		served, err := s.served()
-		if err != nil {
-			s.log.Warn(msgDiscoverFailed, keyError, err)
-			continue
-		}
-		if !served {
-			continue
-		}
-		if err := s.watch(ctx, onChange); err != nil {
-			if ctx.Err() == nil {
-				s.log.Error(msgWatchFailed, keyError, err)
-			}
-			return
-		}
-		s.log.Info(msgCRDServed, keyResource, destinationRules.GroupResource().String())
-		onChange()
-		return
-	}
 }
 
 const (
