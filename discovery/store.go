@@ -76,6 +76,21 @@ func (st *Store) Watch() (<-chan struct{}, func()) {
 	}
 }
 
+// Follow calls fn with the current snapshot after each change (coalesced as Watch's)
+// until ctx ends, and returns nil then: the body of a component's model loop.
+func (st *Store) Follow(ctx context.Context, fn func(*Snapshot)) error {
+	ch, cancel := st.Watch()
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+			fn(st.Load())
+		}
+	}
+}
+
 // WaitSynced waits until the first Set, or ctx ends.
 func (st *Store) WaitSynced(ctx context.Context) error {
 	ch, cancel := st.Watch()

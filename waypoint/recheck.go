@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/ambitmesh/ambit/discovery"
 )
 
 // tcpStream is a live TCP stream, re-authorized when the model changes.
@@ -49,16 +51,7 @@ func (s *tcpStreams) list() []*tcpStream {
 // closes those that no longer pass, or whose destination is no longer bound to this
 // waypoint. (HTTP streams are re-decided per request.)
 func (w *Waypoint) recheckLoop(ctx context.Context) error {
-	ch, cancel := w.store.Watch()
-	defer cancel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ch:
-		}
-		w.recheck()
-	}
+	return w.store.Follow(ctx, func(*discovery.Snapshot) { w.recheck() })
 }
 
 func (w *Waypoint) recheck() {

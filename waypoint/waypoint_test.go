@@ -111,8 +111,8 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 type backend struct {
 	mu       sync.Mutex
 	connects []*hbone.ConnectRequest
-	hosts    []string          // of the HTTP requests served
-	bodies   map[string]string // the last request body per Host
+	hosts    []string            // of the HTTP requests served
+	bodies   map[string]string   // the last request body per Host
 	refuse   map[netip.Addr]bool // endpoints whose "pod" refuses connections
 }
 

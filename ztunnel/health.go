@@ -162,14 +162,5 @@ func (h *endpointHealth) dump(now time.Time) []EndpointHealth {
 
 // healthLoop forgets failing endpoints that left the model, on each model change.
 func (z *Ztunnel) healthLoop(ctx context.Context) error {
-	ch, cancel := z.store.Watch()
-	defer cancel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ch:
-			z.health.prune(z.store.Load())
-		}
-	}
+	return z.store.Follow(ctx, z.health.prune)
 }

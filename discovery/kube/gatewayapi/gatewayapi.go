@@ -145,29 +145,17 @@ func resources(disc discoverer, gv string) (map[string]bool, error) {
 // again every poll interval until ctx ends; once they are served it watches
 // them and calls onChange.
 func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
-	s, err := p.discover()
-	if err != nil {
-		return false, err
-	}
-	if s.gateways {
-		return true, p.watch(ctx, s, onChange)
-	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		var last served
-		kube.LateAPI{Interval: p.poll, Log: p.log,
-			Served: func() (bool, error) {
-				var err error
-				last, err = p.discover()
-				return last.gateways, err
-			},
-			Watch:          func(ctx context.Context) error { return p.watch(ctx, last, onChange) },
-			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
-			ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, groupVersionV1},
-		}.Await(ctx, onChange)
-	}()
-	return false, nil
+	var last served // what the last discovery found, for the watch
+	return kube.LateAPI{Interval: p.poll, Log: p.log,
+		Served: func() (bool, error) {
+			var err error
+			last, err = p.discover()
+			return last.gateways, err
+		},
+		Watch:          func(ctx context.Context) error { return p.watch(ctx, last, onChange) },
+		DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+		ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, groupVersionV1},
+	}.Start(ctx, &p.wg, onChange)
 }
 
 const (

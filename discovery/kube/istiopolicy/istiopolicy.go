@@ -74,23 +74,11 @@ func New(client istioclient.Interface, disc discoverer, root string, log *slog.L
 // it reports false and asks again every poll interval until ctx ends; once the CRDs
 // are served it watches them and calls onChange.
 func (p *Source) Start(ctx context.Context, onChange func()) (bool, error) {
-	served, err := p.served()
-	if err != nil {
-		return false, err
-	}
-	if served {
-		return true, p.watch(ctx, onChange)
-	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		kube.LateAPI{Interval: p.poll, Log: p.log, Served: p.served,
-			Watch:          func(ctx context.Context) error { return p.watch(ctx, onChange) },
-			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
-			ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, securityGroupVersion},
-		}.Await(ctx, onChange)
-	}()
-	return false, nil
+	return kube.LateAPI{Interval: p.poll, Log: p.log, Served: p.served,
+		Watch:          func(ctx context.Context) error { return p.watch(ctx, onChange) },
+		DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+		ServedMsg: msgCRDsServed, ServedAttrs: []any{keyGroupVersion, securityGroupVersion},
+	}.Start(ctx, &p.wg, onChange)
 }
 
 func (p *Source) served() (bool, error) {

@@ -75,23 +75,11 @@ func New(client dynamic.Interface, disc discoverer, log *slog.Logger) *Source {
 // false and asks again every poll interval until ctx ends; once they are served it
 // watches them and calls onChange.
 func (s *Source) Start(ctx context.Context, onChange func()) (bool, error) {
-	served, err := s.served()
-	if err != nil {
-		return false, err
-	}
-	if served {
-		return true, s.watch(ctx, onChange)
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		kube.LateAPI{Interval: s.poll, Log: s.log, Served: s.served,
-			Watch:          func(ctx context.Context) error { return s.watch(ctx, onChange) },
-			DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
-			ServedMsg: msgCRDServed, ServedAttrs: []any{keyResource, destinationRules.GroupResource().String()},
-		}.Await(ctx, onChange)
-	}()
-	return false, nil
+	return kube.LateAPI{Interval: s.poll, Log: s.log, Served: s.served,
+		Watch:          func(ctx context.Context) error { return s.watch(ctx, onChange) },
+		DiscoverFailed: msgDiscoverFailed, WatchFailed: msgWatchFailed,
+		ServedMsg: msgCRDServed, ServedAttrs: []any{keyResource, destinationRules.GroupResource().String()},
+	}.Start(ctx, &s.wg, onChange)
 }
 
 func (s *Source) served() (bool, error) {
