@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ambitmesh/ambit/waypoint/upstream"
@@ -282,3 +285,33 @@ func (h *harness) lastFlags() string {
 	}
 	return ""
 }
+
+// A TCP stream is closed once no byte moved for the cluster's tcp.idleTimeout, and not
+// while bytes flow.
+func TestCloseWhenIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &closeRecorder{}
+		var sent, recv atomic.Int64
+		stop := closeWhenIdle(time.Minute, &sent, &recv, c)
+		defer stop()
+		for range 5 {
+			time.Sleep(50 * time.Second)
+			recv.Add(1) // traffic within every minute
+		}
+		if c.closed.Load() {
+			t.Fatal("closed while bytes flowed")
+		}
+		time.Sleep(2*time.Minute + time.Second)
+		if !c.closed.Load() {
+			t.Error("open after 2 idle minutes, want it closed")
+		}
+	})
+}
+
+// closeRecorder is a net.Conn that only records Close.
+type closeRecorder struct {
+	net.Conn
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -272,6 +273,12 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 				defer w.tcp.remove(t)
 				var sent, recv atomic.Int64
 				sent.Add(int64(len(first)))
+				if up.cluster != nil {
+					if idle := up.cluster.Policy().Limits.TCPIdleTimeout; idle > 0 {
+						stop := closeWhenIdle(idle, &sent, &recv, s, c)
+						defer stop()
+					}
+				}
 				err = w.relay.Pump(s, c, &sent, &recv)
 				w.log.Info(msgTCP, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(),
 					keyUpstream, up.addr.String(), keyBytesSent, sent.Load(), keyBytesRecv, recv.Load(), keyDuration, time.Since(start).String())
@@ -281,6 +288,41 @@ func (w *Waypoint) forwardTCP(ctx context.Context, s net.Conn, in *inbound, firs
 	}
 	s.Close()
 	w.log.Warn(msgTCPFailed, keySrc, in.client.String(), keyIdentity, in.peer, keyAuthority, in.t.authority.String(), keyError, err.Error())
+}
+
+// closeWhenIdle closes conns once neither counter moved for idle (a DestinationRule's
+// tcp.idleTimeout, Istio's hour by default); stop ends the watch.
+func closeWhenIdle(idle time.Duration, sent, recv *atomic.Int64, conns ...net.Conn) (stop func()) {
+	var mu sync.Mutex
+	var t *time.Timer
+	last := sent.Load() + recv.Load()
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if t == nil {
+			return // stopped
+		}
+		if n := sent.Load() + recv.Load(); n != last {
+			last = n
+			t = time.AfterFunc(idle, check)
+			return
+		}
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if t != nil {
+			t.Stop()
+			t = nil
+		}
+	}
 }
 
 // connectTCP connects a TCP stream to an endpoint of its destination, trying up to
