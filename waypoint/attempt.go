@@ -65,14 +65,18 @@ func (info *reqInfo) finish() {
 	info.releases = nil
 }
 
+// maxPerConn is the cluster's maxRequestsPerConnection (0: unlimited).
+func (info *reqInfo) maxPerConn() uint32 {
+	if c := info.upstream.cluster; c != nil {
+		return c.Policy().Limits.MaxRequestsPerConnection
+	}
+	return 0
+}
+
 // connSpent: an upstream connection that carried n requests has reached the cluster's
 // maxRequestsPerConnection.
 func (info *reqInfo) connSpent(n uint32) bool {
-	c := info.upstream.cluster
-	if c == nil {
-		return false
-	}
-	max := c.Policy().Limits.MaxRequestsPerConnection
+	max := info.maxPerConn()
 	return max > 0 && n >= max
 }
 

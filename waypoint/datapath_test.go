@@ -31,6 +31,7 @@ func TestStdPath(t *testing.T) {
 		{"CircuitBreakerOverflow", TestCircuitBreakerOverflow},
 		{"ConsistentHashCookie", TestConsistentHashCookie},
 		{"ConnectFailureRetried", TestConnectFailureRetried},
+		{"MaxRequestsPerConnection", TestMaxRequestsPerConnection},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testDataPath = DataPathStd

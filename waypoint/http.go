@@ -9,12 +9,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambitmesh/ambit/discovery"
@@ -401,6 +403,9 @@ func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(r.Context(), perTry)
 			try = r.WithContext(ctx)
 		}
+		if max := info.maxPerConn(); max > 1 && !h2 {
+			try = closeAfter(try, max)
+		}
 		end := info.startAttempt()
 		var resp *http.Response
 		resp, err = f.transport(info.in.client, h2, info.idleTimeout()).RoundTrip(try)
@@ -428,6 +433,28 @@ func (f *httpFront) roundTrip(r *http.Request) (*http.Response, error) {
 		resp.Body = &endBody{ReadCloser: resp.Body, end: func() { end(upstream.Result{Status: resp.StatusCode}) }, cancel: cancel}
 		return resp, nil
 	}
+}
+
+// countedConn is an upstream HTTP/1.1 connection of a cluster with
+// maxRequestsPerConnection: it counts the requests sent on it.
+type countedConn struct {
+	net.Conn
+	requests atomic.Uint32
+}
+
+// closeAfter makes r the last request of its connection (sent with "Connection:
+// close") when the connection it gets has carried max requests with it.
+func closeAfter(r *http.Request, max uint32) *http.Request {
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		GotConn: func(gi httptrace.GotConnInfo) {
+			if cc, ok := gi.Conn.(*countedConn); ok && cc.requests.Add(1) >= max {
+				// The header map is shared with the Transport's copy of r, which it
+				// writes after GotConn; the answer's "Connection: close" ends the reuse.
+				r.Header.Set("Connection", "close")
+			}
+		},
+	}))
+	return r
 }
 
 // errRetriesExhausted: the retry breaker or the request's deadline stopped a retry.
@@ -478,7 +505,11 @@ func (f *httpFront) transport(client netip.AddrPort, h2 bool, idle time.Duration
 			}
 			ctx, cancel := context.WithTimeout(ctx, f.w.cfg.ConnectTimeout)
 			defer cancel()
-			return f.w.dialUpstream(ctx, info.upstream, client)
+			c, err := f.w.dialUpstream(ctx, info.upstream, client)
+			if err == nil && !h2 && info.maxPerConn() > 1 {
+				c = &countedConn{Conn: c}
+			}
+			return c, err
 		},
 		Protocols:           protos,
 		MaxIdleConnsPerHost: 64,

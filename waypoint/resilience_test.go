@@ -315,3 +315,26 @@ type closeRecorder struct {
 }
 
 func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
+
+// maxRequestsPerConnection 3: every upstream connection carries at most 3 requests.
+func TestMaxRequestsPerConnection(t *testing.T) {
+	h := newHarness(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 3}}}
+`)
+	c := h.mustConnect(t, "198.19.0.1:80")
+	br := bufio.NewReader(c)
+	for i := range 12 {
+		if resp, body := getOn(t, c, br, "/p"); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	h.backend.mu.Lock()
+	defer h.backend.mu.Unlock()
+	if n := len(h.backend.connects); n < 4 {
+		t.Errorf("12 requests took %d upstream connections, want at least 4 (3 requests each)", n)
+	}
+}

@@ -189,6 +189,11 @@ func (b *backend) serve(s *hbone.Stream) {
 			continue
 		}
 		body := fmt.Sprintf("%s %s host=%s", req.Target.Addr(), r.URL.Path, r.Host)
+		if r.Close { // as HTTP/1.1 servers must: answer, then close
+			fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			_ = s.CloseWrite()
+			return
+		}
 		fmt.Fprintf(s, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	}
 }
