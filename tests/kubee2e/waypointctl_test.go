@@ -292,9 +292,13 @@ func TestKubeWaypointController(t *testing.T) {
 		}
 		return fmt.Errorf("still there (%v)", err)
 	})
-	if !strings.Contains(ctlLog.String(), "deleted the ClusterRoleBinding of a gone waypoint") {
-		t.Error("the controller did not log the binding's deletion")
-	}
+	// The line follows the deletion the API server already shows.
+	eventually(t, "the controller logs the binding's deletion", func() error {
+		if !strings.Contains(ctlLog.String(), "deleted the ClusterRoleBinding of a gone waypoint") {
+			return errors.New("not logged")
+		}
+		return nil
+	})
 	refusedWeb(t, seen, "/gone", "is not declared")
 }
 
