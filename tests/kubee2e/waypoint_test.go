@@ -204,13 +204,20 @@ func bindWeb(t *testing.T) {
 // know it with pods waypoint pods.
 func waitBound(t *testing.T, pods int) {
 	t.Helper()
+	waitServiceBound(t, "web", pods)
+}
+
+// waitServiceBound is waitBound for service svc of namespace apps.
+func waitServiceBound(t *testing.T, svc string, pods int) {
+	t.Helper()
+	host := svc + "." + appNS + ".svc.cluster.local"
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range m.Topo.Nodes {
 		for {
 			bound, got := false, -1
 			if d, err := m.Dump(context.Background(), n); err == nil {
 				for _, s := range d.Services {
-					bound = bound || (s.Hostname == "web.apps.svc.cluster.local" && s.Waypoint == appNS+"/"+waypointName)
+					bound = bound || (s.Hostname == host && s.Waypoint == appNS+"/"+waypointName)
 				}
 				for _, w := range d.Waypoints {
 					if w.Name == appNS+"/"+waypointName {
@@ -222,7 +229,7 @@ func waitBound(t *testing.T, pods int) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: web bound %v, waypoint pods %d; want bound with %d", n.Name, bound, got, pods)
+				t.Fatalf("%s: %s bound %v, waypoint pods %d; want bound with %d", n.Name, svc, bound, got, pods)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
