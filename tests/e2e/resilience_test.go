@@ -43,6 +43,9 @@ func resMesh(t *testing.T) *netns.Pod {
 		for i := range m.Model.Nodes {
 			m.Model.Nodes[i].Locality = saved[i]
 		}
+		if err := m.Apply(); err != nil {
+			t.Error(err)
+		}
 	}) // runs after runWaypoint's cleanup restored and applied the rest
 	return runWaypoint(t, func(md *mesh.Model) {
 		for i := range md.Nodes {

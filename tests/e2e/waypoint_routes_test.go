@@ -74,6 +74,17 @@ func runWaypoint(t *testing.T, edit func(*mesh.Model)) *netns.Pod {
 		if err := m.RemovePolicies("waypoint.yaml"); err != nil {
 			t.Error(err)
 		}
+		// The next test must not meet a pod still behind the waypoint.
+		for _, n := range m.Topo.Nodes[:2] {
+			waitDump(t, n, "workload behind no waypoint", func(d dump) bool {
+				for _, w := range d.Workloads {
+					if len(w.BehindWaypoints) > 0 {
+						return false
+					}
+				}
+				return true
+			})
+		}
 	})
 	if err := m.StartWaypoint(context.Background(), wpPod, "mesh", "waypoint"); err != nil {
 		t.Fatal(err)

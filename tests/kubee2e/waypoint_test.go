@@ -57,11 +57,50 @@ func (h *webHits) saw(p string) bool {
 	return h.paths[p]
 }
 
+// createPodService creates Service name of apps (vip, HTTP to port) with an
+// EndpointSlice of the server pods, deleted at cleanup.
+func createPodService(t *testing.T, name string, vip netip.AddrPort, targetPort int32, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: appNS, Labels: labels},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: vip.Addr().String(), Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: int32(vip.Port()), TargetPort: intstr.FromInt32(targetPort)}},
+		},
+	}
+	if _, err := kc.CoreV1().Services(appNS).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready, port, portName := true, targetPort, "http"
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Namespace: appNS, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}},
+	}
+	for _, pn := range []string{"server", "server2"} {
+		pod, err := kc.CoreV1().Pods(appNS).Get(ctx, pn, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{pod.Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: appNS, Name: pn, UID: pod.UID},
+		})
+	}
+	if _, err := kc.DiscoveryV1().EndpointSlices(appNS).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kc.DiscoveryV1().EndpointSlices(appNS).Delete(ctx, slice.Name, metav1.DeleteOptions{})
+		_ = kc.CoreV1().Services(appNS).Delete(ctx, svc.Name, metav1.DeleteOptions{})
+	})
+}
+
 // withWeb serves HTTP on the server pods (answering with the pod's name and the client
 // address it saw) behind service web, all undone at cleanup.
 func withWeb(t *testing.T) *webHits {
 	t.Helper()
-	ctx := context.Background()
 	seen := &webHits{paths: map[string]bool{}}
 	for _, p := range []*netns.Pod{server, server2} {
 		l, err := p.Listen("tcp", netip.AddrPortFrom(p.IP, webPort).String())
@@ -78,39 +117,7 @@ func withWeb(t *testing.T) *webHits {
 		go srv.Serve(l)
 		t.Cleanup(func() { srv.Close() })
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: appNS},
-		Spec: corev1.ServiceSpec{
-			ClusterIP: webVIP.Addr().String(), Selector: map[string]string{"app": "echo"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(webPort)}},
-		},
-	}
-	if _, err := kc.CoreV1().Services(appNS).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ready, port, portName := true, int32(webPort), "http"
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Namespace: appNS, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}},
-	}
-	for _, name := range []string{"server", "server2"} {
-		pod, err := kc.CoreV1().Pods(appNS).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses: []string{pod.Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: appNS, Name: name, UID: pod.UID},
-		})
-	}
-	if _, err := kc.DiscoveryV1().EndpointSlices(appNS).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kc.DiscoveryV1().EndpointSlices(appNS).Delete(ctx, slice.Name, metav1.DeleteOptions{})
-		_ = kc.CoreV1().Services(appNS).Delete(ctx, svc.Name, metav1.DeleteOptions{})
-	})
+	createPodService(t, "web", webVIP, webPort, nil)
 	return seen
 }
 

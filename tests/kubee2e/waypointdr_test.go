@@ -16,13 +16,10 @@ import (
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
@@ -48,7 +45,6 @@ var resVIP = netip.MustParseAddrPort("198.19.0.12:80")
 // withRes serves res, all undone at cleanup, and returns server2's fault switch (on).
 func withRes(t *testing.T) *atomic.Bool {
 	t.Helper()
-	ctx := context.Background()
 	fault := new(atomic.Bool)
 	fault.Store(true)
 	for _, b := range []struct {
@@ -77,39 +73,7 @@ func withRes(t *testing.T) *atomic.Bool {
 		go srv.Serve(l)
 		t.Cleanup(func() { srv.Close() })
 	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "res", Namespace: appNS, Labels: map[string]string{discovery.LabelUseWaypoint: waypointName}},
-		Spec: corev1.ServiceSpec{
-			ClusterIP: resVIP.Addr().String(), Selector: map[string]string{"app": "echo"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(resPort)}},
-		},
-	}
-	if _, err := kc.CoreV1().Services(appNS).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ready, port, portName := true, int32(resPort), "http"
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "res-1", Namespace: appNS, Labels: map[string]string{discoveryv1.LabelServiceName: "res"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &port}},
-	}
-	for _, name := range []string{"server", "server2"} {
-		pod, err := kc.CoreV1().Pods(appNS).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses: []string{pod.Status.PodIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: appNS, Name: name, UID: pod.UID},
-		})
-	}
-	if _, err := kc.DiscoveryV1().EndpointSlices(appNS).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kc.DiscoveryV1().EndpointSlices(appNS).Delete(ctx, slice.Name, metav1.DeleteOptions{})
-		_ = kc.CoreV1().Services(appNS).Delete(ctx, svc.Name, metav1.DeleteOptions{})
-	})
+	createPodService(t, "res", resVIP, resPort, map[string]string{discovery.LabelUseWaypoint: waypointName})
 	return fault
 }
 
