@@ -259,6 +259,25 @@ func (rc *rawClient) start(t *testing.T) {
 	}
 }
 
+// settle reads until the server's SETTINGS and acknowledges it, so that no ACK of
+// awaitStatus's can fall between the frames of a header block written beside it (a
+// CONNECT's HEADERS and CONTINUATIONs must be contiguous).
+func (rc *rawClient) settle(t *testing.T) {
+	t.Helper()
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read the server's SETTINGS: %v", err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			if err := rc.ack.WriteSettingsAck(); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+}
+
 func (rc *rawClient) headers(t *testing.T, id uint32, fields ...string) {
 	t.Helper()
 	if err := rc.writeHeaders(id, fields...); err != nil {
@@ -445,6 +464,7 @@ func testServerHeaderLimits(t *testing.T) {
 			before := calls.Load()
 			rc := dialRaw(t, addr)
 			rc.start(t)
+			rc.settle(t)
 			// The server may hang up before the whole block is written.
 			wrote := make(chan error, 1)
 			go func() { wrote <- tc.write(rc) }()
@@ -461,7 +481,12 @@ func testServerHeaderLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 			if st != tc.status {
-				t.Fatalf("status %q goaway %v, want %s", st, ga, tc.status)
+				var code http2.ErrCode
+				var debug []byte
+				if ga != nil {
+					code, debug = ga.ErrCode, ga.DebugData()
+				}
+				t.Fatalf("status %q goaway %v %v %q, want %s", st, ga, code, debug, tc.status)
 			}
 			want := int32(0)
 			if tc.status == "200" {
