@@ -130,7 +130,7 @@ func (w *Waypoint) nextAttempt(ctx context.Context, info *reqInfo, rp retryPolic
 	if info.svc == nil {
 		return true
 	}
-	up, err := w.upstreamOf(info.in, info.svc, info.port, info.hash, info.tried)
+	up, err := w.upstreamOf(info.in, info.svc, info.port, info.req, info.tried)
 	if err != nil {
 		return false
 	}
@@ -138,13 +138,44 @@ func (w *Waypoint) nextAttempt(ctx context.Context, info *reqInfo, rp retryPolic
 	return true
 }
 
-// localOrigin classifies a failure without a response for the outlier detector.
-func localOrigin(err error) upstream.LocalOrigin {
+// failure is how a forward that got no response is answered, as Envoy does: 503 with
+// UF (connection failure), UO (a circuit breaker) or UC (the connection ended before a
+// response), 504 UT on a timeout, 499 DC when the client went away.
+func failure(err error) (code int, flag, msg string) {
+	code, flag, msg = http.StatusServiceUnavailable, "UC", "upstream connect error or disconnect/reset before headers"
 	var ne net.Error
 	switch {
+	case errors.Is(err, upstream.ErrOverflow):
+		flag, msg = "UO", "upstream overflow"
 	case errors.Is(err, errDial):
-		return upstream.ConnectFailed
+		flag = "UF"
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+		code, flag, msg = http.StatusGatewayTimeout, "UT", "upstream request timeout"
+	case errors.Is(err, context.Canceled):
+		code, flag = 499, "DC"
+	case errors.Is(err, errRetriesExhausted):
+		flag = "URX"
+	}
+	return code, flag, msg
+}
+
+// fail sets the request's flags for err (URX joined when retries ran out) and returns
+// the status and body to answer.
+func (info *reqInfo) fail(err error) (code int, msg string) {
+	code, flag, msg := failure(err)
+	if info.flags == "URX" && flag != "URX" {
+		flag += ",URX"
+	}
+	info.flags = flag
+	return code, msg
+}
+
+// localOrigin classifies a failure without a response for the outlier detector.
+func localOrigin(err error) upstream.LocalOrigin {
+	switch _, flag, _ := failure(err); flag {
+	case "UF":
+		return upstream.ConnectFailed
+	case "UT":
 		return upstream.Timeout
 	}
 	return upstream.Reset
@@ -162,9 +193,12 @@ func retryableGRPC(h http.Header) bool {
 	return s == "14" || s == "1"
 }
 
-// hashInput is the request's consistent-hash input.
-func hashInput(in *inbound, req *route.Request) *upstream.HashInput {
-	return &upstream.HashInput{
+// hashInput is the consistent-hash input of req (nil: a TCP stream, its source only).
+func hashInput(in *inbound, req *route.Request) upstream.HashInput {
+	if req == nil {
+		return upstream.HashInput{Source: in.client}
+	}
+	return upstream.HashInput{
 		Source: in.client,
 		Header: func(name string) []string { return req.Header.Values(name) },
 		Cookie: func(name string) (string, bool) {

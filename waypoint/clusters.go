@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ambitmesh/ambit/discovery"
+	"github.com/ambitmesh/ambit/waypoint/route"
 	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
@@ -147,17 +148,19 @@ func endpointsOf(snap *discovery.Snapshot, svc *discovery.Service, port *discove
 }
 
 // pickEndpoint chooses an endpoint of svc's port by its cluster's load balancer, never
-// one of tried while another is healthy. hash is the request's consistent-hash input.
-func (w *Waypoint) pickEndpoint(snap *discovery.Snapshot, svc *discovery.Service, port *discovery.ServicePort,
-	hash *upstream.HashInput, tried []*upstream.Host) (upstreamPick, error) {
+// one of tried while another is healthy. req (nil for TCP) is hashed only when the
+// cluster balances by a consistent hash.
+func (w *Waypoint) pickEndpoint(in *inbound, svc *discovery.Service, port *discovery.ServicePort,
+	req *route.Request, tried []*upstream.Host) (upstreamPick, error) {
+	snap := in.snap
 	c := w.clusterFor(snap, svc, port)
-	req := upstream.PickRequest{Exclude: tried}
+	pr := upstream.PickRequest{Exclude: tried}
 	var set *upstream.SetCookie
-	if hp := c.Policy().LB.Hash; hp != nil && hash != nil {
-		req.Hash, req.HasHash, set = hp.Key(*hash)
-		req.Exclude = nil // Istio drops the previous-hosts predicate with consistent hashing
+	if hp := c.Policy().LB.Hash; hp != nil {
+		pr.Hash, pr.HasHash, set = hp.Key(hashInput(in, req))
+		pr.Exclude = nil // Istio drops the previous-hosts predicate with consistent hashing
 	}
-	h, err := c.Pick(req)
+	h, err := c.Pick(pr)
 	if err != nil {
 		return upstreamPick{upEndpoint: upEndpoint{cluster: c}}, fmt.Errorf("service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}

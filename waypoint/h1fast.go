@@ -246,18 +246,8 @@ func (ff *fastFront) request(c net.Conn, in *inbound, h *head, headBytes []byte,
 	}
 	up, resp, end, err := ff.roundTrip(info, req, h, body)
 	if err != nil {
-		flag, msg := "UC", "upstream connect error or disconnect/reset before headers"
-		switch {
-		case errors.Is(err, upstream.ErrOverflow):
-			flag, msg = "UO", "upstream overflow"
-		case errors.Is(err, errDial):
-			flag = "UF"
-		}
-		if info.flags == "URX" {
-			flag += ",URX"
-		}
-		info.flags = flag
-		answer(http.StatusServiceUnavailable, "", msg)
+		code, msg := info.fail(err)
+		answer(code, "", msg)
 		w.log.Debug(msgUpstreamError, keyError, err.Error())
 		return keep, false
 	}

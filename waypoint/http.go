@@ -65,8 +65,9 @@ type reqInfo struct {
 	svc      *discovery.Service // where the endpoints come from (nil: the bound workload)
 	port     *discovery.ServicePort
 	upstream upEndpoint
-	// hash is the request's consistent-hash input; cookie the one to set for it.
-	hash     *upstream.HashInput
+	// req is the routed request, the input of a consistent hash; cookie the one to
+	// set for it.
+	req      *route.Request
 	cookie   *upstream.SetCookie
 	tried    []*upstream.Host // endpoints attempted, Istio's previous hosts
 	releases []func()         // the cluster breakers held
@@ -309,10 +310,8 @@ func (f *httpFront) route(in *inbound, req *route.Request, info *reqInfo) (int, 
 			info.backend, info.svc, info.port = b, svc, svc.Port(b.Port)
 		}
 	}
-	if info.svc != nil {
-		info.hash = hashInput(in, req)
-	}
-	up, err := f.w.upstreamOf(in, info.svc, info.port, info.hash, nil)
+	info.req = req
+	up, err := f.w.upstreamOf(in, info.svc, info.port, req, nil)
 	info.upstream = up.upEndpoint
 	if err != nil {
 		info.flags = "UH"
@@ -519,39 +518,16 @@ func (f *httpFront) transport(client netip.AddrPort, h2 bool, idle time.Duration
 	return t
 }
 
-// upstreamError answers a failed forward as Envoy would: 503 with UF (connection
-// failure), UO (a circuit breaker) or UC (the connection ended before a response), 504
-// UT on a timeout; URX joins them when retries ran out.
+// upstreamError answers a failed forward (see failure).
 func (f *httpFront) upstreamError(rw http.ResponseWriter, r *http.Request, err error) {
 	info, _ := r.Context().Value(keyRequest).(*reqInfo)
-	code, flag := http.StatusServiceUnavailable, "UC"
-	var ne net.Error
-	switch {
-	case errors.Is(err, upstream.ErrOverflow):
-		flag = "UO"
-	case errors.Is(err, errDial):
-		flag = "UF"
-	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
-		code, flag = http.StatusGatewayTimeout, "UT"
-	case errors.Is(err, context.Canceled):
-		code, flag = 499, "DC"
-	case errors.Is(err, errRetriesExhausted):
-		flag = "URX"
-	}
+	code, msg := http.StatusServiceUnavailable, ""
 	if info != nil {
-		if info.flags == "URX" && flag != "URX" {
-			flag += ",URX"
-		}
-		info.flags = flag
+		code, msg = info.fail(err)
+	} else {
+		code, _, msg = failure(err)
 	}
 	f.w.log.Debug(msgUpstreamError, keyError, err.Error())
-	msg := "upstream connect error or disconnect/reset before headers"
-	switch flag {
-	case "UO":
-		msg = "upstream overflow"
-	case "UT":
-		msg = "upstream request timeout"
-	}
 	localReply(rw, info, code, msg)
 }
 

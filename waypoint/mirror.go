@@ -46,7 +46,7 @@ func (f *httpFront) mirror(r *http.Request, req *route.Request, info *reqInfo) (
 		if svc == nil || svc.Port(m.Backend.Port) == nil {
 			continue
 		}
-		up, err := f.w.pickEndpoint(info.in.snap, svc, svc.Port(m.Backend.Port), nil, nil)
+		up, err := f.w.pickEndpoint(info.in, svc, svc.Port(m.Backend.Port), req, nil)
 		if err != nil {
 			continue
 		}

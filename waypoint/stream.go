@@ -15,6 +15,7 @@ import (
 	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/hbone"
 	"github.com/ambitmesh/ambit/policy"
+	"github.com/ambitmesh/ambit/waypoint/route"
 	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
@@ -358,14 +359,10 @@ func (w *Waypoint) connectTCP(ctx context.Context, in *inbound) (upEndpoint, net
 
 // upstreamOf picks where traffic goes when no route says otherwise: an endpoint of
 // svc's port, or (svc nil) the bound workload itself.
-// hash is the request's consistent-hash input (nil for TCP: the source address then);
-// tried are the endpoints this request already failed on.
-func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort, hash *upstream.HashInput, tried []*upstream.Host) (upstreamPick, error) {
+// req is the routed request (nil for TCP), tried the endpoints it already failed on.
+func (w *Waypoint) upstreamOf(in *inbound, svc *discovery.Service, port *discovery.ServicePort, req *route.Request, tried []*upstream.Host) (upstreamPick, error) {
 	if svc != nil {
-		if hash == nil {
-			hash = &upstream.HashInput{Source: in.client}
-		}
-		return w.pickEndpoint(in.snap, svc, port, hash, tried)
+		return w.pickEndpoint(in, svc, port, req, tried)
 	}
 	return upstreamPick{upEndpoint: upEndpoint{addr: in.t.authority, workload: in.t.workload}}, nil
 }

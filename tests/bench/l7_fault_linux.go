@@ -106,18 +106,7 @@ func (b *bench) faultLoad(ctx context.Context, name string, d time.Duration) Run
 	n := res.DurationHistogram.Count
 	r.QPS, r.Requests = Num(res.ActualQPS), Num(n)
 	r.Failed = Num(n - res.RetCodes["200"])
-	for _, pc := range res.DurationHistogram.Percentiles {
-		switch pc.Percentile {
-		case 50:
-			r.P50 = Num(pc.Value * 1000)
-		case 90:
-			r.P90 = Num(pc.Value * 1000)
-		case 99:
-			r.P99 = Num(pc.Value * 1000)
-		case 99.9:
-			r.P999 = Num(pc.Value * 1000)
-		}
-	}
+	res.percentiles(&r)
 	time.Sleep(settle)
 	return r
 }

@@ -112,6 +112,12 @@ func fortioResults(r Run, out []byte, err error, file, ok string) Run {
 		return r
 	}
 	r.QPS, r.Requests = Num(res.ActualQPS), Num(res.DurationHistogram.Count)
+	res.percentiles(&r)
+	return r
+}
+
+// percentiles puts the result's latency percentiles (-p 50,90,99,99.9) in r, in ms.
+func (res *fortioResult) percentiles(r *Run) {
 	for _, pc := range res.DurationHistogram.Percentiles {
 		ms := Num(pc.Value * 1000)
 		switch pc.Percentile {
@@ -125,7 +131,6 @@ func fortioResults(r Run, out []byte, err error, file, ok string) Run {
 			r.P999 = ms
 		}
 	}
-	return r
 }
 
 // connRate opens, echoes one byte on, and closes connections in a loop from the client
