@@ -31,9 +31,10 @@ type clusterKey struct {
 }
 
 type clusterState struct {
-	c       *upstream.Cluster
+	c       atomic.Pointer[upstream.Cluster]
 	mu      sync.Mutex
 	version atomic.Uint64 // the model version its endpoints come from
+	self    discovery.Locality
 }
 
 // traffic is what one model version's DestinationRules compile to.
@@ -77,7 +78,7 @@ func (w *Waypoint) trafficFor(snap *discovery.Snapshot) *traffic {
 		key := k.(clusterKey)
 		if svc := snap.ServiceByName(key.namespace, key.name); svc == nil || svc.Port(key.port) == nil {
 			w.clusters.byKey.Delete(k)
-			v.(*clusterState).c.Close()
+			v.(*clusterState).c.Load().Close()
 		}
 		return true
 	})
@@ -107,28 +108,46 @@ func (w *Waypoint) clusterFor(snap *discovery.Snapshot, svc *discovery.Service, 
 	key := clusterKey{svc.Namespace, svc.Name, port.Port}
 	v, ok := w.clusters.byKey.Load(key)
 	if !ok {
-		t := w.trafficFor(snap)
-		cfg := upstream.ClusterConfig{Name: clusterName(svc, port.Port)}
-		if t.self != nil {
-			cfg.Locality, cfg.Labels, cfg.Node = t.self.Locality, t.self.Labels, t.self.Node
+		fresh := w.newCluster(w.trafficFor(snap), svc, port)
+		if v, ok = w.clusters.byKey.LoadOrStore(key, fresh); ok {
+			fresh.c.Load().Close() // another request made it first
 		}
-		v, _ = w.clusters.byKey.LoadOrStore(key, &clusterState{c: upstream.NewCluster(cfg, (*clusterEvents)(w))})
 	}
 	cs := v.(*clusterState)
 	if cs.version.Load() != snap.Version {
 		cs.mu.Lock()
 		if cs.version.Load() != snap.Version {
 			t := w.trafficFor(snap)
+			if t.self != nil && t.self.Locality != cs.self {
+				// The waypoint's own place moved (its node relabelled): the priorities
+				// start anew from there.
+				old := cs.c.Swap(w.newCluster(t, svc, port).c.Load())
+				old.Close()
+				cs.self = t.self.Locality
+			}
 			pol := t.policies.ForService(svc, port.Port)
 			if svc.TrafficDistribution != "" {
 				pol = pol.WithTrafficDistribution(svc.TrafficDistribution)
 			}
-			cs.c.Update(pol, endpointsOf(snap, svc, port))
+			cs.c.Load().Update(pol, endpointsOf(snap, svc, port))
 			cs.version.Store(snap.Version)
 		}
 		cs.mu.Unlock()
 	}
-	return cs.c
+	return cs.c.Load()
+}
+
+// newCluster is a cluster for svc's port whose priorities start from the waypoint's own
+// pod (t.self).
+func (w *Waypoint) newCluster(t *traffic, svc *discovery.Service, port *discovery.ServicePort) *clusterState {
+	cfg := upstream.ClusterConfig{Name: clusterName(svc, port.Port)}
+	cs := &clusterState{}
+	if t.self != nil {
+		cfg.Locality, cfg.Labels, cfg.Node = t.self.Locality, t.self.Labels, t.self.Node
+		cs.self = t.self.Locality
+	}
+	cs.c.Store(upstream.NewCluster(cfg, (*clusterEvents)(w)))
+	return cs
 }
 
 // endpointsOf are svc's endpoints on port's target port, with their workloads' places.
@@ -218,7 +237,7 @@ func (c *limitedConn) Close() error {
 func (c *clusters) statuses() []upstream.ClusterStatus {
 	var out []upstream.ClusterStatus
 	c.byKey.Range(func(_, v any) bool {
-		out = append(out, v.(*clusterState).c.Snapshot())
+		out = append(out, v.(*clusterState).c.Load().Snapshot())
 		return true
 	})
 	return out
@@ -227,7 +246,7 @@ func (c *clusters) statuses() []upstream.ClusterStatus {
 func (c *clusters) close() {
 	c.byKey.Range(func(k, v any) bool {
 		c.byKey.Delete(k)
-		v.(*clusterState).c.Close()
+		v.(*clusterState).c.Load().Close()
 		return true
 	})
 }

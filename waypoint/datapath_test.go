@@ -32,6 +32,7 @@ func TestStdPath(t *testing.T) {
 		{"ConsistentHashCookie", TestConsistentHashCookie},
 		{"ConnectFailureRetried", TestConnectFailureRetried},
 		{"MaxRequestsPerConnection", TestMaxRequestsPerConnection},
+		{"LocalityFollowsTheWaypoint", TestLocalityFollowsTheWaypoint},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testDataPath = DataPathStd

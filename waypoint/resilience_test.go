@@ -15,6 +15,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/ambitmesh/ambit/discovery"
 	"github.com/ambitmesh/ambit/waypoint/upstream"
 )
 
@@ -336,5 +337,44 @@ spec:
 	defer h.backend.mu.Unlock()
 	if n := len(h.backend.connects); n < 4 {
 		t.Errorf("12 requests took %d upstream connections, want at least 4 (3 requests each)", n)
+	}
+}
+
+// Locality priorities start from the waypoint's own pod: all traffic to the endpoint
+// in its zone, and, once its locality moves (a node relabelled), to the other one.
+func TestLocalityFollowsTheWaypoint(t *testing.T) {
+	rule := `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  trafficPolicy:
+    loadBalancer: {localityLbSetting: {enabled: true}}
+    outlierDetection: {consecutive5xxErrors: 5}
+`
+	placed := func(zone string) func(*discovery.Input) {
+		return func(in *discovery.Input) {
+			for _, w := range in.Workloads {
+				switch w.Name {
+				case "wp-0":
+					w.Locality = discovery.Locality{Region: "r", Zone: zone}
+				case "echo-a":
+					w.Locality = discovery.Locality{Region: "r", Zone: "a"}
+				case "echo-b":
+					w.Locality = discovery.Locality{Region: "r", Zone: "b"}
+				}
+			}
+		}
+	}
+	h := newHarness(t, rule)
+	c := h.mustConnect(t, "198.19.0.1:80")
+	br := bufio.NewReader(c)
+	for _, tc := range []struct{ zone, want string }{{"a", "198.18.2.10"}, {"b", "198.18.2.11"}} {
+		h.store.Set(testModel(t, rule, placed(tc.zone)))
+		for i := range 10 {
+			if _, body := getOn(t, c, br, "/p"); !strings.HasPrefix(body, tc.want+" ") {
+				t.Fatalf("waypoint in zone %s, request %d answered %q, want from %s (its zone)", tc.zone, i, body, tc.want)
+			}
+		}
 	}
 }

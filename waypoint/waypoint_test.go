@@ -38,7 +38,7 @@ func id(ns, sa string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+
 
 // The model of these tests: service echo (VIP 198.19.0.1, ports 80/http and 9000/tcp)
 // in namespace apps bound to waypoint apps/wp, with two endpoints; the client pod.
-func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
+func testModel(tb testing.TB, manifests string, edits ...func(*discovery.Input)) *discovery.Snapshot {
 	tb.Helper()
 	seq := 0
 	pm, probs, err := policy.ParseManifests("policies.yaml", []byte(manifests), &seq, discovery.GatewayGroup, "networking.istio.io")
@@ -99,6 +99,9 @@ func testModel(tb testing.TB, manifests string) *discovery.Snapshot {
 	in.Policies = policy.NewSet("", pm.Authorizations, pm.PeerAuthentications)
 	in.Routes = routes
 	in.DestinationRules = drs
+	for _, e := range edits {
+		e(&in)
+	}
 	s, err := discovery.Build(in, discovery.EnrollmentOptions{})
 	if err != nil {
 		tb.Fatal(err)
